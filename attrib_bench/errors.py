@@ -1,0 +1,37 @@
+"""User-facing errors: one class per kind of mistake, each message one line that names the fix.
+
+The CLI prints any :class:`AttribBenchError` as ``error: <message>`` without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class AttribBenchError(Exception):
+    """Base of every error a user can cause; the message is one line and names the fix."""
+
+
+class UnknownNameError(AttribBenchError, KeyError):
+    """A model, method or metric name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class DataNotFoundError(AttribBenchError):
+    """The dataset is not where we looked for it."""
+
+
+class CheckpointError(AttribBenchError):
+    """A checkpoint is missing, corrupt, or does not fit the model."""
+
+
+class ChecksumError(CheckpointError):
+    """A file's sha256 differs from the one recorded for it."""
+
+
+class InputShapeError(AttribBenchError, ValueError):
+    """A tensor does not have the shape or range an image batch must have."""
+
+
+class PluginError(AttribBenchError):
+    """A user plugin module could not be imported."""

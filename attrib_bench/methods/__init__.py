@@ -1,0 +1,1 @@
+"""Attribution methods; each module registers its methods on import."""

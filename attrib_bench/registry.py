@@ -1,0 +1,176 @@
+"""One :class:`Registry` class, three instances: models, methods, metrics.
+
+timm-style: ``@register_model("s-coda")`` on a factory, ``list_models("*coda*")`` with fnmatch
+wildcards, ``create_model(name, pretrained=True)``. Unknown names raise one
+:class:`UnknownNameError` line that lists the closest registered names. User code adds names
+without forking through ``--plugin my_module`` or the ``attrib_bench.plugins`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from attrib_bench.errors import PluginError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered factory and what the listings show about it."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """Names to factories for one kind of thing ("model", "method" or "metric")."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(
+        self,
+        name: str | None = None,
+        *,
+        description: str | None = None,
+        override: bool = False,
+        **metadata: Any,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register ``factory`` under ``name`` (default: its ``__name__``).
+
+        The description defaults to the first line of the factory's docstring. Registering a
+        name twice is an error unless ``override=True`` (a plugin replacing a built-in on purpose).
+        """
+
+        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            key = name or factory.__name__
+            if key in self._entries and not override:
+                raise ValueError(f"{self.kind} {key!r} is already registered; pass override=True")
+            doc = (factory.__doc__ or "").strip().splitlines()
+            text = description if description is not None else (doc[0] if doc else "")
+            self._entries[key] = Entry(key, factory, text, dict(metadata))
+            return factory
+
+        return decorator
+
+    def add(self, name: str, factory: Callable[..., Any], **kwargs: Any) -> None:
+        """Register without decorator syntax."""
+        self.register(name, **kwargs)(factory)
+
+    def names(
+        self, pattern: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()
+    ) -> list[str]:
+        """Sorted names matching any fnmatch ``pattern`` and none of the ``exclude`` patterns."""
+        include = [pattern] if isinstance(pattern, str) else list(pattern)
+        excluded = [exclude] if isinstance(exclude, str) else list(exclude)
+        return sorted(
+            n
+            for n in self._entries
+            if any(fnmatch.fnmatchcase(n, p) for p in include)
+            and not any(fnmatch.fnmatchcase(n, p) for p in excluded)
+        )
+
+    def get(self, name: str) -> Entry:
+        """The entry for ``name``; an unknown name raises one line listing close matches."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else "none is close"
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}: {hint} "
+                f"(`attrib-bench list {self.kind}s` shows all {len(self._entries)})"
+            ) from None
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the factory registered under ``name``."""
+        return self.get(name).factory(*args, **kwargs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+MODELS = Registry("model")
+METHODS = Registry("method")
+METRICS = Registry("metric")
+
+register_model = MODELS.register
+register_method = METHODS.register
+register_metric = METRICS.register
+
+
+def _ensure_builtins() -> None:
+    """Import the built-in model, method and metric modules so that their decorators run."""
+    importlib.import_module("attrib_bench.models")
+    importlib.import_module("attrib_bench.methods")
+    importlib.import_module("attrib_bench.metrics")
+
+
+def list_models(pattern: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
+    """Registered model names matching ``pattern`` (fnmatch wildcards), e.g. ``"*coda*"``."""
+    _ensure_builtins()
+    return MODELS.names(pattern, exclude)
+
+
+def list_methods(pattern: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
+    """Registered attribution-method names matching ``pattern``."""
+    _ensure_builtins()
+    return METHODS.names(pattern, exclude)
+
+
+def list_metrics(pattern: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
+    """Registered metric names matching ``pattern``."""
+    _ensure_builtins()
+    return METRICS.names(pattern, exclude)
+
+
+def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> Any:
+    """Build the model registered as ``name``; ``pretrained=True`` loads its checked weights."""
+    _ensure_builtins()
+    return MODELS.create(name, pretrained=pretrained, **kwargs)
+
+
+def create_method(name: str, model: Any, **hparams: Any) -> Any:
+    """Build the attribution method ``name`` bound to ``model``."""
+    _ensure_builtins()
+    return METHODS.create(name, model, **hparams)
+
+
+def create_metric(name: str, **hparams: Any) -> Any:
+    """Build the metric ``name``."""
+    _ensure_builtins()
+    return METRICS.create(name, **hparams)
+
+
+PLUGIN_GROUP = "attrib_bench.plugins"
+
+
+def load_plugins(modules: Iterable[str] = (), entry_point_group: str = PLUGIN_GROUP) -> list[str]:
+    """Import user plugin modules (by dotted name) and every installed entry point of the group.
+
+    Importing a plugin runs its ``@register_*`` decorators. Returns the names imported.
+    """
+    loaded = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise PluginError(
+                f"cannot import plugin {module!r} ({exc}): put it on PYTHONPATH or install it"
+            ) from None
+        loaded.append(module)
+    for ep in entry_points(group=entry_point_group):
+        ep.load()
+        loaded.append(ep.value)
+    return loaded

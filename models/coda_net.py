@@ -1,0 +1,166 @@
+"""CoDA-Nets: stacks of convolutional DAU layers with a sum-pooling head (no ReLU, BN or skips).
+
+logits = (Σ over positions of the last layer's output) / T + b0, so every logit is exactly
+W0→L(x)·x_enc + b0 on the encoded input x_enc = [r, g, b, 1−r, 1−g, 1−b]. The model takes RGB in
+[0, 1], shape (B, 3, H, W); the encoding lives inside it.
+
+Configs ``s``, ``l``: the authors' code, exactly. ``m``, ``xl``: only described in the paper's
+supplement by their parameter counts (~28 M, ~62 M); the layer plans below are our approximations,
+sized to those counts. ``xs``: a small model trainable on a 2-core CPU (ours).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from attrib_bench.checks import check_images
+from attrib_bench.models.dau import DAUConv2d, Formulation, Norm, explanation_mode
+
+#: The authors' logit bias: log(0.1 / 0.9), i.e. sigmoid(b0) = 0.1 for an all-zero input.
+DEFAULT_LOGIT_BIAS = math.log(0.1 / 0.9)
+
+
+@dataclass(frozen=True)
+class CoDAConfig:
+    """A CoDA-Net layer plan: one entry per DAU layer in each tuple."""
+
+    out_channels: tuple[int, ...]
+    ranks: tuple[int, ...]
+    kernels: tuple[int, ...]
+    strides: tuple[int, ...]
+    paddings: tuple[int, ...]
+    num_classes: int
+    image_size: int
+    dataset: str
+    norm: Norm = "sq"
+    temperature: float = 1000.0
+    logit_bias: float = DEFAULT_LOGIT_BIAS
+    in_channels: int = 6
+    exact: bool = True  # False: a size-matched approximation of a config the paper only describes
+
+    def __post_init__(self) -> None:
+        lengths = {len(self.out_channels), len(self.ranks), len(self.kernels), len(self.strides),
+                   len(self.paddings)}
+        if len(lengths) != 1:
+            raise ValueError("out_channels, ranks, kernels, strides and paddings differ in length")
+        if self.out_channels[-1] != self.num_classes:
+            raise ValueError("the last layer must have num_classes output channels")
+
+
+CONFIGS: dict[str, CoDAConfig] = {
+    "s": CoDAConfig(
+        out_channels=(16, 16, 32, 32, 32, 64, 64, 64, 10),
+        ranks=(32, 32, 64, 64, 64, 64, 64, 64, 64),
+        kernels=(3,) * 8 + (1,),
+        strides=(1, 1, 2, 1, 1, 2, 1, 1, 1),
+        paddings=(1,) * 8 + (0,),
+        num_classes=10, image_size=32, dataset="cifar10", temperature=1000.0,
+    ),
+    "m": CoDAConfig(  # approximation: S at double width, last-block ranks 56; ~27.7 M
+        out_channels=(32, 32, 64, 64, 64, 128, 128, 128, 10),
+        ranks=(32, 32, 64, 64, 64, 56, 56, 56, 64),
+        kernels=(3,) * 8 + (1,),
+        strides=(1, 1, 2, 1, 1, 2, 1, 1, 1),
+        paddings=(1,) * 8 + (0,),
+        num_classes=10, image_size=32, dataset="cifar10", temperature=1000.0, exact=False,
+    ),
+    "l": CoDAConfig(
+        out_channels=(16, 32, 32, 64, 64, 64, 64, 64, 100),
+        ranks=(64,) * 3 + (128,) * 3 + (256,) * 3,
+        kernels=(7,) + (3,) * 8,
+        strides=(3, 1, 1, 2, 1, 1, 2, 1, 1),
+        paddings=(3,) + (1,) * 8,
+        num_classes=100, image_size=240, dataset="imagenet100", temperature=1e5,
+    ),
+    "xl": CoDAConfig(  # approximation: M-like plan with L's wider ranks, for 64 px; ~62.9 M
+        out_channels=(32, 32, 64, 64, 64, 128, 128, 128, 200),
+        ranks=(64,) * 3 + (128,) * 3 + (128,) * 3,
+        kernels=(3,) * 8 + (1,),
+        strides=(1, 1, 2, 1, 1, 2, 1, 1, 1),
+        paddings=(1,) * 8 + (0,),
+        num_classes=200, image_size=64, dataset="tinyimagenet", temperature=1e4, exact=False,
+    ),
+    "xs": CoDAConfig(  # ours: half width, half rank of S; trains on a 2-core CPU
+        out_channels=(8, 8, 16, 16, 16, 32, 32, 32, 10),
+        ranks=(16, 16, 32, 32, 32, 32, 32, 32, 32),
+        kernels=(3,) * 8 + (1,),
+        strides=(1, 1, 2, 1, 1, 2, 1, 1, 1),
+        paddings=(1,) * 8 + (0,),
+        num_classes=10, image_size=32, dataset="cifar10", temperature=1000.0, exact=False,
+    ),
+}
+
+#: The paper's parameter counts (main text and supplement), in millions.
+PAPER_PARAMS_M = {"s": 7.8, "m": 28.0, "l": 48.0, "xl": 62.0}
+
+
+class CoDANet(nn.Module):
+    """A CoDA-Net: RGB (B, 3, H, W) in [0, 1] → logits (B, K)."""
+
+    def __init__(self, config: CoDAConfig, formulation: Formulation = "bilinear") -> None:
+        super().__init__()
+        self.config = config
+        layers = []
+        channels = config.in_channels
+        for out, rank, k, s, p in zip(config.out_channels, config.ranks, config.kernels,
+                                      config.strides, config.paddings, strict=True):
+            layers.append(DAUConv2d(channels, out, rank, k, s, p, config.norm, formulation))
+            channels = out
+        self.layers = nn.Sequential(*layers)
+        self.temperature = float(config.temperature)
+        self.logit_bias = float(config.logit_bias)
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The layer GradCAM uses: the last DAU layer (its output is the class evidence map)."""
+        return self.layers[-1]
+
+    @staticmethod
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        """[r, g, b] → [r, g, b, 1−r, 1−g, 1−b]: (B, 3, H, W) → (B, 6, H, W)."""
+        return torch.cat([x, 1.0 - x], dim=1)
+
+    def forward_encoded(self, x_enc: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) of an already encoded input (B, 6, H, W), e.g. with pixels set to 0."""
+        return self.layers(x_enc).sum(dim=(2, 3)) / self.temperature + self.logit_bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x)
+        return self.forward_encoded(self.encode(x))
+
+    def contributions(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The model-inherent contribution map W0→L(x)_target ⊙ x_enc: (B, 6, H, W).
+
+        One backward pass in explanation mode. Summed over channels and pixels it equals
+        logit_target − b0 (the 1/T scaling is included). ``target``: LongTensor (B,).
+        """
+        check_images(x)
+        x_enc = self.encode(x).detach().requires_grad_(True)
+        with torch.enable_grad(), explanation_mode(self):
+            logits = self.forward_encoded(x_enc)
+            chosen = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
+            (grad,) = torch.autograd.grad(chosen, x_enc)
+        return (x_enc * grad).detach()
+
+    def describe(self) -> dict[str, Any]:
+        """The config as a plain dict (for manifests and sidecars)."""
+        return asdict(self.config)
+
+
+def build_coda(size: str, norm: Norm = "sq", temperature: float | None = None,
+               formulation: Formulation = "bilinear", **overrides: Any) -> CoDANet:
+    """A fresh CoDA-Net of config ``size`` ("xs", "s", "m", "l", "xl") with optional overrides."""
+    config = CONFIGS[size]
+    changes: dict[str, Any] = {"norm": norm, **overrides}
+    if temperature is not None:
+        changes["temperature"] = float(temperature)
+    return CoDANet(replace(config, **changes), formulation=formulation)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,1 @@
+"""Runners: benchmark sweeps and training."""

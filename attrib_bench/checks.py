@@ -1,4 +1,4 @@
-"""Input validation shared by models, methods and metrics: one clear line instead of a deep torch error."""
+"""Input validation shared by models, methods and metrics: one clear line, not a torch traceback."""
 
 from __future__ import annotations
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from attrib_bench.errors import PluginError, UnknownNameError
 
+Patterns = str | Iterable[str]
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -66,8 +68,7 @@ class Registry:
         self.register(name, **kwargs)(factory)
 
     def names(
-        self, pattern: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()
-    ) -> list[str]:
+        self, pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
         """Sorted names matching any fnmatch ``pattern`` and none of the ``exclude`` patterns."""
         include = [pattern] if isinstance(pattern, str) else list(pattern)
         excluded = [exclude] if isinstance(exclude, str) else list(exclude)
@@ -117,19 +118,19 @@ def _ensure_builtins() -> None:
     importlib.import_module("attrib_bench.metrics")
 
 
-def list_models(pattern: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
+def list_models(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
     """Registered model names matching ``pattern`` (fnmatch wildcards), e.g. ``"*coda*"``."""
     _ensure_builtins()
     return MODELS.names(pattern, exclude)
 
 
-def list_methods(pattern: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
+def list_methods(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
     """Registered attribution-method names matching ``pattern``."""
     _ensure_builtins()
     return METHODS.names(pattern, exclude)
 
 
-def list_metrics(pattern: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
+def list_metrics(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
     """Registered metric names matching ``pattern``."""
     _ensure_builtins()
     return METRICS.names(pattern, exclude)

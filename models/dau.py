@@ -71,7 +71,9 @@ class DAUConv2d(nn.Module):
         if norm not in ("sq", "l2"):
             raise ValueError(f"norm must be 'sq' or 'l2', not {norm!r}")
         if formulation not in ("bilinear", "materialised"):
-            raise ValueError(f"formulation must be 'bilinear' or 'materialised', not {formulation!r}")
+            raise ValueError(
+                f"formulation must be 'bilinear' or 'materialised', not {formulation!r}"
+            )
         self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
         self.kernel_size, self.stride = kernel_size, stride
         self.padding = (kernel_size - 1) // 2 if padding is None else padding

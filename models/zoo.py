@@ -1,1 +1,148 @@
-"""placeholder"""
+"""The model zoo: every registered model name, and the pretrained weights that go with it.
+
+A :class:`PretrainedCfg` carries what a user needs to trust a weight file: its file name and
+sha256 (checked before loading), the dataset, the accuracy measured here, the published one, and
+where it came from. Weight files are looked up in the weights root
+(``$ATTRIB_BENCH_WEIGHTS``, else ``../shared/weights`` beside the checkout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from attrib_bench.models.coda_net import CONFIGS, PAPER_PARAMS_M, build_coda
+from attrib_bench.models.resnet_cifar import resnet56
+from torch import nn
+
+from attrib_bench.checkpoints import load_into, read_state_dict, resolve_weights_root, sha256_file
+from attrib_bench.errors import CheckpointError
+from attrib_bench.registry import MODELS, register_model
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """Where a model's weights come from and what they were measured to do."""
+
+    file: str
+    sha256: str
+    dataset: str
+    accuracy: float | None  # top-1 % on the test split, measured here
+    published_accuracy: float | None
+    provenance: str
+    license: str
+    url: str | None = None
+    key: str | None = None  # nested entry holding the state dict, if any
+    strip_prefix: str = ""
+    bundled: bool = False  # True: the file ships inside this package, not in the weights root
+
+    def path(self, weights_root: str | Path | None = None) -> Path:
+        if self.bundled:
+            return Path(__file__).resolve().parent / "weights" / self.file
+        return resolve_weights_root(weights_root) / self.file
+
+
+RESNET56_CIFAR10 = PretrainedCfg(
+    file="resnet56-4bfd9763.th",
+    sha256="4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367",
+    dataset="cifar10",
+    accuracy=93.39,
+    published_accuracy=93.39,
+    provenance="akamaster/pytorch_resnet_cifar10, pretrained_models/resnet56-4bfd9763.th "
+    "(commit d1ea1080); the baseline the CoDA-Nets authors load",
+    license="BSD-2-Clause (c) 2018 Yerlan Idelbayev",
+    url="https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
+    "resnet56-4bfd9763.th",
+    key="state_dict",
+    strip_prefix="module.",
+)
+
+
+def fetch_weights(cfg: PretrainedCfg, weights_root: str | Path | None = None) -> Path:
+    """Download ``cfg.url`` into the weights root (only on explicit request) and verify it."""
+    import torch.hub
+
+    target = cfg.path(weights_root)
+    if target.is_file():
+        return target
+    if cfg.url is None:
+        raise CheckpointError(f"{cfg.file} has no download URL: copy it into {target.parent}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial_file = target.with_suffix(target.suffix + ".part")
+    torch.hub.download_url_to_file(cfg.url, str(partial_file), progress=True)
+    if sha256_file(partial_file) != cfg.sha256:
+        partial_file.unlink()
+        raise CheckpointError(f"download of {cfg.url} does not match its sha256: try again later")
+    partial_file.replace(target)
+    return target
+
+
+def load_pretrained(model: nn.Module, cfg: PretrainedCfg, weights_root: str | Path | None = None,
+                    download: bool = False) -> nn.Module:
+    """Load ``cfg``'s weights into ``model`` after checking the file's sha256."""
+    path = fetch_weights(cfg, weights_root) if download else cfg.path(weights_root)
+    if not path.is_file():
+        hint = f" or pass --download ({cfg.url})" if cfg.url else ""
+        raise CheckpointError(
+            f"weights {cfg.file} not found at {path}: "
+            f"set ATTRIB_BENCH_WEIGHTS to their folder{hint}"
+        )
+    state = read_state_dict(path, cfg.sha256, key=cfg.key, strip_prefix=cfg.strip_prefix)
+    return load_into(model, state, path)
+
+
+def _finish(model: nn.Module, name: str, pretrained: bool, checkpoint: str | Path | None,
+            cfg: PretrainedCfg | None, weights_root: str | Path | None,
+            download: bool, sha256: str | None = None) -> nn.Module:
+    """Load weights as asked (a user checkpoint wins over the zoo's); return the model in eval."""
+    if checkpoint is not None:
+        load_into(model, read_state_dict(checkpoint, sha256), checkpoint)
+    elif pretrained:
+        if cfg is None:
+            with_weights = ", ".join(n for n in MODELS.names() if MODELS.get(n).metadata.get(
+                "pretrained_cfg")) or "none yet"
+            raise CheckpointError(
+                f"{name} has no pretrained weights (zoo entries with weights: {with_weights}): "
+                f"train one with `attrib-bench train --model {name}` or pass --checkpoint PATH"
+            )
+        load_pretrained(model, cfg, weights_root, download)
+    return model.eval()
+
+
+@register_model("resnet56", pretrained_cfg=RESNET56_CIFAR10, family="resnet", dataset="cifar10")
+def _resnet56(pretrained: bool = False, checkpoint: str | Path | None = None,
+              weights_root: str | Path | None = None, download: bool = False,
+              sha256: str | None = None) -> nn.Module:
+    """CIFAR-10 ResNet-56, option-A shortcuts; pretrained: 93.39 % (akamaster weights)."""
+    return _finish(resnet56(), "resnet56", pretrained, checkpoint, RESNET56_CIFAR10,
+                   weights_root, download, sha256)
+
+
+def _coda_factory(size: str, pretrained: bool = False, checkpoint: str | Path | None = None,
+                  weights_root: str | Path | None = None, download: bool = False,
+                  sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    model = build_coda(size, **kwargs)
+    return _finish(model, f"{size}-coda", pretrained, checkpoint, None, weights_root, download,
+                   sha256)
+
+
+_CODA_DESCRIPTIONS = {
+    "xs": "CoDA-Net XS (ours): half width and rank of S, trainable on a 2-core CPU",
+    "s": "CoDA-Net S (authors' config, CIFAR-10, 32 px)",
+    "m": "CoDA-Net M (CIFAR-10; size-matched approximation of the supplement's 28 M)",
+    "l": "CoDA-Net L (authors' config, ImageNet-100, 240 px, T=1e5)",
+    "xl": "CoDA-Net XL (TinyImageNet 64 px; size-matched approximation of the supplement's 62 M)",
+}
+
+for _size, _config in CONFIGS.items():
+    MODELS.add(
+        f"{_size}-coda",
+        partial(_coda_factory, _size),
+        description=_CODA_DESCRIPTIONS[_size],
+        family="coda",
+        dataset=_config.dataset,
+        exact_config=_config.exact,
+        paper_params_m=PAPER_PARAMS_M.get(_size),
+    )

@@ -125,9 +125,17 @@ class CoDANet(nn.Module):
         """[r, g, b] → [r, g, b, 1−r, 1−g, 1−b]: (B, 3, H, W) → (B, 6, H, W)."""
         return torch.cat([x, 1.0 - x], dim=1)
 
+    def evidence_encoded(self, x_enc: torch.Tensor) -> torch.Tensor:
+        """The logits before the bias, Σ over positions / T: (B, 6, H, W) → (B, K).
+
+        This is what the contribution maps sum to; it is computed without adding b0, which
+        in float32 would round away digits of the small evidence of an untrained, high-T model.
+        """
+        return self.layers(x_enc).sum(dim=(2, 3)) / self.temperature
+
     def forward_encoded(self, x_enc: torch.Tensor) -> torch.Tensor:
         """Logits (B, K) of an already encoded input (B, 6, H, W), e.g. with pixels set to 0."""
-        return self.layers(x_enc).sum(dim=(2, 3)) / self.temperature + self.logit_bias
+        return self.evidence_encoded(x_enc) + self.logit_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x)
@@ -142,8 +150,8 @@ class CoDANet(nn.Module):
         check_images(x)
         x_enc = self.encode(x).detach().requires_grad_(True)
         with torch.enable_grad(), explanation_mode(self):
-            logits = self.forward_encoded(x_enc)
-            chosen = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
+            evidence = self.evidence_encoded(x_enc)
+            chosen = evidence.gather(1, target.view(-1, 1).to(evidence.device)).sum()
             (grad,) = torch.autograd.grad(chosen, x_enc)
         return (x_enc * grad).detach()
 

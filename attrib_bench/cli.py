@@ -1,0 +1,120 @@
+"""The ``attrib-bench`` command line (click). Errors a user can cause print one line, exit 1."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+import torch
+
+from attrib_bench.errors import AttribBenchError
+from attrib_bench.registry import METHODS, METRICS, MODELS, Registry, load_plugins
+
+
+class _Group(click.Group):
+    """Turns every :class:`AttribBenchError` into click's one-line ``Error: …`` (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AttribBenchError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Import MODULE first so its @register_* names exist (repeatable).")
+@click.version_option(package_name="attrib-bench")
+def cli(plugins: tuple[str, ...]) -> None:
+    """Benchmark attribution methods on image classifiers (CoDA-Nets and baselines)."""
+    from attrib_bench.registry import _ensure_builtins
+
+    _ensure_builtins()
+    load_plugins(plugins)
+
+
+def _model_rows(names: list[str]) -> list[tuple[str, ...]]:
+    """One row per model: name, parameters (counted on the meta device, no memory), weights."""
+    from attrib_bench.models.coda_net import count_parameters
+
+    rows = [("name", "params", "paper", "dataset", "weights", "description")]
+    for name in names:
+        entry = MODELS.get(name)
+        with torch.device("meta"):
+            params = count_parameters(entry.factory(pretrained=False))
+        paper = entry.metadata.get("paper_params_m")
+        cfg = entry.metadata.get("pretrained_cfg")
+        weights = f"{cfg.accuracy:.2f} %" if cfg is not None and cfg.accuracy else "-"
+        rows.append((name, f"{params / 1e6:.2f} M", f"{paper:g} M" if paper else "-",
+                     entry.metadata.get("dataset", "-"), weights, entry.description))
+    return rows
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]
+        click.echo("  ".join(cells))
+
+
+@cli.command("list")
+@click.argument("kind", type=click.Choice(["models", "methods", "metrics", "all"]), default="all")
+@click.argument("pattern", default="*")
+@click.option("-v", "--verbose", is_flag=True, help="Models: parameter counts, weights, datasets.")
+def list_cmd(kind: str, pattern: str, verbose: bool) -> None:
+    """List registered names matching PATTERN (fnmatch wildcards, e.g. '*coda*')."""
+    registries: dict[str, Registry] = {"models": MODELS, "methods": METHODS, "metrics": METRICS}
+    for key, registry in registries.items():
+        if kind not in (key, "all"):
+            continue
+        names = registry.names(pattern)
+        click.echo(f"{key} ({len(names)}):")
+        if verbose and key == "models" and names:
+            _print_table(_model_rows(names))
+        else:
+            _print_table([("name", "description")]
+                         + [(n, registry.get(n).description) for n in names])
+
+
+@cli.command("eval")
+@click.option("--model", "model_name", required=True, help="Registered model name.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Only the first N images (dataset order).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="CIFAR-10 folder (default: $ATTRIB_BENCH_DATA, else ../shared/data).")
+@click.option("--download", is_flag=True, help="Download the dataset if it is missing.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Weights file (.safetensors or torch) instead of the zoo's.")
+@click.option("--weights-root", type=click.Path(file_okay=False), default=None,
+              help="Zoo weights folder (default: $ATTRIB_BENCH_WEIGHTS, else ../shared/weights).")
+def eval_cmd(model_name: str, split: str, limit: int | None, batch_size: int, device: str,
+             data_root: str | None, download: bool, checkpoint: str | None,
+             weights_root: str | None) -> None:
+    """Top-1 accuracy of MODEL on CIFAR-10."""
+    from attrib_bench.data import load_cifar10
+    from attrib_bench.evaluation import predict_logits, resolve_device, top1_accuracy
+    from attrib_bench.registry import create_model
+
+    torch_device = resolve_device(device)
+    model = create_model(model_name, pretrained=checkpoint is None, checkpoint=checkpoint,
+                         weights_root=weights_root)
+    images = load_cifar10(split, root=data_root, download=download).subset(limit)
+    start = time.perf_counter()
+    logits = predict_logits(model, images, batch_size, torch_device)
+    seconds = time.perf_counter() - start
+    accuracy = top1_accuracy(logits, images.labels)
+    correct = int(round(accuracy * len(images) / 100))
+    click.echo(f"{model_name} on {images.name} ({len(images)} images): top-1 {accuracy:.2f} % "
+               f"({correct}/{len(images)}) in {seconds:.1f} s on {torch_device}")
+
+
+def main() -> None:
+    cli(prog_name="attrib-bench")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Datasets as uint8 tensors, and the n x n multi-image grids of the CoDA-Nets localisation metric.
+
+Images are decoded once into an :class:`ImageSet` (uint8, (N, 3, H, W)) and converted to float
+in [0, 1] only when a batch is needed. :class:`GridDataset` reproduces the grid sampling of the
+CoDA-Nets authors' code (paper eq. 11): n*n confidently and correctly classified images of distinct
+classes, most confident first, drawn with ``np.random.RandomState(seed)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attrib_bench.errors import DataNotFoundError, InputShapeError
+
+DATA_ENV_VAR = "ATTRIB_BENCH_DATA"
+SPLITS = ("train", "test")
+_FIX_HINT = f"pass --data-root DIR, set {DATA_ENV_VAR}, or add --download"
+
+
+def resolve_data_root(root: str | Path | None = None) -> Path:
+    """Data directory: ``root`` if given, else ``$ATTRIB_BENCH_DATA``, else ``../shared/data``.
+
+    The default is ``shared/data`` beside the repository checkout (this file is repo/attrib_bench/).
+    """
+    if root is None or root == "":
+        default = Path(__file__).resolve().parents[2] / "shared" / "data"
+        root = os.environ.get(DATA_ENV_VAR) or default
+    return Path(root).expanduser().resolve()
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSet:
+    """A labelled image set held in memory as uint8.
+
+    ``images`` is uint8 (N, C, H, W), ``labels`` int64 (N,), ``class_names`` has one name per class.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: tuple[str, ...]
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise InputShapeError(
+                f"ImageSet images must be uint8 (N, C, H, W), "
+                f"got {self.images.dtype} {tuple(self.images.shape)}"
+            )
+        if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
+            raise InputShapeError(
+                f"ImageSet labels must be int64 ({self.images.shape[0]},), "
+                f"got {self.labels.dtype} {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of every image."""
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def float_images(self, index: int | slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """Images ``index`` as float32 in [0, 1]: (B, C, H, W), or (C, H, W) for an int index."""
+        return self.images[index].float().div_(255.0)
+
+    def subset(self, n: int | None) -> ImageSet:
+        """The first ``n`` images in dataset order (all of them if ``n`` is None or >= len)."""
+        if n is None:
+            return self
+        if n < 0:
+            raise ValueError(f"subset size must be >= 0 or None, got {n}")
+        return ImageSet(self.images[:n], self.labels[:n], self.class_names, self.name)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_cifar10(split: str = "test", root: str | Path | None = None,
+                 download: bool = False) -> ImageSet:
+    """CIFAR-10 ``split`` ("train" or "test") from ``root``/cifar-10-batches-py, cached per process.
+
+    Returns an :class:`ImageSet` with uint8 images (N, 3, 32, 32); the cached tensors are shared,
+    so do not modify them in place.
+    """
+    if split not in SPLITS:
+        raise DataNotFoundError(f"unknown CIFAR-10 split {split!r}: use one of {', '.join(SPLITS)}")
+    return _load_cifar10_cached(split, str(resolve_data_root(root)), bool(download))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cifar10_cached(split: str, root: str, download: bool) -> ImageSet:
+    from torchvision.datasets import CIFAR10  # imported lazily: torchvision is slow to import
+
+    if not download and not Path(root).is_dir():
+        raise DataNotFoundError(f"data root {root} does not exist: {_FIX_HINT}")
+    try:
+        ds = CIFAR10(root, train=(split == "train"), download=download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
+        raise DataNotFoundError(f"CIFAR-10 not found under {root}: {_FIX_HINT}") from exc
+    except OSError as exc:  # download failure, unreadable files
+        reason = " ".join(str(exc).split())
+        raise DataNotFoundError(
+            f"could not read or download CIFAR-10 under {root} ({reason}): {_FIX_HINT}"
+        ) from exc
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    labels = torch.as_tensor(ds.targets, dtype=torch.int64)
+    return ImageSet(images, labels, tuple(ds.classes), f"cifar10-{split}")
+
+
+_LOADERS: dict[str, Callable[..., ImageSet]] = {"cifar10": load_cifar10}
+
+
+def get_dataset(name: str, split: str = "test", root: str | Path | None = None,
+                download: bool = False) -> ImageSet:
+    """Load dataset ``name`` (currently only "cifar10") as an :class:`ImageSet`."""
+    loader = _LOADERS.get(name.lower())
+    if loader is None:
+        raise DataNotFoundError(
+            f"unknown dataset {name!r}: use one of {', '.join(sorted(_LOADERS))}"
+        )
+    return loader(split=split, root=root, download=download)
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+def cell_slices(k: int, n: int, height: int, width: int) -> tuple[slice, slice]:
+    """(row slice, column slice) of cell ``k`` in an n x n grid of (height, width) cells.
+
+    Cells are placed column-first, as in the authors' code: cell k is at row k % n, column k // n.
+    """
+    if not 0 <= k < n * n:
+        raise IndexError(f"cell index {k} out of range for a {n}x{n} grid")
+    row, col = k % n, k // n
+    return slice(row * height, (row + 1) * height), slice(col * width, (col + 1) * width)
+
+
+def compose_grids(cells: torch.Tensor) -> torch.Tensor:
+    """Tile (G, n*n, C, H, W) cell images into (G, C, n*H, n*W) grids, column-first.
+
+    Cell k lands at row k % n, column k // n (see :func:`cell_slices`). Works for any dtype.
+    """
+    if cells.dim() != 5:
+        raise InputShapeError(f"cells must have shape (G, n*n, C, H, W), got {tuple(cells.shape)}")
+    g, nn_, c, h, w = cells.shape
+    n = int(round(nn_**0.5))
+    if n * n != nn_:
+        raise InputShapeError(f"cells dim 1 must be a square number n*n, got {nn_}")
+    # k = col * n + row  ->  (G, col, row, C, H, W)  ->  (G, C, row, H, col, W)
+    return cells.reshape(g, n, n, c, h, w).permute(0, 3, 2, 4, 1, 5).reshape(g, c, n * h, n * w)
+
+
+def class_pools(logits: torch.Tensor, labels: torch.Tensor) -> list[np.ndarray]:
+    """Per class, the indices of correctly classified images sorted by target logit, descending.
+
+    ``logits`` is (N, K), ``labels`` (N,). The sort is stable: ties keep dataset order.
+    """
+    scores, labels_np = _check_logits(logits, labels)
+    correct = scores.argmax(axis=1) == labels_np
+    target = scores[np.arange(len(labels_np)), labels_np]
+    pools = []
+    for c in range(scores.shape[1]):
+        idx = np.flatnonzero(correct & (labels_np == c))
+        pools.append(idx[np.argsort(-target[idx], kind="stable")])
+    return pools
+
+
+def sample_grids(logits: torch.Tensor, labels: torch.Tensor, n: int = 3, num_grids: int = 500,
+                 seed: int = 42) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw up to ``num_grids`` n x n grids as the CoDA-Nets authors do; returns (indices, classes).
+
+    Both are int64 (G, n*n): source image indices in draw order, and their classes. A class is
+    available while its next unused image (most confident first, see :func:`class_pools`) has
+    sigmoid(target logit) > 0.5. While more than n*n classes are available (strictly, as in the
+    authors' code: for 3x3 on 10 classes all 10 must be available), n*n distinct classes are drawn
+    with ``RandomState(seed).choice(available_classes, n*n, replace=False)`` and each gives its next
+    image; this reproduces the authors' ``np.random.seed(42); np.random.choice`` stream. The
+    authors' code also skips one image between grids through a bookkeeping quirk; we do not.
+    """
+    if n < 2:
+        raise ValueError(f"grid size n must be >= 2, got {n}")
+    if num_grids < 0:
+        raise ValueError(f"num_grids must be >= 0, got {num_grids}")
+    pools = class_pools(logits, labels)  # validates the shapes
+    num_classes = logits.shape[1]
+    if n * n > num_classes:
+        raise ValueError(
+            f"a {n}x{n} grid needs at least {n * n} classes, logits have {num_classes}"
+        )
+    confident = _confident(logits, labels)
+    classes = np.arange(num_classes)
+    pointer = np.zeros(num_classes, dtype=np.int64)
+
+    def is_available(c: int) -> bool:
+        return bool(pointer[c] < len(pools[c]) and confident[pools[c][pointer[c]]])
+
+    available = np.array([is_available(c) for c in classes], dtype=bool)
+    rng = np.random.RandomState(seed)
+    grids: list[list[int]] = []
+    grid_classes: list[np.ndarray] = []
+    while available.sum() > n * n and len(grids) < num_grids:
+        chosen = rng.choice(classes[available], size=n * n, replace=False)
+        grid = []
+        for c in chosen:
+            grid.append(int(pools[c][pointer[c]]))
+            pointer[c] += 1
+            available[c] = is_available(c)
+        grids.append(grid)
+        grid_classes.append(chosen)
+    shape = (len(grids), n * n)
+    indices = torch.tensor(grids, dtype=torch.int64).reshape(shape)
+    return indices, torch.tensor(np.array(grid_classes), dtype=torch.int64).reshape(shape)
+
+
+def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (N, K) float logits and (N,) labels; return them as float64 / int64 numpy arrays."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise InputShapeError(f"logits must be a float tensor of shape (N, K), got {got}")
+    labels = torch.as_tensor(labels)
+    if labels.shape != logits.shape[:1]:
+        raise InputShapeError(
+            f"labels must have shape ({logits.shape[0]},) to match logits {tuple(logits.shape)}, "
+            f"got {tuple(labels.shape)}"
+        )
+    labels_np = labels.detach().cpu().numpy().astype(np.int64)
+    if labels_np.size and (labels_np.min() < 0 or labels_np.max() >= logits.shape[1]):
+        raise InputShapeError(f"labels must lie in [0, {logits.shape[1]}) to index the logits")
+    return logits.detach().cpu().double().numpy(), labels_np
+
+
+def _confident(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Bool (N,): sigmoid(target logit) > 0.5, computed in the logits' own precision (>= fp32)."""
+    scores = logits.detach().cpu()
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    labels = torch.as_tensor(labels).cpu().long()
+    target = scores.gather(1, labels[:, None])[:, 0]
+    return (torch.sigmoid(target) > 0.5).numpy()
+
+
+class GridDataset(torch.utils.data.Dataset):
+    """n x n multi-image grids for the localisation metric, built from an :class:`ImageSet`.
+
+    ``logits`` (N, K) are a model's outputs on ``image_set``; grids are drawn by
+    :func:`sample_grids`. ``indices`` and ``classes`` are int64 (G, n*n); item i is
+    (grid float32 (C, n*H, n*W) in [0, 1], classes (n*n,)). G may be below ``requested`` when the
+    pool of confident images runs out (then ``exhausted`` is True).
+    """
+
+    def __init__(self, image_set: ImageSet, logits: torch.Tensor, n: int = 3,
+                 num_grids: int = 500, seed: int = 42) -> None:
+        if isinstance(logits, torch.Tensor) and logits.dim() == 2:
+            if logits.shape[0] != len(image_set):
+                raise InputShapeError(
+                    f"logits have {logits.shape[0]} rows but {image_set.name} has "
+                    f"{len(image_set)} images: compute logits on the same image set"
+                )
+            if logits.shape[1] != image_set.num_classes:
+                raise InputShapeError(
+                    f"logits have {logits.shape[1]} classes but {image_set.name} has "
+                    f"{image_set.num_classes}"
+                )
+        self.image_set = image_set
+        self.n = n
+        self.seed = seed
+        self.requested = num_grids
+        self.cell_size = image_set.image_size
+        self.indices, self.classes = sample_grids(logits, image_set.labels, n, num_grids, seed)
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+    @property
+    def exhausted(self) -> bool:
+        """True if fewer grids than requested could be built."""
+        return len(self) < self.requested
+
+    def batch(self, index: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Grids ``index`` as float32 (B, C, n*H, n*W) in [0, 1] and their classes (B, n*n)."""
+        idx = self.indices[index]
+        if idx.dim() == 1:  # a scalar index: keep the batch dimension
+            idx = idx[None]
+        cells = self.image_set.images[idx]  # (B, n*n, C, H, W) uint8
+        grids = compose_grids(cells).float().div_(255.0)
+        return grids, self.classes[index].reshape(idx.shape)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"grid index {i} out of range for {len(self)} grids")
+        grids, classes = self.batch(torch.tensor([i]))
+        return grids[0], classes[0]

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-from attrib_bench.models.dau import DAUConv2d, Formulation, Norm, explanation_mode
 from torch import nn
 
 from attrib_bench.checks import check_images
+from attrib_bench.models.dau import DAUConv2d, Formulation, Norm, explanation_mode
 
 #: The authors' logit bias: log(0.1 / 0.9), i.e. sigmoid(b0) = 0.1 for an all-zero input.
 DEFAULT_LOGIT_BIAS = math.log(0.1 / 0.9)

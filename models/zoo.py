@@ -13,12 +13,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from attrib_bench.models.coda_net import CONFIGS, PAPER_PARAMS_M, build_coda
-from attrib_bench.models.resnet_cifar import resnet56
 from torch import nn
 
 from attrib_bench.checkpoints import load_into, read_state_dict, resolve_weights_root, sha256_file
 from attrib_bench.errors import CheckpointError
+from attrib_bench.models.coda_net import CONFIGS, PAPER_PARAMS_M, build_coda
+from attrib_bench.models.resnet_cifar import resnet56
 from attrib_bench.registry import MODELS, register_model
 
 

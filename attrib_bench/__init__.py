@@ -1,0 +1,40 @@
+"""attrib-bench: benchmark attribution methods on image classifiers (CoDA-Nets and baselines).
+
+The public API: the registries (``create_model``, ``list_models``, ``register_model`` and the same
+for methods and metrics), the data helpers, and the errors users may catch.
+"""
+
+from attrib_bench.data import GridDataset, ImageSet, get_dataset, load_cifar10
+from attrib_bench.errors import AttribBenchError
+from attrib_bench.registry import (
+    create_method,
+    create_metric,
+    create_model,
+    list_methods,
+    list_metrics,
+    list_models,
+    load_plugins,
+    register_method,
+    register_metric,
+    register_model,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttribBenchError",
+    "GridDataset",
+    "ImageSet",
+    "create_method",
+    "create_metric",
+    "create_model",
+    "get_dataset",
+    "list_methods",
+    "list_metrics",
+    "list_models",
+    "load_cifar10",
+    "load_plugins",
+    "register_method",
+    "register_metric",
+    "register_model",
+]

@@ -1,0 +1,93 @@
+"""Checkpoints: sha256 before loading, weights_only, one-line errors; the real ResNet-56."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from attrib_bench.checkpoints import load_into, read_state_dict, sha256_file, verify_sha256
+from attrib_bench.errors import CheckpointError, ChecksumError
+from attrib_bench.models.resnet_cifar import resnet56
+from attrib_bench.models.zoo import RESNET56_CIFAR10, load_pretrained
+from attrib_bench.registry import create_model
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_sha256_mismatch_is_refused_before_loading(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.ones(3)}, str(path))
+    verify_sha256(path, sha256_file(path))  # the right hash passes
+    with pytest.raises(ChecksumError) as info:
+        read_state_dict(path, sha256="0" * 64)
+    assert "sha256" in _one_line(info)
+
+
+def test_tampered_zoo_file_fails_with_one_line(tmp_path):
+    """A copy of the ResNet-56 file with one byte changed is rejected by its recorded sha256."""
+    model = resnet56()
+    fake = tmp_path / RESNET56_CIFAR10.file
+    torch.save({"state_dict": model.state_dict()}, fake)  # right structure, wrong bytes
+    with pytest.raises(ChecksumError) as info:
+        load_pretrained(resnet56(), RESNET56_CIFAR10, weights_root=tmp_path)
+    assert "corrupt" in _one_line(info)
+
+
+def test_missing_weights_name_the_fix(tmp_path):
+    with pytest.raises(CheckpointError) as info:
+        create_model("resnet56", pretrained=True, weights_root=tmp_path)
+    assert "ATTRIB_BENCH_WEIGHTS" in _one_line(info)
+
+
+def test_corrupt_and_wrong_checkpoints(tmp_path):
+    garbage = tmp_path / "g.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as info:
+        read_state_dict(garbage)
+    assert "corrupt" in _one_line(info)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_state_dict(tmp_path / "nope.pt")
+    other = tmp_path / "other.safetensors"
+    save_file({"linear.weight": torch.zeros(10, 64)}, str(other))
+    with pytest.raises(CheckpointError) as info:
+        create_model("resnet56", checkpoint=other)
+    assert "missing" in _one_line(info)
+    with pytest.raises(CheckpointError) as info:
+        load_into(resnet56(), {**resnet56().state_dict(), "linear.bias": torch.zeros(3)}, other)
+    assert "wrong shape" in _one_line(info)
+
+
+def test_pickled_code_is_not_executed(tmp_path):
+    """weights_only=True refuses arbitrary objects in a torch file."""
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": Evil()}, path)
+    with pytest.raises(CheckpointError):
+        read_state_dict(path, key="state_dict")
+
+
+def test_user_checkpoint_roundtrip_in_float16(tmp_path):
+    model = create_model("xs-coda")
+    path = tmp_path / "xs.safetensors"
+    save_file({k: v.half() for k, v in model.state_dict().items()}, str(path))
+    loaded = create_model("xs-coda", checkpoint=path, sha256=sha256_file(path))
+    for key, value in loaded.state_dict().items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, model.state_dict()[key].half().float())
+
+
+@pytest.mark.real
+def test_real_resnet56_structure(weights_root):
+    model = create_model("resnet56", pretrained=True, weights_root=weights_root)
+    assert sum(p.numel() for p in model.parameters()) == 853_018
+    raw = torch.load(weights_root / RESNET56_CIFAR10.file, map_location="cpu", weights_only=True)
+    torch.testing.assert_close(model.conv1.weight, raw["state_dict"]["module.conv1.weight"])

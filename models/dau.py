@@ -117,28 +117,15 @@ class DAUConv2d(nn.Module):
         o, r, k = self.out_channels, self.rank, self.kernel_size
         a, b = self.weight_factors()
         z = self.reduce(x)  # (B, r, H', W')
-        n, _, h, w = z.shape
-        # One convolution gives A_oᵀp (o·r channels) and b_oᵀp (o channels) at every location.
+        # A_oᵀp (o·r channels) and b_oᵀp (o channels) come from one convolution of x.
         proj = a.transpose(1, 2).reshape(o * r, self.in_channels, k, k)
-        bias_filter = b.reshape(o, self.in_channels, k, k)
-        y = F.conv2d(x, torch.cat([proj, bias_filter]), stride=self.stride, padding=self.padding)
-        a_p = y[:, : o * r].view(n, o, r, h, w)
-        b_p = y[:, o * r :]
-        # ‖u‖² from the Gram form: quadratic, linear and constant terms in z.
-        gram = torch.einsum("odr,ods->ors", a, a).reshape(o * r, r, 1, 1)
-        cross = torch.einsum("odr,od->or", a, b).reshape(o, r, 1, 1)
-        g_z = F.conv2d(z, gram).view(n, o, r, h, w)
-        norm_sq = (
-            (z.unsqueeze(1) * g_z).sum(2)
-            + 2.0 * F.conv2d(z, cross)
-            + b.pow(2).sum(1).view(1, o, 1, 1)
-        )
-        scale = dau_scale(norm_sq, self.norm)
-        z_w = z
-        if self.explanation_mode:
-            z_w, scale = z.detach(), scale.detach()
-        dot = (z_w.unsqueeze(1) * a_p).sum(2) + b_p
-        return dot * scale
+        filters = torch.cat([proj, b.reshape(o, self.in_channels, k, k)])
+        # ‖u‖² = zᵀ G_o z + 2 v_oᵀ z + c_o, with the Gram terms computed once per call.
+        gram = torch.einsum("odr,ods->ors", a, a)
+        cross = torch.einsum("odr,od->or", a, b)
+        const = b.pow(2).sum(1)
+        return _BilinearDAU.apply(x, z, filters, gram, cross, const, self.norm, self.stride,
+                                  self.padding, self.explanation_mode)
 
     def _forward_materialised(self, x: torch.Tensor) -> torch.Tensor:
         d, o = self.patch_dim, self.out_channels
@@ -163,6 +150,92 @@ class DAUConv2d(nn.Module):
         u = u.view(n, d, o, h, w).transpose(1, 2)
         norm_sq = u.pow(2).sum(2, keepdim=True)
         return u * dau_scale(norm_sq, self.norm)
+
+
+def _scale_and_slope(norm_sq: torch.Tensor, norm: Norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """s(‖u‖²) and ds/d‖u‖² (0 where the clamp at EPS is active, as autograd would give)."""
+    n2 = norm_sq.clamp_min(EPS)
+    active = norm_sq >= EPS
+    if norm == "sq":
+        root = n2.sqrt()
+        scale = root / (1.0 + n2)
+        slope = (1.0 - n2) / (2.0 * root * (1.0 + n2).pow(2))
+    else:
+        scale = n2.rsqrt()
+        slope = -0.5 * scale / n2
+    return scale, slope * active
+
+
+class _BilinearDAU(torch.autograd.Function):
+    """out = (zᵀ(A_oᵀp) + b_oᵀp) · s(zᵀG_o z + 2v_oᵀz + c_o), with a hand-written backward.
+
+    Autograd would keep two o·r-sized tensors per location (A_oᵀp and G_o z) from the forward to
+    the backward pass of every layer. This function keeps only x, z and o-sized maps, and
+    recomputes what the backward needs: it trades one more convolution for several times less
+    memory. Shapes: x (B, C, H, W), z (B, r, H', W'), filters (o·r + o, C, k, k), gram (o, r, r),
+    cross (o, r), const (o,) → (B, o, H', W').
+    """
+
+    @staticmethod
+    def forward(ctx, x, z, filters, gram, cross, const, norm, stride, padding, explain):
+        o, r = cross.shape
+        n, _, h, w = z.shape
+        y = F.conv2d(x, filters, stride=stride, padding=padding)
+        a_p = y[:, : o * r].view(n, o, r, h, w)
+        dot = a_p.mul_(z.unsqueeze(1)).sum(2).add_(y[:, o * r :])
+        del y, a_p
+        g_z = F.conv2d(z, gram.reshape(o * r, r, 1, 1)).view(n, o, r, h, w)
+        norm_sq = g_z.mul_(z.unsqueeze(1)).sum(2)
+        del g_z
+        norm_sq += 2.0 * F.conv2d(z, cross.view(o, r, 1, 1)) + const.view(1, o, 1, 1)
+        scale, _ = _scale_and_slope(norm_sq, norm)
+        ctx.save_for_backward(x, z, filters, gram, cross, dot, norm_sq)
+        ctx.config = (norm, stride, padding, explain)
+        return dot * scale
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, z, filters, gram, cross, dot, norm_sq = ctx.saved_tensors
+        norm, stride, padding, explain = ctx.config
+        o, r = cross.shape
+        n, _, h, w = z.shape
+        need_x, need_z, need_f, need_g, need_v, need_c = ctx.needs_input_grad[:6]
+        scale, slope = _scale_and_slope(norm_sq, norm)
+        g_dot = grad_out * scale
+        grads = [None] * 10
+        if need_x or need_f:
+            # ∂dot_o/∂p = A_o z + b_o: one transposed convolution of (g_dot ⊗ z, g_dot).
+            outer = (g_dot.unsqueeze(2) * z.unsqueeze(1)).view(n, o * r, h, w)
+            coeff = torch.cat([outer, g_dot], 1)
+            del outer
+            if need_x:
+                grads[0] = torch.nn.grad.conv2d_input(x.shape, filters, coeff, stride, padding)
+            if need_f:
+                grads[2] = torch.nn.grad.conv2d_weight(x, filters.shape, coeff, stride, padding)
+            del coeff
+        if explain:  # u and the scale are constants in explanation mode
+            return tuple(grads)
+        g_n2 = grad_out * dot * slope  # (B, o, H', W')
+        if need_z:
+            a_p = F.conv2d(x, filters[: o * r], stride=stride, padding=padding).view(n, o, r, h, w)
+            grad_z = a_p.mul_(g_dot.unsqueeze(2)).sum(1)
+            del a_p
+            g_z = F.conv2d(z, gram.reshape(o * r, r, 1, 1)).view(n, o, r, h, w)
+            grad_z += 2.0 * g_z.mul_(g_n2.unsqueeze(2)).sum(1)
+            del g_z
+            grad_z += 2.0 * F.conv2d(g_n2, cross.t().reshape(r, o, 1, 1))
+            grads[1] = grad_z
+        if need_g or need_v:
+            zf = z.transpose(0, 1).reshape(r, -1)  # (r, N)
+            gf = g_n2.transpose(0, 1).reshape(o, -1)  # (o, N)
+            if need_g:
+                grads[3] = torch.bmm(gf.unsqueeze(1) * zf.unsqueeze(0), zf.t().expand(o, -1, -1))
+            if need_v:
+                grads[4] = 2.0 * gf @ zf.t()
+        if need_c:
+            grads[5] = g_n2.sum(dim=(0, 2, 3))
+        return tuple(grads)
 
 
 def dau_layers(model: nn.Module) -> list[nn.Module]:

@@ -72,6 +72,21 @@ def test_weights_are_bounded_and_match_definition(norm):
     torch.testing.assert_close(layer(x)[0, :, 1, 2], g @ patch)
 
 
+@pytest.mark.parametrize("norm", ["sq", "l2"])
+def test_hand_written_backward_passes_gradcheck(norm):
+    """The bilinear layer's custom backward against finite differences (float64). (Explanation
+    mode is checked against the materialised weights below: by design it is not the derivative.)"""
+    layer = DAUConv2d(2, 3, 2, 3, 2, norm=norm).double()
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    params = tuple(layer.parameters())
+
+    def f(inp, *weights):
+        state = dict(zip(dict(layer.named_parameters()), weights, strict=True))
+        return torch.func.functional_call(layer, state, (inp,))
+
+    assert torch.autograd.gradcheck(f, (x, *[p.detach().requires_grad_() for p in params]))
+
+
 @pytest.mark.parametrize("formulation", ["bilinear", "materialised"])
 @pytest.mark.parametrize("norm", ["sq", "l2"])
 def test_zero_input_is_finite(norm, formulation):

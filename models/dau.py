@@ -109,6 +109,7 @@ class DAUConv2d(nn.Module):
         return a, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()  # the reshapes below assume NCHW (a channels_last input is copied)
         if self.formulation == "bilinear":
             return self._forward_bilinear(x)
         return self._forward_materialised(x)

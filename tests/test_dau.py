@@ -130,3 +130,12 @@ def test_bad_arguments_raise():
         DAUConv2d(2, 3, 4, norm="l1")
     with pytest.raises(ValueError, match="formulation"):
         DAUConv2d(2, 3, 4, formulation="fast")
+
+
+def test_channels_last_input_gives_the_same_result():
+    layer = DAUConv2d(4, 3, 5, 3, 2)
+    x = torch.randn(2, 4, 9, 9)
+    out, grad = _out_and_grad(layer, x)
+    out_cl, grad_cl = _out_and_grad(layer, x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out_cl, out)
+    torch.testing.assert_close(grad_cl, grad)

@@ -34,9 +34,16 @@ class Entry:
 class Registry:
     """Names to factories for one kind of thing ("model", "method" or "metric")."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: str | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._builtins = builtins  # module whose import registers the built-in entries
+
+    def _load_builtins(self) -> None:
+        """Import the built-in entries on first lookup (not at import: keeps imports light)."""
+        if self._builtins is not None:
+            module, self._builtins = self._builtins, None
+            importlib.import_module(module)
 
     def register(
         self,
@@ -67,9 +74,14 @@ class Registry:
         """Register without decorator syntax."""
         self.register(name, **kwargs)(factory)
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (e.g. a test's temporary entry); unknown names are ignored."""
+        self._entries.pop(name, None)
+
     def names(
         self, pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
         """Sorted names matching any fnmatch ``pattern`` and none of the ``exclude`` patterns."""
+        self._load_builtins()
         include = [pattern] if isinstance(pattern, str) else list(pattern)
         excluded = [exclude] if isinstance(exclude, str) else list(exclude)
         return sorted(
@@ -81,6 +93,7 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         """The entry for ``name``; an unknown name raises one line listing close matches."""
+        self._load_builtins()
         try:
             return self._entries[name]
         except KeyError:
@@ -96,61 +109,50 @@ class Registry:
         return self.get(name).factory(*args, **kwargs)
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return name in self._entries
 
     def __len__(self) -> int:
+        self._load_builtins()
         return len(self._entries)
 
 
-MODELS = Registry("model")
-METHODS = Registry("method")
-METRICS = Registry("metric")
+MODELS = Registry("model", builtins="attrib_bench.models")
+METHODS = Registry("method", builtins="attrib_bench.methods")
+METRICS = Registry("metric", builtins="attrib_bench.metrics")
 
 register_model = MODELS.register
 register_method = METHODS.register
 register_metric = METRICS.register
 
 
-def _ensure_builtins() -> None:
-    """Import the built-in model, method and metric modules so that their decorators run."""
-    importlib.import_module("attrib_bench.models")
-    importlib.import_module("attrib_bench.methods")
-    importlib.import_module("attrib_bench.metrics")
-
-
 def list_models(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
     """Registered model names matching ``pattern`` (fnmatch wildcards), e.g. ``"*coda*"``."""
-    _ensure_builtins()
     return MODELS.names(pattern, exclude)
 
 
 def list_methods(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
     """Registered attribution-method names matching ``pattern``."""
-    _ensure_builtins()
     return METHODS.names(pattern, exclude)
 
 
 def list_metrics(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
     """Registered metric names matching ``pattern``."""
-    _ensure_builtins()
     return METRICS.names(pattern, exclude)
 
 
 def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> Any:
     """Build the model registered as ``name``; ``pretrained=True`` loads its checked weights."""
-    _ensure_builtins()
     return MODELS.create(name, pretrained=pretrained, **kwargs)
 
 
 def create_method(name: str, model: Any, **hparams: Any) -> Any:
     """Build the attribution method ``name`` bound to ``model``."""
-    _ensure_builtins()
     return METHODS.create(name, model, **hparams)
 
 
 def create_metric(name: str, **hparams: Any) -> Any:
     """Build the metric ``name``."""
-    _ensure_builtins()
     return METRICS.create(name, **hparams)
 
 

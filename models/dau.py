@@ -80,6 +80,9 @@ class DAUConv2d(nn.Module):
         self.norm: Norm = norm
         self.formulation: Formulation = formulation
         self.explanation_mode = False
+        #: Keep A_oᵀp from the forward pass for the backward instead of recomputing it: faster
+        #: training (one convolution less per step), about twice the activation memory.
+        self.keep_projection = False
         patch = in_channels * kernel_size**2
         self.reduce = nn.Conv2d(
             in_channels, rank, kernel_size, stride=stride, padding=self.padding, bias=False
@@ -125,8 +128,9 @@ class DAUConv2d(nn.Module):
         gram = torch.einsum("odr,ods->ors", a, a)
         cross = torch.einsum("odr,od->or", a, b)
         const = b.pow(2).sum(1)
+        keep = self.keep_projection and not self.explanation_mode and torch.is_grad_enabled()
         return _BilinearDAU.apply(x, z, filters, gram, cross, const, self.norm, self.stride,
-                                  self.padding, self.explanation_mode)
+                                  self.padding, self.explanation_mode, keep)
 
     def _forward_materialised(self, x: torch.Tensor) -> torch.Tensor:
         d, o = self.patch_dim, self.out_channels
@@ -178,12 +182,16 @@ class _BilinearDAU(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, z, filters, gram, cross, const, norm, stride, padding, explain):
+    def forward(ctx, x, z, filters, gram, cross, const, norm, stride, padding, explain, keep):
         o, r = cross.shape
         n, _, h, w = z.shape
         y = F.conv2d(x, filters, stride=stride, padding=padding)
         a_p = y[:, : o * r].view(n, o, r, h, w)
-        dot = a_p.mul_(z.unsqueeze(1)).sum(2).add_(y[:, o * r :])
+        if keep:
+            dot = (a_p * z.unsqueeze(1)).sum(2).add_(y[:, o * r :])
+            ctx.projection = a_p
+        else:
+            dot = a_p.mul_(z.unsqueeze(1)).sum(2).add_(y[:, o * r :])
         del y, a_p
         g_z = F.conv2d(z, gram.reshape(o * r, r, 1, 1)).view(n, o, r, h, w)
         norm_sq = g_z.mul_(z.unsqueeze(1)).sum(2)
@@ -204,7 +212,7 @@ class _BilinearDAU(torch.autograd.Function):
         need_x, need_z, need_f, need_g, need_v, need_c = ctx.needs_input_grad[:6]
         scale, slope = _scale_and_slope(norm_sq, norm)
         g_dot = grad_out * scale
-        grads = [None] * 10
+        grads = [None] * 11
         if need_x or need_f:
             # ∂dot_o/∂p = A_o z + b_o: one transposed convolution of (g_dot ⊗ z, g_dot).
             outer = (g_dot.unsqueeze(2) * z.unsqueeze(1)).view(n, o * r, h, w)
@@ -219,8 +227,12 @@ class _BilinearDAU(torch.autograd.Function):
             return tuple(grads)
         g_n2 = grad_out * dot * slope  # (B, o, H', W')
         if need_z:
-            a_p = F.conv2d(x, filters[: o * r], stride=stride, padding=padding).view(n, o, r, h, w)
-            grad_z = a_p.mul_(g_dot.unsqueeze(2)).sum(1)
+            a_p = getattr(ctx, "projection", None)
+            if a_p is None:
+                a_p = F.conv2d(x, filters[: o * r], stride=stride, padding=padding)
+                grad_z = a_p.view(n, o, r, h, w).mul_(g_dot.unsqueeze(2)).sum(1)
+            else:
+                grad_z = (a_p * g_dot.unsqueeze(2)).sum(1)
             del a_p
             g_z = F.conv2d(z, gram.reshape(o * r, r, 1, 1)).view(n, o, r, h, w)
             grad_z += 2.0 * g_z.mul_(g_n2.unsqueeze(2)).sum(1)

@@ -29,10 +29,12 @@ def _out_and_grad(layer: DAUConv2d, x: torch.Tensor) -> tuple[torch.Tensor, torc
     return out.detach(), grad
 
 
+@pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize(("norm", "k", "stride"), CASES)
 @pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 1e-5), (torch.float64, 1e-10)])
-def test_bilinear_equals_materialised(norm, k, stride, dtype, rtol):
+def test_bilinear_equals_materialised(norm, k, stride, dtype, rtol, keep):
     fast, slow = _pair(norm, k, stride, dtype)
+    fast.keep_projection = keep
     x = torch.randn(3, 5, 13, 11, dtype=dtype)
     out_f, grad_f = _out_and_grad(fast, x)
     out_s, grad_s = _out_and_grad(slow, x)
@@ -42,9 +44,11 @@ def test_bilinear_equals_materialised(norm, k, stride, dtype, rtol):
     torch.testing.assert_close(grad_f, grad_s, rtol=rtol, atol=rtol * grad_s.abs().max().item())
 
 
+@pytest.mark.parametrize("keep", [False, True])
 @pytest.mark.parametrize("norm", ["sq", "l2"])
-def test_parameter_gradients_agree(norm):
+def test_parameter_gradients_agree(norm, keep):
     fast, slow = _pair(norm, 3, 1, torch.float64)
+    fast.keep_projection = keep
     x = torch.randn(2, 5, 8, 8, dtype=torch.float64)
     fast(x).pow(2).sum().backward()
     slow(x).pow(2).sum().backward()

@@ -80,7 +80,7 @@ def test_plugin_module_registers_a_model(tmp_path, monkeypatch):
         assert "tiny-linear-test" in list_models("tiny-*")
         assert create_model("tiny-linear-test")(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     finally:
-        MODELS._entries.pop("tiny-linear-test", None)
+        MODELS.remove("tiny-linear-test")
         sys.modules.pop("my_plugin_mod", None)
 
 

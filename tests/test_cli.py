@@ -33,7 +33,7 @@ def test_list_models_verbose_shows_parameter_counts():
 def test_list_with_pattern_and_all():
     result = _run("list", "models", "*coda*")
     assert result.exit_code == 0
-    assert "models (5):" in result.output and "resnet56" not in result.output
+    assert "models (6):" in result.output and "resnet56" not in result.output
     result = _run("list")
     assert all(f"{kind} (" in result.output for kind in ("models", "methods", "metrics"))
 

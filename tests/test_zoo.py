@@ -1,0 +1,49 @@
+"""The shipped, trained CoDA-Nets: checksums, accuracy as recorded, completeness on real images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from attrib_bench.checkpoints import sha256_file
+from attrib_bench.data import load_cifar10
+from attrib_bench.evaluation import predict_logits, top1_accuracy
+from attrib_bench.models.zoo import TRAINED
+from attrib_bench.registry import create_model, list_models
+
+NAMES = sorted(TRAINED)
+
+
+def test_trained_models_are_registered():
+    assert NAMES, "no trained model is shipped"
+    assert set(NAMES) <= set(list_models("*-coda-*"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_file_matches_zoo_and_sidecar(name):
+    cfg = TRAINED[name][3]
+    path = cfg.path()
+    assert sha256_file(path) == cfg.sha256
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["sha256"] == cfg.sha256
+    assert sidecar["config"]["temperature"] == TRAINED[name][1]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name", NAMES)
+def test_accuracy_and_completeness_on_real_images(name, data_root):
+    model = create_model(name, pretrained=True)
+    test_set = load_cifar10("test", root=data_root)
+    logits = predict_logits(model, test_set, progress=False)
+    assert top1_accuracy(logits, test_set.labels) == pytest.approx(TRAINED[name][3].accuracy,
+                                                                   abs=0.05)
+    x, target = test_set.float_images(slice(0, 16)), test_set.labels[:16]
+    maps = model.contributions(x, target)
+    with torch.no_grad():
+        evidence = model.evidence_encoded(model.encode(x))[torch.arange(16), target]
+    torch.testing.assert_close(maps.sum(dim=(1, 2, 3)), evidence, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(maps.sum(dim=(1, 2, 3)),
+                               logits[:16][torch.arange(16), target] - model.logit_bias,
+                               rtol=1e-4, atol=1e-5)

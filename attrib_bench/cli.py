@@ -69,6 +69,10 @@ def list_cmd(kind: str, pattern: str, verbose: bool) -> None:
         click.echo(f"{key} ({len(names)}):")
         if verbose and key == "models" and names:
             _print_table(_model_rows(names))
+        elif key == "methods":  # hyper-parameters (registry metadata) before the description
+            _print_table([("name", "hyper-parameters", "description")] + [(n, ", ".join(
+                f"{k}={v}" for k, v in registry.get(n).metadata.get("hparams", {}).items()) or "-",
+                registry.get(n).description) for n in names])
         else:
             _print_table([("name", "description")]
                          + [(n, registry.get(n).description) for n in names])

@@ -35,3 +35,15 @@ class InputShapeError(AttribBenchError, ValueError):
 
 class PluginError(AttribBenchError):
     """A user plugin module could not be imported."""
+
+
+class TargetError(AttribBenchError, ValueError):
+    """Target class indices of the wrong type, shape or range for the batch and the model."""
+
+
+class MethodError(AttribBenchError):
+    """An attribution method was misconfigured, or produced a map that is not finite."""
+
+
+class NotApplicableError(MethodError):
+    """The method needs something the model does not offer (e.g. CoDA-Net contribution maps)."""

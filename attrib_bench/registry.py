@@ -11,12 +11,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from attrib_bench.errors import PluginError, UnknownNameError
+from attrib_bench.errors import MethodError, PluginError, UnknownNameError
 
 Patterns = str | Iterable[str]
 
@@ -117,8 +118,47 @@ class Registry:
         return len(self._entries)
 
 
+class MethodRegistry(Registry):
+    """Attribution methods. Besides method classes it takes a plain function
+    ``f(model, inputs, target, **hparams) -> (B, H, W) or (B, C, H, W)``, which it wraps into a
+    method class (:func:`attrib_bench.methods.base.function_method`); the decorator returns the
+    function unchanged. A factory that builds a method object registers through :meth:`add`.
+    """
+
+    def register(self, name: str | None = None, **kwargs: Any
+                 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        register = super().register(name, **kwargs)
+
+        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            if inspect.isfunction(factory):
+                from attrib_bench.methods.base import function_method
+
+                register(function_method(factory, name or factory.__name__))
+            else:
+                register(factory)
+            return factory
+
+        return decorator
+
+    def add(self, name: str, factory: Callable[..., Any], **kwargs: Any) -> None:
+        """Register ``factory(model, **hparams) -> method`` as is (no function wrapping)."""
+        Registry.register(self, name, **kwargs)(factory)
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Build the method; an unknown hyper-parameter raises one :class:`MethodError` line."""
+        factory = self.get(name).factory
+        try:
+            inspect.signature(factory).bind(*args, **kwargs)
+        except TypeError as exc:
+            known = [p.name for p in inspect.signature(factory).parameters.values()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY]
+            raise MethodError(f"method {name!r}: {exc}; its hyper-parameters are "
+                              f"{', '.join(known) or 'none'}") from None
+        return factory(*args, **kwargs)
+
+
 MODELS = Registry("model", builtins="attrib_bench.models")
-METHODS = Registry("method", builtins="attrib_bench.methods")
+METHODS = MethodRegistry("method", builtins="attrib_bench.methods")
 METRICS = Registry("metric", builtins="attrib_bench.metrics")
 
 register_model = MODELS.register

@@ -1,0 +1,242 @@
+"""The attribution-method contract and what every method shares.
+
+``Method(model, **hparams).attribute(inputs, target) -> (B, H, W)``: ``inputs`` float RGB in
+[0, 1], shape (B, 3, H, W); ``target`` class indices, LongTensor (B,); the result is one signed
+value per pixel (channels summed), on the inputs' device, in their dtype. :class:`AttributionMethod`
+validates inputs, targets and the produced map (one-line :class:`AttribBenchError` subclasses), runs
+the model in eval mode, chunks the batch by ``max_batch`` and sums channels; a method implements
+only :meth:`AttributionMethod._attribute` (or :meth:`AttributionMethod._attribute_chunk`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Literal, final
+
+import torch
+from torch import nn
+
+from attrib_bench.checks import check_images
+from attrib_bench.errors import InputShapeError, MethodError, NotApplicableError, TargetError
+from attrib_bench.registry import METHODS
+
+#: How a perturbation method scores a model output for the target class.
+Score = Literal["softmax", "sigmoid", "logit"]
+SCORES: tuple[str, ...] = ("softmax", "sigmoid", "logit")
+
+#: Images per forward (or forward + backward) unless a method is told otherwise.
+DEFAULT_MAX_BATCH = 64
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode for the block, then restore every module's training flag.
+
+    Batch norm or dropout in training mode would make a map depend on the rest of the batch.
+    """
+    if not isinstance(model, nn.Module):
+        yield model
+        return
+    before = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in before:
+            module.training = training
+
+
+def requirements(factory: Callable[..., Any]) -> tuple[str, ...]:
+    """The model attributes a registered method factory needs (its class's ``requires``)."""
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return tuple(getattr(factory, "requires", ()))
+
+
+def applicable_methods(model: object) -> list[str]:
+    """Registered method names whose required model attributes ``model`` has."""
+    return [n for n in METHODS.names()
+            if all(hasattr(model, attr) for attr in requirements(METHODS.get(n).factory))]
+
+
+def score_outputs(logits: torch.Tensor, score: str) -> torch.Tensor:
+    """Logits (N, K) → scores (N, K): softmax or sigmoid probabilities, or the logits."""
+    if score == "softmax":
+        return logits.softmax(dim=1)
+    if score == "sigmoid":
+        return logits.sigmoid()
+    return logits
+
+
+def check_score(score: str, method: str) -> str:
+    if score not in SCORES:
+        raise MethodError(f"method {method!r}: score must be one of {', '.join(SCORES)}, "
+                          f"got {score!r}")
+    return score
+
+
+class AttributionMethod:
+    """Base of every attribution method: holds the model, the ``max_batch`` chunk knob and ``seed``.
+
+    ``max_batch``: the most images in one forward (or forward + backward) pass; results do not
+    depend on it. ``seed`` drives the stochastic methods (RISE, LIME); deterministic methods
+    accept and ignore it, so that one setting can be passed to every method.
+    Subclasses set ``name`` (for messages), ``requires`` (model attributes they need, by duck
+    typing), ``needs_grad`` (False: the method runs under ``torch.inference_mode``).
+    """
+
+    name: ClassVar[str] = "method"
+    requires: ClassVar[tuple[str, ...]] = ()
+    needs_grad: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, *, max_batch: int = DEFAULT_MAX_BATCH,
+                 seed: int = 0) -> None:
+        if not callable(model):
+            raise MethodError(f"method {self.name!r} needs a model (an nn.Module), "
+                              f"got {type(model).__name__}")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise MethodError(f"method {self.name!r}: max_batch must be a positive int, "
+                              f"got {max_batch!r}")
+        self.model = model
+        self.max_batch = max_batch
+        self.seed = int(seed)
+        self._num_classes: int | None = None
+        self._check_applicable()
+
+    def _check_applicable(self) -> None:
+        """Raise :class:`NotApplicableError` unless the model has every ``requires`` attribute."""
+        for attr in self.requires:
+            self._require(attr)
+
+    def _require(self, attr: str, fix: str = "") -> None:
+        """Raise :class:`NotApplicableError` unless the model has ``attr``."""
+        if hasattr(self.model, attr):
+            return
+        others = [n for n in applicable_methods(self.model) if n != self.name]
+        fix = fix or f"methods that apply to it: {', '.join(others) or 'none'}"
+        raise NotApplicableError(f"method {self.name!r} does not apply to "
+                                 f"{type(self.model).__name__}: it needs model.{attr}; {fix}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_batch={self.max_batch}, seed={self.seed})"
+
+    @final
+    def attribute(self, inputs: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
+        """Attribution maps (B, H, W) of ``inputs`` (B, 3, H, W) for the classes ``target`` (B,)."""
+        inputs = check_images(inputs).detach()
+        if not torch.isfinite(inputs).all():
+            bad = (~torch.isfinite(inputs)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise InputShapeError(f"inputs contain NaN or inf (images {bad[:5]}): "
+                                  "pass finite RGB values in [0, 1]")
+        if self.needs_grad and torch.is_inference_mode_enabled():
+            raise MethodError(f"method {self.name!r} needs gradients: call it outside "
+                              "torch.inference_mode()")
+        with eval_mode(self.model):
+            target = self._check_target(target, inputs)
+            grad_mode = torch.enable_grad() if self.needs_grad else torch.inference_mode()
+            with grad_mode:
+                maps = self._attribute(inputs, target)
+        return self._check_map(maps, inputs)
+
+    def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Maps for a validated batch: (B, C, H, W) or (B, H, W). Default: chunks of max_batch."""
+        return torch.cat([self._attribute_chunk(inputs[i:i + self.max_batch],
+                                                target[i:i + self.max_batch])
+                          for i in range(0, len(inputs), self.max_batch)])
+
+    def _attribute_chunk(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Maps for at most ``max_batch`` images; override this or :meth:`_attribute`."""
+        raise NotImplementedError
+
+    def num_classes(self, inputs: torch.Tensor) -> int:
+        """K, the model's number of logits, from one forward of one image (then cached)."""
+        if self._num_classes is None:
+            with torch.inference_mode():
+                logits = self.model(inputs[:1])
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else logits
+                raise MethodError(f"method {self.name!r}: the model must return logits of shape "
+                                  f"(B, K), got {shape}")
+            self._num_classes = logits.shape[1]
+        return self._num_classes
+
+    def _check_target(self, target: object, inputs: torch.Tensor) -> torch.Tensor:
+        batch = len(inputs)
+        if isinstance(target, int) and not isinstance(target, bool):
+            target = torch.full((batch,), target, dtype=torch.long)
+        if not isinstance(target, torch.Tensor):
+            raise TargetError(f"target must be a LongTensor of class indices, shape ({batch},), "
+                              f"got {type(target).__name__}")
+        if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
+            raise TargetError(f"target must hold integer class indices, got {target.dtype} "
+                              "(use target.long())")
+        if tuple(target.shape) != (batch,):
+            raise TargetError(f"target must have shape ({batch},), one class per image, "
+                              f"got {tuple(target.shape)}")
+        classes = self.num_classes(inputs)
+        if batch and (target.min() < 0 or target.max() >= classes):
+            raise TargetError(f"target values must be class indices in [0, {classes}), got "
+                              f"{target.min().item()}..{target.max().item()}")
+        return target.to(device=inputs.device, dtype=torch.long)
+
+    def _check_map(self, maps: object, inputs: torch.Tensor) -> torch.Tensor:
+        if not isinstance(maps, torch.Tensor):
+            raise MethodError(f"method {self.name!r} returned {type(maps).__name__}, "
+                              "expected a tensor (B, H, W) or (B, C, H, W)")
+        if maps.dim() == 4:
+            maps = maps.sum(dim=1)
+        b, _, h, w = inputs.shape
+        if tuple(maps.shape) != (b, h, w):
+            raise MethodError(f"method {self.name!r} returned shape {tuple(maps.shape)}, "
+                              f"expected ({b}, {h}, {w}) or ({b}, C, {h}, {w})")
+        maps = maps.detach().to(device=inputs.device, dtype=inputs.dtype)
+        if maps.is_inference():
+            maps = maps.clone()  # a normal tensor: callers may modify it in place
+        if not torch.isfinite(maps).all():
+            bad = (~torch.isfinite(maps)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise MethodError(f"method {self.name!r} produced NaN or inf for images {bad[:5]}: "
+                              "check that the model's logits are finite on these inputs")
+        return maps
+
+
+class FunctionMethod(AttributionMethod):
+    """A registered plain function ``f(model, inputs, target, **hparams)`` as a method class.
+
+    The function gets validated chunks of at most ``max_batch`` images with gradients enabled,
+    and ``seed`` too if it has a ``seed`` parameter; it may return (B, H, W) or (B, C, H, W).
+    """
+
+    function: ClassVar[Callable[..., Any]]
+
+    def __init__(self, model: nn.Module, *, max_batch: int = DEFAULT_MAX_BATCH, seed: int = 0,
+                 **hparams: Any) -> None:
+        super().__init__(model, max_batch=max_batch, seed=seed)
+        signature = inspect.signature(self.function)
+        if "seed" in signature.parameters:
+            hparams["seed"] = self.seed
+        try:
+            signature.bind(model, None, None, **hparams)
+        except TypeError as exc:
+            raise MethodError(f"method {self.name!r}: {exc}") from None
+        self.hparams = hparams
+
+    def _attribute_chunk(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return type(self).function(self.model, inputs, target, **self.hparams)
+
+
+def function_method(function: Callable[..., Any], name: str) -> type[FunctionMethod]:
+    """Wrap ``function(model, inputs, target, **hparams)`` into a :class:`FunctionMethod` class.
+
+    The class keeps the function's name and docstring (the registry's description).
+    """
+    return type(function.__name__, (FunctionMethod,), {
+        "function": staticmethod(function),
+        "name": name,
+        "requires": tuple(getattr(function, "requires", ())),
+        "__doc__": function.__doc__,
+        "__module__": function.__module__,
+        "__qualname__": function.__qualname__,
+    })

@@ -1,0 +1,139 @@
+"""``rise``: Randomized Input Sampling for Explanation (Petsiuk et al., BMVC 2018).
+
+N random masks: a binary s×s grid with keep probability p1, upsampled bilinearly to
+(s+1)·⌈H/s⌉ × (s+1)·⌈W/s⌉ and cropped to H×W at a random shift of less than one cell. The map is
+Σ_n score_target(x ⊙ M_n) · M_n / (N · p1). The upsampling is the authors'
+``skimage.transform.resize(order=1, mode="reflect", anti_aliasing=False)`` (pixel centres
+aligned, mirrored at the border), computed as two small interpolation matrices. The masks depend
+only on (N, s, p1, H, W, seed) and are drawn on the CPU from ``seed``, so they are the same on
+every device; they are built once and kept in a small cache.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from attrib_bench.errors import MethodError
+from attrib_bench.methods.base import (
+    DEFAULT_MAX_BATCH,
+    AttributionMethod,
+    Score,
+    check_score,
+    score_outputs,
+)
+from attrib_bench.registry import register_method
+
+_MASK_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_MASK_CACHE_SIZE = 2  # mask sets kept (6000 masks of 96×96 in float32 take 221 MB)
+
+
+def rise_masks(n_masks: int, grid: int, p1: float, size: tuple[int, int], seed: int,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+               ) -> torch.Tensor:
+    """RISE masks (n_masks, H, W) in [0, 1], drawn from ``seed`` (cached, do not modify)."""
+    h, w = size
+    key = (n_masks, grid, float(p1), h, w, int(seed), torch.device(device), dtype)
+    if key in _MASK_CACHE:
+        _MASK_CACHE.move_to_end(key)
+        return _MASK_CACHE[key]
+    with torch.inference_mode(False), torch.no_grad():  # normal tensors even when cached
+        masks = _draw_masks(n_masks, grid, p1, h, w, int(seed), dtype).to(device)
+    _MASK_CACHE[key] = masks
+    while len(_MASK_CACHE) > _MASK_CACHE_SIZE:
+        _MASK_CACHE.popitem(last=False)
+    return masks
+
+
+def linear_resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """(size_out, size_in) matrix of 1-D linear interpolation, skimage ``resize`` conventions.
+
+    Pixel centres are aligned (source = (i + 0.5)·in/out − 0.5) and a source coordinate outside
+    [0, in − 1] is mirrored about the edge sample (skimage ``mode="reflect"``, scipy "mirror"),
+    as in ``skimage.transform.resize(order=1, mode="reflect", anti_aliasing=False)``, which the
+    RISE authors use. (torch's bilinear ``interpolate`` repeats the edge instead.)
+    """
+    source = (torch.arange(size_out, dtype=torch.float64) + 0.5) * (size_in / size_out) - 0.5
+    if size_in > 1:
+        period = 2 * (size_in - 1)
+        source = torch.remainder(source, period)
+        source = torch.where(source > size_in - 1, period - source, source)
+    else:
+        source = torch.zeros_like(source)
+    low = source.floor().long().clamp(0, max(size_in - 2, 0))
+    frac = source - low
+    matrix = torch.zeros(size_out, size_in, dtype=torch.float64)
+    rows = torch.arange(size_out)
+    matrix[rows, low] += 1.0 - frac
+    matrix[rows, (low + 1).clamp(max=size_in - 1)] += frac
+    return matrix
+
+
+def _draw_masks(n_masks: int, grid: int, p1: float, h: int, w: int, seed: int,
+                dtype: torch.dtype) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    cell_h, cell_w = math.ceil(h / grid), math.ceil(w / grid)
+    cells = (torch.rand(n_masks, 1, grid, grid, generator=generator) < p1).double()
+    shift_y = torch.randint(0, cell_h, (n_masks, 1), generator=generator)
+    shift_x = torch.randint(0, cell_w, (n_masks, 1), generator=generator)
+    # Upsampling then cropping = two interpolation matrices restricted to each mask's crop.
+    rows = linear_resize_matrix(grid, (grid + 1) * cell_h)[shift_y + torch.arange(h)]  # (N, H, s)
+    cols = linear_resize_matrix(grid, (grid + 1) * cell_w)[shift_x + torch.arange(w)]  # (N, W, s)
+    masks = torch.empty(n_masks, h, w, dtype=dtype)
+    for i in range(0, n_masks, 500):  # bounds the float64 intermediate
+        part = slice(i, i + 500)
+        masks[part] = torch.einsum("nys,nst,nxt->nyx", rows[part], cells[part, 0], cols[part])
+    return masks
+
+
+@register_method("rise", hparams={"n_masks": 6000, "grid": 6, "p1": 0.1, "score": "softmax",
+                                  "seed": 0}, family="perturbation", stochastic=True)
+class RISE(AttributionMethod):
+    """RISE: mean of random smooth masks weighted by the target's score (6000 masks, s=6, p=0.1).
+
+    ``n_masks`` N, ``grid`` s, ``p1`` keep probability; ``score``: the target's softmax
+    probability (default), sigmoid probability (the CoDA-Nets' training objective) or raw logit.
+    Masked pixels are black in RGB. Costs B · N forward images, in forwards of ``max_batch``
+    images; no more than ``max_batch`` masked images exist at a time.
+    """
+
+    name = "rise"
+    needs_grad = False
+
+    def __init__(self, model: nn.Module, *, n_masks: int = 6000, grid: int = 6, p1: float = 0.1,
+                 score: Score = "softmax", max_batch: int = DEFAULT_MAX_BATCH,
+                 seed: int = 0) -> None:
+        super().__init__(model, max_batch=max_batch, seed=seed)
+        for key, value in (("n_masks", n_masks), ("grid", grid)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MethodError(f"method 'rise': {key} must be a positive int, got {value!r}")
+        if not 0.0 < p1 <= 1.0:
+            raise MethodError(f"method 'rise': p1 must be in (0, 1], got {p1!r}")
+        self.n_masks, self.grid, self.p1 = n_masks, grid, float(p1)
+        self.score = check_score(score, self.name)
+
+    def masks(self, size: tuple[int, int], device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """This method's masks (N, H, W) for images of ``size`` (H, W)."""
+        return rise_masks(self.n_masks, self.grid, self.p1, size, self.seed, device, dtype)
+
+    def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = inputs.shape
+        masks = self.masks((h, w), inputs.device, inputs.dtype)
+        flat = masks.view(self.n_masks, h * w)
+        saliency = torch.zeros(b, h * w, device=inputs.device, dtype=inputs.dtype)
+        images = min(b, self.max_batch)  # images per forward ...
+        per = max(1, self.max_batch // images)  # ... times masks per forward <= max_batch
+        for i in range(0, b, images):
+            x, t = inputs[i:i + images], target[i:i + images]
+            for j in range(0, self.n_masks, per):
+                m = masks[j:j + per]
+                masked = (x[:, None] * m[None, :, None]).view(-1, c, h, w)  # image-major
+                scores = score_outputs(self.model(masked), self.score)
+                scores = scores.view(len(x), len(m), -1).gather(
+                    2, t[:, None, None].expand(-1, len(m), 1))[..., 0]  # (images, masks)
+                saliency[i:i + images] += scores @ flat[j:j + per]
+        return (saliency / (self.n_masks * self.p1)).view(b, h, w)

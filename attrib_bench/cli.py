@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import time
 from typing import Any
 
@@ -156,8 +157,6 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     test_set = load_cifar10("test", root=data_root)
     model = train(config, train_set, test_set, run_dir, torch_device, resume=resume,
                   stop_after_epochs=stop_after)
-    import csv
-
     with open(run_dir / "history.csv", newline="") as handle:
         history = list(csv.DictReader(handle))
     done = int(history[-1]["epoch"]) if history else 0

@@ -44,10 +44,7 @@ EPS = 1e-12
 
 def dau_scale(norm_sq: torch.Tensor, norm: Norm) -> torch.Tensor:
     """The factor s(‖u‖²) with g(u) = s·u: ‖u‖/(1+‖u‖²) for "sq", 1/‖u‖ for "l2". Shape kept."""
-    n2 = norm_sq.clamp_min(EPS)
-    if norm == "sq":
-        return n2.sqrt() / (1.0 + n2)
-    return n2.rsqrt()
+    return _scale_and_slope(norm_sq, norm)[0]
 
 
 class DAUConv2d(nn.Module):

@@ -91,6 +91,9 @@ class AttributionMethod:
     name: ClassVar[str] = "method"
     requires: ClassVar[tuple[str, ...]] = ()
     needs_grad: ClassVar[bool] = True
+    #: False: a NaN/inf map raises :class:`MethodError`; the benchmark runner sets True, keeps the
+    #: map and flags the rows it produces instead of stopping a long run.
+    allow_nonfinite: bool = False
 
     def __init__(self, model: nn.Module, *, max_batch: int = DEFAULT_MAX_BATCH,
                  seed: int = 0) -> None:
@@ -195,7 +198,7 @@ class AttributionMethod:
         maps = maps.detach().to(device=inputs.device, dtype=inputs.dtype)
         if maps.is_inference():
             maps = maps.clone()  # a normal tensor: callers may modify it in place
-        if not torch.isfinite(maps).all():
+        if not self.allow_nonfinite and not torch.isfinite(maps).all():
             bad = (~torch.isfinite(maps)).flatten(1).any(1).nonzero().flatten().tolist()
             raise MethodError(f"method {self.name!r} produced NaN or inf for images {bad[:5]}: "
                               "check that the model's logits are finite on these inputs")

@@ -1,0 +1,113 @@
+"""The metric contract: what the runner gives a metric and what a metric gives back.
+
+A metric evaluates one (model, method) pair on a dataset in three steps, so that the runner can
+batch, cache, checkpoint and resume without knowing the metric:
+
+1. :meth:`Metric.select` picks the samples, deterministically (e.g. the paper's 500 grids, or
+   the first 1024 test images): a :class:`SampleSet` of stable integer ids and a ``fetch`` that
+   turns a batch of ids into ``(inputs, targets)`` tensors.
+2. :meth:`Metric.evaluate` scores one batch of samples and returns **rows**: a
+   :class:`pandas.DataFrame` with the columns :data:`ROW_COLUMNS` (``sample, key, variant, stat,
+   value``). The runner adds ``model, method, metric`` and the config columns. ``key`` names the
+   grid cell, removal step or randomised layer (a string); ``variant`` a sub-protocol
+   (``"least-first"``, ``"cascading"``; ``""`` if none); ``stat`` what ``value`` measures
+   (``"score"``, ``"prob"``, ``"spearman"``…). A sample whose map is NaN gives NaN values, never
+   an exception: the runner flags and counts those rows.
+3. :meth:`Metric.summarise` reduces the rows to one score per (sample, variant, stat), e.g. the
+   area under a pixel-removal curve; :attr:`Metric.directions` says, per ``stat``, whether
+   ``"higher"`` or ``"lower"`` is better so that summaries can rank methods.
+
+Maps come from :class:`EvalContext`: ``explain(inputs, targets)`` is the cached attribution of the
+context's model, ``make_method(model)`` builds the same method (same hyper-parameters) on another
+model (the randomisation test needs it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from attrib_bench.data import ImageSet
+
+#: The columns of the rows a metric returns, in order.
+ROW_COLUMNS: tuple[str, ...] = ("sample", "key", "variant", "stat", "value")
+
+#: ``explain(inputs (B, 3, H, W), targets (B,)) -> maps (B, H, W)``.
+Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """The samples a metric evaluates: stable ids and how to load a batch of them.
+
+    ``ids`` int64 (N,), unique; ``fetch(ids) -> (inputs, targets)`` with inputs (b, 3, H, W)
+    float in [0, 1] and targets (b, ...) long (e.g. (b,) for an image, (b, n²) for a grid).
+    ``info`` holds what a run should report (e.g. how many grids the pool allowed).
+    """
+
+    ids: np.ndarray
+    fetch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]
+    info: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class EvalContext:
+    """What :meth:`Metric.evaluate` may use besides the batch."""
+
+    model: nn.Module
+    explain: Explainer
+    make_method: Callable[[nn.Module], Any]
+    device: torch.device
+    batch_size: int = 64
+    seed: int = 0
+
+
+def make_rows(sample: Any, key: Any, value: Any, *, variant: Any = "", stat: Any = "score"
+              ) -> pd.DataFrame:
+    """Rows from broadcastable columns (scalars or arrays); ``key``/``variant``/``stat`` as str."""
+    columns = np.broadcast_arrays(np.asarray(sample, dtype=np.int64), np.asarray(key),
+                                  np.asarray(variant), np.asarray(stat),
+                                  np.asarray(value, dtype=np.float64))
+    sample, key, variant, stat, value = (np.ravel(c) for c in columns)
+    return pd.DataFrame({"sample": sample, "key": key.astype(str), "variant": variant.astype(str),
+                         "stat": stat.astype(str), "value": value})
+
+
+class Metric:
+    """Base class of every metric; subclasses set ``name``, ``description``, ``directions``."""
+
+    name: ClassVar[str] = "metric"
+    description: ClassVar[str] = ""
+    #: stat → "higher" or "lower" (is better), for the summary's ranking.
+    directions: ClassVar[dict[str, str]] = {"score": "higher"}
+
+    def __init__(self, **hparams: Any) -> None:
+        self.hparams: dict[str, Any] = dict(hparams)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({args})"
+
+    def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
+               device: torch.device, batch_size: int) -> SampleSet:
+        """The samples to evaluate (deterministic; ``n_samples`` None: the paper's number)."""
+        raise NotImplementedError
+
+    def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, targets: torch.Tensor,
+                 samples: np.ndarray) -> pd.DataFrame:
+        """Rows (:data:`ROW_COLUMNS`) for one batch; ``samples`` are the batch's ids."""
+        raise NotImplementedError
+
+    def summarise(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """One value per (sample, variant, stat): by default the mean over ``key``."""
+        return (rows.groupby(["sample", "variant", "stat"], sort=True, dropna=False)["value"]
+                .mean().reset_index())

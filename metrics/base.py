@@ -6,6 +6,8 @@ batch, cache, checkpoint and resume without knowing the metric:
 1. :meth:`Metric.select` picks the samples, deterministically (e.g. the paper's 500 grids, or
    the first 1024 test images): a :class:`SampleSet` of stable integer ids and a ``fetch`` that
    turns a batch of ids into ``(inputs, targets)`` tensors.
+   :meth:`Metric.prepare_model` may wrap the model first (DiFull); ``select`` gets the plain
+   model, ``evaluate``'s context the prepared one.
 2. :meth:`Metric.evaluate` scores one batch of samples and returns **rows**: a
    :class:`pandas.DataFrame` with the columns :data:`ROW_COLUMNS` (``sample, key, variant, stat,
    value``). The runner adds ``model, method, metric`` and the config columns. ``key`` names the
@@ -96,6 +98,14 @@ class Metric:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
         return f"{type(self).__name__}({args})"
+
+    #: Names the model view :meth:`prepare_model` returns ("" = the model itself); part of the
+    #: attribution-cache key, since maps of a wrapped model differ from the plain model's.
+    model_view: ClassVar[str] = ""
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The model the metric explains (default: ``model``; DiFull wraps it). Called once."""
+        return model
 
     def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
                device: torch.device, batch_size: int) -> SampleSet:

@@ -21,6 +21,14 @@ from attrib_bench.registry import (
 
 __version__ = "0.1.0"
 
+
+def run(*args, **kwargs):  # noqa: ANN002, ANN003 - the signature is runners.benchmark.run's
+    """Run a model × method × metric sweep; see :func:`attrib_bench.runners.benchmark.run`."""
+    from attrib_bench.runners.benchmark import run as _run
+
+    return _run(*args, **kwargs)
+
+
 __all__ = [
     "AttribBenchError",
     "GridDataset",
@@ -37,4 +45,5 @@ __all__ = [
     "register_method",
     "register_metric",
     "register_model",
+    "run",
 ]

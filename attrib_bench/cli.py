@@ -171,6 +171,78 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
                f"{run_dir / sidecar['file']} (sha256 {sidecar['sha256'][:12]}…)")
 
 
+def _parse_settings(settings: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``("rise.n_masks=500", "localisation.n=2")`` → ``{"rise": {"n_masks": 500}, ...}``.
+
+    Values are read as JSON where they parse (numbers, true/false, lists), else kept as text.
+    """
+    import json
+
+    parsed: dict[str, dict[str, Any]] = {}
+    for item in settings:
+        name, dot, rest = item.partition(".")
+        key, eq, text = rest.partition("=")
+        if not (dot and eq and name and key):
+            raise click.BadParameter(f"{item!r}: use NAME.KEY=VALUE, e.g. rise.n_masks=500",
+                                     param_hint="--set")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        parsed.setdefault(name, {})[key] = value
+    return parsed
+
+
+@cli.command("run")
+@click.option("--model", "models", required=True,
+              help="Model name(s), comma-separated (see `attrib-bench list models`).")
+@click.option("--method", "methods", default="all", show_default=True,
+              help="Method name(s), comma-separated, or all (those that apply to each model).")
+@click.option("--metric", "metrics", default="all", show_default=True,
+              help="Metric name(s), comma-separated, or all.")
+@click.option("--n-samples", type=click.IntRange(min=1), default=None,
+              help="Samples per metric (grids, images) instead of the paper's number.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Samples per chunk (the unit of checkpointing and of batched work).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/bench",
+              show_default=True, help="Output folder; re-running the same command resumes.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of every stochastic method and of the bootstrap.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Weights file for the (single) model instead of the zoo's.")
+@click.option("--set", "settings", multiple=True, metavar="NAME.KEY=VALUE",
+              help="A method or metric hyper-parameter, e.g. rise.n_masks=500 (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace a run with another config in --out.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="CIFAR-10 folder (default: $ATTRIB_BENCH_DATA, else ../shared/data).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None, batch_size: int,
+            device: str, out_dir: str, seed: int, checkpoint: str | None,
+            settings: tuple[str, ...], overwrite: bool, data_root: str | None,
+            quiet: bool) -> None:
+    """Benchmark METHODs on MODELs under METRICs; writes tidy tables to OUT."""
+    import pandas as pd
+
+    from attrib_bench.runners.benchmark import run
+
+    hparams = _parse_settings(settings)
+    metric_names = set(METRICS.names())
+    run(models, methods, metrics, n_samples=n_samples, batch_size=batch_size, device=device,
+        out=out_dir, seed=seed, checkpoint=checkpoint, overwrite=overwrite, data_root=data_root,
+        method_hparams={k: v for k, v in hparams.items() if k not in metric_names},
+        metric_hparams={k: v for k, v in hparams.items() if k in metric_names},
+        progress=not quiet)
+    summary = pd.read_csv(f"{out_dir}/summary.csv", keep_default_na=False)
+    shown = summary[["model", "method", "metric", "variant", "stat", "mean", "ci_low", "ci_high",
+                     "n", "direction"]]
+    with pd.option_context("display.width", 140, "display.max_rows", 200,
+                           "display.float_format", "{:.4f}".format):
+        click.echo(shown.to_string(index=False))
+    click.echo(f"rows: {out_dir}/results.parquet (+ .csv); summary: {out_dir}/summary.csv; "
+               f"manifest: {out_dir}/manifest.json")
+
+
 def main() -> None:
     cli(prog_name="attrib-bench")
 

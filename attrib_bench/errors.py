@@ -47,3 +47,7 @@ class MethodError(AttribBenchError):
 
 class NotApplicableError(MethodError):
     """The method needs something the model does not offer (e.g. CoDA-Net contribution maps)."""
+
+
+class RunError(AttribBenchError):
+    """A benchmark run that cannot start or continue as asked (e.g. an output folder clash)."""

@@ -1,5 +1,7 @@
 """Metrics; each module registers its metrics on import (see :mod:`attrib_bench.metrics.base`)."""
 
+from attrib_bench.metrics import randomisation
 from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, make_rows
+from attrib_bench.metrics.randomisation import Randomisation
 
-__all__ = ["EvalContext", "Metric", "SampleSet", "make_rows"]
+__all__ = ["EvalContext", "Metric", "Randomisation", "SampleSet", "make_rows", "randomisation"]

@@ -117,6 +117,10 @@ class Metric:
         """Rows (:data:`ROW_COLUMNS`) for one batch; ``samples`` are the batch's ids."""
         raise NotImplementedError
 
+    def direction(self, variant: str, stat: str) -> str:
+        """"higher" or "lower" (is better) for a summarised (variant, stat); "" if unranked."""
+        return self.directions.get(stat, "")
+
     def summarise(self, rows: pd.DataFrame) -> pd.DataFrame:
         """One value per (sample, variant, stat): by default the mean over ``key``."""
         return (rows.groupby(["sample", "variant", "stat"], sort=True, dropna=False)["value"]

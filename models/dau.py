@@ -85,6 +85,14 @@ class DAUConv2d(nn.Module):
             in_channels, rank, kernel_size, stride=stride, padding=self.padding, bias=False
         )
         self.expand = nn.Conv2d(rank, patch * out_channels, kernel_size=1, bias=True)
+        # The two Conv2d constructors above already drew the initialisation that
+        # reset_parameters() draws (same order), so it is not called again here: a seeded
+        # construction gives the same weights as before this method existed.
+
+    def reset_parameters(self) -> None:
+        """Re-draw B then A and b with PyTorch's Conv2d initialiser, as at construction."""
+        self.reduce.reset_parameters()
+        self.expand.reset_parameters()
 
     def extra_repr(self) -> str:
         return (

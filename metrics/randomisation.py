@@ -1,0 +1,343 @@
+"""The model-parameter randomisation test (Adebayo et al., NeurIPS 2018, "Sanity checks").
+
+A method that explains the *model* must give different maps once the model's parameters are
+randomised; a method whose maps survive (e.g. an edge detector) fails the check. We compare each
+image's map on the trained model with its map on randomised copies, for the same target.
+
+**Layers.** A layer is a sub-module that has its own initialiser, ``reset_parameters()``, and no
+ancestor below the root that has one: a DAU layer (its ``reduce`` and ``expand`` convolutions
+together), a Conv2d, a Linear, a BatchNorm. Modules the forward pass never calls are left out.
+They are ordered **top-first**: by the last time the forward pass calls them, output end first, so
+layer 0 is the CoDA-Net's ``layers.8`` and the ResNet's ``linear``. Parameters outside any layer
+(e.g. a ViT's position embedding) are never randomised.
+
+**Randomising a layer** means one thing for every layer type: re-initialise it with its own
+``reset_parameters()``, i.e. with the distribution it was built with (PyTorch's default for
+Conv2d and Linear, so a ResNet's kaiming-normal init is *not* reproduced; B, then A and b, for a
+DAU layer). A BatchNorm resets to weight 1, bias 0, running mean 0, running variance 1: the
+model randomised down to the input is then a freshly built model, as TensorFlow's variable
+initialisers make it in Adebayo et al.'s code. The draw is deterministic given ``seed`` and the
+layer's name, does not depend on the device (it is drawn on a CPU copy of the layer and copied
+in) and leaves the global RNG untouched; a layer gets the same new values in both modes.
+
+**Modes.** ``cascading``: one deep copy of the model, randomised cumulatively from the top, so
+step i has the top i+1 layers randomised. ``independent``: step i has only layer i randomised
+(on a copy whose other layers are the original's). The original model is never modified.
+
+**Similarities** per image, of the original map and the randomised one (both (H, W)):
+``spearman`` (rank correlation with average ranks for ties, computed in torch), ``spearman_abs``
+(the same on absolute values), and ``ssim`` (skimage's defaults: 7×7 uniform window, K1 0.01,
+K2 0.03, sample covariance, mean over the window positions that fit, with data_range 1 on maps
+scaled each to [0, 1] by its own min and max, as Adebayo et al. do; a constant map scales to 0).
+Spearman of a constant map is undefined: NaN, without a warning. A non-finite map gives NaN.
+Lower is better for all three: a method passes the check when its maps change.
+
+**Samples:** the first ``num_images`` images of the dataset in order, explained for their
+ground-truth label (so that the original and randomised maps share a target that does not depend
+on the randomised model's prediction).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attrib_bench.data import ImageSet
+from attrib_bench.errors import AttribBenchError, InputShapeError
+from attrib_bench.methods.base import eval_mode
+from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, make_rows
+from attrib_bench.registry import register_metric
+
+Mode = Literal["cascading", "independent"]
+MODES: tuple[str, ...] = ("cascading", "independent")
+STATS: tuple[str, ...] = ("spearman", "spearman_abs", "ssim")
+
+#: skimage.metrics.structural_similarity defaults (uniform window).
+SSIM_WINDOW, SSIM_K1, SSIM_K2 = 7, 0.01, 0.03
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def randomisation_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Qualified names of ``model``'s layers (see the module docstring), top (output) first.
+
+    The order is found with one forward pass of ``example`` (e.g. one image, (1, 3, H, W)) in
+    eval mode without gradients, so the model (BN statistics included) is not changed.
+    """
+    candidates = {}
+    for name, module in model.named_modules():
+        if not name or not callable(getattr(module, "reset_parameters", None)):
+            continue
+        if any(name.startswith(outer + ".") for outer in candidates):
+            continue  # inside a layer that resets it (e.g. a DAU layer's convolutions)
+        if next(module.parameters(), None) is None and next(module.buffers(), None) is None:
+            continue
+        candidates[name] = module
+    last_call: dict[str, int] = {}
+    clock = itertools.count()
+
+    def recorder(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            last_call[name] = next(clock)
+
+        return hook
+
+    handles = [module.register_forward_hook(recorder(name)) for name, module in candidates.items()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sorted(last_call, key=last_call.__getitem__, reverse=True)
+
+
+def layer_seed(seed: int, name: str) -> int:
+    """The seed of layer ``name``'s draw: a stable 63-bit hash of (seed, name)."""
+    digest = hashlib.sha256(f"{int(seed)}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def randomise_layer(module: nn.Module, seed: int, name: str) -> None:
+    """Re-initialise ``module`` in place with its own ``reset_parameters()``, seeded by
+    (seed, name), drawn on a CPU copy so that the values do not depend on the device."""
+    draft = copy.deepcopy(module).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(layer_seed(seed, name))
+        with torch.no_grad():
+            draft.reset_parameters()
+    module.load_state_dict(draft.state_dict())
+
+
+def randomised_models(model: nn.Module, layers: Sequence[str], mode: Mode, seed: int
+                      ) -> Iterator[tuple[str, nn.Module]]:
+    """Yield (layer name, randomised copy of ``model``) for each of ``layers`` in order.
+
+    ``cascading``: layers 0..i randomised; ``independent``: only layer i. One deep copy serves
+    every step (independent steps restore the previous layer first), so a yielded model is valid
+    until the next step. ``model`` itself is never modified.
+    """
+    if mode not in MODES:
+        raise AttribBenchError(f"randomisation mode must be one of {', '.join(MODES)}, "
+                               f"got {mode!r}")
+    work = copy.deepcopy(model)
+    modules = dict(work.named_modules())
+    for name in layers:
+        module = modules[name]
+        saved = None
+        if mode == "independent":
+            saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        randomise_layer(module, seed, name)
+        yield name, work
+        if saved is not None:
+            module.load_state_dict(saved)
+
+
+# ----------------------------------------------------------------------------- similarities
+
+
+def _flat(maps: torch.Tensor) -> torch.Tensor:
+    if maps.dim() < 2:
+        raise InputShapeError(f"maps must have shape (B, H, W), got {tuple(maps.shape)}")
+    return maps.detach().flatten(1).double()
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of each row of ``x`` (B, N), ties getting their average rank; float64."""
+    n = x.shape[1]
+    values, order = x.sort(dim=1, stable=True)
+    pos = torch.arange(n, device=x.device).expand_as(values)
+    starts = torch.ones_like(values, dtype=torch.bool)
+    starts[:, 1:] = values[:, 1:] != values[:, :-1]
+    ends = torch.ones_like(starts)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, pos, 0).cummax(dim=1).values
+    last = torch.where(ends, pos, n - 1).flip(1).cummin(dim=1).values.flip(1)
+    mean_rank = (first + last).double() / 2.0 + 1.0
+    return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each pair of maps (B, ...) → (B,) float64.
+
+    Pearson correlation of the average ranks (scipy.stats.spearmanr's definition). NaN where a
+    map is constant (undefined) or not finite.
+    """
+    x, y = _flat(a), _flat(b)
+    rx, ry = average_ranks(x), average_ranks(y)
+    rx = rx - rx.mean(1, keepdim=True)
+    ry = ry - ry.mean(1, keepdim=True)
+    den = (rx.pow(2).sum(1) * ry.pow(2).sum(1)).sqrt()
+    r = ((rx * ry).sum(1) / den.clamp_min(1e-300)).clamp(-1.0, 1.0)
+    ok = (den > 0) & torch.isfinite(x).all(1) & torch.isfinite(y).all(1)
+    return torch.where(ok, r, torch.full_like(r, float("nan")))
+
+
+def minmax_normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Each map (B, H, W) scaled to [0, 1] by its own min and max (a constant map → 0); float64."""
+    m = maps.detach().double()
+    lo = m.amin(dim=(1, 2), keepdim=True)
+    span = m.amax(dim=(1, 2), keepdim=True) - lo
+    return torch.where(span > 0, (m - lo) / span.clamp_min(1e-300), torch.zeros_like(m))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """SSIM of each pair of maps (B, H, W) → (B,) float64, as skimage's structural_similarity
+    with its defaults and ``data_range``: 7×7 uniform window, sample covariance, mean over the
+    (H−6)·(W−6) window positions that fit (skimage crops the border it pads). NaN if not finite.
+    """
+    if a.dim() != 3 or a.shape != b.shape or min(a.shape[1:]) < SSIM_WINDOW:
+        raise InputShapeError(f"ssim needs two (B, H, W) maps with H, W >= {SSIM_WINDOW}, got "
+                              f"{tuple(a.shape)} and {tuple(b.shape)}")
+    x, y = a.detach().double()[:, None], b.detach().double()[:, None]
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t, SSIM_WINDOW, stride=1)
+
+    cov_norm = SSIM_WINDOW**2 / (SSIM_WINDOW**2 - 1)
+    ux, uy = mean(x), mean(y)
+    vx = cov_norm * (mean(x * x) - ux * ux)
+    vy = cov_norm * (mean(y * y) - uy * uy)
+    vxy = cov_norm * (mean(x * y) - ux * uy)
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+def similarities(original: torch.Tensor, randomised: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three statistics (:data:`STATS`) per image for maps (B, H, W): each (B,) float64."""
+    return {
+        "spearman": spearman(original, randomised),
+        "spearman_abs": spearman(original.abs(), randomised.abs()),
+        "ssim": ssim(minmax_normalise(original), minmax_normalise(randomised), data_range=1.0),
+    }
+
+
+# ----------------------------------------------------------------------------- metric
+
+_DEFAULTS: dict[str, Any] = {"modes": "both", "num_images": 100, "layers": None, "seed": None}
+
+
+@register_metric("randomisation", hparams=dict(_DEFAULTS), family="sanity-check",
+                 reference="Adebayo et al. 2018, model-parameter randomisation")
+class Randomisation(Metric):
+    """Model-parameter randomisation test: similarity of maps before and after randomising layers.
+
+    Hyper-parameters: ``modes`` "cascading", "independent" or "both" (default); ``num_images``
+    (default 100, the first images in dataset order; the paper shows this test only
+    qualitatively); ``layers`` None (all), an int k (the top k) or a list of layer names (run in
+    top-first order); ``seed`` of the layers' draws (None: the run's seed). Rows: ``key`` = layer
+    name, ``variant`` = mode, ``stat`` in spearman, spearman_abs, ssim, plus an int column
+    ``layer_index``, the layer's position in the model's full top-first list (0 = top). The
+    summary (base default) is the mean over the randomised layers.
+    """
+
+    name: ClassVar[str] = "randomisation"
+    description: ClassVar[str] = "Adebayo et al. (2018) model-parameter randomisation test"
+    directions: ClassVar[dict[str, str]] = {stat: "lower" for stat in STATS}
+
+    def __init__(self, **hparams: Any) -> None:
+        unknown = sorted(set(hparams) - set(_DEFAULTS))
+        if unknown:
+            raise AttribBenchError(f"metric 'randomisation': unknown hyper-parameter(s) "
+                                   f"{', '.join(unknown)}; use {', '.join(_DEFAULTS)}")
+        values = {**_DEFAULTS, **hparams}
+        modes, num, layers, seed = (values[k] for k in ("modes", "num_images", "layers", "seed"))
+        if modes not in (*MODES, "both"):
+            _bad("modes", modes, "'cascading', 'independent' or 'both'")
+        if not _is_int(num) or num < 1:
+            _bad("num_images", num, "a positive int")
+        if layers is not None and not (_is_int(layers) and layers >= 1) and not (
+                isinstance(layers, (list, tuple)) and layers
+                and all(isinstance(n, str) for n in layers) and len(set(layers)) == len(layers)):
+            _bad("layers", layers, "None, a positive int or a list of distinct layer names")
+        if seed is not None and not _is_int(seed):
+            _bad("seed", seed, "an int or None")
+        if isinstance(layers, tuple):
+            values["layers"] = list(layers)
+        super().__init__(**values)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        modes = self.hparams["modes"]
+        return MODES if modes == "both" else (modes,)
+
+    def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
+               device: torch.device, batch_size: int) -> SampleSet:
+        """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
+        wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
+        ids = np.arange(min(wanted, len(dataset)), dtype=np.int64)
+
+        def fetch(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            index = torch.as_tensor(np.asarray(batch, dtype=np.int64))
+            return dataset.float_images(index), dataset.labels[index]
+
+        return SampleSet(ids, fetch, {"requested": wanted, "selected": len(ids),
+                                      "targets": "ground truth"})
+
+    def layers_to_randomise(self, model: nn.Module, example: torch.Tensor
+                            ) -> list[tuple[int, str]]:
+        """(index in the model's top-first list, name) of the layers this metric randomises."""
+        names = randomisation_layers(model, example)
+        chosen = self.hparams["layers"]
+        if chosen is None:
+            return list(enumerate(names))
+        if _is_int(chosen):
+            if chosen > len(names):
+                raise AttribBenchError(f"metric 'randomisation': layers={chosen} but the model "
+                                       f"has {len(names)} layers; pass at most {len(names)}")
+            return list(enumerate(names[:chosen]))
+        for name in chosen:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+                hint = f"did you mean {', '.join(close)}?" if close else f"top: {names[0]}"
+                raise AttribBenchError(f"metric 'randomisation': {name!r} is not a layer of the "
+                                       f"model ({hint})")
+        wanted = set(chosen)
+        return [(i, n) for i, n in enumerate(names) if n in wanted]
+
+    def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, targets: torch.Tensor,
+                 samples: np.ndarray) -> pd.DataFrame:
+        """Rows for one batch: 3 stats × layers × modes per image, plus ``layer_index``."""
+        if len(inputs) == 0:
+            return _empty_rows()
+        inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
+        original = ctx.explain(inputs, targets)
+        layers = self.layers_to_randomise(ctx.model, inputs[:1])
+        index_of = {n: i for i, n in layers}
+        seed = ctx.seed if self.hparams["seed"] is None else self.hparams["seed"]
+        frames = []
+        for mode in self.modes:
+            for name, randomised in randomised_models(ctx.model, [n for _, n in layers], mode,
+                                                      seed):
+                maps = ctx.make_method(randomised).attribute(inputs, targets)
+                for stat, values in similarities(original, maps).items():
+                    rows = make_rows(samples, name, values.cpu().numpy(), variant=mode, stat=stat)
+                    rows["layer_index"] = np.int64(index_of[name])
+                    frames.append(rows)
+        return pd.concat(frames, ignore_index=True)
+
+
+def _empty_rows() -> pd.DataFrame:
+    rows = make_rows(np.zeros(0, dtype=np.int64), "", np.zeros(0))
+    rows["layer_index"] = np.zeros(0, dtype=np.int64)
+    return rows
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _bad(name: str, value: object, expected: str) -> None:
+    raise AttribBenchError(f"metric 'randomisation': {name} must be {expected}, got {value!r}")

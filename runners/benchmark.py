@@ -1,0 +1,465 @@
+"""The benchmark runner: model × method × metric sweeps with tidy tables, a cache and resume.
+
+``run(models, methods, metrics, ...)`` (and ``attrib-bench run``) evaluates every (model, method,
+metric) part in chunks of ``batch_size`` samples. Each chunk's rows are written atomically to
+``DIR/parts/<model>/<method>/<metric>/chunk-NNNNN.parquet``; a re-run of the same command skips
+the chunks that exist, so a killed run resumes with no lost and no duplicated rows. At the end
+the parts are gathered into ``DIR/results.parquet`` (+ ``results.csv``), ``DIR/summary.csv`` and
+``DIR/manifest.json``. Maps go through the attribution cache (``DIR/cache``).
+
+Rows are long format: ``model, method, metric, sample, key, variant, stat, value`` plus metric
+columns (e.g. ``target``), a ``flag`` ("nonfinite" where the method produced NaN/inf, else "")
+and the config columns ``dataset, seed, method_config, metric_config``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from attrib_bench.data import ImageSet, get_dataset
+from attrib_bench.errors import NotApplicableError, RunError
+from attrib_bench.evaluation import resolve_device
+from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, Metric, SampleSet
+from attrib_bench.registry import METHODS, METRICS, create_method, create_metric, create_model
+from attrib_bench.runners.cache import (
+    AttributionCache,
+    atomic_write,
+    cached_explainer,
+    model_digest,
+)
+
+#: Leading columns of the results table, in order (metric-specific columns follow ``value``).
+ID_COLUMNS = ("model", "method", "metric")
+CONFIG_COLUMNS = ("dataset", "seed", "method_config", "metric_config")
+BOOTSTRAP_RESAMPLES = 2000
+RUN_FILE = "run.json"
+
+
+@dataclass
+class RunConfig:
+    """What a run computes; a resumed run must match it (``device`` and ``out`` may differ)."""
+
+    models: list[str]
+    methods: list[str]
+    metrics: list[str]
+    n_samples: int | None = None
+    batch_size: int = 32
+    seed: int = 0
+    dataset: str = "cifar10"
+    split: str = "test"
+    checkpoint: str | None = None
+    method_hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metric_hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
+
+
+def _slug(name: str) -> str:
+    """A file-system-safe folder name for a model, method or metric name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"
+
+
+def _split_names(value: str | Iterable[str] | Mapping[str, Any]) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
+def _accepts(factory: Any, name: str) -> bool:
+    """Whether ``factory`` (a class or function) takes keyword ``name`` (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+# ----------------------------------------------------------------------------- one part
+
+
+@dataclass
+class Part:
+    """One (model, method, metric) cell of the sweep and where its chunks live."""
+
+    model: str
+    method: str
+    metric: str
+    folder: Path
+
+    def chunk_path(self, index: int) -> Path:
+        return self.folder / f"chunk-{index:05d}.parquet"
+
+    def done(self, index: int) -> bool:
+        """A chunk counts as done when its file exists and reads back (atomic writes)."""
+        path = self.chunk_path(index)
+        if not path.exists():
+            return False
+        try:
+            pd.read_parquet(path, columns=["value"])
+        except Exception:  # noqa: BLE001 - any unreadable file is redone, never trusted
+            path.unlink(missing_ok=True)
+            return False
+        return True
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _finish_rows(rows: pd.DataFrame, part: Part, config: RunConfig,
+                 method_config: dict[str, Any], metric_config: dict[str, Any]) -> pd.DataFrame:
+    """Add the id, flag and config columns to a metric's rows; fixed column order."""
+    missing = [c for c in ROW_COLUMNS if c not in rows.columns]
+    if missing:
+        raise RunError(f"metric {part.metric!r} returned rows without columns {missing}: "
+                       f"rows need {', '.join(ROW_COLUMNS)} (use metrics.base.make_rows)")
+    rows = rows.copy()
+    rows.insert(0, "model", part.model)
+    rows.insert(1, "method", part.method)
+    rows.insert(2, "metric", part.metric)
+    rows["value"] = rows["value"].astype("float64")
+    rows["flag"] = np.where(np.isfinite(rows["value"].to_numpy()), "", "nonfinite")
+    rows["dataset"] = config.dataset
+    rows["seed"] = config.seed
+    rows["method_config"] = _json(method_config)
+    rows["metric_config"] = _json(metric_config)
+    rows["sample"] = rows["sample"].astype("int64")
+    for column in ("key", "variant", "stat"):
+        rows[column] = rows[column].astype(str)
+    return rows
+
+
+def _evaluate_part(part: Part, metric: Metric, samples: SampleSet, ctx: EvalContext,
+                   config: RunConfig, method_config: dict[str, Any],
+                   metric_config: dict[str, Any], progress: bool) -> float:
+    """Evaluate the missing chunks of one part; returns the seconds spent."""
+    chunks = [samples.ids[i:i + config.batch_size]
+              for i in range(0, len(samples.ids), config.batch_size)]
+    todo = [i for i in range(len(chunks)) if not part.done(i)]
+    seconds = 0.0
+    done_samples = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
+    with tqdm(total=len(samples.ids), initial=done_samples, unit="sample", disable=not progress,
+              desc=f"{part.model} · {part.method} · {part.metric}", dynamic_ncols=True,
+              leave=True) as bar:
+        for index in todo:
+            start = time.perf_counter()
+            ids = chunks[index]
+            inputs, targets = samples.fetch(ids)
+            inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
+            rows = metric.evaluate(ctx, inputs, targets, ids)
+            rows = _finish_rows(rows, part, config, method_config, metric_config)
+            elapsed = time.perf_counter() - start
+            rows["seconds"] = elapsed / max(len(rows), 1)  # per-row share: sums to wall time
+            atomic_write(part.chunk_path(index), lambda tmp, r=rows: r.to_parquet(tmp, index=False))
+            seconds += elapsed
+            bar.update(len(ids))
+    return seconds
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def bootstrap_ci(values: np.ndarray, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (1-D), seeded; (nan, nan) if empty."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def summarise(results: pd.DataFrame, metrics: Mapping[str, Metric], seed: int = 0
+              ) -> pd.DataFrame:
+    """Per (model, method, metric, variant, stat): the per-sample scores' mean with a bootstrap
+    95 % CI, median, quartiles, n, the number of non-finite samples and the direction."""
+    out = []
+    for (model, method, metric_name), rows in results.groupby(list(ID_COLUMNS), sort=True):
+        metric = metrics[metric_name]
+        per_sample = metric.summarise(rows[list(ROW_COLUMNS)])
+        for (variant, stat), group in per_sample.groupby(["variant", "stat"], sort=True):
+            values = group["value"].to_numpy(dtype=np.float64)
+            finite = values[np.isfinite(values)]
+            low, high = bootstrap_ci(finite, seed)
+            quartiles = (np.percentile(finite, [25, 50, 75]) if finite.size
+                         else [np.nan] * 3)
+            out.append({
+                "model": model, "method": method, "metric": metric_name, "variant": variant,
+                "stat": stat, "mean": finite.mean() if finite.size else np.nan,
+                "ci_low": low, "ci_high": high, "median": quartiles[1], "q25": quartiles[0],
+                "q75": quartiles[2], "n": int(finite.size),
+                "n_nonfinite": int(values.size - finite.size),
+                "direction": metric.direction(str(variant), str(stat)),
+            })
+    return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _versions() -> dict[str, str]:
+    names = ("attrib-bench", "torch", "torchvision", "numpy", "pandas", "captum", "lime",
+             "scikit-image", "scipy")
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit (with "-dirty" if it has changes), or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty.strip() else "")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _prepare_out(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Create ``out``; refuse a folder that holds a run with another config unless overwriting.
+
+    ``identity`` is the config plus the models' weight hashes: resuming with changed weights
+    would mix two models' rows.
+    """
+    run_file = out / RUN_FILE
+    if run_file.exists():
+        try:
+            previous = json.loads(run_file.read_text())
+        except ValueError:
+            previous = {}
+        if previous != identity:
+            if not overwrite:
+                changed = sorted(k for k in set(previous) | set(identity)
+                                 if previous.get(k) != identity.get(k))
+                raise RunError(f"{out} holds a run with a different config ({', '.join(changed)} "
+                               "differ): pass another --out, or --overwrite to replace it")
+            for name in ("parts", "results.parquet", "results.csv", "summary.csv",
+                         "manifest.json"):
+                target = out / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_file, lambda tmp: tmp.write_text(json.dumps(identity, indent=1)))
+
+
+def _load_model(name: str, model: nn.Module | None, checkpoint: str | None,
+                device: torch.device) -> nn.Module:
+    if model is None:
+        model = create_model(name, pretrained=checkpoint is None, checkpoint=checkpoint)
+    return model.to(device).eval()
+
+
+def _method_names(requested: list[str], model: nn.Module) -> list[str]:
+    if requested == ["all"]:
+        from attrib_bench.methods.base import applicable_methods
+
+        return applicable_methods(model)
+    return requested
+
+
+def _build_method(name: str, model: nn.Module, hparams: dict[str, Any], seed: int) -> Any:
+    factory = METHODS.get(name).factory
+    kwargs = dict(hparams)
+    if _accepts(factory, "seed"):
+        kwargs.setdefault("seed", seed)
+    method = create_method(name, model, **kwargs)
+    method.allow_nonfinite = True  # NaN maps become flagged rows, not a stopped run
+    return method
+
+
+def run(models: str | Iterable[str] | Mapping[str, nn.Module],
+        methods: str | Iterable[str] = "all",
+        metrics: str | Iterable[str] = "all",
+        *,
+        n_samples: int | None = None,
+        batch_size: int = 32,
+        device: str = "cpu",
+        out: str | Path | None = None,
+        seed: int = 0,
+        checkpoint: str | None = None,
+        overwrite: bool = False,
+        dataset: str | ImageSet = "cifar10",
+        data_root: str | Path | None = None,
+        method_hparams: Mapping[str, Mapping[str, Any]] | None = None,
+        metric_hparams: Mapping[str, Mapping[str, Any]] | None = None,
+        progress: bool = True) -> pd.DataFrame:
+    """Run the sweep and return every row (the table written to ``out/results.parquet``).
+
+    ``models``: registered names (a list or "a,b"), or a mapping name → ``nn.Module`` for a
+    user's own models; ``methods``/``metrics``: names or "all"; ``n_samples`` shrinks each metric's
+    default sample count; ``dataset``: a registered dataset name or an :class:`ImageSet`;
+    ``*_hparams``: per-name hyper-parameters. ``out=None`` uses a temporary folder.
+    """
+    given_models = dict(models) if isinstance(models, Mapping) else {}
+    metric_names = _split_names(metrics)
+    if metric_names == ["all"]:
+        metric_names = METRICS.names()
+    for name in metric_names:
+        METRICS.get(name)  # unknown names fail here, with close matches
+    method_names = _split_names(methods)
+    for name in method_names:
+        if name != "all":
+            METHODS.get(name)
+    model_names = _split_names(models)
+    if checkpoint is not None and len(model_names) != 1:
+        raise RunError("--checkpoint applies to one model: run one --model per checkpoint")
+    if n_samples is not None and n_samples < 1:
+        raise RunError(f"--n-samples must be >= 1, got {n_samples}")
+    if batch_size < 1:
+        raise RunError(f"--batch-size must be >= 1, got {batch_size}")
+    dataset_name = dataset.name if isinstance(dataset, ImageSet) else str(dataset)
+    config = RunConfig(model_names, method_names, metric_names, n_samples, batch_size, seed,
+                       dataset_name, "test", checkpoint,
+                       {k: dict(v) for k, v in (method_hparams or {}).items()},
+                       {k: dict(v) for k, v in (metric_hparams or {}).items()})
+    torch_device = resolve_device(device)
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
+            return _run(config, Path(tmp), torch_device, overwrite, dataset, data_root,
+                        given_models, progress)
+    return _run(config, Path(out), torch_device, overwrite, dataset, data_root, given_models,
+                progress)
+
+
+def _run(config: RunConfig, out: Path, device: torch.device, overwrite: bool,
+         dataset: str | ImageSet, data_root: str | Path | None,
+         given_models: Mapping[str, nn.Module], progress: bool) -> pd.DataFrame:
+    images = (dataset if isinstance(dataset, ImageSet)
+              else get_dataset(dataset, config.split, root=data_root))
+    metrics = {name: create_metric(name, **config.metric_hparams.get(name, {}))
+               for name in config.metrics}
+    # Build every model and method before writing anything, so bad names fail in one line.
+    loaded = {name: _load_model(name, given_models.get(name), config.checkpoint, device)
+              for name in config.models}
+    hashes = {name: model_digest(model) for name, model in loaded.items()}
+    _prepare_out(out, {**config.identity(), "model_hashes": hashes}, overwrite)
+    cache = AttributionCache(out / "cache")
+    started = time.perf_counter()
+    manifest: dict[str, Any] = {"config": config.identity(), "parts": [], "skipped": [],
+                                "samples": {}}
+    for model_name, model in loaded.items():
+        model_hash = hashes[model_name]
+        for metric_name, metric in metrics.items():
+            view = metric.prepare_model(model)
+            t0 = time.perf_counter()
+            samples = metric.select(model, images, config.n_samples, device, config.batch_size)
+            select_seconds = time.perf_counter() - t0
+            manifest["samples"][f"{model_name}/{metric_name}"] = {
+                "n": len(samples), "seconds": round(select_seconds, 3), **samples.info}
+            for method_name in _method_names(config.methods, view):
+                hparams = config.method_hparams.get(method_name, {})
+                try:
+                    method = _build_method(method_name, view, hparams, config.seed)
+                except NotApplicableError as exc:
+                    if len(config.models) == 1 and config.methods != ["all"]:
+                        raise
+                    manifest["skipped"].append({"model": model_name, "method": method_name,
+                                                "metric": metric_name, "reason": str(exc)})
+                    continue
+                method_id = {"name": method_name, "hparams": hparams, "seed": config.seed,
+                             "view": metric.model_view, "class": type(method).__qualname__}
+                ctx = EvalContext(
+                    model=view, device=device, batch_size=config.batch_size, seed=config.seed,
+                    explain=cached_explainer(method, cache, model_hash, method_id),
+                    make_method=lambda m, n=method_name, h=hparams: _build_method(
+                        n, m, h, config.seed))
+                part = Part(model_name, method_name, metric_name,
+                            out / "parts" / _slug(model_name) / _slug(method_name)
+                            / _slug(metric_name))
+                metric_config = {"name": metric_name, **metric.hparams,
+                                 "n_samples": config.n_samples}
+                seconds = _evaluate_part(part, metric, samples, ctx, config, method_id,
+                                         metric_config, progress)
+                manifest["parts"].append({"model": model_name, "method": method_name,
+                                          "metric": metric_name, "seconds_this_run":
+                                          round(seconds, 3)})
+    results = _gather(out, config)
+    timings = (results.groupby(list(ID_COLUMNS), sort=False)["seconds"].sum().round(3)
+               .reset_index().to_dict("records"))
+    results = results.drop(columns="seconds")
+    summary = summarise(results, metrics, config.seed)
+    _write_tables(out, results, summary)
+    manifest.update(_manifest_extras(results, cache, device, time.perf_counter() - started))
+    manifest["seconds_per_part_all_runs"] = timings
+    atomic_write(out / "manifest.json",
+                 lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, default=str)))
+    flagged = int((results["flag"] != "").sum()) if len(results) else 0
+    if flagged:
+        print(f"warning: {flagged} rows have non-finite values (flag 'nonfinite'); "
+              "they are kept in results and left out of the summary", file=sys.stderr)
+    return results
+
+
+def _gather(out: Path, config: RunConfig) -> pd.DataFrame:
+    """Every chunk of this run's parts, concatenated in (model, method, metric, sample) order."""
+    files = sorted((out / "parts").glob("*/*/*/chunk-*.parquet"))
+    if not files:
+        raise RunError(f"no results were produced in {out}: no (model, method, metric) part ran "
+                       "(check that the methods apply to the models)")
+    results = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    order = {name: i for i, name in enumerate(config.models)}
+    results = results.sort_values(
+        ["model", "method", "metric", "sample", "variant", "stat", "key"],
+        key=lambda s: s.map(order) if s.name == "model" else s, kind="stable",
+        ignore_index=True)
+    duplicated = results.duplicated(["model", "method", "metric", "sample", "key", "variant",
+                                     "stat"]).sum()
+    if duplicated:
+        raise RunError(f"{duplicated} duplicated rows in {out}/parts: the folder was written by "
+                       "two runs at once; re-run with --overwrite")
+    return results
+
+
+def _write_tables(out: Path, results: pd.DataFrame, summary: pd.DataFrame) -> None:
+    atomic_write(out / "results.parquet", lambda tmp: results.to_parquet(tmp, index=False))
+    atomic_write(out / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
+    atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+
+
+def _manifest_extras(results: pd.DataFrame, cache: AttributionCache, device: torch.device,
+                     seconds: float) -> dict[str, Any]:
+    return {
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "device": str(device),
+        "hardware": _device_name(device),
+        "wall_seconds_this_run": round(seconds, 3),
+        "rows": len(results),
+        "rows_nonfinite": int((results["flag"] != "").sum()),
+        "cache": {"hits": cache.hits, "misses": cache.misses, "corrupt": cache.corrupt},
+    }

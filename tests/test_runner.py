@@ -1,0 +1,248 @@
+"""The benchmark runner: tables, summary, cache, config clash, NaN flags, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from attrib_bench.cli import cli
+from attrib_bench.errors import RunError, UnknownNameError
+from attrib_bench.registry import METHODS, METRICS
+from attrib_bench.runners.benchmark import bootstrap_ci, run
+from attrib_bench.runners.cache import AttributionCache
+
+# A toy metric and data shared with the subprocess of the kill test (written to a module file).
+TOY = textwrap.dedent('''
+    import time
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from attrib_bench.data import ImageSet
+    from attrib_bench.metrics.base import Metric, SampleSet, make_rows
+    from attrib_bench.registry import METRICS, register_metric
+
+
+    class ToyMass(Metric):
+        """Per image: the map's total and its maximum (toy metric for runner tests)."""
+
+        name = "toy-mass"
+        directions = {"total": "higher", "max": "lower"}
+
+        def __init__(self, num_images=10, delay=0.0):
+            super().__init__(num_images=num_images, delay=delay)
+
+        def select(self, model, dataset, n_samples, device, batch_size):
+            ids = np.arange(n_samples or self.hparams["num_images"])
+            def fetch(i):
+                return dataset.float_images(torch.as_tensor(i)), dataset.labels[torch.as_tensor(i)]
+
+            return SampleSet(ids, fetch, {"images": len(ids)})
+
+        def evaluate(self, ctx, inputs, targets, samples):
+            time.sleep(self.hparams["delay"])
+            maps = ctx.explain(inputs, targets).flatten(1)
+            rows = [make_rows(samples, "all", maps.sum(1).numpy(), stat="total"),
+                    make_rows(samples, "all", maps.max(1).values.numpy(), stat="max")]
+            import pandas as pd
+            return pd.concat(rows, ignore_index=True)
+
+
+    if "toy-mass" not in METRICS:
+        register_metric("toy-mass")(ToyMass)
+
+
+    def toy_data():
+        g = torch.Generator().manual_seed(0)
+        return ImageSet(torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8, generator=g),
+                        torch.randint(0, 3, (40,), generator=g), ("a", "b", "c"), "toy")
+
+
+    def toy_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
+''')
+
+
+@pytest.fixture()
+def toy(tmp_path, monkeypatch):
+    (tmp_path / "toy_bench.py").write_text(TOY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("toy_bench")
+    yield module
+    METRICS.remove("toy-mass")
+    sys.modules.pop("toy_bench", None)
+
+
+def _run(toy, out, **kw):
+    kw.setdefault("n_samples", 10)
+    kw.setdefault("batch_size", 4)
+    return run({"lin": toy.toy_model()}, kw.pop("methods", "grad,ixg"), "toy-mass",
+               dataset=toy.toy_data(), out=out, progress=False, **kw)
+
+
+def test_tables_rows_and_summary(toy, tmp_path):
+    out = tmp_path / "run"
+    results = _run(toy, out)
+    # 2 methods × 10 images × 2 stats, sorted, with id, flag and config columns
+    assert len(results) == 40
+    assert list(results.columns[:8]) == ["model", "method", "metric", "sample", "key",
+                                        "variant", "stat", "value"]
+    for column in ("flag", "dataset", "seed", "method_config", "metric_config"):
+        assert column in results.columns
+    assert (results["flag"] == "").all()
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), results)
+    assert len(pd.read_csv(out / "results.csv")) == 40
+    # the metric's values are what a direct computation gives
+    model, data = toy.toy_model(), toy.toy_data()
+    x = data.float_images(slice(0, 10)).requires_grad_(True)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(logits.gather(1, data.labels[:10, None]).sum(), x)
+    ixg = results.query("method == 'ixg' and stat == 'total'").sort_values("sample")
+    np.testing.assert_allclose(ixg["value"], (grad * x).sum((1, 2, 3)).detach(), rtol=1e-5)
+    summary = pd.read_csv(out / "summary.csv", keep_default_na=False)
+    assert set(summary["direction"]) == {"higher", "lower"}
+    row = summary.query("method == 'ixg' and stat == 'total'").iloc[0]
+    assert row["n"] == 10
+    assert row["mean"] == pytest.approx(ixg["value"].mean())
+    assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+    assert row["median"] == pytest.approx(ixg["value"].median())
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key in ("config", "versions", "git_commit", "hardware", "seconds_per_part_all_runs",
+                "wall_seconds_this_run"):
+        assert key in manifest
+    assert manifest["rows"] == 40
+
+
+def test_bootstrap_ci_brackets_the_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    small, large = rng.normal(size=20), rng.normal(size=2000)
+    lo_s, hi_s = bootstrap_ci(small)
+    lo_l, hi_l = bootstrap_ci(large)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 5  # width ~ 1/sqrt(n): 10× more samples, ~10× narrower
+    assert np.isnan(bootstrap_ci(np.array([]))[0])
+
+
+def test_cache_reused_by_a_second_run_and_corrupt_entry_recomputed(toy, tmp_path):
+    out = tmp_path / "run"
+    first = _run(toy, out)
+    assert json.loads((out / "manifest.json").read_text())["cache"]["hits"] == 0
+    # a second run with other metric settings explains the same inputs: every map from cache
+    second = _run(toy, out, overwrite=True, metric_hparams={"toy-mass": {"delay": 0.001}})
+    assert json.loads((out / "manifest.json").read_text())["cache"] == {
+        "hits": 6, "misses": 0, "corrupt": 0}
+    pd.testing.assert_frame_equal(first.drop(columns="metric_config"),
+                                  second.drop(columns="metric_config"))
+    entry = sorted((out / "cache").rglob("*.safetensors"))[0]
+    data = bytearray(entry.read_bytes())
+    data[-1] ^= 0xFF  # flip bits of the last map value: still a loadable file, wrong checksum
+    entry.write_bytes(bytes(data))
+    third = _run(toy, out, overwrite=True)
+    assert json.loads((out / "manifest.json").read_text())["cache"]["corrupt"] == 1
+    pd.testing.assert_frame_equal(first, third)
+    cache = AttributionCache(out / "cache")
+    assert all(cache.get(p.stem) is not None for p in (out / "cache").rglob("*.safetensors"))
+
+
+def test_other_config_in_the_same_folder_is_refused(toy, tmp_path):
+    out = tmp_path / "run"
+    _run(toy, out)
+    with pytest.raises(RunError, match="different config.*n_samples.*--overwrite"):
+        _run(toy, out, n_samples=6)
+    assert len(_run(toy, out, n_samples=6, overwrite=True)) == 2 * 6 * 2
+
+
+def test_nan_maps_are_flagged_and_the_run_continues(toy, tmp_path):
+    def nan_first(model, inputs, target):
+        maps = inputs.sum(1).clone()
+        maps[0] = float("nan")
+        return maps
+
+    METHODS.register("nan-first")(nan_first)
+    try:
+        results = _run(toy, tmp_path / "run", methods="nan-first", batch_size=4)
+    finally:
+        METHODS.remove("nan-first")
+    flagged = results[results["flag"] == "nonfinite"]
+    assert sorted(set(flagged["sample"])) == [0, 4, 8]  # the first image of every chunk
+    summary = pd.read_csv(tmp_path / "run" / "summary.csv")
+    assert (summary["n"] == 7).all() and (summary["n_nonfinite"] == 3).all()
+
+
+def test_unknown_names_and_bad_values_fail_in_one_line(toy, tmp_path):
+    with pytest.raises(UnknownNameError, match="toy-mass"):
+        run({"lin": toy.toy_model()}, "grad", "toy-mas", dataset=toy.toy_data(),
+            out=tmp_path / "a")
+    with pytest.raises(UnknownNameError, match="ixg"):
+        run({"lin": toy.toy_model()}, "ixgg", "toy-mass", dataset=toy.toy_data(),
+            out=tmp_path / "b")
+    with pytest.raises(RunError, match="n-samples"):
+        _run(toy, tmp_path / "c", n_samples=0)
+    assert not (tmp_path / "a").exists()
+
+
+def test_cli_run_without_weights_names_the_fix(tmp_path):
+    result = CliRunner().invoke(cli, ["run", "--model", "xl-coda", "--method", "grad",
+                                      "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1
+    assert "no pretrained weights" in result.output and "--checkpoint PATH" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_set_parses_hyper_parameters(toy, tmp_path):
+    result = CliRunner().invoke(cli, ["--plugin", "toy_bench", "run", "--model", "resnet56",
+                                      "--set", "broken", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "NAME.KEY=VALUE" in result.output
+
+
+SCRIPT = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, {toy_dir!r})
+    import toy_bench
+    from attrib_bench.runners.benchmark import run
+    run({{"lin": toy_bench.toy_model()}}, "grad,ixg", "toy-mass", dataset=toy_bench.toy_data(),
+        out=sys.argv[1], n_samples=40, batch_size=4, progress=False,
+        metric_hparams={{"toy-mass": {{"delay": float(sys.argv[2])}}}})
+''')
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_gives_exactly_the_uninterrupted_rows(toy, tmp_path):
+    script = tmp_path / "sweep.py"
+    script.write_text(SCRIPT.format(toy_dir=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(killed), "0.3"], env=env)
+    chunks = killed / "parts"
+    deadline = time.time() + 120
+    while len(list(chunks.rglob("chunk-*.parquet"))) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(list(chunks.rglob("chunk-*.parquet")))
+    assert 4 <= written < 20, "the kill must land mid-run"
+    assert not (killed / "results.parquet").exists()
+    subprocess.run([sys.executable, str(script), str(killed), "0.3"], env=env, check=True)
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, str(script), str(clean), "0"], env=env, check=True)
+    resumed = pd.read_parquet(killed / "results.parquet")
+    expected = pd.read_parquet(clean / "results.parquet")
+    assert len(resumed) == 2 * 40 * 2
+    assert not resumed.duplicated(["method", "sample", "stat"]).any()
+    pd.testing.assert_frame_equal(resumed.drop(columns="metric_config"),
+                                  expected.drop(columns="metric_config"))

@@ -51,3 +51,7 @@ class NotApplicableError(MethodError):
 
 class RunError(AttribBenchError):
     """A benchmark run that cannot start or continue as asked (e.g. an output folder clash)."""
+
+
+class MetricError(AttribBenchError):
+    """A metric cannot run as configured: too few samples, a model it cannot wrap, bad settings."""

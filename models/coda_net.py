@@ -141,6 +141,19 @@ class CoDANet(nn.Module):
         check_images(x)
         return self.forward_encoded(self.encode(x))
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The class evidence map: RGB (B, 3, H, W) → encode → every DAU layer → (B, K, h, w).
+
+        With :meth:`head`, ``head(features(x)) == forward(x)``; the split lets a wrapper run the
+        layers on separate images and pool their maps together (DiFull grid localisation).
+        """
+        check_images(x)
+        return self.layers(self.encode(x))
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) from an evidence map (B, K, h, w): Σ over positions / T + b0."""
+        return f.sum(dim=(2, 3)) / self.temperature + self.logit_bias
+
     def contributions(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The model-inherent contribution map W0→L(x)_target ⊙ x_enc: (B, 6, H, W).
 

@@ -75,6 +75,21 @@ class CifarResNet(nn.Module):
         """The layer GradCAM uses: the last stage (64 channels at 8×8 for 32 px inputs)."""
         return self.layer3
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last-stage map: RGB (B, 3, H, W) → normalise, conv1-bn-relu, stages → (B, 64, h, w).
+
+        With :meth:`head`, ``head(features(x)) == forward(x)``; the split lets a wrapper run the
+        stages on separate images and pool their maps together (DiFull grid localisation).
+        """
+        check_images(x)
+        x = (x - self.mean) / self.std
+        x = self.relu(self.bn1(self.conv1(x)))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) from a last-stage map (B, 64, h, w): global average pool, then linear."""
+        return self.linear(self.pool(f).flatten(1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x)
         x = (x - self.mean) / self.std

@@ -1,7 +1,18 @@
 """Metrics; each module registers its metrics on import (see :mod:`attrib_bench.metrics.base`)."""
 
-from attrib_bench.metrics import randomisation
+from attrib_bench.metrics import localisation, randomisation
 from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, make_rows
+from attrib_bench.metrics.localisation import Localisation, LocalisationDiFull
 from attrib_bench.metrics.randomisation import Randomisation
 
-__all__ = ["EvalContext", "Metric", "Randomisation", "SampleSet", "make_rows", "randomisation"]
+__all__ = [
+    "EvalContext",
+    "Localisation",
+    "LocalisationDiFull",
+    "Metric",
+    "Randomisation",
+    "SampleSet",
+    "localisation",
+    "make_rows",
+    "randomisation",
+]

@@ -1,0 +1,269 @@
+"""Grid localisation (CoDA-Nets paper, eq. 11), and its DiFull variant (Rao et al. 2023).
+
+``localisation``: n x n grids of confidently and correctly classified images of distinct classes
+(:class:`attrib_bench.data.GridDataset`, the authors' sampling, seed 42). Every cell k is explained
+for its own class on the whole grid; the map (B, n·H, n·W) is clamped at 0 and summed per cell;
+
+    score_k = positive mass in cell k / positive mass in the whole grid   (0 if the total is 0).
+
+An oracle scores 1, a uniform map 1/n². A map with NaN or inf gives NaN (the runner flags it).
+Cell k sits at row k % n, column k // n (:func:`attrib_bench.data.cell_slices`).
+
+``localisation-difull``: the same grids and score, but the model sees the cells *disconnected*
+(:class:`DisconnectedGrid`): each cell goes through the model's feature extractor on its own, so
+no information flows between cells, and the head classifies the feature maps placed side by side
+in the same n x n layout. The other cells can then only lower a cell's logit through the head, so
+any positive attribution outside the explained cell is the method's error, not the model's.
+A model takes part by offering ``features(x) -> (B, C, h, w)`` and ``head(f) -> (B, K)`` with
+``head(features(x)) == forward(x)``. The built-in models split as follows:
+
+* CoDA-Net: ``features`` = the [r, g, b, 1−r, 1−g, 1−b] encoding and all DAU layers (the class
+  evidence map, K channels); ``head`` = Σ over positions / T + b0. The grid's logit is then exactly
+  Σ over cells of each cell's evidence + b0, and ``contributions`` stays complete on the grid.
+* CIFAR ResNet: ``features`` = normalisation, conv1-bn-relu and the three stages (64 channels);
+  ``head`` = global average pool + linear, so the grid's logit is the linear layer applied to the
+  mean of the cells' pooled features.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from attrib_bench.checks import check_images
+from attrib_bench.data import GridDataset, ImageSet, compose_grids
+from attrib_bench.errors import InputShapeError, MetricError
+from attrib_bench.evaluation import predict_logits
+from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, make_rows
+from attrib_bench.registry import register_metric
+
+GRID_SIZES = (2, 3, 4)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def split_cells(grids: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, C, n·H, n·W) grids → (B·n², C, H, W) cells, grid-major, cell k at row k%n, col k//n.
+
+    The inverse of :func:`attrib_bench.data.compose_grids` (after a reshape to (B, n², ...)).
+    """
+    b, c, gh, gw = grids.shape
+    if gh % n or gw % n:
+        raise InputShapeError(f"a {n}x{n} grid needs a height and width divisible by {n}, "
+                              f"got {gh}x{gw}")
+    h, w = gh // n, gw // n
+    # (B, C, row, H, col, W) -> (B, col, row, C, H, W): k = col * n + row
+    cells = grids.reshape(b, c, n, h, n, w).permute(0, 4, 2, 1, 3, 5)
+    return cells.reshape(b * n * n, c, h, w)
+
+
+def cell_masses(maps: torch.Tensor, n: int) -> torch.Tensor:
+    """Positive mass per cell: maps (M, n·H, n·W) → float64 (M, n²), cell index k = col·n + row.
+
+    Negative values count 0; NaN stays NaN (``clamp`` propagates it).
+    """
+    m, gh, gw = maps.shape
+    if gh % n or gw % n:
+        raise InputShapeError(f"maps of a {n}x{n} grid need a height and width divisible by {n}, "
+                              f"got {gh}x{gw}")
+    positive = maps.detach().double().clamp(min=0)
+    per_cell = positive.reshape(m, n, gh // n, n, gw // n).sum(dim=(2, 4))  # (M, row, col)
+    return per_cell.transpose(1, 2).reshape(m, n * n)
+
+
+def localisation_scores(maps: torch.Tensor, n: int) -> torch.Tensor:
+    """Eq. 11: maps (G, n², n·H, n·W), map k explaining cell k → scores float64 (G, n²).
+
+    score[g, k] = positive mass of map (g, k) in cell k / its total positive mass; 0 when the
+    total is 0; NaN when the map has a NaN or inf.
+    """
+    g, nn_, gh, gw = maps.shape
+    if nn_ != n * n:
+        raise InputShapeError(f"expected {n * n} maps per {n}x{n} grid, got {nn_}")
+    masses = cell_masses(maps.reshape(g * nn_, gh, gw), n).reshape(g, nn_, nn_)
+    own = masses.diagonal(dim1=1, dim2=2)  # (G, n²): map k's mass in cell k
+    total = masses.sum(dim=2)
+    scores = own / torch.where(total == 0, torch.ones_like(total), total)  # 0 / 1 when empty
+    finite = torch.isfinite(maps).flatten(2).all(dim=2)
+    return torch.where(finite, scores, torch.full_like(scores, float("nan")))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+@register_metric("localisation", hparams={"n": 3, "num_grids": 500, "seed": 42,
+                                          "batch_size": None},
+                 family="localisation", paper="Böhle et al. CVPR 2021, eq. 11")
+class Localisation(Metric):
+    """Grid localisation (eq. 11): the share of positive attribution inside the explained cell.
+
+    Hyper-parameters: ``n`` grid side (2, 3, 4), ``num_grids`` grids to draw (``n_samples``
+    replaces it), ``seed`` of the grid sampling, ``batch_size`` images per forward when computing
+    the pool logits (None: the runner's batch size). Rows: one per (grid, cell): ``sample`` grid
+    id, ``key`` cell index k (str), ``stat`` "score", ``value`` in [0, 1] (NaN for a non-finite
+    map), plus ``target`` (int, the cell's class).
+    """
+
+    name: ClassVar[str] = "localisation"
+    description: ClassVar[str] = "share of positive attribution in the explained cell of a grid"
+    directions: ClassVar[dict[str, str]] = {"score": "higher"}
+
+    def __init__(self, *, n: int = 3, num_grids: int = 500, seed: int = 42,
+                 batch_size: int | None = None, **unknown: Any) -> None:
+        if unknown:
+            raise MetricError(f"metric {self.name!r}: unknown hyper-parameter(s) "
+                              f"{', '.join(sorted(unknown))}; its hyper-parameters are n, "
+                              "num_grids, seed, batch_size")
+        if isinstance(n, bool) or n not in GRID_SIZES:
+            raise MetricError(f"metric {self.name!r}: n must be one of "
+                              f"{', '.join(map(str, GRID_SIZES))}, got {n!r}")
+        for label, value, low in (("num_grids", num_grids, 0), ("batch_size", batch_size, 1)):
+            if value is None and label == "batch_size":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise MetricError(f"metric {self.name!r}: {label} must be an int >= {low}, "
+                                  f"got {value!r}")
+        super().__init__(n=n, num_grids=num_grids, seed=int(seed), batch_size=batch_size)
+        self.n, self.num_grids, self.seed, self.batch_size = n, num_grids, int(seed), batch_size
+
+    def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
+               device: torch.device, batch_size: int) -> SampleSet:
+        """The grids: pool logits of ``model`` on all of ``dataset``, then the authors' sampling.
+
+        Raises :class:`MetricError` when the pool allows fewer grids than requested.
+        """
+        requested = self.num_grids if n_samples is None else int(n_samples)
+        n = self.n
+        if n * n >= dataset.num_classes:
+            raise MetricError(f"metric {self.name!r}: a {n}x{n} grid needs more than {n * n} "
+                              f"classes, {dataset.name} has {dataset.num_classes}: use a smaller n")
+        logits = predict_logits(model, dataset, self.batch_size or batch_size, device)
+        grids = GridDataset(dataset, logits, n=n, num_grids=requested, seed=self.seed)
+        correct = logits.argmax(1) == dataset.labels
+        target = logits.gather(1, dataset.labels[:, None])[:, 0]
+        pool = int((correct & (target.sigmoid() > 0.5)).sum())
+        if grids.exhausted:
+            fix = (f"pass --n-samples {len(grids)}" if len(grids) else
+                   "use a better-trained model or a smaller n")
+            raise MetricError(f"metric {self.name!r}: only {len(grids)} {n}x{n} grids can be "
+                              f"drawn from {dataset.name} ({pool} correctly classified images "
+                              f"with sigmoid(logit) > 0.5), {requested} requested: {fix}")
+
+        def fetch(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            return grids.batch(torch.as_tensor(np.asarray(ids), dtype=torch.long))
+
+        info = {"grids": len(grids), "n": n, "seed": self.seed, "requested": requested,
+                "cell_size": list(dataset.image_size), "pool": pool,
+                "correct": int(correct.sum()), "images": len(dataset)}
+        return SampleSet(ids=np.arange(len(grids), dtype=np.int64), fetch=fetch, info=info)
+
+    def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, targets: torch.Tensor,
+                 samples: np.ndarray) -> pd.DataFrame:
+        """Rows for grids ``inputs`` (b, 3, n·H, n·W) with cell classes ``targets`` (b, n²).
+
+        Each grid is repeated n² times, one copy per cell with that cell's class as target, and
+        the whole (b·n², 3, n·H, n·W) batch goes to ``ctx.explain`` in one call.
+        """
+        n, nn_ = self.n, self.n * self.n
+        b = inputs.shape[0]
+        if targets.shape != (b, nn_):
+            raise InputShapeError(f"metric {self.name!r}: targets must have shape ({b}, {nn_}) "
+                                  f"for {n}x{n} grids, got {tuple(targets.shape)}")
+        repeated = inputs[:, None].expand(b, nn_, *inputs.shape[1:]).reshape(b * nn_,
+                                                                             *inputs.shape[1:])
+        maps = ctx.explain(repeated, targets.reshape(-1))
+        scores = localisation_scores(maps.reshape(b, nn_, *maps.shape[-2:]), n)
+        rows = make_rows(np.asarray(samples)[:, None], np.arange(nn_)[None, :],
+                         scores.cpu().numpy(), stat="score")
+        rows["target"] = targets.reshape(-1).cpu().numpy().astype(np.int64)
+        return rows
+
+
+@register_metric("localisation-difull", hparams={"n": 3, "num_grids": 500, "seed": 42,
+                                                 "batch_size": None},
+                 family="localisation", paper="Rao et al. 2023 (DiFull) on Böhle et al. eq. 11")
+class LocalisationDiFull(Localisation):
+    """Grid localisation on a disconnected grid (DiFull): cells share no information in the model.
+
+    Same grids, hyper-parameters and rows as ``localisation``; the methods explain
+    :class:`DisconnectedGrid` (``prepare_model``), so a perfect method can score 1.
+    """
+
+    name: ClassVar[str] = "localisation-difull"
+    description: ClassVar[str] = ("localisation on a grid whose cells pass the feature extractor "
+                                  "separately (DiFull)")
+    model_view: ClassVar[str] = "difull"
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """``DisconnectedGrid(model, n)``; needs ``model.features`` and ``model.head``."""
+        return DisconnectedGrid(model, self.n)
+
+
+# ----------------------------------------------------------------------------- DiFull wrapper
+
+
+class DisconnectedGrid(nn.Module):
+    """A classifier of n x n grids whose cells pass ``model.features`` separately (DiFull).
+
+    RGB grids (B, 3, n·H, n·W) → cells (B·n², 3, H, W) → ``model.features`` → maps reassembled
+    column-first into (B, C, n·h, n·w) → :attr:`gradcam_layer` (an identity, so GradCAM sees the
+    combined map) → ``model.head`` → logits (B, K). When ``model`` has ``contributions`` (a
+    CoDA-Net), the wrapper is a :class:`DisconnectedContributionsGrid` that has it too.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> DisconnectedGrid:
+        # (no arguments when copy/pickle rebuild an instance: then cls is already the right one)
+        model = args[0] if args else kwargs.get("model")
+        if cls is DisconnectedGrid and callable(getattr(model, "contributions", None)):
+            cls = DisconnectedContributionsGrid
+        return super().__new__(cls)
+
+    def __init__(self, model: nn.Module, n: int) -> None:
+        super().__init__()
+        missing = [a for a in ("features", "head") if not callable(getattr(model, a, None))]
+        if missing:
+            raise MetricError(
+                f"{type(model).__name__} has no {' or '.join(missing)}() for the DiFull grid: add "
+                "features(x) -> (B, C, h, w) and head(f) -> logits (B, K) with "
+                "head(features(x)) == forward(x), or use metric 'localisation'")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise MetricError(f"DisconnectedGrid: n must be a positive int, got {n!r}")
+        self.model = model
+        self.n = n
+        #: Identity on the reassembled (B, C, n·h, n·w) feature map: the layer GradCAM hooks.
+        self.gradcam_layer = nn.Identity()
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}"
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-cell feature maps placed side by side: (B, 3, n·H, n·W) → (B, C, n·h, n·w)."""
+        check_images(x)
+        cells = split_cells(x, self.n)
+        f = self.model.features(cells)
+        return compose_grids(f.reshape(x.shape[0], self.n * self.n, *f.shape[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.gradcam_layer(self.features(x)))
+
+
+class DisconnectedContributionsGrid(DisconnectedGrid):
+    """A :class:`DisconnectedGrid` around a model with ``contributions`` (a CoDA-Net)."""
+
+    def contributions(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Each cell's own contribution map for the grid's ``target`` (B,), placed in the grid.
+
+        (B, 3, n·H, n·W) → (B, C', n·H, n·W) (C' = 6 for a CoDA-Net). Because the head sums the
+        cells' evidence, the map sums to the grid's logit − b0.
+        """
+        check_images(x)
+        nn_ = self.n * self.n
+        cells = split_cells(x, self.n)
+        target = torch.as_tensor(target, device=x.device).long().reshape(-1)
+        maps = self.model.contributions(cells, target.repeat_interleave(nn_))
+        return compose_grids(maps.reshape(x.shape[0], nn_, *maps.shape[1:]))

@@ -1,8 +1,9 @@
 """Metrics; each module registers its metrics on import (see :mod:`attrib_bench.metrics.base`)."""
 
-from attrib_bench.metrics import localisation, randomisation
+from attrib_bench.metrics import localisation, pixel_removal, randomisation
 from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, make_rows
 from attrib_bench.metrics.localisation import Localisation, LocalisationDiFull
+from attrib_bench.metrics.pixel_removal import PixelRemoval
 from attrib_bench.metrics.randomisation import Randomisation
 
 __all__ = [
@@ -10,9 +11,11 @@ __all__ = [
     "Localisation",
     "LocalisationDiFull",
     "Metric",
+    "PixelRemoval",
     "Randomisation",
     "SampleSet",
     "localisation",
     "make_rows",
+    "pixel_removal",
     "randomisation",
 ]

@@ -28,7 +28,7 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     for tensor in tensors:
         data = tensor.detach().contiguous().cpu()
         digest.update(f"{data.dtype}{tuple(data.shape)}".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
 
 

@@ -246,3 +246,15 @@ def test_sigkill_mid_run_then_resume_gives_exactly_the_uninterrupted_rows(toy, t
     assert not resumed.duplicated(["method", "sample", "stat"]).any()
     pd.testing.assert_frame_equal(resumed.drop(columns="metric_config"),
                                   expected.drop(columns="metric_config"))
+
+
+def test_model_digest_covers_buffers_and_scalars():
+    from attrib_bench.models.resnet_cifar import resnet56
+    from attrib_bench.runners.cache import model_digest
+
+    torch.manual_seed(0)
+    model = resnet56()  # BatchNorm: running stats and 0-dim num_batches_tracked buffers
+    before = model_digest(model)
+    assert model_digest(model) == before
+    model.bn1.num_batches_tracked += 1
+    assert model_digest(model) != before

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -258,3 +259,18 @@ def test_model_digest_covers_buffers_and_scalars():
     assert model_digest(model) == before
     model.bn1.num_batches_tracked += 1
     assert model_digest(model) != before
+
+
+def test_readme_metric_example_registers_and_runs(toy, tmp_path):
+    """The README's "Add a metric" example, executed as written, through the runner."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index("# my_metrics.py")
+    code = readme[start:readme.index("```", start)]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    try:
+        results = run({"lin": toy.toy_model()}, "ixg", "map-mass", dataset=toy.toy_data(),
+                      out=tmp_path / "r", n_samples=5, batch_size=2, progress=False)
+    finally:
+        METRICS.remove("map-mass")
+    assert len(results) == 5 and results["value"].between(0, 1).all()

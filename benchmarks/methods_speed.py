@@ -28,9 +28,7 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -40,6 +38,7 @@ import torch
 # isort: split
 from attrib_bench.checkpoints import resolve_weights_root
 from attrib_bench.methods.base import applicable_methods
+from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.registry import METHODS, create_method, create_model
 
 OVERHEAD_GOAL = 1.15
@@ -109,29 +108,6 @@ def time_method(model: torch.nn.Module, name: str, hparams: dict[str, Any], x: t
     return row
 
 
-def describe_hardware(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f" | {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"{cpu} | {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads{gpu} | "
-            f"torch {torch.__version__} | python {platform.python_version()} | device {device}")
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
-        return out.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="s-coda,resnet56")
@@ -155,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"attribution methods: batch {args.batch_size} of random 32x32 RGB images, "
           f"max_batch {args.max_batch} images per forward, {args.repeats} repeat(s), median")
     print(f"hardware: {describe_hardware(device)}")
-    print(f"code: git {git_commit()} | 1-min load average before: {load:.2f}")
+    print(f"code: git {git_commit(short=True)} | 1-min load average before: {load:.2f}")
     rows = []
     for model_name in args.models.split(","):
         model, weights = build_model(model_name)

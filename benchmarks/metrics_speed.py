@@ -33,9 +33,7 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -50,33 +48,11 @@ from attrib_bench.data import load_cifar10
 from attrib_bench.errors import AttribBenchError
 from attrib_bench.metrics.base import EvalContext
 from attrib_bench.metrics.pixel_removal import ORDERS, PixelRemoval
+from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.registry import create_method, create_model
 
 OVERHEAD_GOAL = 1.15
 QUANTUS_GOAL = 3.0
-
-
-def describe_hardware(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f" | {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"{cpu} | {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads{gpu} | "
-            f"torch {torch.__version__} | python {platform.python_version()} | device {device}")
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
-        return out.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def synchronise(device: torch.device) -> None:
@@ -264,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown metric(s) {', '.join(unknown)}: use {', '.join(BENCHES)}")
     print(f"hardware: {describe_hardware(device)}")
-    print(f"code: git {git_commit()} | 1-min load average before: {os.getloadavg()[0]:.2f} | "
+    load = os.getloadavg()[0]
+    print(f"code: git {git_commit(short=True)} | 1-min load average before: {load:.2f} | "
           f"median of {args.repeats} repeat(s)")
     results = [BENCHES[name](args, device) for name in args.metrics.split(",")]
     print(f"1-min load average after: {os.getloadavg()[0]:.2f}")

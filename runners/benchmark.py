@@ -19,7 +19,6 @@ import json
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from attrib_bench.data import ImageSet, get_dataset
 from attrib_bench.errors import NotApplicableError, RunError
 from attrib_bench.evaluation import resolve_device
 from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, Metric, SampleSet
+from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.registry import METHODS, METRICS, create_method, create_metric, create_model
 from attrib_bench.runners.cache import (
     AttributionCache,
@@ -230,25 +230,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def _git_commit() -> str | None:
-    """The checkout's commit (with "-dirty" if it has changes), or None outside a git checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=here, capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty.strip() else "")
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def _prepare_out(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
@@ -455,9 +436,9 @@ def _manifest_extras(results: pd.DataFrame, cache: AttributionCache, device: tor
                      seconds: float) -> dict[str, Any]:
     return {
         "versions": _versions(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "device": str(device),
-        "hardware": _device_name(device),
+        "hardware": describe_hardware(device),
         "wall_seconds_this_run": round(seconds, 3),
         "rows": len(results),
         "rows_nonfinite": int((results["flag"] != "").sum()),

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from attrib_bench.cli import cli
+from attrib_bench.registry import list_models
 
 
 def _run(*args: str, env: dict | None = None):
@@ -33,7 +34,9 @@ def test_list_models_verbose_shows_parameter_counts():
 def test_list_with_pattern_and_all():
     result = _run("list", "models", "*coda*")
     assert result.exit_code == 0
-    assert "models (6):" in result.output and "resnet56" not in result.output
+    coda = list_models("*coda*")  # xs..xl plus the shipped xs-coda-sq-t* models
+    assert len(coda) >= 7 and "xs-coda-sq-t10" in coda
+    assert f"models ({len(coda)}):" in result.output and "resnet56" not in result.output
     result = _run("list")
     assert all(f"{kind} (" in result.output for kind in ("models", "methods", "metrics"))
 

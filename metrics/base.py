@@ -73,6 +73,16 @@ class EvalContext:
     seed: int = 0
 
 
+def is_int(value: object) -> bool:
+    """An integer hyper-parameter value (Python or numpy), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    """A real-number hyper-parameter value (Python or numpy int/float), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def make_rows(sample: Any, key: Any, value: Any, *, variant: Any = "", stat: Any = "score"
               ) -> pd.DataFrame:
     """Rows from broadcastable columns (scalars or arrays); ``key``/``variant``/``stat`` as str."""

@@ -55,7 +55,14 @@ from torch import nn
 from attrib_bench.data import ImageSet
 from attrib_bench.errors import MetricError
 from attrib_bench.methods.base import eval_mode
-from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, make_rows
+from attrib_bench.metrics.base import (
+    EvalContext,
+    Metric,
+    SampleSet,
+    is_int,
+    is_real,
+    make_rows,
+)
 from attrib_bench.registry import register_metric
 
 Order = Literal["least-first", "most-first"]
@@ -379,25 +386,25 @@ class PixelRemoval(Metric):
         values = {**_DEFAULTS, **hparams}
         if values["order"] not in (*ORDERS, "both"):
             _bad("order", values["order"], "'least-first', 'most-first' or 'both'")
-        if not _is_real(values["fraction"]) or not 0 < values["fraction"] <= 1:
+        if not is_real(values["fraction"]) or not 0 < values["fraction"] <= 1:
             _bad("fraction", values["fraction"], "a number in (0, 1]")
         for key in ("steps", "num_images", "max_batch"):
-            if not _is_int(values[key]) or values[key] < 1:
+            if not is_int(values[key]) or values[key] < 1:
                 _bad(key, values[key], "a positive int")
         if values["baseline"] not in BASELINES:
             _bad("baseline", values["baseline"], f"one of {', '.join(BASELINES)}")
-        if not _is_real(values["sigma"]) or not values["sigma"] > 0:
+        if not is_real(values["sigma"]) or not values["sigma"] > 0:
             _bad("sigma", values["sigma"], "a positive number (Gaussian std in pixels)")
-        if not _is_real(values["road_noise"]) or not values["road_noise"] >= 0:
+        if not is_real(values["road_noise"]) or not values["road_noise"] >= 0:
             _bad("road_noise", values["road_noise"], "a number >= 0")
         mean = values["mean"]
         if mean is not None:
-            if not isinstance(mean, (list, tuple)) or not mean or not all(map(_is_real, mean)):
+            if not isinstance(mean, (list, tuple)) or not mean or not all(map(is_real, mean)):
                 _bad("mean", mean, "None or a per-channel list of numbers, e.g. [0.49, 0.48, 0.45]")
             values["mean"] = [float(m) for m in mean]
         if values["score"] not in SCORES:
             _bad("score", values["score"], f"one of {', '.join(SCORES)}")
-        if values["seed"] is not None and not _is_int(values["seed"]):
+        if values["seed"] is not None and not is_int(values["seed"]):
             _bad("seed", values["seed"], "an int or None")
         super().__init__(**values)
         self._dataset_mean: list[float] | None = None
@@ -514,14 +521,6 @@ def _empty_rows() -> pd.DataFrame:
     rows = make_rows(np.zeros(0, dtype=np.int64), "", np.zeros(0))
     rows["removed"] = np.zeros(0, dtype=np.int64)
     return rows
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _bad(name: str, value: object, expected: str) -> None:

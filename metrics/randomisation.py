@@ -53,9 +53,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from attrib_bench.data import ImageSet
-from attrib_bench.errors import AttribBenchError, InputShapeError
+from attrib_bench.errors import InputShapeError, MetricError
 from attrib_bench.methods.base import eval_mode
-from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, make_rows
+from attrib_bench.metrics.base import (
+    EvalContext,
+    Metric,
+    SampleSet,
+    is_int,
+    make_rows,
+)
 from attrib_bench.registry import register_metric
 
 Mode = Literal["cascading", "independent"]
@@ -129,7 +135,7 @@ def randomised_models(model: nn.Module, layers: Sequence[str], mode: Mode, seed:
     until the next step. ``model`` itself is never modified.
     """
     if mode not in MODES:
-        raise AttribBenchError(f"randomisation mode must be one of {', '.join(MODES)}, "
+        raise MetricError(f"randomisation mode must be one of {', '.join(MODES)}, "
                                f"got {mode!r}")
     work = copy.deepcopy(model)
     modules = dict(work.named_modules())
@@ -250,19 +256,19 @@ class Randomisation(Metric):
     def __init__(self, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(_DEFAULTS))
         if unknown:
-            raise AttribBenchError(f"metric 'randomisation': unknown hyper-parameter(s) "
+            raise MetricError(f"metric 'randomisation': unknown hyper-parameter(s) "
                                    f"{', '.join(unknown)}; use {', '.join(_DEFAULTS)}")
         values = {**_DEFAULTS, **hparams}
         modes, num, layers, seed = (values[k] for k in ("modes", "num_images", "layers", "seed"))
         if modes not in (*MODES, "both"):
             _bad("modes", modes, "'cascading', 'independent' or 'both'")
-        if not _is_int(num) or num < 1:
+        if not is_int(num) or num < 1:
             _bad("num_images", num, "a positive int")
-        if layers is not None and not (_is_int(layers) and layers >= 1) and not (
+        if layers is not None and not (is_int(layers) and layers >= 1) and not (
                 isinstance(layers, (list, tuple)) and layers
                 and all(isinstance(n, str) for n in layers) and len(set(layers)) == len(layers)):
             _bad("layers", layers, "None, a positive int or a list of distinct layer names")
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not is_int(seed):
             _bad("seed", seed, "an int or None")
         if isinstance(layers, tuple):
             values["layers"] = list(layers)
@@ -293,16 +299,16 @@ class Randomisation(Metric):
         chosen = self.hparams["layers"]
         if chosen is None:
             return list(enumerate(names))
-        if _is_int(chosen):
+        if is_int(chosen):
             if chosen > len(names):
-                raise AttribBenchError(f"metric 'randomisation': layers={chosen} but the model "
+                raise MetricError(f"metric 'randomisation': layers={chosen} but the model "
                                        f"has {len(names)} layers; pass at most {len(names)}")
             return list(enumerate(names[:chosen]))
         for name in chosen:
             if name not in names:
                 close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
                 hint = f"did you mean {', '.join(close)}?" if close else f"top: {names[0]}"
-                raise AttribBenchError(f"metric 'randomisation': {name!r} is not a layer of the "
+                raise MetricError(f"metric 'randomisation': {name!r} is not a layer of the "
                                        f"model ({hint})")
         wanted = set(chosen)
         return [(i, n) for i, n in enumerate(names) if n in wanted]
@@ -335,9 +341,5 @@ def _empty_rows() -> pd.DataFrame:
     return rows
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _bad(name: str, value: object, expected: str) -> None:
-    raise AttribBenchError(f"metric 'randomisation': {name} must be {expected}, got {value!r}")
+    raise MetricError(f"metric 'randomisation': {name} must be {expected}, got {value!r}")

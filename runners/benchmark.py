@@ -157,7 +157,7 @@ def _evaluate_part(part: Part, metric: Metric, samples: SampleSet, ctx: EvalCont
               for i in range(0, len(samples.ids), config.batch_size)]
     todo = [i for i in range(len(chunks)) if not part.done(i)]
     seconds = 0.0
-    done_samples = sum(len(chunks[i]) for i in range(len(chunks)) if i not in set(todo))
+    done_samples = len(samples.ids) - sum(len(chunks[i]) for i in todo)
     with tqdm(total=len(samples.ids), initial=done_samples, unit="sample", disable=not progress,
               desc=f"{part.model} · {part.method} · {part.metric}", dynamic_ncols=True,
               leave=True) as bar:

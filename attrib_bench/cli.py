@@ -243,6 +243,65 @@ def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None, batc
                f"manifest: {out_dir}/manifest.json")
 
 
+@cli.command("plot")
+@click.option("--results", "results_dir", required=True, type=click.Path(file_okay=False),
+              help="A run folder (attrib-bench run --out).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Figure folder (default: RESULTS/figures).")
+@click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png",
+              show_default=True)
+def plot_cmd(results_dir: str, out_dir: str | None, fmt: str) -> None:
+    """Draw every figure the run's tables support (Fig. 6 style, T series, sanity check)."""
+    from attrib_bench.plots import plot_results
+
+    for path in plot_results(results_dir, out_dir, fmt):
+        click.echo(str(path))
+
+
+@cli.command("report")
+@click.option("--results", "results_dir", required=True, type=click.Path(file_okay=False),
+              help="A run folder (attrib-bench run --out).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="HTML file (default: RESULTS/report.html).")
+def report_cmd(results_dir: str, out_file: str | None) -> None:
+    """Write one self-contained HTML page: figures, summary, models, manifest."""
+    from attrib_bench.report import write_report
+
+    click.echo(str(write_report(results_dir, out_file)))
+
+
+@cli.command("examples")
+@click.option("--model", "model_name", required=True, help="Model name (one).")
+@click.option("--method", "methods", default="all", show_default=True,
+              help="Method name(s), comma-separated, or all (those that apply to the model).")
+@click.option("--results", "results_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder; writes RESULTS/examples/<model>.safetensors for `plot`.")
+@click.option("--count", type=click.IntRange(min=1, max=10), default=6, show_default=True,
+              help="Images in the method sheet (one per class).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Weights file instead of the zoo's.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="CIFAR-10 folder (default: $ATTRIB_BENCH_DATA, else ../shared/data).")
+def examples_cmd(model_name: str, methods: str, results_dir: str, count: int, seed: int,
+                 device: str, checkpoint: str | None, data_root: str | None) -> None:
+    """Compute the maps of the qualitative sheets (Fig. 7, Fig. 8) for one model."""
+    from pathlib import Path
+
+    from attrib_bench.data import get_dataset
+    from attrib_bench.evaluation import resolve_device
+    from attrib_bench.registry import create_model
+    from attrib_bench.runners.examples import compute_examples, save_examples
+
+    model = create_model(model_name, pretrained=checkpoint is None, checkpoint=checkpoint)
+    examples = compute_examples(model, model_name, get_dataset("cifar10", "test", root=data_root),
+                                [m.strip() for m in methods.split(",") if m.strip()], count,
+                                seed=seed, device=resolve_device(device))
+    slug = model_name.replace("/", "_")
+    click.echo(str(save_examples(examples, Path(results_dir) / "examples" / f"{slug}.safetensors")))
+
+
 def main() -> None:
     cli(prog_name="attrib-bench")
 

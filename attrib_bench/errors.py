@@ -55,3 +55,7 @@ class RunError(AttribBenchError):
 
 class MetricError(AttribBenchError):
     """A metric cannot run as configured: too few samples, a model it cannot wrap, bad settings."""
+
+
+class PlotError(AttribBenchError):
+    """Results that cannot be plotted or reported: missing, from an older version, or empty."""

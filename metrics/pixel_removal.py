@@ -433,7 +433,8 @@ class PixelRemoval(Metric):
         info: dict[str, Any] = {"requested": wanted, "selected": len(ids),
                                 "targets": "ground truth", "effective_baseline": baseline,
                                 "pixels_per_step": k, "points": self.hparams["steps"] + 1,
-                                "max_removed": self.hparams["steps"] * k}
+                                "max_removed": self.hparams["steps"] * k,
+                                "image_pixels": height * width}
         if baseline == "mean" and self.hparams["mean"] is None:
             sums = dataset.images.sum(dim=(0, 2, 3), dtype=torch.float64)
             count = len(dataset) * height * width * 255.0

@@ -396,6 +396,7 @@ def _run(config: RunConfig, out: Path, device: torch.device, overwrite: bool,
     summary = summarise(results, metrics, config.seed)
     _write_tables(out, results, summary)
     manifest.update(_manifest_extras(results, cache, device, time.perf_counter() - started))
+    manifest["models"] = {name: _model_info(model, hashes[name]) for name, model in loaded.items()}
     manifest["seconds_per_part_all_runs"] = timings
     atomic_write(out / "manifest.json",
                  lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, default=str)))
@@ -430,6 +431,15 @@ def _write_tables(out: Path, results: pd.DataFrame, summary: pd.DataFrame) -> No
     atomic_write(out / "results.parquet", lambda tmp: results.to_parquet(tmp, index=False))
     atomic_write(out / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
     atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+
+
+def _model_info(model: nn.Module, digest: str) -> dict[str, Any]:
+    """What plots and reports need to know about a model: class, size, temperature, weights."""
+    temperature = getattr(model, "temperature", None)
+    return {"class": type(model).__qualname__,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "temperature": float(temperature) if isinstance(temperature, (int, float)) else None,
+            "sha256": digest}
 
 
 def _manifest_extras(results: pd.DataFrame, cache: AttributionCache, device: torch.device,

@@ -1,0 +1,127 @@
+"""Maps for the qualitative figures (paper Fig. 7 and Fig. 8), saved so plots need no model.
+
+``compute_examples`` explains a few test images with each method (Fig. 8) and, for a model with
+model-inherent maps, one multi-image grid for each of its cells' classes (Fig. 7); ``save`` writes
+them as one safetensors file (maps float32, labels and settings in the JSON metadata), which
+:func:`attrib_bench.plots.example_figures` reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from attrib_bench.data import ImageSet
+from attrib_bench.errors import NotApplicableError, PlotError
+from attrib_bench.evaluation import predict_logits
+from attrib_bench.runners.benchmark import _build_method, _method_names
+from attrib_bench.runners.cache import atomic_write
+
+
+@dataclass
+class Examples:
+    """Images (N, 3, H, W) with per-method maps (N, H, W); optionally a grid (3, nH, nW) with one
+    map per cell class (n², nH, nW). Arrays are float32 numpy."""
+
+    model: str
+    images: np.ndarray
+    labels: list[str]
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    grid: np.ndarray | None = None
+    grid_maps: np.ndarray | None = None
+    grid_labels: list[str] = field(default_factory=list)
+    grid_n: int = 0
+    grid_method: str = ""
+
+
+def pick_images(model: nn.Module, dataset: ImageSet, count: int, device: torch.device
+                ) -> np.ndarray:
+    """Indices of the first correctly classified test image of each of the first ``count``
+    classes (dataset order), so the sheet shows distinct, fairly explained classes."""
+    window = min(len(dataset), 50 * count)  # enough for every class on CIFAR-sized sets
+    head = ImageSet(dataset.images[:window], dataset.labels[:window], dataset.class_names,
+                    dataset.name)
+    predicted = predict_logits(model, head, device=device, progress=False).argmax(1)
+    chosen: dict[int, int] = {}
+    for index in torch.nonzero(predicted == head.labels).flatten().tolist():
+        chosen.setdefault(int(head.labels[index]), index)
+    return np.array([chosen[c] for c in sorted(chosen)[:count]], dtype=np.int64)
+
+
+def compute_examples(model: nn.Module, name: str, dataset: ImageSet,
+                     methods: Iterable[str] = ("all",), count: int = 6, grid_n: int = 3,
+                     grid_method: str = "inherent", seed: int = 0,
+                     device: str | torch.device = "cpu") -> Examples:
+    """Explain ``count`` images with every method in ``methods`` (or "all" that apply), and one
+    ``grid_n``² grid (the localisation metric's first) with ``grid_method`` for each cell's
+    class; the grid is left out where ``grid_method`` does not apply (e.g. ResNet-56)."""
+    from attrib_bench.metrics.localisation import Localisation
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    index = torch.as_tensor(pick_images(model, dataset, count, device))
+    inputs = dataset.float_images(index).to(device)
+    targets = dataset.labels[index].to(device)
+    names = dataset.class_names
+    found = Examples(name, inputs.cpu().numpy(), [names[int(t)] for t in targets])
+    for method_name in _method_names(list(methods), model):
+        method = _build_method(method_name, model, {}, seed)
+        method.allow_nonfinite = False
+        found.maps[method_name] = method.attribute(inputs, targets).detach().float().cpu().numpy()
+    try:
+        explain = _build_method(grid_method, model, {}, seed)
+    except NotApplicableError:
+        return found
+    samples = Localisation(n=grid_n).select(model, dataset, 1, device, 1)
+    grid, cells = samples.fetch(samples.ids[:1])
+    grid, cells = grid.to(device), cells.reshape(-1).to(device)
+    repeated = grid.expand(len(cells), *grid.shape[1:])
+    found.grid = grid[0].cpu().numpy()
+    found.grid_maps = explain.attribute(repeated, cells).detach().float().cpu().numpy()
+    found.grid_labels = [names[int(c)] for c in cells]
+    found.grid_n, found.grid_method = grid_n, grid_method
+    return found
+
+
+def save_examples(examples: Examples, path: str | Path) -> Path:
+    """Write ``examples`` as one safetensors file (atomically); returns the path."""
+    path = Path(path)
+    tensors = {"images": torch.from_numpy(np.ascontiguousarray(examples.images, np.float32))}
+    for method, maps in examples.maps.items():
+        tensors[f"maps.{method}"] = torch.from_numpy(np.ascontiguousarray(maps, np.float32))
+    if examples.grid is not None:
+        tensors["grid"] = torch.from_numpy(np.ascontiguousarray(examples.grid, np.float32))
+        tensors["grid_maps"] = torch.from_numpy(np.ascontiguousarray(examples.grid_maps,
+                                                                     np.float32))
+    meta = {"model": examples.model, "labels": examples.labels, "methods": list(examples.maps),
+            "grid_labels": examples.grid_labels, "grid_n": examples.grid_n,
+            "grid_method": examples.grid_method}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
+                                             metadata={"examples": json.dumps(meta)}))
+    return path
+
+
+def load_examples(path: str | Path) -> Examples:
+    """Read a file written by :func:`save_examples`; :class:`PlotError` if it is not one."""
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as handle:
+            meta = json.loads((handle.metadata() or {})["examples"])
+    except (SafetensorError, ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
+        raise PlotError(f"{path} is not an examples file ({type(exc).__name__}): rewrite it with "
+                        "attrib-bench examples") from None
+    arrays = {k: v.numpy() for k, v in tensors.items()}
+    return Examples(
+        model=meta["model"], images=arrays["images"], labels=meta["labels"],
+        maps={m: arrays[f"maps.{m}"] for m in meta["methods"]}, grid=arrays.get("grid"),
+        grid_maps=arrays.get("grid_maps"), grid_labels=meta["grid_labels"],
+        grid_n=meta["grid_n"], grid_method=meta["grid_method"])

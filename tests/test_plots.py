@@ -1,0 +1,317 @@
+"""Figures and the HTML report, on small synthetic run folders written here.
+
+Each test checks what the figure shows (axes, series, labels, reference lines, colours, the
+numbers it plots), not only that drawing worked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from matplotlib.colors import to_rgba
+
+from attrib_bench.cli import cli
+from attrib_bench.errors import PlotError
+from attrib_bench.metrics.base import make_rows
+from attrib_bench.plots import (
+    contribution_sheet,
+    load_run,
+    localisation_figure,
+    method_colours,
+    method_sheet,
+    pixel_removal_figure,
+    plot_results,
+    randomisation_figure,
+    temperature_figure,
+)
+from attrib_bench.registry import create_metric
+from attrib_bench.runners.benchmark import summarise
+from attrib_bench.runners.examples import Examples, load_examples, save_examples
+
+MODELS = {"toy-t10": 10.0, "toy-t1000": 1000.0}
+METHODS = ("mine", "ixg", "inherent")  # deliberately not in plot order
+LAYERS = ("head", "block2", "block1")  # top first
+PIXELS = 64  # 8x8 images
+
+
+def _rows(model: str, method: str, metric: str, rows: pd.DataFrame, config: dict) -> pd.DataFrame:
+    rows.insert(0, "model", model)
+    rows.insert(1, "method", method)
+    rows.insert(2, "metric", metric)
+    rows["flag"] = np.where(np.isfinite(rows["value"]), "", "nonfinite")
+    rows["metric_config"] = json.dumps({"name": metric, **config})
+    return rows
+
+
+def synthetic_results(rng: np.random.Generator) -> pd.DataFrame:
+    """2 models x 3 methods x {localisation n=2, pixel-removal, randomisation}."""
+    tables = []
+    for m, model in enumerate(MODELS):
+        for k, method in enumerate(METHODS):
+            quality = 0.3 + 0.2 * k + 0.1 * m  # inherent best, the T=1000 model better
+            scores = np.clip(quality + 0.1 * rng.standard_normal((5, 4)), 0, 1)
+            tables.append(_rows(model, method, "localisation",
+                                make_rows(np.arange(5)[:, None], np.arange(4)[None], scores),
+                                {"n": 2}))
+            for order, sign in (("least-first", 1.0), ("most-first", -1.0)):
+                steps = np.arange(5)
+                curve = 0.8 + sign * 0.05 * (k + 1) * steps / 4  # (5,)
+                values = curve[None] + 0.01 * rng.standard_normal((3, 5))
+                pr = pd.concat([make_rows(np.arange(3)[:, None], steps[None], values,
+                                          variant=order, stat="prob"),
+                                make_rows(np.arange(3)[:, None], steps[None], 3 * values,
+                                          variant=order, stat="logit")])
+                pr["removed"] = pr["key"].astype(int) * 2
+                tables.append(_rows(model, method, "pixel-removal", pr,
+                                    {"fraction": 8 / PIXELS, "steps": 4}))
+            for mode in ("cascading", "independent"):
+                for stat in ("spearman", "spearman_abs", "ssim"):
+                    sims = np.linspace(0.9, 0.1, 3)[None] * (1 + 0.01 * rng.random((2, 3)))
+                    rr = make_rows(np.arange(2)[:, None], np.array(LAYERS)[None], sims,
+                                   variant=mode, stat=stat)
+                    rr["layer_index"] = rr["key"].map({n: i for i, n in enumerate(LAYERS)})
+                    tables.append(_rows(model, method, "randomisation", rr, {}))
+    return pd.concat(tables, ignore_index=True)
+
+
+def write_run(folder: Path, results: pd.DataFrame) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {"pixel-removal": {"steps": 4, "fraction": 8 / PIXELS}}
+    metrics = {name: create_metric(name, **settings.get(name, {}))
+               for name in results["metric"].unique()}
+    summary = summarise(results, metrics)
+    results.to_parquet(folder / "results.parquet", index=False)
+    summary.to_csv(folder / "summary.csv", index=False)
+    manifest = {
+        "config": {"metrics": sorted(results["metric"].unique()), "seed": 0},
+        "models": {name: {"class": "Toy", "parameters": 1000, "temperature": t}
+                   for name, t in MODELS.items()},
+        "samples": {f"{name}/pixel-removal": {"n": 3, "image_pixels": PIXELS}
+                    for name in MODELS},
+        "hardware": "test", "git_commit": "abc"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    return write_run(tmp_path / "run", synthetic_results(np.random.default_rng(0)))
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _texts(items) -> list[str]:
+    return [t.get_text() for t in items]
+
+
+def test_colours_are_fixed_per_method_whatever_else_is_present():
+    alone = method_colours(["inherent"])
+    mixed = method_colours(["zeta", "inherent", "alpha", "rise"])
+    assert alone["inherent"] == mixed["inherent"]
+    assert len(set(mixed.values())) == 4  # user methods get distinct spare colours
+    assert list(mixed) == ["inherent", "rise", "alpha", "zeta"]  # paper order, then a-z
+
+
+def test_localisation_boxes_per_model_in_fixed_order_with_reference_lines(run_dir):
+    tables = load_run(run_dir)
+    fig = localisation_figure(tables.results)
+    axes = fig.axes
+    assert [ax.get_title().splitlines()[0] for ax in axes] == ["toy-t10", "toy-t1000"]
+    for ax in axes:
+        assert _texts(ax.get_xticklabels()) == ["Inherent (W·x)", "IxG", "mine"]
+        assert "5 grids" in ax.get_title()
+        levels = sorted({round(float(line.get_ydata()[0]), 6) for line in ax.lines
+                         if len(set(np.asarray(line.get_ydata(), float))) == 1
+                         and line.get_linestyle() in ("--", ":")})
+        assert levels == [0.25, 1.0]  # Uniform 1/n² for n=2, Oracle
+        assert "localisation score" in ax.get_ylabel()
+        faces = [p.get_facecolor() for p in ax.patches]
+        colours = method_colours(METHODS)
+        assert np.allclose(faces[0], to_rgba(colours["inherent"]))
+        assert np.allclose(faces[1], to_rgba(colours["ixg"]))
+    legend = _texts(fig.legends[0].get_texts())
+    assert legend == ["Oracle (1)", "Uniform (1/4)"]
+    # the medians drawn are the data's medians
+    sub = tables.results.query("metric == 'localisation' and model == 'toy-t10' "
+                               "and method == 'inherent'")
+    medians = [line for line in axes[0].lines if len(line.get_xdata()) == 2
+               and np.isclose(line.get_ydata()[0], line.get_ydata()[1])]
+    assert any(np.isclose(line.get_ydata()[0], sub["value"].median()) for line in medians)
+
+
+def test_pixel_removal_curves_are_the_mean_per_step_with_auc_in_the_legend(run_dir):
+    tables = load_run(run_dir)
+    fig = pixel_removal_figure(tables.results, tables.summary, tables.manifest)
+    assert len(fig.axes) == 4  # 2 orders x 2 models
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("toy-t10: least important first (higher is better)")
+    assert ax.get_xlabel() == "pixels removed (%)"
+    assert ax.get_ylabel() == "target probability (mean)"
+    labels = _texts(ax.get_legend().get_texts())
+    auc = tables.summary.query("model == 'toy-t10' and metric == 'pixel-removal' and "
+                               "variant == 'least-first' and stat == 'prob-auc'")
+    auc = auc.set_index("method")["mean"]
+    assert auc.notna().all()
+    assert labels == [f"Inherent (W·x)  {auc['inherent']:.3f}", f"IxG  {auc['ixg']:.3f}",
+                      f"mine  {auc['mine']:.3f}"]
+    rows = tables.results.query("model == 'toy-t10' and metric == 'pixel-removal' and "
+                                "variant == 'least-first' and stat == 'prob' and "
+                                "method == 'inherent'")
+    expected = rows.groupby("removed")["value"].mean()
+    line = ax.get_lines()[0]
+    np.testing.assert_allclose(line.get_xdata(), 100 * expected.index / PIXELS)
+    np.testing.assert_allclose(line.get_ydata(), expected.to_numpy())
+    assert "most important first (lower is better)" in fig.axes[2].get_title()
+
+
+def test_temperature_series_plots_the_summary_means_against_t(run_dir):
+    tables = load_run(run_dir)
+    fig = temperature_figure(tables.summary, tables.temperatures())
+    assert len(fig.axes) == 3
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "temperature T"
+    assert _texts(ax.get_xticklabels()) == ["10", "1000"]
+    means = tables.summary.query("metric == 'localisation' and method == 'inherent'")
+    means = means.set_index("model")["mean"]
+    line = ax.get_lines()[0]
+    np.testing.assert_allclose(line.get_xdata(), [10, 1000])
+    np.testing.assert_allclose(line.get_ydata(), [means["toy-t10"], means["toy-t1000"]])
+    assert _texts(fig.legends[0].get_texts()) == ["Inherent (W·x)", "IxG", "mine"]
+    with pytest.raises(PlotError, match="two or more T"):
+        temperature_figure(tables.summary, {"toy-t10": 10.0})
+
+
+def test_randomisation_curves_follow_the_layers_top_first(run_dir):
+    tables = load_run(run_dir)
+    fig = randomisation_figure(tables.results, "toy-t10")
+    assert len(fig.axes) == 4  # (spearman_abs, ssim) x (cascading, independent)
+    assert [ax.get_title().split(" (")[0] for ax in fig.axes[:2]] == ["cascading", "independent"]
+    assert fig.axes[0].get_ylabel() == "Spearman of |map|" and fig.axes[2].get_ylabel() == "SSIM"
+    assert _texts(fig.axes[2].get_xticklabels()) == list(LAYERS)
+    rows = tables.results.query("model == 'toy-t10' and metric == 'randomisation' and "
+                                "method == 'ixg' and variant == 'cascading' and "
+                                "stat == 'ssim'")
+    expected = rows.groupby("key")["value"].mean()[list(LAYERS)]
+    line = fig.axes[2].get_lines()[1]  # second method in plot order: ixg
+    assert line.get_label() == "IxG"
+    np.testing.assert_allclose(line.get_ydata(), expected.to_numpy())
+
+
+def _signed_limits(ax) -> tuple[float, float]:
+    image = ax.get_images()[0]
+    return image.get_clim()
+
+
+def test_sheets_centre_each_map_at_zero_with_its_own_scale():
+    rng = np.random.default_rng(1)
+    grid = rng.random((3, 16, 16))
+    maps = rng.standard_normal((4, 16, 16)) * np.arange(1, 5)[:, None, None]
+    fig = contribution_sheet(grid, maps, ["a", "b", "c", "d"])
+    shown = [ax for ax in fig.axes if ax.get_images()]
+    assert len(shown) == 5
+    assert shown[0].get_title() == "input"
+    for ax, heat in zip(shown[1:], maps, strict=True):
+        low, high = _signed_limits(ax)
+        assert high == pytest.approx(np.abs(heat).max()) and low == -high
+        assert ax.get_images()[0].get_cmap().name == "bwr"
+    images = rng.random((2, 3, 8, 8))
+    sheet = method_sheet(images, {"mine": rng.standard_normal((2, 8, 8)),
+                                  "inherent": rng.standard_normal((2, 8, 8))}, ["cat", "dog"])
+    assert [ax.get_title() for ax in sheet.axes[:3]] == ["input", "Inherent (W·x)", "mine"]
+    assert sheet.axes[0].get_ylabel() == "cat" and sheet.axes[3].get_ylabel() == "dog"
+
+
+def _toy_examples() -> Examples:
+    rng = np.random.default_rng(2)
+    return Examples(model="toy-t10", images=rng.random((2, 3, 8, 8), dtype=np.float32),
+                    labels=["cat", "dog"],
+                    maps={"ixg": rng.standard_normal((2, 8, 8)).astype(np.float32)},
+                    grid=rng.random((3, 16, 16), dtype=np.float32),
+                    grid_maps=rng.standard_normal((4, 16, 16)).astype(np.float32),
+                    grid_labels=list("abcd"), grid_n=2, grid_method="inherent")
+
+
+def test_examples_file_round_trips_and_a_bad_one_fails_in_one_line(tmp_path):
+    path = save_examples(_toy_examples(), tmp_path / "toy.safetensors")
+    back = load_examples(path)
+    original = _toy_examples()
+    np.testing.assert_array_equal(back.grid_maps, original.grid_maps)
+    np.testing.assert_array_equal(back.maps["ixg"], original.maps["ixg"])
+    assert back.grid_labels == list("abcd") and back.labels == ["cat", "dog"]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(PlotError, match="attrib-bench examples") as info:
+        load_examples(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_plot_results_writes_every_figure_and_regenerates_identical_files(run_dir):
+    save_examples(_toy_examples(), run_dir / "examples" / "toy-t10.safetensors")
+    written = plot_results(run_dir)
+    names = sorted(p.name for p in written)
+    assert names == ["contributions-toy-t10.png", "localisation.png", "methods-toy-t10.png",
+                     "pixel-removal.png", "randomisation-toy-t10.png",
+                     "randomisation-toy-t1000.png", "temperature.png"]
+    first = {p.name: p.read_bytes() for p in written}
+    again = plot_results(run_dir)
+    assert {p.name: p.read_bytes() for p in again} == first
+    svg = plot_results(run_dir, run_dir / "svg", fmt="svg")
+    assert all(p.suffix == ".svg" and p.stat().st_size > 0 for p in svg)
+
+
+def _one_line_error(args: list[str]) -> str:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_missing_old_or_empty_results_fail_in_one_line(run_dir, tmp_path):
+    assert "write one with attrib-bench run" in _one_line_error(
+        ["plot", "--results", str(tmp_path / "nothing")])
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "parts").mkdir(parents=True)
+    assert "re-run the same attrib-bench run command" in _one_line_error(
+        ["plot", "--results", str(unfinished)])
+    old = write_run(tmp_path / "old", synthetic_results(np.random.default_rng(0)))
+    pd.read_parquet(old / "results.parquet").drop(columns=["flag"]).to_parquet(
+        old / "results.parquet")
+    assert "older attrib-bench" in _one_line_error(["plot", "--results", str(old)])
+    empty = write_run(tmp_path / "empty", synthetic_results(np.random.default_rng(0))
+                      .query("metric != 'randomisation'"))
+    manifest = json.loads((empty / "manifest.json").read_text())
+    manifest["config"]["metrics"].append("randomisation")
+    (empty / "manifest.json").write_text(json.dumps(manifest))
+    assert "metric 'randomisation' has no rows" in _one_line_error(
+        ["report", "--results", str(empty)])
+    broken = write_run(tmp_path / "broken", synthetic_results(np.random.default_rng(0)))
+    (broken / "results.parquet").write_bytes(b"PAR1 garbage")
+    assert "cannot be read" in _one_line_error(["plot", "--results", str(broken)])
+    with pytest.raises(PlotError, match="no finite rows"):
+        localisation_figure(load_run(run_dir).results, "localisation-difull")
+
+
+def test_report_is_one_offline_page_with_figures_tables_and_the_best_marked(run_dir):
+    result = CliRunner().invoke(cli, ["report", "--results", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    page = (run_dir / "report.html").read_text()
+    assert page.count("<img") == 5  # localisation, pixel removal, T series, 2 randomisation
+    assert "src='http" not in page and "<script" not in page and "<link" not in page
+    best = [line for line in page.splitlines() if line.startswith('<tr class="best">')]
+    localisation_best = [line for line in best if ">localisation<" in line]
+    assert len(localisation_best) == 2 and all("Inherent" in line for line in localisation_best)
+    # most-first pixel removal: lower is better, and inherent's curve drops fastest
+    most = [line for line in best if ">most-first<" in line and ">prob-auc<" in line]
+    assert most and all("Inherent" in line for line in most)
+    assert "toy-t1000" in page and "1000" in page and "manifest.json" in page

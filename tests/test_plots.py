@@ -315,3 +315,33 @@ def test_report_is_one_offline_page_with_figures_tables_and_the_best_marked(run_
     most = [line for line in best if ">most-first<" in line and ">prob-auc<" in line]
     assert most and all("Inherent" in line for line in most)
     assert "toy-t1000" in page and "1000" in page and "manifest.json" in page
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_examples_of_a_trained_coda_net_are_its_maps_and_complete_on_the_grid(data_root):
+    import torch
+
+    from attrib_bench.data import load_cifar10
+    from attrib_bench.registry import create_method, create_model
+    from attrib_bench.runners.examples import compute_examples
+
+    model = create_model("xs-coda-sq-t1000", pretrained=True)
+    test_set = load_cifar10("test", root=data_root)
+    ex = compute_examples(model, "xs-coda-sq-t1000", test_set, ["inherent", "ixg"], count=3)
+    assert ex.labels == list(test_set.class_names[:3])  # one per class, in class order
+    images = torch.from_numpy(ex.images)
+    targets = torch.arange(3)
+    with torch.no_grad():
+        assert torch.equal(model(images).argmax(1), targets)  # correctly classified
+    for name in ("inherent", "ixg"):
+        expected = create_method(name, model).attribute(images, targets)
+        np.testing.assert_allclose(ex.maps[name], expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert ex.grid.shape == (3, 96, 96) and ex.grid_maps.shape == (9, 96, 96)
+    assert len(set(ex.grid_labels)) == 9
+    classes = torch.tensor([test_set.class_names.index(c) for c in ex.grid_labels])
+    with torch.no_grad():
+        logits = model(torch.from_numpy(ex.grid)[None]).expand(9, -1)[torch.arange(9), classes]
+    totals = torch.from_numpy(ex.grid_maps).double().sum(dim=(1, 2))
+    torch.testing.assert_close(totals, (logits - model.logit_bias).double(), rtol=1e-4,
+                               atol=1e-4)

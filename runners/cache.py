@@ -41,6 +41,10 @@ def model_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once (umask can only be read by setting it)
+
+
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
 
@@ -49,6 +53,7 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
     try:
         write(Path(tmp))
         os.replace(tmp, path)

@@ -21,7 +21,7 @@ from attrib_bench.cli import cli
 from attrib_bench.errors import RunError, UnknownNameError
 from attrib_bench.registry import METHODS, METRICS
 from attrib_bench.runners.benchmark import bootstrap_ci, run
-from attrib_bench.runners.cache import AttributionCache
+from attrib_bench.runners.cache import AttributionCache, atomic_write
 
 # A toy metric and data shared with the subprocess of the kill test (written to a module file).
 TOY = textwrap.dedent('''
@@ -274,3 +274,15 @@ def test_readme_metric_example_registers_and_runs(toy, tmp_path):
     finally:
         METRICS.remove("map-mass")
     assert len(results) == 5 and results["value"].between(0, 1).all()
+
+
+def test_atomic_write_leaves_one_whole_file_with_the_usual_permissions(tmp_path):
+    target = tmp_path / "sub" / "table.txt"
+    atomic_write(target, lambda tmp: tmp.write_text("rows"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.read_text() == "rows"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(ZeroDivisionError):
+        atomic_write(target, lambda tmp: (tmp.write_text("partial"), 1 / 0))
+    assert target.read_text() == "rows" and list(target.parent.iterdir()) == [target]

@@ -244,30 +244,33 @@ def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None, batc
 
 
 @cli.command("plot")
-@click.option("--results", "results_dir", required=True, type=click.Path(file_okay=False),
-              help="A run folder (attrib-bench run --out).")
+@click.option("--results", "results_dirs", required=True, multiple=True,
+              type=click.Path(file_okay=False),
+              help="A run folder (attrib-bench run --out), or a folder of run folders; "
+              "repeat to draw several runs together.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Figure folder (default: RESULTS/figures).")
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png",
               show_default=True)
-def plot_cmd(results_dir: str, out_dir: str | None, fmt: str) -> None:
-    """Draw every figure the run's tables support (Fig. 6 style, T series, sanity check)."""
+def plot_cmd(results_dirs: tuple[str, ...], out_dir: str | None, fmt: str) -> None:
+    """Draw every figure the runs' tables support (Fig. 6 style, T series, sanity check)."""
     from attrib_bench.plots import plot_results
 
-    for path in plot_results(results_dir, out_dir, fmt):
+    for path in plot_results(results_dirs, out_dir, fmt):
         click.echo(str(path))
 
 
 @cli.command("report")
-@click.option("--results", "results_dir", required=True, type=click.Path(file_okay=False),
-              help="A run folder (attrib-bench run --out).")
+@click.option("--results", "results_dirs", required=True, multiple=True,
+              type=click.Path(file_okay=False),
+              help="A run folder, or a folder of run folders (repeatable), as for plot.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="HTML file (default: RESULTS/report.html).")
-def report_cmd(results_dir: str, out_file: str | None) -> None:
+def report_cmd(results_dirs: tuple[str, ...], out_file: str | None) -> None:
     """Write one self-contained HTML page: figures, summary, models, manifest."""
     from attrib_bench.report import write_report
 
-    click.echo(str(write_report(results_dir, out_file)))
+    click.echo(str(write_report(results_dirs, out_file)))
 
 
 @cli.command("examples")

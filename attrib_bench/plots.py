@@ -119,6 +119,51 @@ def load_run(path: str | Path) -> RunTables:
     return RunTables(path, results, summary, manifest)
 
 
+def run_folders(path: str | Path) -> list[Path]:
+    """``path`` itself if it holds a run, else its sub-folders that do (sorted), else [path]
+    (so that :func:`load_run` names what is missing)."""
+    path = Path(path)
+    if (path / "results.parquet").is_file() or not path.is_dir():
+        return [path]
+    found = sorted(p.parent for p in path.glob("*/results.parquet"))
+    return found or [path]
+
+
+def load_runs(paths: str | Path | Iterable[str | Path]) -> RunTables:
+    """One or more run folders (or parents of run folders) as one :class:`RunTables`.
+
+    Runs may split a sweep by cost (e.g. gradient methods at the paper's n, perturbation methods
+    at a smaller n); a (model, method, metric) found in two runs is an error. The merged tables
+    keep the first path as their ``path`` (the default figure folder).
+    """
+    given = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not given:
+        raise PlotError("no results folder given: pass --results DIR")
+    tables = [load_run(folder) for path in given for folder in run_folders(path)]
+    if len(tables) == 1:
+        return RunTables(Path(given[0]), tables[0].results, tables[0].summary,
+                         tables[0].manifest)
+    keys = pd.concat([t.results[["model", "method", "metric"]].drop_duplicates().assign(
+        run=str(t.path)) for t in tables])
+    clash = keys[keys.duplicated(["model", "method", "metric"], keep=False)]
+    if not clash.empty:
+        row = clash.iloc[0]
+        raise PlotError(f"({row['model']}, {row['method']}, {row['metric']}) is in more than "
+                        f"one run ({', '.join(sorted(set(clash['run'])))}): plot them separately")
+    manifest: dict[str, Any] = {"runs": [str(t.path) for t in tables], "models": {},
+                                "samples": {}, "config": {"metrics": []}}
+    for t in tables:
+        manifest["models"].update(t.manifest.get("models", {}))
+        manifest["samples"].update(t.manifest.get("samples", {}))
+        for metric in t.manifest.get("config", {}).get("metrics", []):
+            if metric not in manifest["config"]["metrics"]:
+                manifest["config"]["metrics"].append(metric)
+        for key in ("hardware", "git_commit", "versions"):
+            manifest.setdefault(key, t.manifest.get(key))
+    return RunTables(Path(given[0]), pd.concat([t.results for t in tables], ignore_index=True),
+                     pd.concat([t.summary for t in tables], ignore_index=True), manifest)
+
+
 def _require_columns(table: pd.DataFrame, columns: Iterable[str], where: Path) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
@@ -199,13 +244,17 @@ def localisation_figure(results: pd.DataFrame, metric: str = "localisation") -> 
                     linewidth=0.9)
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
         ax.axhline(1.0 / n**2, color="0.35", linestyle=":", linewidth=1.4)
-        ax.set_xticks(range(len(order)), [method_label(m) for m in order], rotation=40,
-                      ha="right")
-        ax.set_xlabel("")
+        grids = sub.groupby("method")["sample"].nunique()
+        same = grids.nunique() == 1
+        ax.set_xticks(range(len(order)), [method_label(m) if same else
+                                          f"{method_label(m)} ({grids[m]})" for m in order],
+                      rotation=40, ha="right")
+        ax.set_xlabel("" if same else "method (grids)")
         ax.set_ylabel(f"localisation score (per cell, {n}×{n} grids)")
         ax.set_ylim(-0.03, 1.06)
-        ax.set_title(f"{model}\n{sub['sample'].nunique()} grids, {len(sub) // max(len(order), 1)}"
-                     " cells per method", fontsize="medium")
+        ax.set_title(f"{model}\n" + (f"{grids.iloc[0]} grids, {grids.iloc[0] * n * n} cells "
+                                      "per method" if same else "grids per method in brackets"),
+                     fontsize="medium")
     handles = [Line2D([], [], color="black", linestyle="--", label="Oracle (1)"),
                Line2D([], [], color="0.35", linestyle=":", label=f"Uniform (1/{n * n})")]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
@@ -247,13 +296,17 @@ def pixel_removal_figure(results: pd.DataFrame, summary: pd.DataFrame,
             sub = rows[(rows["model"] == model) & (rows["variant"] == order)]
             sub = sub.assign(percent=_pixel_fraction(sub, manifest, model))
             curves = sub.groupby(["method", "percent"], sort=True)["value"].mean()
+            images = sub.groupby("method")["sample"].nunique()
+            same = images.nunique() == 1
             for method in ordered_methods(sub["method"].unique()):
                 curve = curves.loc[method]
                 area = auc.get((model, method, order), np.nan)
                 ax.plot(curve.index, curve.to_numpy(), color=colours[method], linewidth=1.6,
-                        label=f"{method_label(method)}  {area:.3f}")
-            ax.set_title(f"{model}: {PIXEL_ORDERS[order]}\n{sub['sample'].nunique()} images",
-                         fontsize="medium")
+                        label=f"{method_label(method)}  {area:.3f}"
+                        + ("" if same else f"  (n={images[method]})"))
+            ax.set_title(f"{model}: {PIXEL_ORDERS[order]}\n" + (
+                f"{images.iloc[0]} images" if same else "images per method in the legend"),
+                fontsize="medium")
             ax.set_ylabel("target probability (mean)" if stat == "prob"
                           else f"target {stat} (mean)")
             ax.set_xlabel("pixels removed (%)")
@@ -433,7 +486,9 @@ def figures_for(tables: RunTables) -> dict[str, Figure]:
     if "randomisation" in present:
         for model in _ordered_models(results.loc[results["metric"] == "randomisation", "model"]):
             figures[f"randomisation-{model}"] = randomisation_figure(results, model)
-    figures.update(example_figures(tables.path / "examples"))
+    for folder in [tables.path, *map(Path, tables.manifest.get("runs", []))]:
+        for stem, fig in example_figures(folder / "examples").items():
+            figures.setdefault(stem, fig)
     if not figures:
         raise PlotError(f"nothing to plot in {tables.path}: figures exist for localisation, "
                         "pixel-removal and randomisation results (or attrib-bench examples)")
@@ -457,15 +512,15 @@ def example_figures(folder: Path) -> dict[str, Figure]:
     return figures
 
 
-def plot_results(results_dir: str | Path, out: str | Path | None = None,
+def plot_results(results_dir: str | Path | Iterable[str | Path], out: str | Path | None = None,
                  fmt: str = "png", dpi: int = 150) -> list[Path]:
-    """Write every figure for the run in ``results_dir`` to ``out`` (default
-    ``results_dir/figures``) as ``<stem>.<fmt>``; returns the files written."""
+    """Write every figure for the run(s) in ``results_dir`` (see :func:`load_runs`) to ``out``
+    (default ``<first folder>/figures``) as ``<stem>.<fmt>``; returns the files written."""
     from attrib_bench.runners.cache import atomic_write
 
     if fmt not in ("png", "pdf", "svg"):
         raise PlotError(f"unknown figure format {fmt!r}: use png, pdf or svg")
-    tables = load_run(results_dir)
+    tables = load_runs(results_dir)
     out = Path(out) if out is not None else tables.path / "figures"
     written = []
     for stem, fig in figures_for(tables).items():

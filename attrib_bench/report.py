@@ -10,13 +10,14 @@ import base64
 import html
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from attrib_bench.plots import RunTables, figures_for, load_run, method_label, ordered_methods
+from attrib_bench.plots import RunTables, figures_for, load_runs, method_label, ordered_methods
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
@@ -135,11 +136,13 @@ def render_report(tables: RunTables) -> str:
     return "\n".join(parts)
 
 
-def write_report(results_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.html`` (default inside ``results_dir``) and return its path."""
+def write_report(results_dir: str | Path | Iterable[str | Path],
+                 out: str | Path | None = None) -> Path:
+    """Write ``report.html`` for the run(s) in ``results_dir`` (see
+    :func:`attrib_bench.plots.load_runs`; default: inside the first folder); returns its path."""
     from attrib_bench.runners.cache import atomic_write
 
-    tables = load_run(results_dir)
+    tables = load_runs(results_dir)
     path = Path(out) if out is not None else tables.path / "report.html"
     page = render_report(tables)
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))

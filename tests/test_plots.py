@@ -22,6 +22,7 @@ from attrib_bench.metrics.base import make_rows
 from attrib_bench.plots import (
     contribution_sheet,
     load_run,
+    load_runs,
     localisation_figure,
     method_colours,
     method_sheet,
@@ -345,3 +346,25 @@ def test_examples_of_a_trained_coda_net_are_its_maps_and_complete_on_the_grid(da
     totals = torch.from_numpy(ex.grid_maps).double().sum(dim=(1, 2))
     torch.testing.assert_close(totals, (logits - model.logit_bias).double(), rtol=1e-4,
                                atol=1e-4)
+
+
+def test_runs_split_by_cost_are_drawn_together_with_n_per_method(tmp_path):
+    results = synthetic_results(np.random.default_rng(0))
+    cheap = results[results["method"] != "mine"]
+    costly = results[(results["method"] == "mine") & (results["sample"] < 2)]
+    parent = tmp_path / "cifar10"
+    write_run(parent / "gradient", cheap.copy())
+    write_run(parent / "perturbation", costly.copy())
+    save_examples(_toy_examples(), parent / "perturbation" / "examples" / "toy-t10.safetensors")
+    written = plot_results(parent)
+    assert written[0].parent == parent / "figures"
+    assert "methods-toy-t10.png" in {p.name for p in written}
+    tables = load_runs(parent)
+    assert set(tables.results["method"]) == set(METHODS)
+    fig = localisation_figure(tables.results)
+    assert _texts(fig.axes[0].get_xticklabels()) == ["Inherent (W·x) (5)", "IxG (5)", "mine (2)"]
+    fig = pixel_removal_figure(tables.results, tables.summary, tables.manifest)
+    assert _texts(fig.axes[0].get_legend().get_texts())[-1].endswith("(n=2)")
+    write_run(tmp_path / "again", cheap.copy())
+    with pytest.raises(PlotError, match="more than one run"):
+        load_runs([parent / "gradient", tmp_path / "again"])

@@ -14,10 +14,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
-from attrib_bench.plots import RunTables, figures_for, load_runs, method_label, ordered_methods
+from attrib_bench.plots import (  # plots sets the Agg backend before pyplot loads
+    RunTables,
+    figures_for,
+    load_runs,
+    method_label,
+    ordered_methods,
+    plt,
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;

@@ -295,19 +295,16 @@ def report_cmd(results_dirs: tuple[str, ...], out_file: str | None) -> None:
 def examples_cmd(model_name: str, methods: str, results_dir: str, count: int, seed: int,
                  device: str, checkpoint: str | None, data_root: str | None) -> None:
     """Compute the maps of the qualitative sheets (Fig. 7, Fig. 8) for one model."""
-    from pathlib import Path
-
     from attrib_bench.data import get_dataset
     from attrib_bench.evaluation import resolve_device
     from attrib_bench.registry import create_model
-    from attrib_bench.runners.examples import compute_examples, save_examples
+    from attrib_bench.runners.examples import compute_examples, examples_file, save_examples
 
     model = create_model(model_name, pretrained=checkpoint is None, checkpoint=checkpoint)
     examples = compute_examples(model, model_name, get_dataset("cifar10", "test", root=data_root),
                                 [m.strip() for m in methods.split(",") if m.strip()], count,
                                 seed=seed, device=resolve_device(device))
-    slug = model_name.replace("/", "_")
-    click.echo(str(save_examples(examples, Path(results_dir) / "examples" / f"{slug}.safetensors")))
+    click.echo(str(save_examples(examples, examples_file(results_dir, model_name))))
 
 
 def main() -> None:

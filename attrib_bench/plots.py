@@ -141,8 +141,9 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> RunTables:
         raise PlotError("no results folder given: pass --results DIR")
     tables = [load_run(folder) for path in given for folder in run_folders(path)]
     if len(tables) == 1:
-        return RunTables(Path(given[0]), tables[0].results, tables[0].summary,
-                         tables[0].manifest)
+        only = tables[0]
+        return RunTables(Path(given[0]), only.results, only.summary,
+                         {**only.manifest, "runs": [str(only.path)]})
     keys = pd.concat([t.results[["model", "method", "metric"]].drop_duplicates().assign(
         run=str(t.path)) for t in tables])
     clash = keys[keys.duplicated(["model", "method", "metric"], keep=False)]
@@ -216,7 +217,8 @@ def method_label(name: str) -> str:
 def _ordered_models(names: Iterable[str]) -> list[str]:
     """Models in first-seen order (the run's order), CoDA-Nets by T when the name carries it."""
     names = list(dict.fromkeys(names))
-    return sorted(names, key=lambda n: (_zoo_temperature(n) is None, _zoo_temperature(n) or 0,
+    temperatures = {n: _zoo_temperature(n) for n in names}
+    return sorted(names, key=lambda n: (temperatures[n] is None, temperatures[n] or 0,
                                         names.index(n)))
 
 
@@ -486,7 +488,9 @@ def figures_for(tables: RunTables) -> dict[str, Figure]:
     if "randomisation" in present:
         for model in _ordered_models(results.loc[results["metric"] == "randomisation", "model"]):
             figures[f"randomisation-{model}"] = randomisation_figure(results, model)
-    for folder in [tables.path, *map(Path, tables.manifest.get("runs", []))]:
+    folders = dict.fromkeys(p.resolve() for p in [tables.path, *map(Path, tables.manifest.get(
+        "runs", []))])
+    for folder in folders:
         for stem, fig in example_figures(folder / "examples").items():
             figures.setdefault(stem, fig)
     if not figures:
@@ -516,6 +520,7 @@ def plot_results(results_dir: str | Path | Iterable[str | Path], out: str | Path
                  fmt: str = "png", dpi: int = 150) -> list[Path]:
     """Write every figure for the run(s) in ``results_dir`` (see :func:`load_runs`) to ``out``
     (default ``<first folder>/figures``) as ``<stem>.<fmt>``; returns the files written."""
+    from attrib_bench.runners.benchmark import _slug
     from attrib_bench.runners.cache import atomic_write
 
     if fmt not in ("png", "pdf", "svg"):
@@ -524,15 +529,15 @@ def plot_results(results_dir: str | Path | Iterable[str | Path], out: str | Path
     out = Path(out) if out is not None else tables.path / "figures"
     written = []
     for stem, fig in figures_for(tables).items():
-        path = out / f"{stem}.{fmt}"
+        path = out / f"{_slug(stem)}.{fmt}"
         atomic_write(path, lambda tmp, f=fig: f.savefig(tmp, format=fmt, dpi=dpi,
-                                                        metadata=_stable_metadata(fmt)))
+                                                        metadata=figure_metadata(fmt)))
         plt.close(fig)
         written.append(path)
     return written
 
 
-def _stable_metadata(fmt: str) -> dict[str, Any] | None:
+def figure_metadata(fmt: str) -> dict[str, Any] | None:
     """No creation date or software version in the files, so regenerated figures are identical."""
     if fmt == "png":
         return {"Software": None}

@@ -18,6 +18,7 @@ import pandas as pd
 
 from attrib_bench.plots import (  # plots sets the Agg backend before pyplot loads
     RunTables,
+    figure_metadata,
     figures_for,
     load_runs,
     method_label,
@@ -42,7 +43,7 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 
 def _png(fig: Any) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    fig.savefig(buffer, format="png", dpi=110, metadata=figure_metadata("png"))
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 

@@ -435,9 +435,11 @@ def _write_tables(out: Path, results: pd.DataFrame, summary: pd.DataFrame) -> No
 
 def _model_info(model: nn.Module, digest: str) -> dict[str, Any]:
     """What plots and reports need to know about a model: class, size, temperature, weights."""
+    from attrib_bench.models.coda_net import count_parameters
+
     temperature = getattr(model, "temperature", None)
     return {"class": type(model).__qualname__,
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": count_parameters(model),
             "temperature": float(temperature) if isinstance(temperature, (int, float)) else None,
             "sha256": digest}
 

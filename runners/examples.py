@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from attrib_bench.data import ImageSet
 from attrib_bench.errors import NotApplicableError, PlotError
 from attrib_bench.evaluation import predict_logits
-from attrib_bench.runners.benchmark import _build_method, _method_names
+from attrib_bench.runners.benchmark import _build_method, _method_names, _slug
 from attrib_bench.runners.cache import atomic_write
 
 
@@ -105,6 +105,11 @@ def compute_examples(model: nn.Module, name: str, dataset: ImageSet,
     return found
 
 
+def examples_file(results_dir: str | Path, model: str) -> Path:
+    """Where a run folder keeps the examples of ``model``: ``examples/<model>.safetensors``."""
+    return Path(results_dir) / "examples" / f"{_slug(model)}.safetensors"
+
+
 def save_examples(examples: Examples, path: str | Path) -> Path:
     """Write ``examples`` as one safetensors file (atomically); returns the path."""
     path = Path(path)
@@ -127,13 +132,12 @@ def load_examples(path: str | Path) -> Examples:
     """Read a file written by :func:`save_examples`; :class:`PlotError` if it is not one."""
     path = Path(path)
     try:
-        tensors = load_file(str(path))
         with safe_open(str(path), "pt") as handle:
             meta = json.loads((handle.metadata() or {})["examples"])
+            arrays = {key: handle.get_tensor(key).numpy() for key in handle.keys()}
     except (SafetensorError, ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
         raise PlotError(f"{path} is not an examples file ({type(exc).__name__}): rewrite it with "
                         "attrib-bench examples") from None
-    arrays = {k: v.numpy() for k, v in tensors.items()}
     return Examples(
         model=meta["model"], images=arrays["images"], labels=meta["labels"],
         maps={m: arrays[f"maps.{m}"] for m in meta["methods"]}, grid=arrays.get("grid"),

@@ -337,6 +337,59 @@ def test_batch_equals_single_images_whatever_the_chunk(name, model_name):
     torch.testing.assert_close(one_by_one, whole[:3], **tolerance)
 
 
+class CountingModel(nn.Module):
+    """Wraps a model and counts the images it is run on."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += len(x)
+        return self.model(x)
+
+
+@pytest.mark.parametrize("name", ["occ5", "rise", "lime"])
+def test_repeated_images_are_perturbed_once_for_all_their_targets(name):
+    """A localisation grid comes once per cell class: same maps, n² times fewer forwards.
+
+    Image 0 three times (classes 1, 4, 1) and image 1 twice (classes 2, 7), interleaved: the
+    maps equal each (image, class) explained alone, and the model sees the perturbed copies of
+    2 distinct images, not 5.
+    """
+    images = _images(2, size=12)
+    x = images[[0, 1, 0, 1, 0]]
+    t = torch.tensor([1, 2, 4, 7, 1])
+    counting = CountingModel(_resnet())
+    method = _build(name, counting, max_batch=1000)
+    alone = []
+    for i in range(5):  # the first call also runs one image to learn the number of classes
+        counting.images = 0
+        alone.append(method.attribute(x[i:i + 1], t[i:i + 1]))
+        single_cost = counting.images
+    alone = torch.cat(alone)
+    counting.images = 0
+    maps = method.attribute(x, t)
+    shared_cost = counting.images
+    assert alone[0].abs().max() > 0 and not torch.allclose(alone[0], alone[2])
+    torch.testing.assert_close(maps, alone, rtol=1e-7, atol=1e-7 * alone.abs().max().item())
+    torch.testing.assert_close(maps[0], maps[4], rtol=1e-12, atol=1e-12 * maps.abs().max().item())
+    assert shared_cost == 2 * single_cost
+
+
+def test_shared_images_groups_identical_rows():
+    from attrib_bench.methods.base import shared_images
+
+    images = _images(3, size=4)
+    x, t = images[[2, 0, 2, 2, 1]], torch.tensor([5, 3, 6, 5, 9])
+    shared = shared_images(x, t)
+    assert len(shared.images) == 3 and shared.classes.shape == (3, 3)
+    torch.testing.assert_close(shared.images[shared.image_of], x, rtol=0, atol=0)
+    assert torch.equal(shared.classes[shared.image_of, shared.slot_of], t)
+    pairs = torch.stack([shared.image_of, shared.slot_of], 1)
+    assert len(pairs.unique(dim=0)) == 5
+
+
 def test_lime_top3_mask_is_the_three_best_positive_superpixels():
     model, x, t = _resnet(), _images(2), _targets(2)
     signed = _build("lime", model, seed=3).attribute(x, t)

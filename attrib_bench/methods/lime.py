@@ -30,6 +30,7 @@ from attrib_bench.methods.base import (
     Score,
     check_score,
     score_outputs,
+    shared_images,
 )
 from attrib_bench.registry import register_method
 
@@ -88,11 +89,17 @@ class LIME(AttributionMethod):
         self.kernel_width = float(kernel_width)
 
     def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        # The package explains one image per call; the model sees batches of max_batch copies.
-        return torch.stack([self._explain(image, int(label))
-                            for image, label in zip(inputs, target.tolist(), strict=True)])
+        # The package explains one image per call, for all the classes asked for it (a
+        # localisation grid comes once per cell class: its samples and segmentation are shared);
+        # the model sees batches of max_batch copies.
+        shared = shared_images(inputs, target)
+        maps = torch.stack([self._explain(image, classes.tolist())
+                            for image, classes in zip(shared.images, shared.classes,
+                                                      strict=True)])  # (U, R, H, W)
+        return maps[shared.image_of, shared.slot_of]
 
-    def _explain(self, image: torch.Tensor, label: int) -> torch.Tensor:
+    def _explain(self, image: torch.Tensor, labels: list[int]) -> torch.Tensor:
+        """Maps (len(labels), H, W) of one image (C, H, W), one per class in ``labels``."""
         from lime.lime_image import LimeImageExplainer
         from lime.wrappers.scikit_image import SegmentationAlgorithm
 
@@ -114,9 +121,15 @@ class LIME(AttributionMethod):
         pixels = image.permute(1, 2, 0).double().cpu().numpy()
         with _no_progress_bar():
             explanation = explainer.explain_instance(
-                pixels, classifier, labels=(label,), top_labels=None, hide_color=self.hide_color,
+                pixels, classifier, labels=tuple(dict.fromkeys(labels)), top_labels=None,
+                hide_color=self.hide_color,
                 num_samples=self.num_samples, batch_size=self.max_batch,
                 segmentation_fn=segmenter, random_seed=self.seed)
+        return torch.stack([self._paint(explanation, label) for label in labels]).to(
+            device=device, dtype=dtype)
+
+    def _paint(self, explanation: Any, label: int) -> torch.Tensor:
+        """One class's map (H, W) from a package explanation: weights, or the top-3 mask."""
         if self.top3_mask:
             _, mask = explanation.get_image_and_mask(label, positive_only=True, num_features=3,
                                                      hide_rest=False)
@@ -126,4 +139,4 @@ class LIME(AttributionMethod):
             for segment, weight in explanation.local_exp[label]:
                 weights[segment] = weight
             painted = weights[explanation.segments]
-        return torch.from_numpy(painted).to(device=device, dtype=dtype)
+        return torch.from_numpy(painted)

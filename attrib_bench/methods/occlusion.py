@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from attrib_bench.errors import MethodError
-from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
+from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod, shared_images
 from attrib_bench.registry import METHODS, register_method
 
 
@@ -40,8 +40,9 @@ class Occlusion(AttributionMethod):
 
     ``patch_size`` K and ``stride`` s in pixels (s ≤ K, so that every pixel is covered);
     ``baseline``: the RGB value of the patch (0: black, as in the paper). Costs
-    B · (1 + positions) forward images, positions = (ceil((H − K)/s) + 1)², batched by
-    ``max_batch``. The defaults are ``occ5``'s.
+    U · (1 + positions) forward images, U the number of distinct images in the batch (a
+    repeated image is occluded once for all its targets), positions = (ceil((H − K)/s) + 1)²,
+    batched by ``max_batch``. The defaults are ``occ5``'s.
     """
 
     name = "occlusion"
@@ -71,20 +72,27 @@ class Occlusion(AttributionMethod):
         cols = window_cover(w, k, self.stride, inputs.device, inputs.dtype)  # (nw, W)
         nh, nw = len(rows), len(cols)
         positions = nh * nw
+        # Identical images (a localisation grid, once per cell class) are occluded once: one
+        # forward scores every class asked for that image.
+        shared = shared_images(inputs, target)
+        images, classes = shared.images, shared.classes
+        u = len(images)
         reference = torch.cat([
-            self.model(inputs[i:i + self.max_batch]).gather(
-                1, target[i:i + self.max_batch, None])[:, 0]
-            for i in range(0, b, self.max_batch)])
-        drops = torch.empty(b * positions, device=inputs.device, dtype=inputs.dtype)
-        for start in range(0, b * positions, self.max_batch):
-            pair = torch.arange(start, min(start + self.max_batch, b * positions),
+            self.model(images[i:i + self.max_batch]).gather(1, classes[i:i + self.max_batch])
+            for i in range(0, u, self.max_batch)])  # (U, R)
+        occluded_scores = torch.empty(u * positions, classes.shape[1], device=inputs.device,
+                                      dtype=inputs.dtype)
+        for start in range(0, u * positions, self.max_batch):
+            pair = torch.arange(start, min(start + self.max_batch, u * positions),
                                 device=inputs.device)
             image, where = pair // positions, pair % positions
             patch = rows[where // nw, :, None] * cols[where % nw, None, :]  # (m, H, W) in {0, 1}
             patch = patch.unsqueeze(1)
-            occluded = inputs[image] * (1.0 - patch) + self.baseline * patch
-            logits = self.model(occluded).gather(1, target[image, None])[:, 0]
-            drops[pair] = reference[image] - logits
+            occluded = images[image] * (1.0 - patch) + self.baseline * patch
+            occluded_scores[pair] = self.model(occluded).gather(1, classes[image])
+        occluded_scores = occluded_scores.view(u, positions, -1)
+        drops = (reference[shared.image_of, shared.slot_of, None]
+                 - occluded_scores[shared.image_of, :, shared.slot_of])  # (B, positions)
         drops = drops.view(b, nh, nw)
         total = torch.einsum("bij,iy,jx->byx", drops, rows, cols)
         count = rows.sum(0)[:, None] * cols.sum(0)[None, :]

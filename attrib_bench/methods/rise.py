@@ -24,6 +24,7 @@ from attrib_bench.methods.base import (
     Score,
     check_score,
     score_outputs,
+    shared_images,
 )
 from attrib_bench.registry import register_method
 
@@ -96,8 +97,9 @@ class RISE(AttributionMethod):
 
     ``n_masks`` N, ``grid`` s, ``p1`` keep probability; ``score``: the target's softmax
     probability (default), sigmoid probability (the CoDA-Nets' training objective) or raw logit.
-    Masked pixels are black in RGB. Costs B · N forward images, in forwards of ``max_batch``
-    images; no more than ``max_batch`` masked images exist at a time.
+    Masked pixels are black in RGB. Costs U · N forward images, U the number of distinct
+    images in the batch (a repeated image is masked once for all its targets), in forwards of
+    ``max_batch`` images; no more than ``max_batch`` masked images exist at a time.
     """
 
     name = "rise"
@@ -124,16 +126,23 @@ class RISE(AttributionMethod):
         b, c, h, w = inputs.shape
         masks = self.masks((h, w), inputs.device, inputs.dtype)
         flat = masks.view(self.n_masks, h * w)
-        saliency = torch.zeros(b, h * w, device=inputs.device, dtype=inputs.dtype)
-        images = min(b, self.max_batch)  # images per forward ...
-        per = max(1, self.max_batch // images)  # ... times masks per forward <= max_batch
-        for i in range(0, b, images):
-            x, t = inputs[i:i + images], target[i:i + images]
+        # Identical images (a localisation grid, once per cell class) are masked once: one
+        # forward scores every class asked for that image.
+        shared = shared_images(inputs, target)
+        images, classes = shared.images, shared.classes
+        u, r = classes.shape
+        saliency = torch.zeros(u, r, h * w, device=inputs.device, dtype=inputs.dtype)
+        per_forward = min(u, self.max_batch)  # images per forward ...
+        per = max(1, self.max_batch // per_forward)  # ... times masks per forward <= max_batch
+        for i in range(0, u, per_forward):
+            x, wanted = images[i:i + per_forward], classes[i:i + per_forward]
             for j in range(0, self.n_masks, per):
                 m = masks[j:j + per]
                 masked = (x[:, None] * m[None, :, None]).view(-1, c, h, w)  # image-major
                 scores = score_outputs(self.model(masked), self.score)
                 scores = scores.view(len(x), len(m), -1).gather(
-                    2, t[:, None, None].expand(-1, len(m), 1))[..., 0]  # (images, masks)
-                saliency[i:i + images] += scores @ flat[j:j + per]
+                    2, wanted[:, None, :].expand(-1, len(m), -1))  # (images, masks, R)
+                saliency[i:i + per_forward] += torch.einsum("nmr,mp->nrp", scores,
+                                                            flat[j:j + per])
+        saliency = saliency[shared.image_of, shared.slot_of]  # (B, H·W)
         return (saliency / (self.n_masks * self.p1)).view(b, h, w)

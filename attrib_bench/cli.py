@@ -210,8 +210,9 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Samples per chunk (the unit of checkpointing and of batched work).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/bench",
-              show_default=True, help="Output folder; re-running the same command resumes.")
+@click.option("--out", "out_dir", default="runs/bench", show_default=True,
+              help="Output folder or fsspec URL (s3://…, gs://…, memory://…); re-running the "
+                   "same command resumes.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of every stochastic method and of the bootstrap.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
@@ -222,10 +223,18 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="CIFAR-10 folder (default: $ATTRIB_BENCH_DATA, else ../shared/data).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local",
+              show_default=True,
+              help="local: this process; dask: one Dask task per (model, method, metric, chunk).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="With --executor dask: an existing cluster's scheduler, e.g. tcp://host:8786.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="With --executor dask: start a LocalCluster of N worker processes "
+                   "(default 1).")
 def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None, batch_size: int,
             device: str, out_dir: str, seed: int, checkpoint: str | None,
             settings: tuple[str, ...], overwrite: bool, data_root: str | None,
-            quiet: bool) -> None:
+            quiet: bool, executor: str, scheduler: str | None, workers: int | None) -> None:
     """Benchmark METHODs on MODELs under METRICs; writes tidy tables to OUT."""
     import pandas as pd
 
@@ -237,7 +246,7 @@ def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None, batc
         out=out_dir, seed=seed, checkpoint=checkpoint, overwrite=overwrite, data_root=data_root,
         method_hparams={k: v for k, v in hparams.items() if k not in metric_names},
         metric_hparams={k: v for k, v in hparams.items() if k in metric_names},
-        progress=not quiet)
+        progress=not quiet, executor=executor, scheduler=scheduler, workers=workers)
     summary = pd.read_csv(f"{out_dir}/summary.csv", keep_default_na=False)
     shown = summary[["model", "method", "metric", "variant", "stat", "mean", "ci_low", "ci_high",
                      "n", "direction"]]

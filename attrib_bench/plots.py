@@ -521,7 +521,7 @@ def plot_results(results_dir: str | Path | Iterable[str | Path], out: str | Path
     """Write every figure for the run(s) in ``results_dir`` (see :func:`load_runs`) to ``out``
     (default ``<first folder>/figures``) as ``<stem>.<fmt>``; returns the files written."""
     from attrib_bench.runners.benchmark import _slug
-    from attrib_bench.runners.cache import atomic_write
+    from attrib_bench.runners.storage import atomic_write
 
     if fmt not in ("png", "pdf", "svg"):
         raise PlotError(f"unknown figure format {fmt!r}: use png, pdf or svg")

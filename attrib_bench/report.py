@@ -147,7 +147,7 @@ def write_report(results_dir: str | Path | Iterable[str | Path],
                  out: str | Path | None = None) -> Path:
     """Write ``report.html`` for the run(s) in ``results_dir`` (see
     :func:`attrib_bench.plots.load_runs`; default: inside the first folder); returns its path."""
-    from attrib_bench.runners.cache import atomic_write
+    from attrib_bench.runners.storage import atomic_write
 
     tables = load_runs(results_dir)
     path = Path(out) if out is not None else tables.path / "report.html"

@@ -18,7 +18,6 @@ import inspect
 import json
 import platform
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -40,12 +39,8 @@ from attrib_bench.evaluation import resolve_device
 from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, Metric, SampleSet
 from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.registry import METHODS, METRICS, create_method, create_metric, create_model
-from attrib_bench.runners.cache import (
-    AttributionCache,
-    atomic_write,
-    cached_explainer,
-    model_digest,
-)
+from attrib_bench.runners.cache import AttributionCache, cached_explainer, model_digest
+from attrib_bench.runners.storage import Store
 
 #: Leading columns of the results table, in order (metric-specific columns follow ``value``).
 ID_COLUMNS = ("model", "method", "metric")
@@ -99,25 +94,29 @@ def _accepts(factory: Any, name: str) -> bool:
 
 @dataclass
 class Part:
-    """One (model, method, metric) cell of the sweep and where its chunks live."""
+    """One (model, method, metric) cell of the sweep and where its chunks live in ``store``."""
 
     model: str
     method: str
     metric: str
-    folder: Path
+    store: Store
 
-    def chunk_path(self, index: int) -> Path:
-        return self.folder / f"chunk-{index:05d}.parquet"
+    @property
+    def folder(self) -> str:
+        return self.store.path("parts", _slug(self.model), _slug(self.method), _slug(self.metric))
+
+    def chunk_path(self, index: int) -> str:
+        return f"{self.folder}/chunk-{index:05d}.parquet"
 
     def done(self, index: int) -> bool:
         """A chunk counts as done when its file exists and reads back (atomic writes)."""
         path = self.chunk_path(index)
-        if not path.exists():
+        if not self.store.exists(path):
             return False
         try:
-            pd.read_parquet(path, columns=["value"])
+            self.store.read_parquet(path, columns=["value"])
         except Exception:  # noqa: BLE001 - any unreadable file is redone, never trusted
-            path.unlink(missing_ok=True)
+            self.store.remove(path)
             return False
         return True
 
@@ -149,12 +148,31 @@ def _finish_rows(rows: pd.DataFrame, part: Part, config: RunConfig,
     return rows
 
 
+def chunk_ids(samples: SampleSet, batch_size: int) -> list[np.ndarray]:
+    """The sample ids of each chunk (the unit that is written, resumed and distributed)."""
+    return [samples.ids[i:i + batch_size] for i in range(0, len(samples.ids), batch_size)]
+
+
+def evaluate_chunk(part: Part, index: int, ids: np.ndarray, metric: Metric,
+                   samples: SampleSet, ctx: EvalContext, config: RunConfig,
+                   method_config: dict[str, Any], metric_config: dict[str, Any]) -> float:
+    """Evaluate one chunk and write its rows atomically; returns the seconds spent."""
+    start = time.perf_counter()
+    inputs, targets = samples.fetch(ids)
+    inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
+    rows = metric.evaluate(ctx, inputs, targets, ids)
+    rows = _finish_rows(rows, part, config, method_config, metric_config)
+    elapsed = time.perf_counter() - start
+    rows["seconds"] = elapsed / max(len(rows), 1)  # per-row share: sums to wall time
+    part.store.write(part.chunk_path(index), lambda tmp: rows.to_parquet(tmp, index=False))
+    return elapsed
+
+
 def _evaluate_part(part: Part, metric: Metric, samples: SampleSet, ctx: EvalContext,
                    config: RunConfig, method_config: dict[str, Any],
                    metric_config: dict[str, Any], progress: bool) -> float:
-    """Evaluate the missing chunks of one part; returns the seconds spent."""
-    chunks = [samples.ids[i:i + config.batch_size]
-              for i in range(0, len(samples.ids), config.batch_size)]
+    """Evaluate the missing chunks of one part in this process; returns the seconds spent."""
+    chunks = chunk_ids(samples, config.batch_size)
     todo = [i for i in range(len(chunks)) if not part.done(i)]
     seconds = 0.0
     done_samples = len(samples.ids) - sum(len(chunks[i]) for i in todo)
@@ -162,17 +180,9 @@ def _evaluate_part(part: Part, metric: Metric, samples: SampleSet, ctx: EvalCont
               desc=f"{part.model} · {part.method} · {part.metric}", dynamic_ncols=True,
               leave=True) as bar:
         for index in todo:
-            start = time.perf_counter()
-            ids = chunks[index]
-            inputs, targets = samples.fetch(ids)
-            inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
-            rows = metric.evaluate(ctx, inputs, targets, ids)
-            rows = _finish_rows(rows, part, config, method_config, metric_config)
-            elapsed = time.perf_counter() - start
-            rows["seconds"] = elapsed / max(len(rows), 1)  # per-row share: sums to wall time
-            atomic_write(part.chunk_path(index), lambda tmp, r=rows: r.to_parquet(tmp, index=False))
-            seconds += elapsed
-            bar.update(len(ids))
+            seconds += evaluate_chunk(part, index, chunks[index], metric, samples, ctx, config,
+                                      method_config, metric_config)
+            bar.update(len(chunks[index]))
     return seconds
 
 
@@ -232,30 +242,30 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _prepare_out(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
+def _prepare_out(out: Store, identity: dict[str, Any], overwrite: bool) -> None:
     """Create ``out``; refuse a folder that holds a run with another config unless overwriting.
 
     ``identity`` is the config plus the models' weight hashes: resuming with changed weights
     would mix two models' rows.
     """
-    run_file = out / RUN_FILE
-    if run_file.exists():
+    run_file = out.path(RUN_FILE)
+    if out.exists(run_file):
         try:
-            previous = json.loads(run_file.read_text())
+            previous = json.loads(out.read_text(run_file))
         except ValueError:
             previous = {}
         if previous != identity:
             if not overwrite:
                 changed = sorted(k for k in set(previous) | set(identity)
                                  if previous.get(k) != identity.get(k))
-                raise RunError(f"{out} holds a run with a different config ({', '.join(changed)} "
-                               "differ): pass another --out, or --overwrite to replace it")
+                raise RunError(f"{out.url} holds a run with a different config "
+                               f"({', '.join(changed)} differ): pass another --out, or "
+                               "--overwrite to replace it")
             for name in ("parts", "results.parquet", "results.csv", "summary.csv",
                          "manifest.json"):
-                target = out / name
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_file, lambda tmp: tmp.write_text(json.dumps(identity, indent=1)))
+                out.remove(out.path(name))
+    out.makedirs()
+    out.write_text(run_file, json.dumps(identity, indent=1))
 
 
 def _load_model(name: str, model: nn.Module | None, checkpoint: str | None,
@@ -283,6 +293,36 @@ def _build_method(name: str, model: nn.Module, hparams: dict[str, Any], seed: in
     return method
 
 
+@dataclass
+class PartJob:
+    """Everything needed to evaluate one part's chunks, in this process or on a worker."""
+
+    part: Part
+    metric: Metric
+    samples: SampleSet
+    model: nn.Module  # the metric's view of the model
+    model_hash: str
+    method_name: str
+    hparams: dict[str, Any]
+    method_id: dict[str, Any]
+    metric_config: dict[str, Any]
+
+    def context(self, config: RunConfig, device: torch.device, cache: AttributionCache,
+                method: Any = None) -> EvalContext:
+        """The metric's context: the (cached) explainer and how to rebuild the method."""
+        if method is None:
+            method = _build_method(self.method_name, self.model, self.hparams, config.seed)
+        return EvalContext(
+            model=self.model, device=device, batch_size=config.batch_size, seed=config.seed,
+            explain=cached_explainer(method, cache, self.model_hash, self.method_id),
+            make_method=lambda m, n=self.method_name, h=self.hparams: _build_method(
+                n, m, h, config.seed))
+
+
+#: ``run(executor=...)``: in this process (no Dask import), or Dask tasks.
+EXECUTORS = ("local", "dask")
+
+
 def run(models: str | Iterable[str] | Mapping[str, nn.Module],
         methods: str | Iterable[str] = "all",
         metrics: str | Iterable[str] = "all",
@@ -298,14 +338,32 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
         data_root: str | Path | None = None,
         method_hparams: Mapping[str, Mapping[str, Any]] | None = None,
         metric_hparams: Mapping[str, Mapping[str, Any]] | None = None,
-        progress: bool = True) -> pd.DataFrame:
+        progress: bool = True,
+        executor: str = "local",
+        scheduler: str | None = None,
+        workers: int | None = None,
+        client: Any = None) -> pd.DataFrame:
     """Run the sweep and return every row (the table written to ``out/results.parquet``).
 
     ``models``: registered names (a list or "a,b"), or a mapping name → ``nn.Module`` for a
     user's own models; ``methods``/``metrics``: names or "all"; ``n_samples`` shrinks each metric's
     default sample count; ``dataset``: a registered dataset name or an :class:`ImageSet`;
-    ``*_hparams``: per-name hyper-parameters. ``out=None`` uses a temporary folder.
+    ``*_hparams``: per-name hyper-parameters. ``out``: a folder or an fsspec URL
+    (``memory://``, ``s3://``…); None uses a temporary folder. ``executor="dask"`` runs each
+    (model, method, metric, chunk) as a Dask task: on ``client`` (a ``distributed.Client``), on
+    the cluster at ``scheduler`` ("tcp://host:8786"), or on a new ``LocalCluster`` of
+    ``workers`` processes; see :mod:`attrib_bench.runners.distributed`.
     """
+    if executor not in EXECUTORS:
+        raise RunError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    if executor == "local" and (scheduler is not None or workers is not None
+                                or client is not None):
+        raise RunError("--scheduler and --workers need --executor dask")
+    if scheduler is not None and workers is not None:
+        raise RunError("--scheduler uses an existing cluster and --workers starts a local one: "
+                       "pass one of them")
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise RunError(f"--workers must be >= 1, got {workers}")
     given_models = dict(models) if isinstance(models, Mapping) else {}
     metric_names = _split_names(metrics)
     if metric_names == ["all"]:
@@ -329,17 +387,27 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
                        {k: dict(v) for k, v in (method_hparams or {}).items()},
                        {k: dict(v) for k, v in (metric_hparams or {}).items()})
     torch_device = resolve_device(device)
-    if out is None:
-        with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
-            return _run(config, Path(tmp), torch_device, overwrite, dataset, data_root,
-                        given_models, progress)
-    return _run(config, Path(out), torch_device, overwrite, dataset, data_root, given_models,
-                progress)
+    runner = None
+    if executor == "dask":
+        from attrib_bench.runners.distributed import DaskRunner
+
+        runner = DaskRunner(client=client, scheduler=scheduler, workers=workers,
+                            progress=progress)
+    try:
+        if out is None:
+            with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
+                return _run(config, Store(tmp), torch_device, overwrite, dataset, data_root,
+                            given_models, progress, runner)
+        return _run(config, Store(out), torch_device, overwrite, dataset, data_root,
+                    given_models, progress, runner)
+    finally:
+        if runner is not None:
+            runner.close()
 
 
-def _run(config: RunConfig, out: Path, device: torch.device, overwrite: bool,
+def _run(config: RunConfig, out: Store, device: torch.device, overwrite: bool,
          dataset: str | ImageSet, data_root: str | Path | None,
-         given_models: Mapping[str, nn.Module], progress: bool) -> pd.DataFrame:
+         given_models: Mapping[str, nn.Module], progress: bool, runner: Any) -> pd.DataFrame:
     images = (dataset if isinstance(dataset, ImageSet)
               else get_dataset(dataset, config.split, root=data_root))
     metrics = {name: create_metric(name, **config.metric_hparams.get(name, {}))
@@ -349,12 +417,12 @@ def _run(config: RunConfig, out: Path, device: torch.device, overwrite: bool,
               for name in config.models}
     hashes = {name: model_digest(model) for name, model in loaded.items()}
     _prepare_out(out, {**config.identity(), "model_hashes": hashes}, overwrite)
-    cache = AttributionCache(out / "cache")
+    cache = AttributionCache(out.child("cache"))
     started = time.perf_counter()
     manifest: dict[str, Any] = {"config": config.identity(), "parts": [], "skipped": [],
                                 "samples": {}}
+    jobs: list[PartJob] = []
     for model_name, model in loaded.items():
-        model_hash = hashes[model_name]
         for metric_name, metric in metrics.items():
             view = metric.prepare_model(model)
             t0 = time.perf_counter()
@@ -372,23 +440,24 @@ def _run(config: RunConfig, out: Path, device: torch.device, overwrite: bool,
                     manifest["skipped"].append({"model": model_name, "method": method_name,
                                                 "metric": metric_name, "reason": str(exc)})
                     continue
-                method_id = {"name": method_name, "hparams": hparams, "seed": config.seed,
-                             "view": metric.model_view, "class": type(method).__qualname__}
-                ctx = EvalContext(
-                    model=view, device=device, batch_size=config.batch_size, seed=config.seed,
-                    explain=cached_explainer(method, cache, model_hash, method_id),
-                    make_method=lambda m, n=method_name, h=hparams: _build_method(
-                        n, m, h, config.seed))
-                part = Part(model_name, method_name, metric_name,
-                            out / "parts" / _slug(model_name) / _slug(method_name)
-                            / _slug(metric_name))
-                metric_config = {"name": metric_name, **metric.hparams,
-                                 "n_samples": config.n_samples}
-                seconds = _evaluate_part(part, metric, samples, ctx, config, method_id,
-                                         metric_config, progress)
+                job = PartJob(
+                    Part(model_name, method_name, metric_name, out), metric, samples, view,
+                    hashes[model_name], method_name, hparams,
+                    {"name": method_name, "hparams": hparams, "seed": config.seed,
+                     "view": metric.model_view, "class": type(method).__qualname__},
+                    {"name": metric_name, **metric.hparams, "n_samples": config.n_samples})
+                if runner is not None:
+                    jobs.append(job)
+                    continue
+                seconds = _evaluate_part(job.part, metric, samples,
+                                         job.context(config, device, cache, method), config,
+                                         job.method_id, job.metric_config, progress)
                 manifest["parts"].append({"model": model_name, "method": method_name,
                                           "metric": metric_name, "seconds_this_run":
                                           round(seconds, 3)})
+    if runner is not None:
+        manifest["parts"] = runner.evaluate(jobs, config, device, out, cache)
+        manifest["executor"] = runner.describe()
     results = _gather(out, config)
     timings = (results.groupby(list(ID_COLUMNS), sort=False)["seconds"].sum().round(3)
                .reset_index().to_dict("records"))
@@ -398,8 +467,7 @@ def _run(config: RunConfig, out: Path, device: torch.device, overwrite: bool,
     manifest.update(_manifest_extras(results, cache, device, time.perf_counter() - started))
     manifest["models"] = {name: _model_info(model, hashes[name]) for name, model in loaded.items()}
     manifest["seconds_per_part_all_runs"] = timings
-    atomic_write(out / "manifest.json",
-                 lambda tmp: tmp.write_text(json.dumps(manifest, indent=1, default=str)))
+    out.write_text(out.path("manifest.json"), json.dumps(manifest, indent=1, default=str))
     flagged = int((results["flag"] != "").sum()) if len(results) else 0
     if flagged:
         print(f"warning: {flagged} rows have non-finite values (flag 'nonfinite'); "
@@ -407,13 +475,13 @@ def _run(config: RunConfig, out: Path, device: torch.device, overwrite: bool,
     return results
 
 
-def _gather(out: Path, config: RunConfig) -> pd.DataFrame:
+def _gather(out: Store, config: RunConfig) -> pd.DataFrame:
     """Every chunk of this run's parts, concatenated in (model, method, metric, sample) order."""
-    files = sorted((out / "parts").glob("*/*/*/chunk-*.parquet"))
+    files = out.glob("parts", "*", "*", "*", "chunk-*.parquet")
     if not files:
-        raise RunError(f"no results were produced in {out}: no (model, method, metric) part ran "
-                       "(check that the methods apply to the models)")
-    results = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        raise RunError(f"no results were produced in {out.url}: no (model, method, metric) part "
+                       "ran (check that the methods apply to the models)")
+    results = pd.concat([out.read_parquet(f) for f in files], ignore_index=True)
     order = {name: i for i, name in enumerate(config.models)}
     results = results.sort_values(
         ["model", "method", "metric", "sample", "variant", "stat", "key"],
@@ -422,15 +490,15 @@ def _gather(out: Path, config: RunConfig) -> pd.DataFrame:
     duplicated = results.duplicated(["model", "method", "metric", "sample", "key", "variant",
                                      "stat"]).sum()
     if duplicated:
-        raise RunError(f"{duplicated} duplicated rows in {out}/parts: the folder was written by "
-                       "two runs at once; re-run with --overwrite")
+        raise RunError(f"{duplicated} duplicated rows in {out.url}/parts: the folder was "
+                       "written by two runs at once; re-run with --overwrite")
     return results
 
 
-def _write_tables(out: Path, results: pd.DataFrame, summary: pd.DataFrame) -> None:
-    atomic_write(out / "results.parquet", lambda tmp: results.to_parquet(tmp, index=False))
-    atomic_write(out / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
-    atomic_write(out / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+def _write_tables(out: Store, results: pd.DataFrame, summary: pd.DataFrame) -> None:
+    out.write(out.path("results.parquet"), lambda tmp: results.to_parquet(tmp, index=False))
+    out.write(out.path("results.csv"), lambda tmp: results.to_csv(tmp, index=False))
+    out.write(out.path("summary.csv"), lambda tmp: summary.to_csv(tmp, index=False))
 
 
 def _model_info(model: nn.Module, digest: str) -> dict[str, Any]:

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import nn
+
+from attrib_bench.runners.storage import Store, atomic_write
+
+__all__ = ["AttributionCache", "atomic_write", "cached_explainer", "model_digest",
+           "tensor_digest"]
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -41,32 +44,14 @@ def model_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once (umask can only be read by setting it)
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    A reader (or a resumed run) sees the old file or the whole new one, never a partial file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class AttributionCache:
-    """Maps (B, H, W) on disk under ``root``, keyed by :meth:`key`; ``root=None`` disables it."""
+    """Maps (B, H, W) stored under ``root`` (a path or fsspec URL), keyed by :meth:`key`.
 
-    def __init__(self, root: str | Path | None) -> None:
-        self.root = Path(root) if root is not None else None
+    ``root=None`` disables it.
+    """
+
+    def __init__(self, root: str | Path | Store | None) -> None:
+        self.store = Store(root) if isinstance(root, (str, Path)) else root
         self.hits = self.misses = self.corrupt = 0
 
     @staticmethod
@@ -76,36 +61,36 @@ class AttributionCache:
         text = json.dumps({"model": model_hash, "method": method_id}, sort_keys=True, default=str)
         return hashlib.sha256((text + tensor_digest(inputs, targets)).encode()).hexdigest()
 
-    def _path(self, key: str) -> Path:
-        assert self.root is not None
-        return self.root / key[:2] / f"{key}.safetensors"
+    def _path(self, key: str) -> str:
+        assert self.store is not None
+        return self.store.path(key[:2], f"{key}.safetensors")
 
     def get(self, key: str) -> torch.Tensor | None:
         """The stored maps, or None if absent or corrupt (a corrupt entry is deleted)."""
-        if self.root is None or not self._path(key).exists():
-            self.misses += self.root is not None
+        if self.store is None or not self.store.exists(self._path(key)):
+            self.misses += self.store is not None
             return None
         path = self._path(key)
         try:
-            maps = load_file(path)["maps"]
-            with open(path, "rb") as handle:  # the header's metadata holds the checksum
-                header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+            data = self.store.read_bytes(path)
+            maps = load(data)["maps"]
+            header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
             ok = header.get("__metadata__", {}).get("sha256") == tensor_digest(maps)
         except (SafetensorError, OSError, KeyError, ValueError):
             ok = False
         if not ok:
             self.corrupt += 1
             self.misses += 1
-            path.unlink(missing_ok=True)
+            self.store.remove(path)
             return None
         self.hits += 1
         return maps
 
     def put(self, key: str, maps: torch.Tensor) -> None:
-        if self.root is None:
+        if self.store is None:
             return
         maps = maps.detach().contiguous().cpu()
-        atomic_write(self._path(key), lambda tmp: save_file(
+        self.store.write(self._path(key), lambda tmp: save_file(
             {"maps": maps}, str(tmp), metadata={"sha256": tensor_digest(maps)}))
 
 

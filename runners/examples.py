@@ -23,7 +23,7 @@ from attrib_bench.data import ImageSet
 from attrib_bench.errors import NotApplicableError, PlotError
 from attrib_bench.evaluation import predict_logits
 from attrib_bench.runners.benchmark import _build_method, _method_names, _slug
-from attrib_bench.runners.cache import atomic_write
+from attrib_bench.runners.storage import atomic_write
 
 
 @dataclass

@@ -1,0 +1,168 @@
+"""Sweeps on Dask: one task per (model, method, metric, chunk), the same tables as in-process.
+
+``run(..., executor="dask")`` (``attrib-bench run --executor dask``) plans the sweep in this
+process exactly as the in-process runner does (models, sample selection, chunking), then sends
+every chunk that is not written yet as one task to a ``dask.distributed`` cluster: a new
+``LocalCluster`` of ``workers`` processes, an existing cluster at ``scheduler``, or a given
+``Client``. Models and sample sets are scattered once to the workers; a task builds the method,
+evaluates its chunk and writes the rows with the runner's atomic chunk writer, to the same run
+folder (any fsspec URL every worker can reach, e.g. ``s3://``). The client then gathers the
+chunks into the tables as an in-process run does.
+
+Why this gives identical tables and survives failures: a chunk's rows depend only on its sample
+ids and the seed, never on where or when it ran; a chunk file appears whole or not at all; a task
+whose worker dies is rerun elsewhere by the scheduler (and ``retries`` reruns a task that raised
+for a transient reason), and a rerun overwrites the same file, so rows are never duplicated;
+a resumed run submits only the chunks whose files are missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from attrib_bench.errors import AttribBenchError, RunError
+from attrib_bench.runners.benchmark import PartJob, RunConfig, chunk_ids, evaluate_chunk
+from attrib_bench.runners.cache import AttributionCache
+from attrib_bench.runners.storage import Store
+
+#: Reruns of a task that raised (a worker that died is rescheduled by Dask without counting).
+TASK_RETRIES = 2
+#: How long to wait for an existing cluster's scheduler to answer.
+CONNECT_TIMEOUT = "20s"
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise RunError("--executor dask needs dask.distributed: pip install "
+                       "'attrib-bench[dask]' (or 'dask[distributed]')") from None
+    return distributed
+
+
+def run_chunk(job: PartJob, model: torch.nn.Module, samples: Any, index: int,
+              ids: np.ndarray, config: RunConfig, device: str, threads: int | None
+              ) -> dict[str, Any]:
+    """A Dask task: evaluate one chunk of one part and write its rows (skips a written chunk).
+
+    ``model`` and ``samples`` arrive separately from ``job`` so that they are scattered once
+    per worker instead of shipped with every task.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    if job.part.done(index):  # a rerun after the first attempt wrote its file
+        return {"index": index, "seconds": 0.0, "hits": 0, "misses": 0, "corrupt": 0}
+    torch_device = torch.device(device)
+    job = copy.copy(job)
+    job.model, job.samples = model.to(torch_device), samples
+    cache = AttributionCache(job.part.store.child("cache"))
+    seconds = evaluate_chunk(job.part, index, ids, job.metric, samples,
+                             job.context(config, torch_device, cache), config, job.method_id,
+                             job.metric_config)
+    return {"index": index, "seconds": seconds, "hits": cache.hits, "misses": cache.misses,
+            "corrupt": cache.corrupt}
+
+
+class DaskRunner:
+    """Evaluates a sweep's part jobs as Dask tasks; owns the client it creates (``close``)."""
+
+    def __init__(self, *, client: Any = None, scheduler: str | None = None,
+                 workers: int | None = None, progress: bool = True) -> None:
+        distributed = _import_distributed()
+        self._owned: list[Any] = []
+        self.progress = progress
+        self.threads: int | None = None
+        self.tasks = 0
+        if client is not None:
+            self.client = client
+        elif scheduler is not None:
+            try:
+                self.client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as exc:
+                raise RunError(f"cannot reach the Dask scheduler at {scheduler} ({exc}): check "
+                               "the address and that `dask scheduler` runs there") from None
+            self._owned.append(self.client)
+        else:
+            count = workers or 1
+            # One torch thread pool per worker process, sized to share the cores.
+            self.threads = max(1, (os.cpu_count() or 1) // count)
+            cluster = distributed.LocalCluster(n_workers=count, threads_per_worker=1,
+                                               processes=True, dashboard_address=":0")
+            self.client = distributed.Client(cluster)
+            self._owned += [self.client, cluster]
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the cluster."""
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        return {"name": "dask", "scheduler": self.client.scheduler.address,
+                "workers": len(workers), "torch_threads_per_worker": self.threads,
+                "tasks": self.tasks}
+
+    def close(self) -> None:
+        for thing in self._owned:
+            thing.close()
+        self._owned = []
+
+    def evaluate(self, jobs: list[PartJob], config: RunConfig, device: torch.device,
+                 out: Store, cache: AttributionCache) -> list[dict[str, Any]]:
+        """Run every missing chunk of ``jobs`` on the cluster; per-part seconds (manifest)."""
+        distributed = _import_distributed()
+        if out.local:
+            out = Store(os.path.abspath(out.root))  # workers may run in another directory
+        scattered: dict[int, Any] = {}
+
+        def shipped(thing: Any) -> Any:
+            """A future of ``thing`` on the workers; one per object, sent once."""
+            if id(thing) not in scattered:
+                payload = thing
+                if isinstance(thing, torch.nn.Module) and device.type != "cpu":
+                    payload = copy.deepcopy(thing).cpu()  # moved to the device on the worker
+                scattered[id(thing)] = self.client.scatter(payload, broadcast=True, hash=False)
+            return scattered[id(thing)]
+
+        futures, sizes = [], {}
+        seconds: dict[tuple[str, str, str], float] = defaultdict(float)
+        for job in jobs:
+            part = type(job.part)(job.part.model, job.part.method, job.part.metric, out)
+            light = copy.copy(job)
+            light.part, light.model, light.samples = part, None, None  # sent separately
+            model, samples = shipped(job.model), shipped(job.samples)
+            key = (part.model, part.method, part.metric)
+            seconds[key] += 0.0
+            for index, ids in enumerate(chunk_ids(job.samples, config.batch_size)):
+                if part.done(index):
+                    continue
+                future = self.client.submit(
+                    run_chunk, light, model, samples, index, ids, config, str(device),
+                    self.threads, key=f"attrib-bench-{'/'.join(key)}/{index}-{id(self):x}",
+                    pure=False, retries=TASK_RETRIES)
+                futures.append(future)
+                sizes[future.key] = (key, len(ids))
+        self.tasks += len(futures)
+        total = sum(size for _, size in sizes.values())
+        with tqdm(total=total, unit="sample", disable=not self.progress, dynamic_ncols=True,
+                  desc=f"dask · {len(futures)} tasks") as bar:
+            for future in distributed.as_completed(futures):
+                try:
+                    result = future.result()
+                except AttribBenchError:
+                    raise
+                except distributed.KilledWorker as exc:
+                    raise RunError(f"Dask task {future.key} killed its workers repeatedly "
+                                   f"({exc}): it may run out of memory; lower --batch-size") \
+                        from None
+                key, size = sizes[future.key]
+                seconds[key] += result["seconds"]
+                cache.hits += result["hits"]
+                cache.misses += result["misses"]
+                cache.corrupt += result["corrupt"]
+                bar.update(size)
+        return [{"model": m, "method": meth, "metric": metric, "seconds_this_run": round(s, 3)}
+                for (m, meth, metric), s in seconds.items()]

@@ -1,0 +1,140 @@
+"""Sweeps on Dask: the same table as in-process, a killed worker, resume, fsspec URLs, errors.
+
+The toy metric and data of the runner tests (``test_runner.TOY``) live in a module file, which
+``Client.upload_file`` sends to the workers (and to any worker that restarts), as a user would
+ship a plugin module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import fsspec
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from test_runner import _run, toy  # noqa: F401 - toy: a fixture, used by name
+
+from attrib_bench.cli import cli
+from attrib_bench.errors import RunError
+
+distributed = pytest.importorskip("distributed")
+
+ROW_KEYS = ["model", "method", "metric", "sample", "key", "variant", "stat"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two single-threaded worker processes (with nannies, which restart a killed worker)."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as local, \
+            distributed.Client(local) as client:
+        yield client
+
+
+@pytest.fixture()
+def shipped(toy, cluster):  # noqa: F811
+    """The toy module, importable on every worker of ``cluster``."""
+    cluster.upload_file(toy.__file__)
+    return toy
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    return table.sort_values(ROW_KEYS, ignore_index=True)
+
+
+def test_two_worker_cluster_gives_the_in_process_table(shipped, tmp_path, cluster):
+    here = _run(shipped, tmp_path / "here", n_samples=12, batch_size=3)
+    there = _run(shipped, tmp_path / "there", n_samples=12, batch_size=3, executor="dask",
+                 client=cluster)
+    assert len(there) == 2 * 12 * 2  # 2 methods × 12 images × (total, max)
+    pd.testing.assert_frame_equal(_sorted(there), _sorted(here))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "there" / "summary.csv"),
+                                  pd.read_csv(tmp_path / "here" / "summary.csv"))
+    manifest = json.loads((tmp_path / "there" / "manifest.json").read_text())
+    assert manifest["executor"]["workers"] == 2 and manifest["executor"]["tasks"] == 8
+    # both workers wrote chunks: the sweep was spread, not run by one
+    assert len({p["model"] for p in manifest["parts"]}) == 1 and len(manifest["parts"]) == 2
+
+
+def test_killed_worker_mid_sweep_leaves_a_complete_table_without_duplicates(
+        shipped, tmp_path, cluster):
+    out = tmp_path / "killed"
+    slow = {"toy-mass": {"delay": 0.4}}
+    result: dict = {}
+
+    def sweep() -> None:
+        try:
+            result["table"] = _run(shipped, out, n_samples=24, batch_size=2, executor="dask",
+                                   client=cluster, metric_hparams=slow)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = exc
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    deadline = time.time() + 120
+    while len(list(out.glob("parts/*/*/*/chunk-*.parquet"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    pids = cluster.run(os.getpid)  # {worker address: pid}
+    os.kill(next(iter(pids.values())), signal.SIGKILL)
+    thread.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    written = len(list(out.glob("parts/*/*/*/chunk-*.parquet")))
+    assert written == 24  # 2 methods × 12 chunks
+    table = result["table"]
+    assert len(table) == 2 * 24 * 2
+    assert not table.duplicated(ROW_KEYS).any()
+    expected = _run(shipped, tmp_path / "clean", n_samples=24, batch_size=2, metric_hparams=slow)
+    pd.testing.assert_frame_equal(_sorted(table), _sorted(expected))
+    cluster.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
+
+
+def test_resumed_dask_run_submits_only_the_missing_chunks(shipped, tmp_path, cluster):
+    out = tmp_path / "run"
+    first = _run(shipped, out, n_samples=12, batch_size=3, executor="dask", client=cluster)
+    for chunk in sorted(out.glob("parts/*/grad/*/chunk-*.parquet"))[:2]:
+        chunk.unlink()
+    (out / "results.parquet").unlink()
+    again = _run(shipped, out, n_samples=12, batch_size=3, executor="dask", client=cluster)
+    assert json.loads((out / "manifest.json").read_text())["executor"]["tasks"] == 2
+    pd.testing.assert_frame_equal(again, first)
+
+
+def test_memory_url_output_in_process_and_on_threads(toy, tmp_path):  # noqa: F811
+    """fsspec output (the object-store code path) on memory://, in-process and on 2 threads."""
+    local = _run(toy, tmp_path / "local", n_samples=8, batch_size=3)
+    in_memory = _run(toy, "memory://attrib-bench-test/here", n_samples=8, batch_size=3)
+    pd.testing.assert_frame_equal(in_memory, local)
+    fs = fsspec.filesystem("memory")
+    assert fs.exists("/attrib-bench-test/here/summary.csv")
+    assert len(fs.glob("/attrib-bench-test/here/parts/*/*/*/chunk-*.parquet")) == 6
+    assert fs.glob("/attrib-bench-test/here/cache/*/*.safetensors")
+    with distributed.Client(processes=False, n_workers=2, threads_per_worker=1,
+                            dashboard_address=":0") as threads:
+        on_threads = _run(toy, "memory://attrib-bench-test/threads", n_samples=8,
+                          batch_size=3, executor="dask", client=threads)
+    pd.testing.assert_frame_equal(_sorted(on_threads), _sorted(local))
+    resumed = _run(toy, "memory://attrib-bench-test/here", n_samples=8, batch_size=3)
+    pd.testing.assert_frame_equal(resumed, local)
+    fs.rm("/attrib-bench-test", recursive=True)
+
+
+def test_executor_options_fail_in_one_line(toy, tmp_path, monkeypatch):  # noqa: F811
+    with pytest.raises(RunError, match="need --executor dask"):
+        _run(toy, tmp_path / "a", workers=2)
+    with pytest.raises(RunError, match="pass one of them"):
+        _run(toy, tmp_path / "a", executor="dask", workers=2, scheduler="tcp://x:1")
+    with pytest.raises(RunError, match="unknown executor"):
+        _run(toy, tmp_path / "a", executor="ray")
+    monkeypatch.setattr("attrib_bench.runners.distributed.CONNECT_TIMEOUT", "1s")
+    with pytest.raises(RunError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        _run(toy, tmp_path / "a", executor="dask", scheduler="tcp://127.0.0.1:9")
+    result = CliRunner().invoke(cli, ["run", "--model", "xs-coda-sq-t10", "--workers", "2",
+                                      "--out", str(tmp_path / "b")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        "Error: --scheduler and --workers need --executor dask"]

@@ -199,6 +199,10 @@ def create_metric(name: str, **hparams: Any) -> Any:
 PLUGIN_GROUP = "attrib_bench.plugins"
 
 
+#: Plugin modules imported by :func:`load_plugins` in this process (Dask workers import them too).
+PLUGIN_MODULES: list[str] = []
+
+
 def load_plugins(modules: Iterable[str] = (), entry_point_group: str = PLUGIN_GROUP) -> list[str]:
     """Import user plugin modules (by dotted name) and every installed entry point of the group.
 
@@ -213,6 +217,8 @@ def load_plugins(modules: Iterable[str] = (), entry_point_group: str = PLUGIN_GR
                 f"cannot import plugin {module!r} ({exc}): put it on PYTHONPATH or install it"
             ) from None
         loaded.append(module)
+        if module not in PLUGIN_MODULES:
+            PLUGIN_MODULES.append(module)
     for ep in entry_points(group=entry_point_group):
         ep.load()
         loaded.append(ep.value)

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attrib_bench.errors import AttribBenchError, RunError
+from attrib_bench.registry import PLUGIN_MODULES, load_plugins
 from attrib_bench.runners.benchmark import PartJob, RunConfig, chunk_ids, evaluate_chunk
 from attrib_bench.runners.cache import AttributionCache
 from attrib_bench.runners.storage import Store
@@ -48,13 +49,19 @@ def _import_distributed() -> Any:
 
 
 def run_chunk(job: PartJob, model: torch.nn.Module, samples: Any, index: int,
-              ids: np.ndarray, config: RunConfig, device: str, threads: int | None
-              ) -> dict[str, Any]:
+              ids: np.ndarray, config: RunConfig, device: str, threads: int | None,
+              plugins: tuple[str, ...] = ()) -> dict[str, Any]:
     """A Dask task: evaluate one chunk of one part and write its rows (skips a written chunk).
 
     ``model`` and ``samples`` arrive separately from ``job`` so that they are scattered once
-    per worker instead of shipped with every task.
+    per worker instead of shipped with every task. ``plugins``: the client's ``--plugin``
+    modules, imported here too so that the worker's registry knows their methods by name
+    (they must be importable on the worker: installed, on its PYTHONPATH, or sent with
+    ``Client.upload_file``).
     """
+    for module in plugins:
+        if module not in PLUGIN_MODULES:
+            load_plugins([module])
     if threads:
         torch.set_num_threads(threads)
     if job.part.done(index):  # a rerun after the first attempt wrote its file
@@ -141,8 +148,9 @@ class DaskRunner:
                     continue
                 future = self.client.submit(
                     run_chunk, light, model, samples, index, ids, config, str(device),
-                    self.threads, key=f"attrib-bench-{'/'.join(key)}/{index}-{id(self):x}",
-                    pure=False, retries=TASK_RETRIES)
+                    self.threads, tuple(PLUGIN_MODULES),
+                    key=f"attrib-bench-{'/'.join(key)}/{index}-{id(self):x}", pure=False,
+                    retries=TASK_RETRIES)
                 futures.append(future)
                 sizes[future.key] = (key, len(ids))
         self.tasks += len(futures)

@@ -104,6 +104,38 @@ def test_resumed_dask_run_submits_only_the_missing_chunks(shipped, tmp_path, clu
     pd.testing.assert_frame_equal(again, first)
 
 
+PLUGIN = '''
+import torch
+from attrib_bench.registry import register_method
+
+
+@register_method("doubled-ixg-test")
+def doubled_ixg(model, inputs, target):
+    """2 × input × gradient: a user's method known to the workers only through --plugin."""
+    inputs = inputs.clone().requires_grad_(True)
+    logit = model(inputs).gather(1, target[:, None]).sum()
+    return 2 * inputs * torch.autograd.grad(logit, inputs)[0]
+'''
+
+
+def test_plugin_methods_reach_the_workers(shipped, tmp_path, cluster, monkeypatch):
+    from attrib_bench.registry import METHODS, PLUGIN_MODULES, load_plugins
+
+    (tmp_path / "doubled_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    load_plugins(["doubled_plugin"])
+    try:
+        cluster.upload_file(str(tmp_path / "doubled_plugin.py"), load=False)  # imported by tasks
+        doubled = _run(shipped, tmp_path / "d", methods="doubled-ixg-test", executor="dask",
+                       client=cluster)
+        plain = _run(shipped, tmp_path / "p", methods="ixg")
+        totals = doubled[doubled["stat"] == "total"]["value"].to_numpy()
+        assert abs(totals - 2 * plain[plain["stat"] == "total"]["value"].to_numpy()).max() < 1e-9
+    finally:
+        METHODS.remove("doubled-ixg-test")
+        PLUGIN_MODULES.remove("doubled_plugin")
+
+
 def test_memory_url_output_in_process_and_on_threads(toy, tmp_path):  # noqa: F811
     """fsspec output (the object-store code path) on memory://, in-process and on 2 threads."""
     local = _run(toy, tmp_path / "local", n_samples=8, batch_size=3)

@@ -39,6 +39,17 @@ TASK_RETRIES = 2
 CONNECT_TIMEOUT = "20s"
 
 
+class Payload:
+    """A model or sample set as the workers receive it: pickled whole by plain pickle.
+
+    Why: Dask's own serializer for a bare ``nn.Module`` rebuilds its hook dicts as plain dicts,
+    which cannot be weakly referenced, so registering a hook on the worker (GradCAM) fails.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 def _import_distributed() -> Any:
     try:
         import distributed
@@ -48,7 +59,7 @@ def _import_distributed() -> Any:
     return distributed
 
 
-def run_chunk(job: PartJob, model: torch.nn.Module, samples: Any, index: int,
+def run_chunk(job: PartJob, model: Payload, samples: Payload, index: int,
               ids: np.ndarray, config: RunConfig, device: str, threads: int | None,
               plugins: tuple[str, ...] = ()) -> dict[str, Any]:
     """A Dask task: evaluate one chunk of one part and write its rows (skips a written chunk).
@@ -68,9 +79,9 @@ def run_chunk(job: PartJob, model: torch.nn.Module, samples: Any, index: int,
         return {"index": index, "seconds": 0.0, "hits": 0, "misses": 0, "corrupt": 0}
     torch_device = torch.device(device)
     job = copy.copy(job)
-    job.model, job.samples = model.to(torch_device), samples
+    job.model, job.samples = model.value.to(torch_device), samples.value
     cache = AttributionCache(job.part.store.child("cache"))
-    seconds = evaluate_chunk(job.part, index, ids, job.metric, samples,
+    seconds = evaluate_chunk(job.part, index, ids, job.metric, job.samples,
                              job.context(config, torch_device, cache), config, job.method_id,
                              job.metric_config)
     return {"index": index, "seconds": seconds, "hits": cache.hits, "misses": cache.misses,
@@ -131,7 +142,8 @@ class DaskRunner:
                 payload = thing
                 if isinstance(thing, torch.nn.Module) and device.type != "cpu":
                     payload = copy.deepcopy(thing).cpu()  # moved to the device on the worker
-                scattered[id(thing)] = self.client.scatter(payload, broadcast=True, hash=False)
+                scattered[id(thing)] = self.client.scatter(Payload(payload), broadcast=True,
+                                                           hash=False)
             return scattered[id(thing)]
 
         futures, sizes = [], {}

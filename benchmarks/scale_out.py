@@ -8,13 +8,14 @@ Run on demand (never in CI):
 
 Each configuration runs the sweep from scratch into its own temporary folder (no cache reuse)
 and is timed end to end, from ``run()`` to the written tables, so that model loading, sample
-selection, scattering and gathering are included (workers import torch before the clock
-starts, as a long-lived cluster would have); the tables are checked to be identical to
-the in-process one. Torch threads: in-process uses torch's default (all cores); a LocalCluster
-of N workers gives each worker cores // N threads. Reported per configuration: wall seconds,
-speed-up over in-process, tasks, and the peak resident memory of each worker process (the
-client's for in-process). The scheduling overhead per task is measured on its own: the wall time
-of ``--noop-tasks`` empty tasks on the 2-worker cluster, divided by their number.
+selection, the cluster's start-up and the workers' first imports, scattering and gathering are
+included; the tables are checked to be identical to
+the in-process one. Torch threads: in-process uses torch's default (all cores); each worker of
+a LocalCluster of N gets cores // N threads, as ``--workers N`` gives them. Reported per
+configuration: wall seconds, speed-up over in-process, tasks, and the peak resident memory of
+each worker process (the client's for in-process). The scheduling overhead per task is
+measured on its own: the wall time of ``--noop-tasks`` empty tasks on the 2-worker cluster,
+divided by their number.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 # isort: split
-from attrib_bench.perf import retain_freed_memory
+from attrib_bench.perf import WORKER_ENV, retain_freed_memory
 from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.runners.benchmark import run
 
@@ -47,8 +48,8 @@ def noop() -> None:
     return None
 
 
-def warm_imports() -> None:
-    import attrib_bench.runners.distributed  # noqa: F401 - imports torch and the runner
+def noop_i(i: int) -> None:
+    return None
 
 
 def sweep(args: argparse.Namespace, out: str, **executor: Any) -> tuple[float, pd.DataFrame]:
@@ -84,31 +85,35 @@ def main() -> None:
         rows.append({"executor": "in-process", "workers": 0, "seconds": seconds,
                      "tasks": None, "peak_rss_mb": [round(peak_rss_mb())]})
         for count in (int(w) for w in args.workers.split(",")):
-            with distributed.LocalCluster(n_workers=count, threads_per_worker=1,
-                                          processes=True, dashboard_address=":0") as cluster, \
-                    distributed.Client(cluster) as client:
-                client.run(retain_freed_memory)
-                client.run(warm_imports)  # a cold worker imports torch once: not the sweep
-                seconds, table = sweep(args, f"{folder}/dask{count}", executor="dask",
-                                       client=client)
-                peaks = sorted(round(v) for v in client.run(peak_rss_mb).values())
-                manifest = json.loads(open(f"{folder}/dask{count}/manifest.json").read())
-                if count == 2:
-                    client.submit(noop, pure=False).result()  # warm
-                    start = time.perf_counter()
-                    client.gather(client.map(lambda i: None, range(args.noop_tasks),
-                                             pure=False))
-                    per_task = (time.perf_counter() - start) / args.noop_tasks
+            # The CLI's path (--executor dask --workers N): run() starts the LocalCluster, each
+            # worker with cores // N torch threads; start-up and the workers' first imports are
+            # part of the wall time.
+            seconds, table = sweep(args, f"{folder}/dask{count}", executor="dask",
+                                   workers=count)
+            manifest = json.loads(open(f"{folder}/dask{count}/manifest.json").read())
             pd.testing.assert_frame_equal(table, reference)
+            info = manifest["executor"]
             rows.append({"executor": "dask LocalCluster", "workers": count, "seconds": seconds,
-                         "tasks": manifest["executor"]["tasks"], "peak_rss_mb": peaks})
+                         "tasks": info["tasks"],
+                         "peak_rss_mb": sorted(info["peak_rss_mb_per_worker"].values()),
+                         "threads_per_worker": info["torch_threads_per_worker"]})
+        if args.noop_tasks:
+            with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                          dashboard_address=":0", env=WORKER_ENV) as cluster, \
+                    distributed.Client(cluster) as client:
+                client.submit(noop, pure=False).result()  # warm
+                start = time.perf_counter()
+                client.gather(client.map(noop_i, range(args.noop_tasks), pure=False))
+                per_task = (time.perf_counter() - start) / args.noop_tasks
     base = rows[0]["seconds"]
     print(f"{'executor':<18} {'workers':>7} {'wall s':>8} {'speed-up':>8} {'tasks':>6}  "
           "peak RSS per process (MB)")
     for row in rows:
         row["speedup"] = base / row["seconds"]
+        extra = (f"  ({row['threads_per_worker']} torch threads per worker)" if row["workers"]
+                 else "")
         print(f"{row['executor']:<18} {row['workers']:>7} {row['seconds']:>8.1f} "
-              f"{row['speedup']:>7.2f}× {row['tasks'] or '-':>6}  {row['peak_rss_mb']}")
+              f"{row['speedup']:>7.2f}× {row['tasks'] or '-':>6}  {row['peak_rss_mb']}{extra}")
     print("tables: identical to the in-process table for every configuration")
     if args.noop_tasks:
         print(f"scheduling overhead: {per_task * 1000:.1f} ms per task "

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attrib_bench.errors import AttribBenchError, RunError
+from attrib_bench.perf import WORKER_ENV, retain_freed_memory
 from attrib_bench.registry import PLUGIN_MODULES, load_plugins
 from attrib_bench.runners.benchmark import PartJob, RunConfig, chunk_ids, evaluate_chunk
 from attrib_bench.runners.cache import AttributionCache
@@ -73,10 +74,14 @@ def run_chunk(job: PartJob, model: Payload, samples: Payload, index: int,
     for module in plugins:
         if module not in PLUGIN_MODULES:
             load_plugins([module])
-    if threads:
-        torch.set_num_threads(threads)
+    retain_freed_memory()  # as the CLI does: fixed-shape batches stop paying page faults
+    # Set in this (task) thread: OpenMP's thread count is per calling thread, and Dask starts
+    # workers with OMP_NUM_THREADS=1. Unless told, a task gets cores / the worker's task slots.
+    torch.set_num_threads(threads or _default_threads())
+    worker = _worker_name()
     if job.part.done(index):  # a rerun after the first attempt wrote its file
-        return {"index": index, "seconds": 0.0, "hits": 0, "misses": 0, "corrupt": 0}
+        return {"index": index, "seconds": 0.0, "hits": 0, "misses": 0, "corrupt": 0,
+                "worker": worker, "peak_rss_mb": _peak_rss_mb()}
     torch_device = torch.device(device)
     job = copy.copy(job)
     job.model, job.samples = model.value.to(torch_device), samples.value
@@ -85,7 +90,35 @@ def run_chunk(job: PartJob, model: Payload, samples: Payload, index: int,
                              job.context(config, torch_device, cache), config, job.method_id,
                              job.metric_config)
     return {"index": index, "seconds": seconds, "hits": cache.hits, "misses": cache.misses,
-            "corrupt": cache.corrupt}
+            "corrupt": cache.corrupt, "worker": worker, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _default_threads() -> int:
+    try:
+        from distributed import get_worker
+
+        slots = get_worker().state.nthreads
+    except (ValueError, AttributeError):
+        slots = 1
+    return max(1, (os.cpu_count() or 1) // max(1, slots))
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except ValueError:  # not on a worker (called directly)
+        return "local"
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (Linux and macOS report different units)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 class DaskRunner:
@@ -98,6 +131,7 @@ class DaskRunner:
         self.progress = progress
         self.threads: int | None = None
         self.tasks = 0
+        self.peak_rss_mb: dict[str, float] = {}
         if client is not None:
             self.client = client
         elif scheduler is not None:
@@ -112,7 +146,8 @@ class DaskRunner:
             # One torch thread pool per worker process, sized to share the cores.
             self.threads = max(1, (os.cpu_count() or 1) // count)
             cluster = distributed.LocalCluster(n_workers=count, threads_per_worker=1,
-                                               processes=True, dashboard_address=":0")
+                                               processes=True, dashboard_address=":0",
+                                               env=WORKER_ENV)
             self.client = distributed.Client(cluster)
             self._owned += [self.client, cluster]
 
@@ -121,7 +156,9 @@ class DaskRunner:
         workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
         return {"name": "dask", "scheduler": self.client.scheduler.address,
                 "workers": len(workers), "torch_threads_per_worker": self.threads,
-                "tasks": self.tasks}
+                "tasks": self.tasks,
+                "peak_rss_mb_per_worker": {k: round(v) for k, v in
+                                           sorted(self.peak_rss_mb.items())}}
 
     def close(self) -> None:
         for thing in self._owned:
@@ -183,6 +220,9 @@ class DaskRunner:
                 cache.hits += result["hits"]
                 cache.misses += result["misses"]
                 cache.corrupt += result["corrupt"]
+                worker = result["worker"]
+                self.peak_rss_mb[worker] = max(self.peak_rss_mb.get(worker, 0.0),
+                                               result["peak_rss_mb"])
                 bar.update(size)
         return [{"model": m, "method": meth, "metric": metric, "seconds_this_run": round(s, 3)}
                 for (m, meth, metric), s in seconds.items()]

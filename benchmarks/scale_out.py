@@ -12,8 +12,9 @@ selection, the cluster's start-up and the workers' first imports, scattering and
 included; the tables are checked to be identical to
 the in-process one. Torch threads: in-process uses torch's default (all cores); each worker of
 a LocalCluster of N gets cores // N threads, as ``--workers N`` gives them. Reported per
-configuration: wall seconds, speed-up over in-process, tasks, and the peak resident memory of
-each worker process (the client's for in-process). The scheduling overhead per task is
+configuration: wall seconds, speed-up over in-process, work seconds (the chunks' own time,
+summed over workers), tasks, and the peak resident memory of each worker process (the
+client's for in-process). The scheduling overhead per task is
 measured on its own: the wall time of ``--noop-tasks`` empty tasks on the 2-worker cluster,
 divided by their number.
 """
@@ -32,9 +33,10 @@ from typing import Any
 import pandas as pd
 
 # isort: split
-from attrib_bench.perf import WORKER_ENV, retain_freed_memory
+from attrib_bench.perf import retain_freed_memory
 from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.runners.benchmark import run
+from attrib_bench.runners.distributed import local_cluster
 
 KEYS = ["model", "method", "metric", "sample", "key", "variant", "stat"]
 
@@ -82,8 +84,10 @@ def main() -> None:
     per_task = float("nan")
     with tempfile.TemporaryDirectory(prefix="scale-out-") as folder:
         seconds, reference = sweep(args, f"{folder}/local")
+        manifest = json.loads(open(f"{folder}/local/manifest.json").read())
         rows.append({"executor": "in-process", "workers": 0, "seconds": seconds,
-                     "tasks": None, "peak_rss_mb": [round(peak_rss_mb())]})
+                     "tasks": None, "peak_rss_mb": [round(peak_rss_mb())],
+                     "work_seconds": sum(p["seconds_this_run"] for p in manifest["parts"])})
         for count in (int(w) for w in args.workers.split(",")):
             # The CLI's path (--executor dask --workers N): run() starts the LocalCluster, each
             # worker with cores // N torch threads; start-up and the workers' first imports are
@@ -96,24 +100,24 @@ def main() -> None:
             rows.append({"executor": "dask LocalCluster", "workers": count, "seconds": seconds,
                          "tasks": info["tasks"],
                          "peak_rss_mb": sorted(info["peak_rss_mb_per_worker"].values()),
-                         "threads_per_worker": info["torch_threads_per_worker"]})
+                         "threads_per_worker": info["torch_threads_per_worker"],
+                         "work_seconds": sum(p["seconds_this_run"] for p in manifest["parts"])})
         if args.noop_tasks:
-            with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                          dashboard_address=":0", env=WORKER_ENV) as cluster, \
-                    distributed.Client(cluster) as client:
+            with local_cluster(2) as cluster, distributed.Client(cluster) as client:
                 client.submit(noop, pure=False).result()  # warm
                 start = time.perf_counter()
                 client.gather(client.map(noop_i, range(args.noop_tasks), pure=False))
                 per_task = (time.perf_counter() - start) / args.noop_tasks
     base = rows[0]["seconds"]
-    print(f"{'executor':<18} {'workers':>7} {'wall s':>8} {'speed-up':>8} {'tasks':>6}  "
-          "peak RSS per process (MB)")
+    print(f"{'executor':<18} {'workers':>7} {'wall s':>8} {'speed-up':>8} {'work s':>7} "
+          f"{'tasks':>6}  peak RSS per process (MB)")
     for row in rows:
         row["speedup"] = base / row["seconds"]
         extra = (f"  ({row['threads_per_worker']} torch threads per worker)" if row["workers"]
                  else "")
         print(f"{row['executor']:<18} {row['workers']:>7} {row['seconds']:>8.1f} "
-              f"{row['speedup']:>7.2f}× {row['tasks'] or '-':>6}  {row['peak_rss_mb']}{extra}")
+              f"{row['speedup']:>7.2f}× {row['work_seconds']:>7.1f} {row['tasks'] or '-':>6}  "
+              f"{row['peak_rss_mb']}{extra}")
     print("tables: identical to the in-process table for every configuration")
     if args.noop_tasks:
         print(f"scheduling overhead: {per_task * 1000:.1f} ms per task "

@@ -121,6 +121,21 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def local_cluster(workers: int) -> Any:
+    """A ``LocalCluster`` of ``workers`` single-task processes with :data:`WORKER_ENV`.
+
+    The malloc settings must be in the environment when a worker process starts (glibc reads
+    them once), hence Dask's ``pre-spawn-environ`` rather than the nanny's ``env``.
+    """
+    import dask
+
+    distributed = _import_distributed()
+    environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENV.items()}
+    with dask.config.set(environ):
+        return distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
+                                        processes=True, dashboard_address=":0")
+
+
 class DaskRunner:
     """Evaluates a sweep's part jobs as Dask tasks; owns the client it creates (``close``)."""
 
@@ -145,9 +160,7 @@ class DaskRunner:
             count = workers or 1
             # One torch thread pool per worker process, sized to share the cores.
             self.threads = max(1, (os.cpu_count() or 1) // count)
-            cluster = distributed.LocalCluster(n_workers=count, threads_per_worker=1,
-                                               processes=True, dashboard_address=":0",
-                                               env=WORKER_ENV)
+            cluster = local_cluster(count)
             self.client = distributed.Client(cluster)
             self._owned += [self.client, cluster]
 

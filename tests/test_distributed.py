@@ -24,6 +24,7 @@ from attrib_bench.cli import cli
 from attrib_bench.errors import RunError
 from attrib_bench.models.resnet_cifar import CifarResNet
 from attrib_bench.runners.benchmark import run
+from attrib_bench.runners.distributed import local_cluster
 
 distributed = pytest.importorskip("distributed")
 
@@ -33,9 +34,7 @@ ROW_KEYS = ["model", "method", "metric", "sample", "key", "variant", "stat"]
 @pytest.fixture(scope="module")
 def cluster():
     """Two single-threaded worker processes (with nannies, which restart a killed worker)."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as local, \
-            distributed.Client(local) as client:
+    with local_cluster(2) as local, distributed.Client(local) as client:
         yield client
 
 

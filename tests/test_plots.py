@@ -368,3 +368,17 @@ def test_runs_split_by_cost_are_drawn_together_with_n_per_method(tmp_path):
     write_run(tmp_path / "again", cheap.copy())
     with pytest.raises(PlotError, match="more than one run"):
         load_runs([parent / "gradient", tmp_path / "again"])
+
+
+def test_committed_reproduction_regenerates_every_committed_figure(tmp_path):
+    """`attrib-bench plot --results results/cifar10` on the committed tables gives a figure for
+    every committed PNG (no more, no fewer), each an image of the committed size."""
+    from PIL import Image
+
+    root = Path(__file__).resolve().parent.parent / "results" / "cifar10"
+    committed = {p.name: Image.open(p).size for p in (root / "figures").glob("*.png")}
+    assert {"localisation.png", "pixel-removal.png", "temperature.png"} <= set(committed)
+    result = CliRunner().invoke(cli, ["plot", "--results", str(root), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    written = {p.name: Image.open(p).size for p in tmp_path.glob("*.png")}
+    assert written == committed

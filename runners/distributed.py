@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from attrib_bench.errors import AttribBenchError, RunError
 from attrib_bench.perf import WORKER_ENV, retain_freed_memory
 from attrib_bench.registry import PLUGIN_MODULES, load_plugins
-from attrib_bench.runners.benchmark import PartJob, RunConfig, chunk_ids, evaluate_chunk
+from attrib_bench.runners.benchmark import Part, PartJob, RunConfig, chunk_ids, evaluate_chunk
 from attrib_bench.runners.cache import AttributionCache
 from attrib_bench.runners.storage import Store
 
@@ -182,8 +182,8 @@ class DaskRunner:
                  out: Store, cache: AttributionCache) -> list[dict[str, Any]]:
         """Run every missing chunk of ``jobs`` on the cluster; per-part seconds (manifest)."""
         distributed = _import_distributed()
-        if out.local:
-            out = Store(os.path.abspath(out.root))  # workers may run in another directory
+        if out.local:  # workers may run in another directory: an absolute path
+            out = Store(os.path.abspath(out.root))
         scattered: dict[int, Any] = {}
 
         def shipped(thing: Any) -> Any:
@@ -199,7 +199,7 @@ class DaskRunner:
         futures, sizes = [], {}
         seconds: dict[tuple[str, str, str], float] = defaultdict(float)
         for job in jobs:
-            part = type(job.part)(job.part.model, job.part.method, job.part.metric, out)
+            part = Part(job.part.model, job.part.method, job.part.metric, out)
             light = copy.copy(job)
             light.part, light.model, light.samples = part, None, None  # sent separately
             model, samples = shipped(job.model), shipped(job.samples)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 # isort: split
-from attrib_bench.perf import retain_freed_memory
+from attrib_bench.perf import peak_rss_mb, retain_freed_memory
 from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.runners.benchmark import run
 from attrib_bench.runners.distributed import local_cluster
@@ -41,16 +40,7 @@ from attrib_bench.runners.distributed import local_cluster
 KEYS = ["model", "method", "metric", "sample", "key", "variant", "stat"]
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB (Linux ru_maxrss is in KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def noop() -> None:
-    return None
-
-
-def noop_i(i: int) -> None:
+def noop(*_: Any) -> None:
     return None
 
 
@@ -106,7 +96,7 @@ def main() -> None:
             with local_cluster(2) as cluster, distributed.Client(cluster) as client:
                 client.submit(noop, pure=False).result()  # warm
                 start = time.perf_counter()
-                client.gather(client.map(noop_i, range(args.noop_tasks), pure=False))
+                client.gather(client.map(noop, range(args.noop_tasks), pure=False))
                 per_task = (time.perf_counter() - start) / args.noop_tasks
     base = rows[0]["seconds"]
     print(f"{'executor':<18} {'workers':>7} {'wall s':>8} {'speed-up':>8} {'work s':>7} "

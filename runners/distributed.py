@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attrib_bench.errors import AttribBenchError, RunError
-from attrib_bench.perf import WORKER_ENV, retain_freed_memory
+from attrib_bench.perf import WORKER_ENV, peak_rss_mb, retain_freed_memory
 from attrib_bench.registry import PLUGIN_MODULES, load_plugins
 from attrib_bench.runners.benchmark import Part, PartJob, RunConfig, chunk_ids, evaluate_chunk
 from attrib_bench.runners.cache import AttributionCache
@@ -78,10 +78,10 @@ def run_chunk(job: PartJob, model: Payload, samples: Payload, index: int,
     # Set in this (task) thread: OpenMP's thread count is per calling thread, and Dask starts
     # workers with OMP_NUM_THREADS=1. Unless told, a task gets cores / the worker's task slots.
     torch.set_num_threads(threads or _default_threads())
-    worker = _worker_name()
+    worker = str(getattr(_this_worker(), "address", "local"))
     if job.part.done(index):  # a rerun after the first attempt wrote its file
         return {"index": index, "seconds": 0.0, "hits": 0, "misses": 0, "corrupt": 0,
-                "worker": worker, "peak_rss_mb": _peak_rss_mb()}
+                "worker": worker, "peak_rss_mb": peak_rss_mb()}
     torch_device = torch.device(device)
     job = copy.copy(job)
     job.model, job.samples = model.value.to(torch_device), samples.value
@@ -90,35 +90,25 @@ def run_chunk(job: PartJob, model: Payload, samples: Payload, index: int,
                              job.context(config, torch_device, cache), config, job.method_id,
                              job.metric_config)
     return {"index": index, "seconds": seconds, "hits": cache.hits, "misses": cache.misses,
-            "corrupt": cache.corrupt, "worker": worker, "peak_rss_mb": _peak_rss_mb()}
+            "corrupt": cache.corrupt, "worker": worker, "peak_rss_mb": peak_rss_mb()}
+
+
+def _this_worker() -> Any:
+    """The Dask worker running this task, or None when called outside a worker."""
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:
+        return None
 
 
 def _default_threads() -> int:
-    try:
-        from distributed import get_worker
-
-        slots = get_worker().state.nthreads
-    except (ValueError, AttributeError):
-        slots = 1
+    """Cores divided by this worker's task slots (1 slot outside a worker)."""
+    worker = _this_worker()
+    slots = worker.state.nthreads if worker is not None else 1
     return max(1, (os.cpu_count() or 1) // max(1, slots))
 
-
-def _worker_name() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().address)
-    except ValueError:  # not on a worker (called directly)
-        return "local"
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory in MB (Linux and macOS report different units)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def local_cluster(workers: int) -> Any:

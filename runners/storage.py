@@ -57,12 +57,8 @@ class Store:
         return f"Store({self.url!r})"
 
     def child(self, *parts: str) -> Store:
-        """The sub-folder ``parts`` as a store on the same file system."""
-        child = object.__new__(Store)
-        child.fs, child.local = self.fs, self.local
-        child.root = self.path(*parts)
-        child.url = self.url.rstrip("/") + "/" + "/".join(parts)
-        return child
+        """The sub-folder ``parts`` as a store (fsspec reuses the file-system instance)."""
+        return Store("/".join([self.url.rstrip("/"), *parts]))
 
     def path(self, *parts: str) -> str:
         """The path of ``parts`` inside the folder."""
@@ -79,7 +75,7 @@ class Store:
         with tempfile.TemporaryDirectory(prefix="attrib-bench-") as folder:
             tmp = Path(folder) / Path(path).name
             write(tmp)
-            self.fs.makedirs(self.fs._parent(path), exist_ok=True)
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             self.fs.put_file(str(tmp), path)
 
     def write_text(self, path: str, text: str) -> None:

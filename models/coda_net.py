@@ -4,6 +4,9 @@ logits = (Σ over positions of the last layer's output) / T + b0, so every logit
 W0→L(x)·x_enc + b0 on the encoded input x_enc = [r, g, b, 1−r, 1−g, 1−b]. The model takes RGB in
 [0, 1], shape (B, 3, H, W); the encoding lives inside it.
 
+The linear map itself, W0→L(x)_target, is :meth:`CoDANet.linear_map`; :func:`lambda_penalty`
+is the paper's regulariser mean|W0→L|, differentiable in the parameters.
+
 Configs ``s``, ``l``: the authors' code, exactly. ``m``, ``xl``: only described in the paper's
 supplement by their parameter counts (~28 M, ~62 M); the layer plans below are our approximations,
 sized to those counts. ``xs``: a small model trainable on a 2-core CPU (ours).
@@ -154,19 +157,76 @@ class CoDANet(nn.Module):
         """Logits (B, K) from an evidence map (B, K, h, w): Σ over positions / T + b0."""
         return f.sum(dim=(2, 3)) / self.temperature + self.logit_bias
 
-    def contributions(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The model-inherent contribution map W0→L(x)_target ⊙ x_enc: (B, 6, H, W).
+    def linear_map(self, x: torch.Tensor, target: torch.Tensor,
+                   create_graph: bool = False) -> torch.Tensor:
+        """The rows W0→L(x)_target of the model's linear map on the encoded input: (B, 6, H, W).
 
-        One backward pass in explanation mode. Summed over channels and pixels it equals
-        logit_target − b0 (the 1/T scaling is included). ``target``: LongTensor (B,).
+        ``x``: RGB (B, 3, H, W) in [0, 1]; ``target``: LongTensor (B,). The gradient of the
+        target's evidence (logit − b0, 1/T included) with respect to the encoded input x_enc in
+        explanation mode, so that ``x_enc * linear_map(x, target)`` is the contribution map and
+        sums to logit_target − b0. Computed with autocast off, in the parameters' dtype.
+
+        ``create_graph=False``: one backward pass in explanation mode; the result is detached.
+        ``create_graph=True``: differentiable in the parameters. The map is back-projected from
+        the evidence through each layer's transposed map W_l(x_l)ᵀ, with the dynamic weights
+        taken from a normal-mode forward and kept attached to the parameters (as the authors
+        compute the paper's λ·mean|W0→L| term), so that the dependence of every W_l on the
+        parameters of the layers below it, through x_l, is part of the derivative
+        (see :meth:`DAUConv2d.forward_with_transpose`); it costs a forward pass, and its
+        derivative a backward pass through it (:meth:`forward_with_linear_map` shares them with
+        the logits').
         """
+        if create_graph:
+            return self.forward_with_linear_map(x, target)[1]
         check_images(x)
-        x_enc = self.encode(x).detach().requires_grad_(True)
-        with torch.enable_grad(), explanation_mode(self):
+        return self._linear_map_encoded(self.encode(x).detach(), target)
+
+    def _linear_map_encoded(self, x_enc: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """:meth:`linear_map` of an encoded input (B, 6, H, W): one explanation-mode backward."""
+        x_enc = x_enc.detach().requires_grad_(True)
+        with (torch.enable_grad(), torch.autocast(x_enc.device.type, enabled=False),
+              explanation_mode(self)):
             evidence = self.evidence_encoded(x_enc)
             chosen = evidence.gather(1, target.view(-1, 1).to(evidence.device)).sum()
             (grad,) = torch.autograd.grad(chosen, x_enc)
-        return (x_enc * grad).detach()
+        return grad.detach()
+
+    def forward_with_linear_map(self, x: torch.Tensor,
+                                target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, linear_map)`` from one forward pass: (B, K) and (B, 6, H, W).
+
+        ``logits`` equals ``self(x)``; ``linear_map`` equals ``linear_map(x, target,
+        create_graph=True)``. Both are attached to the parameters, so a training step with the
+        λ term, ``bce(logits) + λ·linear_map.abs().mean()``, shares the forward pass and its
+        backward between the two terms instead of running them twice (as ``self(x)`` plus
+        :func:`lambda_penalty` does). Autocast is off inside (float32 for float32 parameters).
+        ``x``: RGB (B, 3, H, W) in [0, 1]; ``target``: LongTensor (B,).
+        """
+        check_images(x)
+        x_enc = self.encode(x).detach()
+        with torch.enable_grad(), torch.autocast(x_enc.device.type, enabled=False):
+            h, transposes = x_enc, []
+            for layer in self.layers:
+                h, transpose = layer.forward_with_transpose(h)
+                transposes.append(transpose)
+            logits = self.head(h)
+            # ∂evidence_t/∂(last map) = 1/T at every position of channel t, 0 elsewhere.
+            onehot = nn.functional.one_hot(target.to(h.device), h.shape[1]).to(h.dtype)
+            g = (onehot / self.temperature)[:, :, None, None].expand(h.shape)
+            for transpose in reversed(transposes):
+                g = transpose(g)
+        return logits, g
+
+    def contributions(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The model-inherent contribution map W0→L(x)_target ⊙ x_enc: (B, 6, H, W).
+
+        One backward pass in explanation mode (:meth:`linear_map`). Summed over channels and
+        pixels it equals logit_target − b0 (the 1/T scaling is included). ``target``:
+        LongTensor (B,).
+        """
+        check_images(x)
+        x_enc = self.encode(x).detach()
+        return x_enc * self._linear_map_encoded(x_enc, target)
 
     def describe(self) -> dict[str, Any]:
         """The config as a plain dict (for manifests and sidecars)."""
@@ -181,6 +241,19 @@ def build_coda(size: str, norm: Norm = "sq", temperature: float | None = None,
     if temperature is not None:
         changes["temperature"] = float(temperature)
     return CoDANet(replace(config, **changes), formulation=formulation)
+
+
+def lambda_penalty(model: CoDANet, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The paper's regulariser of the linear map: mean |W0→L(x)_target| (a scalar tensor).
+
+    Böhle et al. (CVPR 2021) train with BCE + λ·mean|W0→L| (design.md, "The CoDA-Net, from the
+    paper"). The mean runs over the batch, the 6 encoded channels and the pixels of
+    :meth:`CoDANet.linear_map` (units: evidence per unit of encoded input, 1/T included); it is
+    differentiable in the parameters (double backward through every DAU layer). Computed with
+    autocast off, in the parameters' dtype, also when called under ``torch.autocast``.
+    ``x``: RGB (B, 3, H, W) in [0, 1]; ``target``: LongTensor (B,).
+    """
+    return model.linear_map(x, target, create_graph=True).abs().mean()
 
 
 def count_parameters(model: nn.Module) -> int:

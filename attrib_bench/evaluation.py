@@ -1,6 +1,12 @@
-"""Batched model evaluation: logits over an image set, top-1 accuracy, device selection."""
+"""Batched model evaluation: logits over an image set, top-1 accuracy, device selection, and the
+float32 precision every map and metric is computed in on a GPU (:func:`ieee_float32`)."""
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,23 +29,96 @@ def resolve_device(name: str = "cpu") -> torch.device:
     return device
 
 
+#: True: :func:`ieee_float32` makes CUDA convolutions and matrix products IEEE float32 while
+#: attrib-bench computes maps, logits and metrics. PyTorch lets cuDNN convolutions use TF32 by
+#: default (10 mantissa bits: ~1e-3 relative error on Ampere and later GPUs, an H100/H200
+#: included), which would make a GPU run's maps and scores differ from the CPU's by far more than
+#: float32 rounding and move pixel rankings. Set False to trade that for speed.
+IEEE_FLOAT32 = True
+
+_precision_lock = threading.Lock()
+_precision_users = 0
+_precision_saved: tuple[str, Any, Any] | None = None
+
+
+def _read_tf32() -> tuple[str, Any, Any]:
+    """(api, matmul setting, cuDNN conv setting), in the API this torch has (never both: torch
+    >= 2.9 raises on reading a legacy flag after the new per-operator one was set)."""
+    backends = torch.backends
+    try:
+        return ("fp32_precision", backends.cuda.matmul.fp32_precision,
+                backends.cudnn.conv.fp32_precision)
+    except AttributeError:  # torch < 2.9: the older boolean flags
+        return ("allow_tf32", backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32)
+
+
+def _write_tf32(api: str, matmul: Any, conv: Any) -> None:
+    if api == "fp32_precision":
+        torch.backends.cuda.matmul.fp32_precision = matmul
+        torch.backends.cudnn.conv.fp32_precision = conv
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32 = conv
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 in CUDA matrix products and cuDNN convolutions on or off, process-wide (training's
+    ``--tf32``; PyTorch allows TF32 in cuDNN convolutions by default)."""
+    api = _read_tf32()[0]
+    if api == "fp32_precision":
+        value = "tf32" if enabled else "ieee"
+        _write_tf32(api, value, value)
+    else:
+        _write_tf32(api, enabled, enabled)
+
+
+@contextlib.contextmanager
+def ieee_float32(device: torch.device | str | None) -> Iterator[None]:
+    """IEEE float32 (no TF32) in CUDA matrix products and cuDNN convolutions inside the block.
+
+    Does nothing unless ``device`` is a CUDA device and :data:`IEEE_FLOAT32` is True, so CPU runs
+    are untouched. Reentrant and thread-safe (Dask runs chunks in threads): the first block
+    entered saves the process-wide settings, the last one left restores them.
+    """
+    global _precision_users, _precision_saved
+    if not IEEE_FLOAT32 or device is None or torch.device(device).type != "cuda":
+        yield
+        return
+    with _precision_lock:
+        if _precision_users == 0:
+            _precision_saved = _read_tf32()
+            api = _precision_saved[0]
+            _write_tf32(api, *(("ieee", "ieee") if api == "fp32_precision" else (False, False)))
+        _precision_users += 1
+    try:
+        yield
+    finally:
+        with _precision_lock:
+            _precision_users -= 1
+            if _precision_users == 0 and _precision_saved is not None:
+                _write_tf32(*_precision_saved)
+                _precision_saved = None
+
+
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: ImageSet, batch_size: int = 500,
                    device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
     """Logits (N, K) of ``model`` on every image of ``images``, in dataset order, on the CPU.
 
-    Images travel as uint8 and become float in [0, 1] on ``device``, batch by batch.
+    Images travel as uint8 and become float in [0, 1] on ``device``, batch by batch; the logits
+    stay there until the end (one transfer, no host sync per batch). On a GPU in IEEE float32
+    (:func:`ieee_float32`).
     """
     device = torch.device(device)
     model = model.to(device).eval()
     outputs = []
-    with tqdm(total=len(images), desc=f"eval {images.name}", unit="img", disable=not progress,
-              dynamic_ncols=True) as bar:
+    with ieee_float32(device), tqdm(total=len(images), desc=f"eval {images.name}", unit="img",
+                                    disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(images), batch_size):
             batch = images.images[start:start + batch_size].to(device, non_blocking=True)
-            outputs.append(model(batch.float().div_(255)).float().cpu())
+            outputs.append(model(batch.float().div_(255)).float())
             bar.update(len(batch))
-    return torch.cat(outputs)
+    return torch.cat(outputs).cpu()
 
 
 def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -117,10 +117,14 @@ def layer_seed(seed: int, name: str) -> int:
 
 def randomise_layer(module: nn.Module, seed: int, name: str) -> None:
     """Re-initialise ``module`` in place with its own ``reset_parameters()``, seeded by
-    (seed, name), drawn on a CPU copy so that the values do not depend on the device."""
+    (seed, name), drawn on a CPU copy so that the values do not depend on the device.
+
+    Only the CPU generator is seeded (inside ``fork_rng``, which restores it): ``torch.manual_seed``
+    would also reseed every CUDA generator, which ``fork_rng(devices=[])`` does not restore.
+    """
     draft = copy.deepcopy(module).cpu()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(layer_seed(seed, name))
+        torch.default_generator.manual_seed(layer_seed(seed, name))
         with torch.no_grad():
             draft.reset_parameters()
     module.load_state_dict(draft.state_dict())

@@ -33,9 +33,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from attrib_bench import evaluation
 from attrib_bench.data import ImageSet, get_dataset
 from attrib_bench.errors import NotApplicableError, RunError
-from attrib_bench.evaluation import resolve_device
+from attrib_bench.evaluation import ieee_float32, resolve_device
 from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, Metric, SampleSet
 from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.registry import METHODS, METRICS, create_method, create_metric, create_model
@@ -160,7 +161,8 @@ def evaluate_chunk(part: Part, index: int, ids: np.ndarray, metric: Metric,
     start = time.perf_counter()
     inputs, targets = samples.fetch(ids)
     inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
-    rows = metric.evaluate(ctx, inputs, targets, ids)
+    with ieee_float32(ctx.device):  # a GPU gives the CPU's numbers (no TF32 convolutions)
+        rows = metric.evaluate(ctx, inputs, targets, ids)
     rows = _finish_rows(rows, part, config, method_config, metric_config)
     elapsed = time.perf_counter() - start
     rows["seconds"] = elapsed / max(len(rows), 1)  # per-row share: sums to wall time
@@ -519,6 +521,8 @@ def _manifest_extras(results: pd.DataFrame, cache: AttributionCache, device: tor
         "git_commit": git_commit(),
         "device": str(device),
         "hardware": describe_hardware(device),
+        "cuda_float32": (("ieee" if evaluation.IEEE_FLOAT32 else "pytorch default (TF32 convs)")
+                         if device.type == "cuda" else None),
         "wall_seconds_this_run": round(seconds, 3),
         "rows": len(results),
         "rows_nonfinite": int((results["flag"] != "").sum()),

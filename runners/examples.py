@@ -78,10 +78,10 @@ def compute_examples(model: nn.Module, name: str, dataset: ImageSet,
     device = torch.device(device)
     model = model.to(device).eval()
     index = torch.as_tensor(pick_images(model, dataset, count, device))
-    inputs = dataset.float_images(index).to(device)
-    targets = dataset.labels[index].to(device)
+    images, labels = dataset.float_images(index), dataset.labels[index]  # on the CPU
+    inputs, targets = images.to(device), labels.to(device)
     names = dataset.class_names
-    found = Examples(name, inputs.cpu().numpy(), [names[int(t)] for t in targets])
+    found = Examples(name, images.numpy(), [names[t] for t in labels.tolist()])
     for method_name in _method_names(list(methods), model):
         try:
             method = _build_method(method_name, model, {}, seed)
@@ -95,12 +95,12 @@ def compute_examples(model: nn.Module, name: str, dataset: ImageSet,
         return found
     pool = _head(dataset, GRID_POOL)  # one grid needs only a few confident images per class
     samples = Localisation(n=grid_n).select(model, pool, 1, device, 500)
-    grid, cells = samples.fetch(samples.ids[:1])
-    grid, cells = grid.to(device), cells.reshape(-1).to(device)
-    repeated = grid.expand(len(cells), *grid.shape[1:])
-    found.grid = grid[0].cpu().numpy()
-    found.grid_maps = explain.attribute(repeated, cells).detach().float().cpu().numpy()
-    found.grid_labels = [names[int(c)] for c in cells]
+    grid, cells = samples.fetch(samples.ids[:1])  # on the CPU
+    cells = cells.reshape(-1)
+    found.grid = grid[0].numpy()
+    found.grid_labels = [names[c] for c in cells.tolist()]
+    repeated = grid.to(device).expand(len(cells), *grid.shape[1:])
+    found.grid_maps = explain.attribute(repeated, cells.to(device)).detach().float().cpu().numpy()
     found.grid_n, found.grid_method = grid_n, grid_method
     return found
 

@@ -16,6 +16,7 @@ from attrib_bench.metrics.pixel_removal import (
     CIFAR10_MEAN,
     ROAD_KERNEL,
     PixelRemoval,
+    constant_fill,
     gaussian_blur,
     hashed_normal,
     pixels_per_step,
@@ -346,6 +347,31 @@ def test_road_matches_a_sparse_solve_and_is_seeded() -> None:
     assert 0.007 < float(noise.std()) < 0.013 and abs(float(noise.mean())) < 0.003
     z = hashed_normal(0, torch.arange(50), (3, 32, 32)).double()
     assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
+
+
+def test_road_reads_convergence_every_k_iterations_with_the_same_result() -> None:
+    """A GPU reads the convergence test every ROAD_CHECK_EVERY iterations (no host sync per
+    iteration) and stops updating at the first converged one: bitwise the per-iteration result."""
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.rand(5, 3, 16, 16, generator=g, dtype=dtype)
+        removed = torch.rand(5, 16, 16, generator=g) < 0.35
+        every = road_impute(x, removed)
+        for k in (2, 7, 16, 10_000):
+            assert torch.equal(road_impute(x, removed, check_every=k), every)
+        for cap in (1, 3, 17):  # max_iter still bounds the updates
+            assert torch.equal(road_impute(x, removed, max_iter=cap, check_every=16),
+                               road_impute(x, removed, max_iter=cap))
+
+
+def test_constant_fill_keeps_the_value_exact_in_every_dtype() -> None:
+    for value in (0.1, 0, torch.tensor([0.1, 0.2, 0.3])):
+        fill = constant_fill(value)
+        for dtype in (torch.float32, torch.float64):
+            x = torch.zeros(2, 3, 4, 4, dtype=dtype)
+            expected = torch.as_tensor(value, dtype=dtype)
+            expected = expected.reshape(1, -1, 1, 1) if expected.dim() else expected
+            assert torch.equal(fill(x, None, None), expected.expand_as(x))
 
 
 # ----------------------------------------------------------------------------- NaN, hparams

@@ -193,6 +193,16 @@ def test_randomisation_is_seeded_by_seed_and_layer_name():
     assert torch.equal(indep.layers[3].expand.weight, casc.layers[3].expand.weight)
 
 
+def test_randomisation_never_reseeds_the_cuda_generators(monkeypatch):
+    """The draws seed the CPU generator only: ``torch.manual_seed`` would also reseed every CUDA
+    generator, which ``fork_rng(devices=[])`` does not restore."""
+    model, calls = _coda(), []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    list(randomised_models(model, ["layers.4", "layers.3"], "cascading", 3))
+    assert calls == []
+
+
 @pytest.mark.parametrize("make", [lambda: _coda("sq"), lambda: _coda("l2"), lambda: resnet56()],
                          ids=["coda-sq", "coda-l2", "resnet56"])
 def test_randomised_models_never_give_nan(make):

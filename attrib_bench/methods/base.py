@@ -6,6 +6,13 @@ value per pixel (channels summed), on the inputs' device, in their dtype. :class
 validates inputs, targets and the produced map (one-line :class:`AttribBenchError` subclasses), runs
 the model in eval mode, chunks the batch by ``max_batch`` and sums channels; a method implements
 only :meth:`AttributionMethod._attribute` (or :meth:`AttributionMethod._attribute_chunk`).
+
+On a CUDA device the maps are computed in IEEE float32 (no TF32,
+:func:`attrib_bench.evaluation.ieee_float32`), so they equal the CPU's up to float32 rounding
+(1e-4 of the map's largest value where a method does not amplify it; ``tests/test_cuda.py`` has
+the tolerance per method family and why); the stochastic methods draw their randomness on the
+CPU (RISE's masks, LIME's samples and superpixels), so a seed gives the same perturbations on
+every device.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from torch import nn
 
 from attrib_bench.checks import check_images
 from attrib_bench.errors import InputShapeError, MethodError, NotApplicableError, TargetError
+from attrib_bench.evaluation import ieee_float32
 from attrib_bench.registry import METHODS
 
 #: How a perturbation method scores a model output for the target class.
@@ -170,7 +178,7 @@ class AttributionMethod:
         if self.needs_grad and torch.is_inference_mode_enabled():
             raise MethodError(f"method {self.name!r} needs gradients: call it outside "
                               "torch.inference_mode()")
-        with eval_mode(self.model):
+        with eval_mode(self.model), ieee_float32(inputs.device):
             target = self._check_target(target, inputs)
             grad_mode = torch.enable_grad() if self.needs_grad else torch.inference_mode()
             with grad_mode:

@@ -91,6 +91,9 @@ def load_cifar10(split: str = "test", root: str | Path | None = None,
                  download: bool = False) -> ImageSet:
     """CIFAR-10 ``split`` ("train" or "test") from ``root``/cifar-10-batches-py, cached per process.
 
+    If ``root`` holds a ``cifar10-packed.json``, the split comes from that packed folder instead
+    (see :mod:`attrib_bench.packed`: sha256-verified; test bit-exact to the original and named
+    "cifar10-test", train decoded from JPEG and named e.g. "cifar10-train-jpeg-q90-444").
     Returns an :class:`ImageSet` with uint8 images (N, 3, 32, 32); the cached tensors are shared,
     so do not modify them in place.
     """
@@ -101,6 +104,10 @@ def load_cifar10(split: str = "test", root: str | Path | None = None,
 
 @functools.lru_cache(maxsize=8)
 def _load_cifar10_cached(split: str, root: str, download: bool) -> ImageSet:
+    from attrib_bench import packed  # imported lazily: it imports this module
+
+    if (Path(root) / packed.MANIFEST_NAME).is_file():
+        return packed.load_packed(root, split)
     from torchvision.datasets import CIFAR10  # imported lazily: torchvision is slow to import
 
     if not download and not Path(root).is_dir():

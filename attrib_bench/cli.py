@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import json
 import time
 from typing import Any
 
@@ -124,12 +124,33 @@ def eval_cmd(model_name: str, split: str, limit: int | None, batch_size: int, de
 @click.option("--temperature", type=float, default=1000.0, show_default=True,
               help="CoDA-Net logit temperature T.")
 @click.option("--norm", type=click.Choice(["sq", "l2"]), default="sq", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Epochs (with --time-budget: at most this many).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--lr", type=float, default=2.5e-4, show_default=True)
-@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step",
-              show_default=True, help="step: ÷1.5 every 30 epochs (authors); cosine: to 0.")
+@click.option("--lr", type=float, default=2.5e-4, show_default=True,
+              help="Peak learning rate at batch 16 (see --lr-scaling).")
+@click.option("--lr-scaling", type=click.Choice(["none", "sqrt", "linear"]), default="none",
+              show_default=True,
+              help="Scale --lr to --batch-size: sqrt(batch/16) (Adam's rule) or batch/16.")
+@click.option("--schedule", type=click.Choice(["step", "cosine"]), default=None,
+              help="step: ÷1.5 every 30 epochs (authors; the default); cosine: to 0 (the "
+                   "default with --time-budget).")
 @click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS",
+              help="Size the cosine schedule so that training, evaluation and export end "
+                   "within SECONDS of this command's start.")
+@click.option("--eval-every", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Evaluate on the test set every N epochs (0: only after the last).")
+@click.option("--amp", type=click.Choice(["none", "bf16"]), default="none", show_default=True,
+              help="bf16: DAU convolutions under bfloat16 autocast; norms, scales, loss float32.")
+@click.option("--tf32/--no-tf32", default=False, show_default=True,
+              help="CUDA: TF32 matrix products and convolutions (off: IEEE float32).")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format.")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step.")
+@click.option("--lambda", "lambda_reg", type=click.FloatRange(min=0), default=0.0,
+              show_default=True,
+              help="Add λ·mean|W0→L(x)| of the target class to the loss (paper, Sec. 3.3).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -137,42 +158,61 @@ def eval_cmd(model_name: str, split: str, limit: int | None, batch_size: int, de
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="Stop after this many epochs in this call (resume later).")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None)
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="CIFAR-10 folder, or a folder packed by `python -m attrib_bench.packed`.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Train on the first N training images only (smoke tests).")
+@click.option("--test-limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate on the first N test images only (smoke tests).")
+@click.option("--quiet", is_flag=True, help="No progress bars (one line per epoch).")
 def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch_size: int,
-              lr: float, schedule: str, warmup_epochs: float, seed: int, device: str,
-              out_dir: str | None, resume: bool, stop_after: int | None, data_root: str | None,
-              limit: int | None) -> None:
+              lr: float, lr_scaling: str, schedule: str | None, warmup_epochs: float,
+              time_budget: float | None, eval_every: int, amp: str, tf32: bool,
+              channels_last: bool, compile_model: bool, lambda_reg: float, seed: int,
+              device: str, out_dir: str | None, resume: bool, stop_after: int | None,
+              data_root: str | None, limit: int | None, test_limit: int | None,
+              quiet: bool) -> None:
     """Train MODEL on CIFAR-10 (the authors' recipe by default); export safetensors + sidecar."""
     from pathlib import Path
 
     from attrib_bench.data import load_cifar10
     from attrib_bench.evaluation import resolve_device
     from attrib_bench.registry import MODELS
-    from attrib_bench.runners.train import TrainConfig, export, train
+    from attrib_bench.runners.train import TrainConfig, export, train, training_status
 
+    started_at = time.monotonic()  # the budget counts from here: reading the data is part of it
     MODELS.get(model_name)  # unknown names fail here, before any data is read
     torch_device = resolve_device(device)
     config = TrainConfig(model=model_name, temperature=temperature, norm=norm, epochs=epochs,
-                         batch_size=batch_size, lr=lr, schedule=schedule,
-                         warmup_epochs=warmup_epochs, seed=seed)
+                         batch_size=batch_size, lr=lr, lr_scaling=lr_scaling,
+                         schedule=schedule or ("cosine" if time_budget else "step"),
+                         warmup_epochs=warmup_epochs, seed=seed, time_budget=time_budget,
+                         eval_every=eval_every, amp=amp, tf32=tf32, channels_last=channels_last,
+                         compile=compile_model, lambda_reg=lambda_reg)
+    config.check()
     run_dir = Path(out_dir or f"runs/train/{model_name}-{norm}-t{temperature:g}")
     train_set = load_cifar10("train", root=data_root).subset(limit)
-    test_set = load_cifar10("test", root=data_root)
+    test_set = load_cifar10("test", root=data_root).subset(test_limit)
     model = train(config, train_set, test_set, run_dir, torch_device, resume=resume,
-                  stop_after_epochs=stop_after)
-    with open(run_dir / "history.csv", newline="") as handle:
-        history = list(csv.DictReader(handle))
-    done = int(history[-1]["epoch"]) if history else 0
-    accuracy = float(history[-1]["test_accuracy"]) if history else None
-    if done < epochs:
-        click.echo(f"stopped after epoch {done}/{epochs}; continue with --resume --out {run_dir}")
+                  stop_after_epochs=stop_after, started_at=started_at, bars=not quiet)
+    status = training_status(run_dir)
+    if not status["finished"]:
+        click.echo(f"stopped after epoch {status['epochs']} (step {status['step']}/"
+                   f"{status['planned_steps']}); continue with --resume --out {run_dir}")
         return
     name = f"{model_name}-{norm}-t{temperature:g}"
+    plan_path = run_dir / "plan.json"
+    extra = {"steps": status["step"], "train_data": train_set.name, "test_data": test_set.name,
+             "device": torch.cuda.get_device_name(torch_device)
+             if torch_device.type == "cuda" else "cpu",
+             "plan": json.loads(plan_path.read_text()) if plan_path.exists() else None}
+    accuracy = status["test_accuracy"]
     sidecar = export(model, config, run_dir / f"{name}.safetensors", dataset=train_set.name,
-                     test_accuracy=accuracy, epochs_done=done)
-    click.echo(f"{name}: test top-1 {accuracy:.2f} % after {done} epochs; weights "
+                     test_accuracy=accuracy, epochs_done=status["epochs"], extra=extra)
+    seconds = time.monotonic() - started_at
+    shown = "-" if accuracy is None else f"{accuracy:.2f} %"
+    click.echo(f"{name}: test top-1 {shown} after {status['epochs']} epochs "
+               f"({status['step']} steps) in {seconds:.1f} s; weights "
                f"{run_dir / sidecar['file']} (sha256 {sidecar['sha256'][:12]}…)")
 
 

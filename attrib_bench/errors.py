@@ -57,5 +57,9 @@ class MetricError(AttribBenchError):
     """A metric cannot run as configured: too few samples, a model it cannot wrap, bad settings."""
 
 
+class TrainError(AttribBenchError):
+    """A training run that cannot start as configured (e.g. a time budget too small to plan)."""
+
+
 class PlotError(AttribBenchError):
     """Results that cannot be plotted or reported: missing, from an older version, or empty."""

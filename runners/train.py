@@ -1,15 +1,24 @@
-"""Training CoDA-Nets (and any registered model) on CIFAR-10, resumable and reproducible.
+"""Training CoDA-Nets (and any registered model) on CIFAR-10, resumable, reproducible, on budget.
 
 The authors' recipe is the default (Adam 2.5e-4, batch 16, lr ÷1.5 every 30 epochs, random flip
 and 32 px crop with 4 px zero padding, BCE-with-logits on one-hot targets, 200 epochs). The whole
 train set lives on the training device as one uint8 tensor; augmentation runs on whole batches
-there. Every epoch writes ``history.csv`` and an atomic ``checkpoint.pt``; ``resume=True`` continues
-from it to the same weights an uninterrupted run would reach: the data order and augmentation of
-epoch e come from a generator seeded with (seed, e), not from global state.
+there, with random numbers drawn on that device (no host round trip per step). Every epoch writes
+``history.csv`` and an atomic ``checkpoint.pt``; ``resume=True`` continues from it to the same
+weights an uninterrupted run would reach: the data order and augmentation of epoch e come from a
+generator seeded with (seed, e), not from global state.
+
+For a GPU lent for minutes, ``time_budget`` sizes a cosine schedule (with warm-up) from the
+throughput measured in a short probe, so that training *completes* (the learning rate reaches 0)
+and the model is evaluated and exported before the budget ends; a guard shortens the remaining
+schedule if the steps get slower. ``amp="bf16"`` runs the DAU convolutions under bfloat16
+autocast (their norms and scales stay float32), ``channels_last`` and ``compile`` are the usual
+PyTorch switches, ``lambda_reg`` adds the paper's λ·mean|W0→L(x)| of the target class.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -27,18 +36,34 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from attrib_bench.data import ImageSet
-from attrib_bench.errors import CheckpointError
-from attrib_bench.evaluation import predict_logits, top1_accuracy
+from attrib_bench.errors import CheckpointError, TrainError
+from attrib_bench.evaluation import predict_logits, set_tf32, top1_accuracy
 from attrib_bench.perf import retain_freed_memory
 
 Schedule = Literal["step", "cosine"]
+Amp = Literal["none", "bf16"]
+LrScaling = Literal["none", "sqrt", "linear"]
 
-HISTORY_FIELDS = ("epoch", "lr", "train_loss", "test_accuracy", "epoch_seconds", "images_per_s")
+HISTORY_FIELDS = ("epoch", "step", "planned_steps", "lr", "train_loss", "lambda_penalty",
+                  "test_accuracy", "epoch_seconds", "images_per_s")
+
+#: Settings that change how long a call may take, not the weights it trains: a resumed run may
+#: change them.
+_PER_CALL_FIELDS = ("time_budget", "eval_every")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run's result (stored in the checkpoint)."""
+    """Everything that determines a training run's result (stored in the checkpoint).
+
+    ``lr`` is the learning rate at ``lr_reference_batch``; ``lr_scaling`` scales it to
+    ``batch_size``: "sqrt" multiplies by sqrt(batch_size / lr_reference_batch) (the square-root
+    rule for Adam, Malladi et al., NeurIPS 2022), "linear" by the ratio itself (Goyal et al.
+    2017, for SGD), "none" keeps it. ``time_budget`` (seconds, the whole call: data on the
+    device, probe, training, evaluations, export) replaces ``epochs`` as the length of the cosine
+    schedule, which then has at most ``epochs`` epochs. ``eval_every``: test evaluation every N
+    epochs (0: only after the last).
+    """
 
     model: str = "xs-coda"
     temperature: float = 1000.0
@@ -54,6 +79,39 @@ class TrainConfig:
     flip: bool = True
     seed: int = 0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    lr_scaling: LrScaling = "none"
+    lr_reference_batch: int = 16
+    time_budget: float | None = None
+    eval_every: int = 1
+    amp: Amp = "none"
+    tf32: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    lambda_reg: float = 0.0
+
+    @property
+    def peak_lr(self) -> float:
+        """``lr`` scaled to ``batch_size`` by ``lr_scaling``."""
+        ratio = self.batch_size / self.lr_reference_batch
+        return self.lr * {"none": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[self.lr_scaling]
+
+    def check(self) -> None:
+        """One-line :class:`TrainError` for settings that cannot work together."""
+        if self.time_budget is not None and self.schedule != "cosine":
+            raise TrainError("--time-budget sizes a cosine schedule: use --schedule cosine")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise TrainError(f"--time-budget must be > 0 seconds, not {self.time_budget:g}")
+        if self.amp not in ("none", "bf16"):
+            raise TrainError(f"--amp must be none or bf16, not {self.amp!r}")
+        if self.lr_scaling not in ("none", "sqrt", "linear"):
+            raise TrainError(f"--lr-scaling must be none, sqrt or linear, not {self.lr_scaling!r}")
+        if self.lambda_reg < 0:
+            raise TrainError(f"--lambda must be >= 0, not {self.lambda_reg:g}")
+        if self.eval_every < 0:
+            raise TrainError(f"--eval-every must be >= 0, not {self.eval_every}")
+        if self.lambda_reg > 0 and (self.compile or self.amp != "none"):
+            raise TrainError("--lambda trains in float32 without torch.compile (its double "
+                             "backward needs both): drop --compile and --amp")
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, padding: int,
@@ -61,33 +119,43 @@ def augment(images: torch.Tensor, generator: torch.Generator, padding: int,
     """Random horizontal flip and random crop with zero padding, for a whole uint8 batch.
 
     (B, C, H, W) → (B, C, H, W), no per-image Python work: one gather with per-image offsets.
+    The random numbers come from ``generator`` on its own device (the images' device in
+    :func:`train`, so a GPU step waits for no host copy).
     """
     n, _, h, w = images.shape
-    device = images.device
+    device, source = images.device, generator.device
     if padding > 0:
         padded = F.pad(images, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(device)
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=source)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=source)
+        dy, dx = dy.to(device), dx.to(device)
         rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
         batch = torch.arange(n, device=device)[:, None, None, None]
         chan = torch.arange(images.shape[1], device=device)[None, :, None, None]
         images = padded[batch, chan, rows, cols]
     if flip:
-        mirror = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
-        images = torch.where(mirror, images.flip(3), images)
+        mirror = (torch.rand(n, generator=generator, device=source) < 0.5).to(device)
+        images = torch.where(mirror[:, None, None, None], images.flip(3), images)
     return images
 
 
-def learning_rate(config: TrainConfig, epoch_progress: float) -> float:
-    """The learning rate at a fractional epoch (0 ≤ epoch_progress < epochs)."""
+def learning_rate(config: TrainConfig, epoch_progress: float,
+                  total_epochs: float | None = None) -> float:
+    """The learning rate at a fractional epoch (0 ≤ epoch_progress < total_epochs).
+
+    ``total_epochs`` is the schedule's length (default ``config.epochs``; a time-budgeted run
+    passes its planned steps / steps per epoch). The peak is :attr:`TrainConfig.peak_lr`.
+    """
+    peak = config.peak_lr
     if config.schedule == "step":
-        return config.lr / config.lr_decay ** int(epoch_progress // config.lr_step)
+        return peak / config.lr_decay ** int(epoch_progress // config.lr_step)
+    total = config.epochs if total_epochs is None else total_epochs
     if epoch_progress < config.warmup_epochs:
-        return config.lr * (epoch_progress + 1e-3) / config.warmup_epochs
-    span = max(config.epochs - config.warmup_epochs, 1e-9)
+        return peak * (epoch_progress + 1e-3) / config.warmup_epochs
+    span = max(total - config.warmup_epochs, 1e-9)
     done = (epoch_progress - config.warmup_epochs) / span
-    return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(done, 1.0)))
+    return 0.5 * peak * (1.0 + math.cos(math.pi * min(done, 1.0)))
 
 
 def bce_one_hot(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -134,83 +202,341 @@ def build_model(config: TrainConfig) -> nn.Module:
     return create_model(config.model, pretrained=False, **kwargs)
 
 
+def make_optimizer(model: nn.Module, config: TrainConfig,
+                   device: torch.device) -> torch.optim.Optimizer:
+    """Adam at the scaled peak learning rate (fused kernels on CUDA)."""
+    return torch.optim.Adam(model.parameters(), lr=config.peak_lr, fused=device.type == "cuda")
+
+
+def make_train_step(model: nn.Module, config: TrainConfig, device: torch.device):
+    """A function ``step(optimizer, images_uint8, labels, lr) -> (bce, penalty)`` for ``model``.
+
+    One step: uint8 (B, 3, H, W) → float in [0, 1] (channels_last if asked), forward under
+    bfloat16 autocast if ``config.amp == "bf16"`` (compiled if ``config.compile``), BCE on
+    one-hot targets in float32, backward, Adam. With ``lambda_reg`` > 0 the forward is
+    ``model.forward_with_linear_map`` (float32, eager: the λ term needs a double backward), and
+    the loss adds ``lambda_reg`` · mean|W0→L(x)_target|. Both returned losses are detached device
+    scalars (no host sync).
+    """
+    forward = torch.compile(model) if config.compile else model
+    autocast = config.amp == "bf16"
+    memory = torch.channels_last if config.channels_last else torch.contiguous_format
+    if config.lambda_reg > 0 and not hasattr(model, "forward_with_linear_map"):
+        raise TrainError(f"--lambda needs a model with a linear map W0→L(x) (a CoDA-Net); "
+                         f"{config.model} has none")
+    zero = torch.zeros((), device=device)
+
+    def step(optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+             lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = images.float().div_(255).contiguous(memory_format=memory)
+        penalty = zero
+        if config.lambda_reg > 0:
+            logits, linear_map = model.forward_with_linear_map(x, labels)
+            penalty = linear_map.abs().mean()
+            loss = bce_one_hot(logits, labels)
+            total = loss + config.lambda_reg * penalty
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = forward(x)
+            loss = total = bce_one_hot(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        return loss.detach(), penalty.detach()
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class BudgetPlan:
+    """How a time budget was spent before training and what schedule it allowed (seconds)."""
+
+    budget_s: float
+    setup_s: float  # from the call's start to the end of the probe
+    probe_steps: int
+    step_s: float  # one training step, measured in the probe after two warm-up steps
+    eval_s: float  # one evaluation of the test set, measured on part of it
+    checkpoint_s: float  # one checkpoint write (an export costs about as much)
+    margin_s: float
+    planned_steps: int
+    epochs: float
+    replans: list[dict[str, Any]] = field(default_factory=list)
+
+    def reserve(self, evals: int, checkpoints: int) -> float:
+        """Seconds kept for ``evals`` evaluations, ``checkpoints`` writes, the export, margin."""
+        return evals * self.eval_s + (checkpoints + 1) * self.checkpoint_s + self.margin_s
+
+
+def _probe_step_seconds(model: nn.Module, config: TrainConfig, device: torch.device, step,
+                        images: torch.Tensor, labels: torch.Tensor,
+                        seconds: float, out_dir: Path) -> tuple[float, int, float]:
+    """(seconds per step, steps run, seconds per checkpoint): two warm-up steps (compilation,
+    cuDNN autotuning), then at least 3 timed steps and ``seconds``; then one checkpoint written
+    and deleted. The model's weights are restored afterwards."""
+    snapshot = copy.deepcopy(model.state_dict())
+    optimizer = make_optimizer(model, config, device)
+    generator = torch.Generator(device).manual_seed(config.seed + 7)
+    idx = torch.randperm(len(images), generator=generator, device=device)[:config.batch_size]
+
+    def one() -> None:
+        batch = augment(images[idx], generator, config.crop_padding, config.flip)
+        step(optimizer, batch, labels[idx], config.peak_lr * 1e-3)
+
+    for _ in range(2):
+        one()
+    _sync(device)
+    timed, start = 0, time.monotonic()
+    while timed < 3 or time.monotonic() - start < seconds:
+        one()
+        timed += 1
+        if timed % 5 == 0:
+            _sync(device)
+    _sync(device)
+    per_step = (time.monotonic() - start) / timed
+    path, start = out_dir / ".probe-checkpoint.pt", time.monotonic()
+    _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    checkpoint_s = time.monotonic() - start
+    path.unlink(missing_ok=True)
+    model.load_state_dict(snapshot)
+    return per_step, timed + 2, checkpoint_s
+
+
+def _time_eval(model: nn.Module, test_set: ImageSet | None, device: torch.device) -> float:
+    """Seconds for one evaluation of ``test_set``, extrapolated from its first images."""
+    if test_set is None:
+        return 0.0
+    part = test_set.subset(min(len(test_set), 1000 if device.type == "cuda" else 200))
+    start = time.monotonic()
+    predict_logits(model, part, 500, device, progress=False)
+    _sync(device)
+    model.train()
+    return (time.monotonic() - start) * len(test_set) / len(part)
+
+
+def plan_budget(config: TrainConfig, steps_per_epoch: int, step_s: float, eval_s: float,
+                checkpoint_s: float, elapsed_s: float, probe_steps: int) -> BudgetPlan:
+    """The longest schedule (≤ ``config.epochs`` epochs) that, with its evaluations, checkpoints
+    and the export, ends ``margin`` before ``config.time_budget``; one line if none fits."""
+    budget = float(config.time_budget or 0.0)
+    margin = max(0.5, 0.01 * budget)
+    plan = BudgetPlan(budget, elapsed_s, probe_steps, step_s, eval_s, checkpoint_s, margin, 0, 0.0)
+    steps = 0
+    for _ in range(3):  # evaluations and checkpoints depend on the epochs the steps make
+        epochs = max(1, math.ceil(steps / steps_per_epoch))
+        evals = 1 + ((epochs - 1) // config.eval_every if config.eval_every else 0)
+        available = budget - elapsed_s - plan.reserve(evals if eval_s else 0, epochs)
+        steps = min(int(available // step_s), config.epochs * steps_per_epoch)
+    if steps < 1:
+        raise TrainError(
+            f"--time-budget {budget:g} s leaves no time to train: {elapsed_s:.1f} s went to "
+            f"setup and the probe, a step takes {step_s:.2f} s, an evaluation {eval_s:.1f} s; "
+            "give more seconds, or evaluate less (--eval-every 0)")
+    plan.planned_steps, plan.epochs = steps, steps / steps_per_epoch
+    return plan
+
+
 def train(config: TrainConfig, train_set: ImageSet, test_set: ImageSet | None, out_dir: str | Path,
           device: str | torch.device = "cpu", resume: bool = False, progress: bool = True,
-          stop_after_epochs: int | None = None) -> nn.Module:
-    """Train ``config.model`` on ``train_set``; evaluate on ``test_set`` after each epoch.
+          stop_after_epochs: int | None = None, started_at: float | None = None,
+          bars: bool = True) -> nn.Module:
+    """Train ``config.model`` on ``train_set``; evaluate on ``test_set`` every ``eval_every`` epochs
+    and after the last.
 
-    Writes ``out_dir/checkpoint.pt`` (atomic, every epoch) and ``out_dir/history.csv``.
+    Writes ``out_dir/checkpoint.pt`` (atomic, every epoch), ``out_dir/history.csv`` (one row per
+    epoch: global step, planned steps, lr, losses, accuracy, speed) and, with a time budget,
+    ``out_dir/plan.json`` (:class:`BudgetPlan`). ``started_at`` (``time.monotonic()``) is when the
+    budget began (default: now; the CLI passes its own start, so reading the data counts).
     ``stop_after_epochs`` ends the call early (as a kill would) — for tests and time-boxed runs.
+    ``progress``: a line per epoch, and with ``bars`` a progress bar. The returned model is in
+    eval mode, float32, contiguous.
     """
+    started_at = time.monotonic() if started_at is None else started_at
+    config.check()
+    deadline = None if config.time_budget is None else started_at + config.time_budget
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     checkpoint_path, history_path = out_dir / "checkpoint.pt", out_dir / "history.csv"
+    plan_path = out_dir / "plan.json"
+    if device.type == "cuda":
+        set_tf32(config.tf32)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once
     model = build_model(config).to(device).train()
     for layer in model.modules():  # training wants speed over activation memory
         if hasattr(layer, "keep_projection"):
             layer.keep_projection = True
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if device.type == "cpu":
         retain_freed_memory()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    start_epoch = 0
+    step_fn = make_train_step(model, config, device)
+    images = train_set.images.to(device)
+    labels = train_set.labels.to(device)
+    steps_per_epoch = len(images) // config.batch_size  # drop the last partial batch
+    if steps_per_epoch < 1:
+        raise TrainError(f"--batch-size {config.batch_size} is larger than the train set "
+                         f"({len(images)} images): use a smaller batch")
+
+    start_epoch, step, planned, plan = 0, 0, config.epochs * steps_per_epoch, None
+    state = None
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if state["config"] != _config_dict(config):
+        saved = {**_config_dict(TrainConfig()), **state["config"]}  # older runs: defaults
+        if _result_fields(saved) != _result_fields(_config_dict(config)):
             raise CheckpointError(
                 f"{checkpoint_path} was made with another config: "
                 "use a new --out, or the options it was started with"
             )
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
+        step = int(state.get("step", start_epoch * steps_per_epoch))
+        planned = int(state.get("planned_steps", planned))
         _truncate_history(history_path, start_epoch)
-    elif not resume and history_path.exists():
-        history_path.unlink()
+        if plan_path.exists():
+            plan = BudgetPlan(**json.loads(plan_path.read_text()))
+    elif not resume:
+        history_path.unlink(missing_ok=True)
+        plan_path.unlink(missing_ok=True)
 
-    images = train_set.images.to(device)
-    labels = train_set.labels.to(device)
-    steps = len(images) // config.batch_size  # drop the last partial batch
-    last_epoch = config.epochs if stop_after_epochs is None else min(
-        config.epochs, start_epoch + stop_after_epochs)
-    for epoch in range(start_epoch, last_epoch):
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        order = torch.randperm(len(images), generator=generator).to(device)
+    optimizer = make_optimizer(model, config, device)
+    step_s = None
+    if deadline is not None:
+        probe_s = min(3.0, 0.03 * config.time_budget)
+        step_s, probe_steps, checkpoint_s = _probe_step_seconds(
+            model, config, device, step_fn, images, labels, probe_s, out_dir)
+        eval_s = _time_eval(model, test_set, device)
+        if state is None:
+            plan = plan_budget(config, steps_per_epoch, step_s, eval_s, checkpoint_s,
+                               time.monotonic() - started_at, probe_steps)
+            planned = plan.planned_steps
+        elif plan is None:
+            plan = BudgetPlan(config.time_budget, 0.0, probe_steps, step_s, eval_s, checkpoint_s,
+                              max(0.5, 0.01 * config.time_budget), planned,
+                              planned / steps_per_epoch)
+        _write_json(plan_path, asdict(plan))
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+
+    calls_epochs = 0
+    train_seconds, steps_this_call = 0.0, 0
+    epoch = start_epoch
+    while step < planned and (stop_after_epochs is None or calls_epochs < stop_after_epochs):
+        generator = torch.Generator(device).manual_seed(config.seed * 100_003 + epoch)
+        order = torch.randperm(len(images), generator=generator, device=device)
         model.train()
-        started, total_loss = time.perf_counter(), 0.0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-                   disable=not progress, dynamic_ncols=True, leave=False)
-        for step in bar:
-            lr = learning_rate(config, epoch + step / steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+        started = time.monotonic()
+        total_loss, total_penalty = torch.zeros((), device=device), torch.zeros((), device=device)
+        first_step = step
+        bar = tqdm(total=min(steps_per_epoch, planned - step), unit="batch", leave=False,
+                   desc=f"epoch {epoch + 1}/{math.ceil(planned / steps_per_epoch)}",
+                   disable=not (progress and bars), dynamic_ncols=True)
+        for index in range(steps_per_epoch):
+            if step >= planned:
+                break
+            total_epochs = planned / steps_per_epoch if deadline is not None else None
+            lr = learning_rate(config, epoch + index / steps_per_epoch, total_epochs)
+            idx = order[index * config.batch_size:(index + 1) * config.batch_size]
             batch = augment(images[idx], generator, config.crop_padding, config.flip)
-            loss = bce_one_hot(model(batch.float().div_(255)), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item()
-            if step % 20 == 0:
-                rate = (step + 1) * config.batch_size / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{total_loss / (step + 1):.4f}", img_s=f"{rate:.0f}")
+            loss, penalty = step_fn(optimizer, batch, labels[idx], lr)
+            total_loss += loss
+            total_penalty += penalty
+            step += 1
+            steps_this_call += 1
+            bar.update(1)
+            if step % 25 == 0:
+                bar.set_postfix(loss=f"{total_loss.item() / (step - first_step):.4f}")
+                if plan is not None:  # the guard: shorten the schedule if steps got slower
+                    now = time.monotonic()
+                    rate = (train_seconds + now - started) / steps_this_call
+                    planned = _guard(plan, step, planned, rate, now, deadline, steps_per_epoch,
+                                     config, epoch)
         bar.close()
-        seconds = time.perf_counter() - started
+        _sync(device)
+        seconds = time.monotonic() - started
+        train_seconds += seconds
+        done_steps = step - first_step
+        epoch += 1
+        calls_epochs += 1
+        finished = step >= planned
         accuracy = float("nan")
-        if test_set is not None:
+        due = finished or (config.eval_every and epoch % config.eval_every == 0)
+        if test_set is not None and due:
             logits = predict_logits(model, test_set, 500, device, progress=False)
             accuracy = top1_accuracy(logits, test_set.labels)
-        _atomic_torch_save({"config": _config_dict(config), "epoch": epoch + 1,
-                            "model": model.state_dict(), "optimizer": optimizer.state_dict()},
-                           checkpoint_path)
-        row = {"epoch": epoch + 1, "lr": f"{lr:.6g}", "train_loss": f"{total_loss / steps:.6f}",
+        _atomic_torch_save({"config": _config_dict(config), "epoch": epoch, "step": step,
+                            "planned_steps": planned, "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict()}, checkpoint_path)
+        row = {"epoch": epoch, "step": step, "planned_steps": planned, "lr": f"{lr:.6g}",
+               "train_loss": f"{total_loss.item() / max(done_steps, 1):.6f}",
+               "lambda_penalty": f"{total_penalty.item() / max(done_steps, 1):.6g}",
                "test_accuracy": f"{accuracy:.2f}", "epoch_seconds": f"{seconds:.1f}",
-               "images_per_s": f"{steps * config.batch_size / seconds:.1f}"}
+               "images_per_s": f"{done_steps * config.batch_size / seconds:.1f}"}
         _append_history(history_path, row)
+        if plan is not None:
+            _write_json(plan_path, asdict(plan))
         if progress:
-            tqdm.write(f"epoch {epoch + 1}: loss {row['train_loss']}, test top-1 {accuracy:.2f} %, "
-                       f"{seconds:.0f} s ({row['images_per_s']} img/s)")
+            tqdm.write(f"epoch {epoch}: step {step}/{planned}, loss {row['train_loss']}, test "
+                       f"top-1 {accuracy:.2f} %, {seconds:.0f} s ({row['images_per_s']} img/s)")
+    model = model.to(memory_format=torch.contiguous_format)
     return model.eval()
+
+
+def _guard(plan: BudgetPlan, step: int, planned: int, step_s: float, now: float, deadline: float,
+           steps_per_epoch: int, config: TrainConfig, epoch: int) -> int:
+    """The planned steps, shortened if the rest at ``step_s`` per step would pass the deadline.
+
+    The cosine schedule is a function of step / planned steps, so a shorter plan still ends at
+    learning rate 0. Every change is recorded in ``plan.replans``.
+    """
+    epochs_left = math.ceil(planned / steps_per_epoch) - epoch
+    evals_left = 1 + ((epochs_left - 1) // config.eval_every if config.eval_every else 0)
+    reserve = plan.reserve(evals_left if plan.eval_s else 0, epochs_left)
+    if now + (planned - step) * step_s + reserve <= deadline:
+        return planned
+    shorter = step + max(0, int((deadline - now - reserve) // step_s))
+    if shorter < planned:
+        plan.replans.append({"at_step": step, "planned_steps": shorter,
+                             "seconds_per_step": round(step_s, 5)})
+        plan.planned_steps, plan.epochs = shorter, shorter / steps_per_epoch
+        return shorter
+    return planned
+
+
+def training_status(out_dir: str | Path) -> dict[str, Any]:
+    """``{"epochs", "step", "planned_steps", "finished", "test_accuracy"}`` from ``history.csv``."""
+    path = Path(out_dir) / "history.csv"
+    rows = []
+    if path.exists():
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    if not rows:
+        return {"epochs": 0, "step": 0, "planned_steps": None, "finished": False,
+                "test_accuracy": None}
+    last = rows[-1]
+    step = int(last.get("step") or 0)
+    planned = int(last.get("planned_steps") or 0)
+    accuracy = [float(r["test_accuracy"]) for r in rows if r["test_accuracy"] not in ("", "nan")]
+    return {"epochs": int(last["epoch"]), "step": step, "planned_steps": planned,
+            "finished": planned > 0 and step >= planned,
+            "test_accuracy": accuracy[-1] if accuracy else None}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _result_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without the per-call settings (a resumed run may change those)."""
+    return {k: v for k, v in config.items() if k not in _PER_CALL_FIELDS}
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:

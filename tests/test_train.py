@@ -104,3 +104,182 @@ def test_export_sidecar_and_tampered_file(tmp_path):
     with pytest.raises(ChecksumError) as info:
         create_model("xs-coda", checkpoint=path, sha256=sidecar["sha256"])
     assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------- GPU recipe options (on the CPU)
+
+
+def _packed_tiny(root, n_train: int = 256, n_test: int = 64):
+    from attrib_bench.packed import pack_image_sets
+
+    def images(n: int, seed: int) -> ImageSet:
+        data = _tiny_set(n, 32, seed)
+        names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck")
+        return ImageSet(data.images, data.labels, names, "tiny")
+
+    pack_image_sets(images(n_train, 0), images(n_test, 1), root, batch_size=256,
+                    tiles_per_row=16, webp_method=0)
+    return root
+
+
+def test_peak_lr_scaling_rules():
+    assert TrainConfig(lr=1e-3, batch_size=256, lr_scaling="sqrt").peak_lr == pytest.approx(4e-3)
+    assert TrainConfig(lr=1e-3, batch_size=64, lr_scaling="linear").peak_lr == pytest.approx(4e-3)
+    assert TrainConfig(lr=1e-3, batch_size=256).peak_lr == 1e-3
+    cosine = TrainConfig(lr=1.0, schedule="cosine", warmup_epochs=0)
+    assert learning_rate(cosine, 5, total_epochs=10) == pytest.approx(0.5)
+
+
+def test_time_budget_is_respected_and_the_schedule_completes(tmp_path):
+    """`train --time-budget 20`: the whole command (data, probe, training, evaluation, export)
+    ends within the budget plus one step, the cosine schedule ran to its end, the export loads."""
+    import time
+
+    from click.testing import CliRunner
+
+    from attrib_bench.cli import cli
+
+    data = _packed_tiny(tmp_path / "data")
+    out = tmp_path / "run"
+    start = time.monotonic()
+    result = CliRunner().invoke(cli, [
+        "train", "--model", "xs-coda", "--temperature", "10", "--time-budget", "20",
+        "--batch-size", "16", "--lr", "2e-3", "--warmup-epochs", "0.5", "--data-root",
+        str(data), "--out", str(out)])
+    elapsed = time.monotonic() - start
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "plan.json").read_text())
+    assert elapsed <= 20 + plan["step_s"], (elapsed, plan)
+    with open(out / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    last = rows[-1]
+    assert int(last["step"]) == int(last["planned_steps"]) == plan["planned_steps"] >= 16
+    assert float(last["lr"]) < 0.02 * 2e-3  # the cosine reached (almost) 0: it completed
+    assert float(last["test_accuracy"]) >= 0
+    sidecar = json.loads((out / "xs-coda-sq-t10.json").read_text())
+    assert sidecar["steps"] == plan["planned_steps"] and sidecar["plan"]["budget_s"] == 20
+    model = create_model("xs-coda", checkpoint=out / "xs-coda-sq-t10.safetensors",
+                         sha256=sidecar["sha256"], temperature=10)
+    assert torch.isfinite(model(torch.rand(2, 3, 32, 32))).all()
+
+
+def test_budget_too_small_is_one_line(tmp_path):
+    from attrib_bench.errors import TrainError
+
+    data = _tiny_set(64, 32)
+    config = TrainConfig(**{**TINY, "schedule": "cosine"}, time_budget=0.05)
+    with pytest.raises(TrainError, match="leaves no time to train") as info:
+        train(config, data, data, tmp_path, progress=False)
+    assert "\n" not in str(info.value)
+    with pytest.raises(TrainError, match="--schedule cosine"):
+        TrainConfig(time_budget=10).check()
+
+
+def test_guard_shortens_the_plan_so_the_schedule_still_ends(tmp_path):
+    from attrib_bench.runners.train import BudgetPlan, _guard
+
+    config = TrainConfig(**{**TINY, "schedule": "cosine"}, time_budget=100, eval_every=0)
+    plan = BudgetPlan(100, 5, 5, 0.1, 2.0, 0.1, 1.0, planned_steps=900, epochs=9.0)
+    # on time: 900 steps at 0.1 s from t=5 end at 95 < 100 - reserve
+    assert _guard(plan, 0, 800, 0.1, now=5.0, deadline=100.0, steps_per_epoch=100,
+                  config=config, epoch=0) == 800
+    # steps became twice as slow: the rest is cut to what fits before the deadline
+    shorter = _guard(plan, 100, 900, 0.2, now=30.0, deadline=100.0, steps_per_epoch=100,
+                     config=config, epoch=1)
+    reserve = plan.reserve(1, 8)
+    assert shorter == 100 + int((100 - 30 - reserve) // 0.2) < 900
+    assert plan.replans == [{"at_step": 100, "planned_steps": shorter, "seconds_per_step": 0.2}]
+    assert learning_rate(config, shorter / 100, shorter / 100) == pytest.approx(0, abs=1e-12)
+
+
+def _completeness_error(model, x: torch.Tensor) -> float:
+    """max |Σ contributions − (logit − b0)| / max |logit − b0| of the target class 0."""
+    target = torch.zeros(len(x), dtype=torch.long)
+    maps = model.contributions(x, target)
+    with torch.no_grad():
+        evidence = model.evidence_encoded(model.encode(x))[:, 0]
+    return ((maps.sum((1, 2, 3)) - evidence).abs().max() / evidence.abs().max()).item()
+
+
+def _losses(out) -> list[float]:
+    with open(out / "history.csv", newline="") as handle:
+        return [float(r["train_loss"]) for r in csv.DictReader(handle)]
+
+
+def test_amp_bf16_trains_and_the_float32_export_is_complete(tmp_path):
+    data = _tiny_set(32, 16)
+    gentle = {**TINY, "lr": 1e-3}
+    train(TrainConfig(**gentle, epochs=3), data, None, tmp_path / "fp32", progress=False)
+    config = TrainConfig(**gentle, epochs=3, amp="bf16")
+    model = train(config, data, None, tmp_path / "bf16", progress=False)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    # bf16 convolutions follow the float32 run's losses to bf16 accuracy (~1 % per step)
+    torch.testing.assert_close(torch.tensor(_losses(tmp_path / "bf16")),
+                               torch.tensor(_losses(tmp_path / "fp32")), rtol=0.05, atol=0)
+    path = tmp_path / "amp.safetensors"
+    sidecar = export(model, config, path, dataset="tiny", test_accuracy=None, epochs_done=3,
+                     dtype=torch.float32)
+    loaded = create_model("xs-coda", checkpoint=path, sha256=sidecar["sha256"], temperature=10)
+    assert _completeness_error(loaded, data.float_images()[:8]) < 1e-4
+
+
+def test_channels_last_trains_like_nchw(tmp_path):
+    """The same steps in channels_last memory: the same losses (to float32 rounding; weights
+    after Adam steps are not compared: Adam's normalised update turns rounding noise in
+    near-zero gradients into lr-sized differences), exported in the standard layout."""
+    data = _tiny_set(32, 16)
+    gentle = {**TINY, "lr": 1e-3}
+    train(TrainConfig(**gentle, epochs=3), data, None, tmp_path / "a", progress=False)
+    last = train(TrainConfig(**gentle, epochs=3, channels_last=True), data, None, tmp_path / "b",
+                 progress=False)
+    torch.testing.assert_close(torch.tensor(_losses(tmp_path / "b")),
+                               torch.tensor(_losses(tmp_path / "a")), rtol=1e-4, atol=0)
+    assert all(value.is_contiguous() for value in last.state_dict().values())
+
+
+def test_compile_flag_compiles_the_training_forward(tmp_path, monkeypatch):
+    """--compile wraps the forward in torch.compile (here with the aot_eager backend, which
+    traces forward and backward without a C++ toolchain) and trains to finite weights."""
+    calls = []
+    real = torch.compile
+
+    def compile_eagerly(model, **kwargs):
+        calls.append(type(model).__name__)
+        return real(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    data = _tiny_set(32, 16)
+    model = train(TrainConfig(**TINY, epochs=1, compile=True), data, None, tmp_path,
+                  progress=False)
+    assert calls == ["CoDANet"]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_lambda_two_steps_lower_the_regularised_loss(tmp_path):
+    from attrib_bench.models.coda_net import lambda_penalty
+
+    data = _tiny_set(16, 16)
+    config = TrainConfig(**{**TINY, "crop_padding": 0, "flip": False}, epochs=2, lambda_reg=0.1)
+    x, y = data.float_images(), data.labels
+
+    def regularised(model) -> float:
+        with torch.no_grad():
+            bce = bce_one_hot(model(x), y).item()
+        return bce + 0.1 * lambda_penalty(model, x, y).item()
+
+    before = regularised(build_model(config))
+    model = train(config, data, None, tmp_path, progress=False)  # 1 step per epoch
+    assert regularised(model) < before
+    with open(tmp_path / "history.csv", newline="") as handle:
+        penalties = [float(r["lambda_penalty"]) for r in csv.DictReader(handle)]
+    assert len(penalties) == 2 and all(p > 0 for p in penalties)
+
+
+def test_lambda_needs_a_linear_map(tmp_path):
+    from attrib_bench.errors import TrainError
+
+    data = _tiny_set(16, 32)
+    with pytest.raises(TrainError, match="linear map"):
+        train(TrainConfig(model="resnet56", epochs=1, lambda_reg=0.1), data, None, tmp_path,
+              progress=False)

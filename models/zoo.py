@@ -8,6 +8,8 @@ where it came from. Weight files are looked up in the weights root
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,6 +22,11 @@ from attrib_bench.errors import CheckpointError
 from attrib_bench.models.coda_net import CONFIGS, PAPER_PARAMS_M, build_coda
 from attrib_bench.models.resnet_cifar import resnet56
 from attrib_bench.registry import MODELS, register_model
+
+#: Weights trained here and shipped inside the package.
+BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+#: Extra zoo folders (os.pathsep-separated): every sidecar there with a "zoo" section registers.
+ZOO_ENV_VAR = "ATTRIB_BENCH_ZOO"
 
 
 @dataclass(frozen=True)
@@ -37,10 +44,13 @@ class PretrainedCfg:
     key: str | None = None  # nested entry holding the state dict, if any
     strip_prefix: str = ""
     bundled: bool = False  # True: the file ships inside this package, not in the weights root
+    folder: str | None = None  # the file's own folder (a zoo folder from $ATTRIB_BENCH_ZOO)
 
     def path(self, weights_root: str | Path | None = None) -> Path:
+        if self.folder is not None:
+            return Path(self.folder) / self.file
         if self.bundled:
-            return Path(__file__).resolve().parent / "weights" / self.file
+            return BUNDLED_DIR / self.file
         return resolve_weights_root(weights_root) / self.file
 
 
@@ -163,9 +173,10 @@ def _trained_factory(name: str, pretrained: bool = False, checkpoint: str | Path
 def _register_trained(name: str, size: str, temperature: float, norm: str,
                       cfg: PretrainedCfg) -> None:
     TRAINED[name] = (size, temperature, norm, cfg)
+    measured = "not measured" if cfg.accuracy is None else f"{cfg.accuracy:.2f} %"
     MODELS.add(name, partial(_trained_factory, name),
                description=f"{size.upper()}-CoDA-{norm.upper()}, T={temperature:g}, trained here: "
-               f"{cfg.accuracy:.2f} % on the CIFAR-10 test set",
+               f"{measured} on the CIFAR-10 test set",
                family="coda", dataset=cfg.dataset, pretrained_cfg=cfg)
 
 
@@ -197,3 +208,74 @@ for _t, _sha, _acc, _note in (
      "2-core CPU, 76 min"),
 ):
     _register_trained(f"xs-coda-sq-t{_t:g}", "xs", _t, "sq", _bundled_xs(_t, _sha, _acc, _note))
+
+
+# --------------------------------------------------------------------- zoo entries from sidecars
+
+
+def zoo_sidecar(weights: str | Path, name: str, dest_dir: str | Path, *,
+                accuracy: float | None, provenance: str, published_accuracy: float | None = None,
+                license: str = "MIT (attrib-bench)") -> Path:
+    """Copy a trained model's safetensors and sidecar (``train``'s export) into ``dest_dir`` as
+    zoo entry ``name``: ``NAME.safetensors`` and ``NAME.json`` with a ``"zoo"`` section.
+
+    The sha256 is checked against the sidecar before anything is written; ``accuracy`` is the
+    stored file's top-1 % on the original test set (None: not measured yet). Returns the sidecar
+    path. Folders in ``$ATTRIB_BENCH_ZOO`` (and the package's ``models/weights``) register every
+    such sidecar as a model when the zoo is imported.
+    """
+    import shutil
+
+    from attrib_bench.errors import ChecksumError
+
+    weights, dest_dir = Path(weights), Path(dest_dir)
+    sidecar = json.loads(weights.with_suffix(".json").read_text())
+    if sha256_file(weights) != sidecar["sha256"]:
+        raise ChecksumError(f"{weights} does not match the sha256 in its sidecar: copy it again")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / f"{name}.safetensors"
+    if weights.resolve() != target.resolve():
+        shutil.copyfile(weights, target.with_suffix(".tmp"))
+        os.replace(target.with_suffix(".tmp"), target)
+    sidecar["file"] = target.name
+    sidecar["zoo"] = {"name": name, "accuracy": accuracy, "published_accuracy": published_accuracy,
+                      "provenance": provenance, "license": license}
+    out = target.with_suffix(".json")
+    out.with_suffix(".tmp").write_text(json.dumps(sidecar, indent=2) + "\n")
+    os.replace(out.with_suffix(".tmp"), out)
+    return out
+
+
+def register_zoo_folder(folder: str | Path, bundled: bool = False) -> list[str]:
+    """Register every ``*.json`` sidecar with a ``"zoo"`` section in ``folder``; returns names.
+
+    A CoDA-Net sidecar (config model ``<size>-coda``) becomes ``build_coda(size, norm, T)`` with
+    the weights' sha256 checked at load. A name that is already registered is one line.
+    """
+    folder = Path(folder)
+    names = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        sidecar = json.loads(path.read_text())
+        zoo = sidecar.get("zoo")
+        if not zoo:
+            continue
+        config = sidecar["config"]
+        size = str(config["model"]).removesuffix("-coda")
+        if size not in CONFIGS:
+            raise CheckpointError(f"{path}: zoo sidecars describe CoDA-Nets, not {config['model']}")
+        if zoo["name"] in MODELS.names():
+            raise CheckpointError(f"{path}: model {zoo['name']!r} is already registered: rename "
+                                  "the zoo entry or remove the folder from $ATTRIB_BENCH_ZOO")
+        cfg = PretrainedCfg(
+            file=sidecar["file"], sha256=sidecar["sha256"], dataset="cifar10",
+            accuracy=zoo.get("accuracy"), published_accuracy=zoo.get("published_accuracy"),
+            provenance=zoo["provenance"], license=zoo.get("license", "MIT (attrib-bench)"),
+            bundled=bundled, folder=None if bundled else str(folder.resolve()))
+        _register_trained(zoo["name"], size, float(config["temperature"]), config["norm"], cfg)
+        names.append(zoo["name"])
+    return names
+
+
+register_zoo_folder(BUNDLED_DIR, bundled=True)
+for _folder in filter(None, os.environ.get(ZOO_ENV_VAR, "").split(os.pathsep)):
+    register_zoo_folder(_folder)

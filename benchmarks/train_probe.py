@@ -20,7 +20,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -34,6 +33,8 @@ from attrib_bench.runners.train import (
     make_optimizer,
     make_train_step,
     set_tf32,
+    time_steps,
+    training_model,
 )
 
 #: Largest allowed |evidence − float64 evidence| / max |float64 evidence| per precision.
@@ -71,11 +72,6 @@ class Candidate:
                 f"{' compile' if self.compile else ''}")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def relative_error(config: TrainConfig, device: torch.device, images: torch.Tensor) -> float:
     """max |evidence − evidence in float64| / max |evidence in float64| on ``images``.
 
@@ -96,15 +92,10 @@ def relative_error(config: TrainConfig, device: torch.device, images: torch.Tens
     return ((approx - exact).abs().max() / exact.abs().max()).item()
 
 
-def time_steps(config: TrainConfig, device: torch.device, images: torch.Tensor,
-               labels: torch.Tensor, seconds: float) -> tuple[float, int, float]:
+def training_rate(config: TrainConfig, device: torch.device, images: torch.Tensor,
+                  labels: torch.Tensor, seconds: float) -> tuple[float, int, float]:
     """(images/s, timed steps, seconds of the two warm-up steps incl. compilation)."""
-    model = build_model(config).to(device).train()
-    for layer in model.modules():
-        if hasattr(layer, "keep_projection"):
-            layer.keep_projection = True
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = training_model(config, device)
     step = make_train_step(model, config, device)
     optimizer = make_optimizer(model, config, device)
     generator = torch.Generator(device).manual_seed(0)
@@ -112,19 +103,8 @@ def time_steps(config: TrainConfig, device: torch.device, images: torch.Tensor,
     def one() -> None:
         step(optimizer, augment(images, generator, 4, True), labels, 1e-4)
 
-    start = time.perf_counter()
-    for _ in range(2):
-        one()
-    _sync(device)
-    warm = time.perf_counter() - start
-    steps, start = 0, time.perf_counter()
-    while steps < 3 or time.perf_counter() - start < seconds:
-        one()
-        steps += 1
-        if steps % 10 == 0:
-            _sync(device)
-    _sync(device)
-    return steps * len(images) / (time.perf_counter() - start), steps, warm
+    per_step, steps, warm = time_steps(one, device, seconds)
+    return len(images) / per_step, steps, warm
 
 
 def measure(candidate: Candidate, base: TrainConfig, device: torch.device, images: torch.Tensor,
@@ -134,7 +114,7 @@ def measure(candidate: Candidate, base: TrainConfig, device: torch.device, image
         set_tf32(config.tf32)
     try:
         candidate.rel_error = relative_error(config, device, images[:64])
-        rate, steps, warm = time_steps(config, device, images, labels, seconds)
+        rate, steps, warm = training_rate(config, device, images, labels, seconds)
         candidate.images_per_s, candidate.steps, candidate.compile_s = rate, steps, warm
     except Exception as exc:  # a setting this device or torch cannot run is a result, not a stop
         candidate.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"

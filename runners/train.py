@@ -26,6 +26,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -254,6 +255,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_steps(one: Callable[[], Any], device: torch.device,
+               seconds: float) -> tuple[float, int, float]:
+    """(seconds per call of ``one``, calls timed, seconds of two untimed warm-up calls).
+
+    The warm-up takes compilation and cuDNN autotuning; then at least 3 calls and ``seconds``
+    are timed, with the device synchronised before the clock is read.
+    """
+    start = time.perf_counter()
+    for _ in range(2):
+        one()
+    _sync(device)
+    warm = time.perf_counter() - start
+    timed, start = 0, time.perf_counter()
+    while timed < 3 or time.perf_counter() - start < seconds:
+        one()
+        timed += 1
+        if timed % 5 == 0:
+            _sync(device)
+    _sync(device)
+    return (time.perf_counter() - start) / timed, timed, warm
+
+
+def training_model(config: TrainConfig, device: torch.device) -> nn.Module:
+    """:func:`build_model` on ``device`` in train mode, set up as training runs it: DAU layers
+    keep A_oᵀp for the backward (speed over activation memory), channels_last if asked."""
+    model = build_model(config).to(device).train()
+    for layer in model.modules():
+        if hasattr(layer, "keep_projection"):
+            layer.keep_projection = True
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 @dataclass
 class BudgetPlan:
     """How a time budget was spent before training and what schedule it allowed (seconds)."""
@@ -289,17 +324,7 @@ def _probe_step_seconds(model: nn.Module, config: TrainConfig, device: torch.dev
         batch = augment(images[idx], generator, config.crop_padding, config.flip)
         step(optimizer, batch, labels[idx], config.peak_lr * 1e-3)
 
-    for _ in range(2):
-        one()
-    _sync(device)
-    timed, start = 0, time.monotonic()
-    while timed < 3 or time.monotonic() - start < seconds:
-        one()
-        timed += 1
-        if timed % 5 == 0:
-            _sync(device)
-    _sync(device)
-    per_step = (time.monotonic() - start) / timed
+    per_step, timed, _ = time_steps(one, device, seconds)
     path, start = out_dir / ".probe-checkpoint.pt", time.monotonic()
     _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
     checkpoint_s = time.monotonic() - start
@@ -368,12 +393,7 @@ def train(config: TrainConfig, train_set: ImageSet, test_set: ImageSet | None, o
     if device.type == "cuda":
         set_tf32(config.tf32)
         torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once
-    model = build_model(config).to(device).train()
-    for layer in model.modules():  # training wants speed over activation memory
-        if hasattr(layer, "keep_projection"):
-            layer.keep_projection = True
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = training_model(config, device)
     if device.type == "cpu":
         retain_freed_memory()
     step_fn = make_train_step(model, config, device)

@@ -95,3 +95,20 @@ def test_cpu_rehearsal_produces_the_documented_out_and_a_loadable_zoo_entry(tmp_
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert f"top-1 {entry['zoo']['accuracy']:.2f} %" in shown.stdout
+
+
+def test_unpack_puts_the_zoo_row_into_the_readme_table_once(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import unpack
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    for accuracy in ("91.00", "92.50"):
+        unpack.update_readme(readme, "s-coda-sq-t1000", f"| `s-coda-sq-t1000` | {accuracy} |")
+    lines = readme.read_text().splitlines()
+    mine = [i for i, line in enumerate(lines) if line.startswith("| `s-coda-sq-t1000` |")]
+    assert len(mine) == 1 and lines[mine[0]].endswith("92.50 |")
+    table = [i for i, line in enumerate(lines) if line.startswith("| `xs-coda-sq-t")]
+    assert mine[0] == max(table) + 1  # the last row of the zoo table

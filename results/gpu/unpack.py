@@ -63,12 +63,22 @@ def provenance(sidecar: dict, stages: list[dict[str, str]]) -> str:
             f"{sidecar.get('train_data', sidecar.get('dataset'))}")
 
 
+def parameter_count(weights: Path) -> int:
+    """Numbers stored in a safetensors file (read from its header, no tensor loaded)."""
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as handle:
+        return sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+
+
 def readme_row(name: str, sidecar: dict, accuracy: float, published: float | None,
-               stages: list[dict[str, str]]) -> str:
+               stages: list[dict[str, str]], params: int) -> str:
     config = sidecar["config"]
     seconds = {row["stage"]: row["seconds"] for row in stages}
     paper = f"S-CoDA-SQ T=1000: {published:g} %" if published is not None else "–"
-    return (f"| `{name}` | {config['model']} | {config['temperature']:g} | "
+    return (f"| `{name}` | {params / 1e6:.2f} M | {config['temperature']:g} | "
             f"{config['norm'].upper()} | {sidecar['epochs']} (cosine, Adam, batch "
             f"{config['batch_size']}, {sidecar.get('steps', '?')} steps) | **{accuracy:.2f} %** "
             f"(float16 file; float32 {sidecar.get('test_accuracy')} %) | {paper} | "
@@ -140,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(history, args.zoo_dir / history.name)
     print(f"zoo entry {args.name}: {accuracy:.2f} % on the original test set "
           f"({'first ' + str(args.limit) if args.limit else 'all'} images); {entry}")
-    row = readme_row(args.name, sidecar, accuracy, published, stages)
+    row = readme_row(args.name, sidecar, accuracy, published, stages, parameter_count(weights))
     if args.readme:
         update_readme(Path(args.readme), args.name, row)
     print(row)

@@ -107,7 +107,10 @@ def eval_cmd(model_name: str, split: str, limit: int | None, batch_size: int, de
     from attrib_bench.registry import create_model
 
     torch_device = resolve_device(device)
+    from attrib_bench.models.zoo import checkpoint_kwargs
+
     model = create_model(model_name, pretrained=checkpoint is None, checkpoint=checkpoint,
+                         **checkpoint_kwargs(model_name, checkpoint),
                          weights_root=weights_root)
     images = load_cifar10(split, root=data_root, download=download).subset(limit)
     start = time.perf_counter()
@@ -178,10 +181,19 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     from attrib_bench.data import load_cifar10
     from attrib_bench.evaluation import resolve_device
     from attrib_bench.registry import MODELS
-    from attrib_bench.runners.train import TrainConfig, export, train, training_status
+    from attrib_bench.runners.train import (
+        TrainConfig,
+        export,
+        process_started_at,
+        train,
+        training_status,
+    )
 
-    started_at = time.monotonic()  # the budget counts from here: reading the data is part of it
-    MODELS.get(model_name)  # unknown names fail here, before any data is read
+    started_at = process_started_at()  # the budget counts from the command's start
+    entry = MODELS.get(model_name)  # unknown names fail here, before any data is read
+    if lambda_reg > 0 and entry.metadata.get("family") != "coda":
+        raise click.UsageError(f"--lambda needs a CoDA-Net (a model with a linear map "
+                               f"W0→L(x)); {model_name} is not one")
     torch_device = resolve_device(device)
     config = TrainConfig(model=model_name, temperature=temperature, norm=norm, epochs=epochs,
                          batch_size=batch_size, lr=lr, lr_scaling=lr_scaling,
@@ -191,6 +203,8 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
                          compile=compile_model, lambda_reg=lambda_reg)
     config.check()
     run_dir = Path(out_dir or f"runs/train/{model_name}-{norm}-t{temperature:g}")
+    if resume and not (run_dir / "checkpoint.pt").exists():
+        click.echo(f"--resume: {run_dir} has no checkpoint.pt yet; starting a new run", err=True)
     train_set = load_cifar10("train", root=data_root).subset(limit)
     test_set = load_cifar10("test", root=data_root).subset(test_limit)
     model = train(config, train_set, test_set, run_dir, torch_device, resume=resume,
@@ -202,7 +216,10 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
         return
     name = f"{model_name}-{norm}-t{temperature:g}"
     plan_path = run_dir / "plan.json"
+    steps_per_epoch = len(train_set) // batch_size
     extra = {"steps": status["step"], "train_data": train_set.name, "test_data": test_set.name,
+             "train_images": len(train_set), "test_images": len(test_set),
+             "epochs_trained": round(status["step"] / steps_per_epoch, 3),
              "device": torch.cuda.get_device_name(torch_device)
              if torch_device.type == "cuda" else "cpu",
              "plan": json.loads(plan_path.read_text()) if plan_path.exists() else None}
@@ -211,7 +228,7 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
                      test_accuracy=accuracy, epochs_done=status["epochs"], extra=extra)
     seconds = time.monotonic() - started_at
     shown = "-" if accuracy is None else f"{accuracy:.2f} %"
-    click.echo(f"{name}: test top-1 {shown} after {status['epochs']} epochs "
+    click.echo(f"{name}: test top-1 {shown} after {extra['epochs_trained']:g} epochs "
                f"({status['step']} steps) in {seconds:.1f} s; weights "
                f"{run_dir / sidecar['file']} (sha256 {sidecar['sha256'][:12]}…)")
 

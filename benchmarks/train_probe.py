@@ -195,9 +195,9 @@ def main() -> None:
 def _row(c: Candidate) -> str:
     if c.error:
         return f"  {c.label():28s} failed: {c.error}"
-    verdict = "ok" if c.exact_enough else f"too inexact (> {TOLERANCE[c.precision]:g})"
+    verdict = "ok" if c.exact_enough else f"too inexact (> {TOLERANCE[c.precision]:.0e})"
     return (f"  {c.label():28s} {c.images_per_s:9.1f} img/s  {c.steps:5d} steps  warm-up "
-            f"{c.compile_s:6.1f} s  rel. error {c.rel_error:.1e}  {verdict}")
+            f"{c.compile_s:6.1f} s  rel. error {c.rel_error:.3e}  {verdict}")
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ def _trained_factory(name: str, pretrained: bool = False, checkpoint: str | Path
                      weights_root: str | Path | None = None, download: bool = False,
                      sha256: str | None = None, **kwargs: Any) -> nn.Module:
     size, temperature, norm, cfg = TRAINED[name]
-    model = build_coda(size, norm=norm, temperature=temperature, **kwargs)
+    model = build_coda(size, **{"norm": norm, "temperature": temperature, **kwargs})
     return _finish(model, name, pretrained, checkpoint, cfg, weights_root, download, sha256)
 
 
@@ -211,6 +211,19 @@ for _t, _sha, _acc, _note in (
 
 
 # --------------------------------------------------------------------- zoo entries from sidecars
+
+
+def checkpoint_kwargs(name: str, checkpoint: str | Path | None) -> dict[str, Any]:
+    """A CoDA-Net's ``temperature`` and ``norm`` from the sidecar (``X.json``) that
+    ``attrib-bench train`` writes beside ``X.safetensors``, so that ``--checkpoint X`` builds the
+    architecture the weights were trained with (T is not stored in the weights); {} otherwise."""
+    if checkpoint is None or MODELS.get(name).metadata.get("family") != "coda":
+        return {}
+    sidecar = Path(checkpoint).with_suffix(".json")
+    if not sidecar.is_file():
+        return {}
+    config = json.loads(sidecar.read_text()).get("config", {})
+    return {key: config[key] for key in ("temperature", "norm") if key in config}
 
 
 def zoo_sidecar(weights: str | Path, name: str, dest_dir: str | Path, *,

@@ -273,7 +273,10 @@ def _prepare_out(out: Store, identity: dict[str, Any], overwrite: bool) -> None:
 def _load_model(name: str, model: nn.Module | None, checkpoint: str | None,
                 device: torch.device) -> nn.Module:
     if model is None:
-        model = create_model(name, pretrained=checkpoint is None, checkpoint=checkpoint)
+        from attrib_bench.models.zoo import checkpoint_kwargs
+
+        model = create_model(name, pretrained=checkpoint is None, checkpoint=checkpoint,
+                             **checkpoint_kwargs(name, checkpoint))
     return model.to(device).eval()
 
 

@@ -48,6 +48,9 @@ LrScaling = Literal["none", "sqrt", "linear"]
 HISTORY_FIELDS = ("epoch", "step", "planned_steps", "lr", "train_loss", "lambda_penalty",
                   "test_accuracy", "epoch_seconds", "images_per_s")
 
+#: The cosine schedule's warm-up takes at most this share of its length.
+WARMUP_SHARE = 0.2
+
 #: Settings that change how long a call may take, not the weights it trains: a resumed run may
 #: change them.
 _PER_CALL_FIELDS = ("time_budget", "eval_every")
@@ -111,8 +114,10 @@ class TrainConfig:
         if self.eval_every < 0:
             raise TrainError(f"--eval-every must be >= 0, not {self.eval_every}")
         if self.lambda_reg > 0 and (self.compile or self.amp != "none"):
-            raise TrainError("--lambda trains in float32 without torch.compile (its double "
-                             "backward needs both): drop --compile and --amp")
+            given = " and ".join(f for f, on in (("--compile", self.compile),
+                                                 ("--amp bf16", self.amp != "none")) if on)
+            raise TrainError(f"--lambda runs eagerly in float32 (torch.compile has no double "
+                             f"backward, and the linear map is kept in float32): drop {given}")
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, padding: int,
@@ -146,16 +151,19 @@ def learning_rate(config: TrainConfig, epoch_progress: float,
     """The learning rate at a fractional epoch (0 ≤ epoch_progress < total_epochs).
 
     ``total_epochs`` is the schedule's length (default ``config.epochs``; a time-budgeted run
-    passes its planned steps / steps per epoch). The peak is :attr:`TrainConfig.peak_lr`.
+    passes its planned steps / steps per epoch). The peak is :attr:`TrainConfig.peak_lr`. The
+    cosine's linear warm-up lasts ``warmup_epochs``, at most :data:`WARMUP_SHARE` of the
+    schedule (a budget that allows few steps still decays to 0).
     """
     peak = config.peak_lr
     if config.schedule == "step":
         return peak / config.lr_decay ** int(epoch_progress // config.lr_step)
     total = config.epochs if total_epochs is None else total_epochs
-    if epoch_progress < config.warmup_epochs:
-        return peak * (epoch_progress + 1e-3) / config.warmup_epochs
-    span = max(total - config.warmup_epochs, 1e-9)
-    done = (epoch_progress - config.warmup_epochs) / span
+    warmup = min(config.warmup_epochs, WARMUP_SHARE * total)
+    if epoch_progress < warmup:
+        return peak * min(1.0, (epoch_progress + 1e-3) / warmup)
+    span = max(total - warmup, 1e-9)
+    done = (epoch_progress - warmup) / span
     return 0.5 * peak * (1.0 + math.cos(math.pi * min(done, 1.0)))
 
 
@@ -359,10 +367,12 @@ def plan_budget(config: TrainConfig, steps_per_epoch: int, step_s: float, eval_s
         available = budget - elapsed_s - plan.reserve(evals if eval_s else 0, epochs)
         steps = min(int(available // step_s), config.epochs * steps_per_epoch)
     if steps < 1:
+        needed = elapsed_s + plan.reserve(1 if eval_s else 0, 1) + 20 * step_s
         raise TrainError(
             f"--time-budget {budget:g} s leaves no time to train: {elapsed_s:.1f} s went to "
-            f"setup and the probe, a step takes {step_s:.2f} s, an evaluation {eval_s:.1f} s; "
-            "give more seconds, or evaluate less (--eval-every 0)")
+            f"setup and the probe, a step takes {step_s:.2f} s, the final evaluation "
+            f"{eval_s:.1f} s; give at least {math.ceil(needed)} s (for 20 steps), or evaluate "
+            "on fewer images (--test-limit)")
     plan.planned_steps, plan.epochs = steps, steps / steps_per_epoch
     return plan
 
@@ -446,6 +456,7 @@ def train(config: TrainConfig, train_set: ImageSet, test_set: ImageSet | None, o
 
     calls_epochs = 0
     train_seconds, steps_this_call = 0.0, 0
+    guard_every = max(1, min(25, planned // 20))  # short plans are checked every step
     epoch = start_epoch
     while step < planned and (stop_after_epochs is None or calls_epochs < stop_after_epochs):
         generator = torch.Generator(device).manual_seed(config.seed * 100_003 + epoch)
@@ -472,11 +483,12 @@ def train(config: TrainConfig, train_set: ImageSet, test_set: ImageSet | None, o
             bar.update(1)
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{total_loss.item() / (step - first_step):.4f}")
-                if plan is not None:  # the guard: shorten the schedule if steps got slower
-                    now = time.monotonic()
-                    rate = (train_seconds + now - started) / steps_this_call
-                    planned = _guard(plan, step, planned, rate, now, deadline, steps_per_epoch,
-                                     config, epoch)
+            if plan is not None and step % guard_every == 0:  # shorten if steps got slower
+                _sync(device)
+                now = time.monotonic()
+                rate = (train_seconds + now - started) / steps_this_call
+                planned = _guard(plan, step, planned, rate, now, deadline, steps_per_epoch,
+                                 config, epoch)
         bar.close()
         _sync(device)
         seconds = time.monotonic() - started
@@ -529,6 +541,18 @@ def _guard(plan: BudgetPlan, step: int, planned: int, step_s: float, now: float,
     return planned
 
 
+def process_started_at() -> float:
+    """``time.monotonic()`` at this process's start (Linux ``/proc/self/stat``; else now), so
+    that a command's time budget includes starting Python and importing torch."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        age = (time.clock_gettime(time.CLOCK_BOOTTIME)
+               - int(fields[19]) / os.sysconf("SC_CLK_TCK"))  # field 22: starttime in ticks
+        return time.monotonic() - min(max(0.0, age), 600.0)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic()
+
+
 def training_status(out_dir: str | Path) -> dict[str, Any]:
     """``{"epochs", "step", "planned_steps", "finished", "test_accuracy"}`` from ``history.csv``."""
     path = Path(out_dir) / "history.csv"
@@ -559,6 +583,12 @@ def _result_fields(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in _PER_CALL_FIELDS}
 
 
+def _program() -> str:
+    """The command's name as a user types it (``python -m attrib_bench`` shows __main__.py)."""
+    name = Path(sys.argv[0]).name
+    return "attrib-bench" if name in ("__main__.py", "cli.py") else name
+
+
 def _config_dict(config: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(config)))
 
@@ -581,6 +611,7 @@ def export(model: nn.Module, config: TrainConfig, out_path: str | Path, *,
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     tmp = out_path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; weights are for sharing
     os.replace(tmp, out_path)
     sidecar = {
         "file": out_path.name,
@@ -590,7 +621,7 @@ def export(model: nn.Module, config: TrainConfig, out_path: str | Path, *,
         "epochs": epochs_done,
         "dataset": dataset,
         "test_accuracy": test_accuracy,
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": shlex.join([_program(), *sys.argv[1:]]),
         **(extra or {}),
     }
     out_path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")

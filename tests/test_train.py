@@ -283,3 +283,27 @@ def test_lambda_needs_a_linear_map(tmp_path):
     with pytest.raises(TrainError, match="linear map"):
         train(TrainConfig(model="resnet56", epochs=1, lambda_reg=0.1), data, None, tmp_path,
               progress=False)
+
+
+def test_warmup_never_outlasts_a_short_schedule():
+    """A budget that allows 0.1 epoch with --warmup-epochs 1 still decays to 0 (warm-up capped
+    at 20 % of the schedule), so a short budgeted run is never left at its peak rate."""
+    config = TrainConfig(lr=1.0, schedule="cosine", warmup_epochs=1.0)
+    assert learning_rate(config, 0.01, total_epochs=0.1) == pytest.approx(0.55)  # warming up
+    assert learning_rate(config, 0.0199, total_epochs=0.1) == pytest.approx(1.0)  # never above
+    assert learning_rate(config, 0.0999, total_epochs=0.1) < 1e-3
+    assert learning_rate(config, 0.5, total_epochs=10) == pytest.approx(0.5 + 1e-3)  # unchanged
+
+
+def test_checkpoint_sidecar_gives_the_trained_temperature(tmp_path):
+    from attrib_bench.models.zoo import checkpoint_kwargs
+
+    config = TrainConfig(**TINY, epochs=1)  # T = 10
+    path = tmp_path / "xs.safetensors"
+    export(build_model(config), config, path, dataset="tiny", test_accuracy=None, epochs_done=1)
+    assert checkpoint_kwargs("xs-coda", path) == {"temperature": 10.0, "norm": "sq"}
+    assert checkpoint_kwargs("resnet56", path) == {}
+    for name in ("xs-coda", "xs-coda-sq-t1000"):  # a zoo name's own T is overridden, not doubled
+        model = create_model(name, checkpoint=path, **checkpoint_kwargs(name, path))
+        assert model.temperature == 10.0
+    assert oct(path.stat().st_mode & 0o777) == "0o644"

@@ -35,6 +35,7 @@ PROBE_SECONDS=${PROBE_SECONDS:-1.5}
 PROBE_ARGS=${PROBE_ARGS:-}
 PROTOCOL_BUDGET=${PROTOCOL_BUDGET:-120}
 N_SAMPLES=${N_SAMPLES:-}
+TEST_LIMIT=${TEST_LIMIT:-}  # train's final evaluation on the first N test images (rehearsals)
 RUN_BATCH=${RUN_BATCH:-64}
 GRADIENT_METHODS=${GRADIENT_METHODS:-inherent,grad,ixg,deeplift,gradcam,intgrad}
 PERTURBATION_METHODS=${PERTURBATION_METHODS:-occ5,occ9,rise,lime}
@@ -107,7 +108,8 @@ train() {
     timeout -k 10 $((${TRAIN_BUDGET%.*} + 120)) "${AB[@]}" train --model "$MODEL" \
         --temperature "$T" --time-budget "$TRAIN_BUDGET" --batch-size "$BATCH" --lr "$LR" \
         --lr-scaling sqrt --schedule cosine --warmup-epochs "$WARMUP" --eval-every 0 $FLAGS \
-        --device "$DEVICE" --data-root "$DATA" --out "$WORK/train" --quiet
+        --device "$DEVICE" --data-root "$DATA" --out "$WORK/train" --quiet \
+        ${TEST_LIMIT:+--test-limit "$TEST_LIMIT"}
 }
 zoo() {  # register NAME from the exported weights (accuracy: measured in `eval`)
     "$PY" -c "import sys; from attrib_bench.models.zoo import zoo_sidecar
@@ -132,7 +134,10 @@ protocol() {
         tar xzf "$RESUME/tables.tar.gz" -C "$WORK" && log "protocol: resuming the carried runs"
     fi
     PROTOCOL_END=$(($(date +%s) + PROTOCOL_BUDGET))
-    sweep gradient "$GRADIENT_METHODS" && sweep perturbation "$PERTURBATION_METHODS"
+    local rc=0
+    sweep gradient "$GRADIENT_METHODS" || rc=$?
+    sweep perturbation "$PERTURBATION_METHODS" || rc=$?  # runs even if the first one failed
+    return $rc
 }
 
 if has install; then stage install install || exit 1; fi

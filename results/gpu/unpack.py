@@ -55,7 +55,8 @@ def provenance(sidecar: dict, stages: list[dict[str, str]]) -> str:
     flags = [f"amp {config.get('amp', 'none')}"] + [
         name for name in ("tf32", "channels_last", "compile") if config.get(name)]
     return (f"trained on {sidecar.get('device', '?')} with results/gpu/device_run.sh: "
-            f"{sidecar.get('steps', '?')} steps ({sidecar['epochs']} epochs) of batch "
+            f"{sidecar.get('steps', '?')} steps ({sidecar.get('epochs_trained', '?')} epochs) "
+            f"of batch "
             f"{config['batch_size']}, cosine from lr {config['lr']:g} at batch "
             f"{config.get('lr_reference_batch', 16)} ({config.get('lr_scaling', 'none')} "
             f"scaling), {', '.join(flags)}, time budget {plan.get('budget_s', '?')} s "
@@ -79,7 +80,8 @@ def readme_row(name: str, sidecar: dict, accuracy: float, published: float | Non
     seconds = {row["stage"]: row["seconds"] for row in stages}
     paper = f"S-CoDA-SQ T=1000: {published:g} %" if published is not None else "–"
     return (f"| `{name}` | {params / 1e6:.2f} M | {config['temperature']:g} | "
-            f"{config['norm'].upper()} | {sidecar['epochs']} (cosine, Adam, batch "
+            f"{config['norm'].upper()} | {sidecar.get('epochs_trained', sidecar['epochs'])} "
+            f"(cosine, Adam, batch "
             f"{config['batch_size']}, {sidecar.get('steps', '?')} steps) | **{accuracy:.2f} %** "
             f"(float16 file; float32 {sidecar.get('test_accuracy')} %) | {paper} | "
             f"{seconds.get('train', '?')} s on {sidecar.get('device', '?')} |")

@@ -184,12 +184,12 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     from attrib_bench.runners.train import (
         TrainConfig,
         export,
-        process_started_at,
         train,
         training_status,
     )
 
-    started_at = process_started_at()  # the budget counts from the command's start
+    # the budget counts from the process's start (from the command's if invoked in-process)
+    started_at = time.monotonic() if _PROCESS_STARTED_AT is None else _PROCESS_STARTED_AT
     entry = MODELS.get(model_name)  # unknown names fail here, before any data is read
     if lambda_reg > 0 and entry.metadata.get("family") != "coda":
         raise click.UsageError(f"--lambda needs a CoDA-Net (a model with a linear map "
@@ -373,7 +373,17 @@ def examples_cmd(model_name: str, methods: str, results_dir: str, count: int, se
     click.echo(str(save_examples(examples, examples_file(results_dir, model_name))))
 
 
+#: When the process running the command started (set by :func:`main`, the console entry point):
+#: `train --time-budget` counts from there. Commands invoked in-process (tests, click's
+#: CliRunner) count from their own start.
+_PROCESS_STARTED_AT: float | None = None
+
+
 def main() -> None:
+    global _PROCESS_STARTED_AT
+    from attrib_bench.runners.train import process_started_at
+
+    _PROCESS_STARTED_AT = process_started_at()
     cli(prog_name="attrib-bench")
 
 

@@ -436,7 +436,6 @@ def train(config: TrainConfig, train_set: ImageSet, test_set: ImageSet | None, o
         plan_path.unlink(missing_ok=True)
 
     optimizer = make_optimizer(model, config, device)
-    step_s = None
     if deadline is not None:
         probe_s = min(3.0, 0.03 * config.time_budget)
         step_s, probe_steps, checkpoint_s = _probe_step_seconds(

@@ -23,3 +23,27 @@ def check_images(x: object, channels: int = 3, name: str = "inputs") -> torch.Te
             f"{name} must be floating point in [0, 1], got {x.dtype} (use x.float() / 255)"
         )
     return x
+
+
+def check_range(x: torch.Tensor, name: str = "inputs", tolerance: float = 1e-6) -> torch.Tensor:
+    """Return ``x`` if its values lie in [0, 1] (± ``tolerance``); one line naming the fix if not.
+
+    Kept apart from :func:`check_images` on purpose: models call that in their forward, where
+    perturbed inputs (ROAD's filled pixels, noise baselines) may leave [0, 1] slightly; the
+    attribution methods check the range of what a user hands them. ``x`` must be finite and
+    floating point (check that first). An empty tensor passes.
+    """
+    if x.numel() == 0:
+        return x
+    low, high = (float(v) for v in torch.aminmax(x.detach()))
+    if low >= -tolerance and high <= 1 + tolerance:
+        return x
+    seen = f"got values in [{low:.4g}, {high:.4g}]"
+    if low < -tolerance:
+        fix = ("pass RGB in [0, 1] and normalise inside the model (e.g. a first module that "
+               "subtracts the mean and divides by the std)")
+    elif high > 2:
+        fix = "pixel values 0..255? divide by 255"
+    else:
+        fix = "clamp them with x.clamp(0, 1) or fix the preprocessing"
+    raise InputShapeError(f"{name} must be RGB values in [0, 1], {seen}: {fix}")

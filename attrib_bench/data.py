@@ -169,13 +169,18 @@ def compose_grids(cells: torch.Tensor) -> torch.Tensor:
     return cells.reshape(g, n, n, c, h, w).permute(0, 3, 2, 4, 1, 5).reshape(g, c, n * h, n * w)
 
 
-def class_pools(logits: torch.Tensor, labels: torch.Tensor) -> list[np.ndarray]:
-    """Per class, the indices of correctly classified images sorted by target logit, descending.
+def class_pools(logits: torch.Tensor, labels: torch.Tensor, probability: str = "sigmoid"
+                ) -> list[np.ndarray]:
+    """Per class, the indices of correctly classified images, most confident first.
 
-    ``logits`` is (N, K), ``labels`` (N,). The sort is stable: ties keep dataset order.
+    ``logits`` is (N, K), ``labels`` (N,). Confidence is the target's ``probability``
+    ("sigmoid": the target logit's order, the authors'; "softmax": the softmax probability,
+    for cross-entropy models). The sort is stable: ties keep dataset order.
     """
     scores, labels_np = _check_logits(logits, labels)
     correct = scores.argmax(axis=1) == labels_np
+    if probability == "softmax":
+        scores = torch.from_numpy(scores).softmax(dim=1).numpy()
     target = scores[np.arange(len(labels_np)), labels_np]
     pools = []
     for c in range(scores.shape[1]):
@@ -185,12 +190,15 @@ def class_pools(logits: torch.Tensor, labels: torch.Tensor) -> list[np.ndarray]:
 
 
 def sample_grids(logits: torch.Tensor, labels: torch.Tensor, n: int = 3, num_grids: int = 500,
-                 seed: int = 42) -> tuple[torch.Tensor, torch.Tensor]:
+                 seed: int = 42, probability: str = "sigmoid"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw up to ``num_grids`` n x n grids as the CoDA-Nets authors do; returns (indices, classes).
 
     Both are int64 (G, n*n): source image indices in draw order, and their classes. A class is
     available while its next unused image (most confident first, see :func:`class_pools`) has
-    sigmoid(target logit) > 0.5. While more than n*n classes are available (strictly, as in the
+    target probability > 0.5 (``probability``: "sigmoid", the authors' models', or "softmax" for
+    a cross-entropy model, whose sigmoid would call any positive logit confident). While more
+    than n*n classes are available (strictly, as in the
     authors' code: for 3x3 on 10 classes all 10 must be available), n*n distinct classes are drawn
     with ``RandomState(seed).choice(available_classes, n*n, replace=False)`` and each gives its next
     image; this reproduces the authors' ``np.random.seed(42); np.random.choice`` stream. The
@@ -200,13 +208,13 @@ def sample_grids(logits: torch.Tensor, labels: torch.Tensor, n: int = 3, num_gri
         raise ValueError(f"grid size n must be >= 2, got {n}")
     if num_grids < 0:
         raise ValueError(f"num_grids must be >= 0, got {num_grids}")
-    pools = class_pools(logits, labels)  # validates the shapes
+    pools = class_pools(logits, labels, probability)  # validates the shapes
     num_classes = logits.shape[1]
     if n * n > num_classes:
         raise ValueError(
             f"a {n}x{n} grid needs at least {n * n} classes, logits have {num_classes}"
         )
-    confident = _confident(logits, labels)
+    confident = _confident(logits, labels, probability)
     classes = np.arange(num_classes)
     pointer = np.zeros(num_classes, dtype=np.int64)
 
@@ -248,14 +256,20 @@ def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarra
     return logits.detach().cpu().double().numpy(), labels_np
 
 
-def _confident(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """Bool (N,): sigmoid(target logit) > 0.5, computed in the logits' own precision (>= fp32)."""
+def _confident(logits: torch.Tensor, labels: torch.Tensor, probability: str = "sigmoid"
+               ) -> np.ndarray:
+    """Bool (N,): the target's sigmoid or softmax probability > 0.5, computed in the logits'
+    own precision (>= fp32)."""
     scores = logits.detach().cpu()
     if scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()
+    if probability == "softmax":
+        scores = scores.softmax(dim=1)
+    else:
+        scores = scores.sigmoid()
     labels = torch.as_tensor(labels).cpu().long()
     target = scores.gather(1, labels[:, None])[:, 0]
-    return (torch.sigmoid(target) > 0.5).numpy()
+    return (target > 0.5).numpy()
 
 
 class GridDataset(torch.utils.data.Dataset):
@@ -268,7 +282,7 @@ class GridDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, image_set: ImageSet, logits: torch.Tensor, n: int = 3,
-                 num_grids: int = 500, seed: int = 42) -> None:
+                 num_grids: int = 500, seed: int = 42, probability: str = "sigmoid") -> None:
         if isinstance(logits, torch.Tensor) and logits.dim() == 2:
             if logits.shape[0] != len(image_set):
                 raise InputShapeError(
@@ -285,7 +299,8 @@ class GridDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.requested = num_grids
         self.cell_size = image_set.image_size
-        self.indices, self.classes = sample_grids(logits, image_set.labels, n, num_grids, seed)
+        self.indices, self.classes = sample_grids(logits, image_set.labels, n, num_grids, seed,
+                                                  probability)
 
     def __len__(self) -> int:
         return self.indices.shape[0]

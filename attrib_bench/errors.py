@@ -49,6 +49,14 @@ class NotApplicableError(MethodError):
     """The method needs something the model does not offer (e.g. CoDA-Net contribution maps)."""
 
 
+class SettingError(AttribBenchError, ValueError):
+    """A hyper-parameter that does not exist, has the wrong type, or names no selected part."""
+
+
+class ModelOutputError(AttribBenchError, ValueError):
+    """A model whose output is not (B, K) logits (a tuple, probabilities, the wrong shape)."""
+
+
 class RunError(AttribBenchError):
     """A benchmark run that cannot start or continue as asked (e.g. an output folder clash)."""
 

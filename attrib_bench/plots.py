@@ -29,6 +29,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from attrib_bench.errors import PlotError  # noqa: E402
+from attrib_bench.models.protocols import probability_label  # noqa: E402
 
 #: Methods in the order the paper lists them, then the ones it dropped on CIFAR-10.
 METHOD_ORDER: tuple[str, ...] = ("inherent", "grad", "ixg", "intgrad", "deeplift", "gradcam",
@@ -274,11 +275,23 @@ def _pixel_fraction(rows: pd.DataFrame, manifest: Mapping[str, Any], model: str)
     return 100.0 * rows["removed"] / pixels
 
 
+def removal_probability(manifest: Mapping[str, Any], model: str) -> str:
+    """The probability ("sigmoid" or "softmax") ``model``'s pixel-removal ``prob`` rows hold.
+
+    Read from the run's sample info; runs from before it was recorded scored every model by its
+    sigmoid, so "sigmoid".
+    """
+    info = manifest.get("samples", {}).get(f"{model}/pixel-removal", {})
+    return str(info.get("probability", "sigmoid"))
+
+
 def pixel_removal_figure(results: pd.DataFrame, summary: pd.DataFrame,
                          manifest: Mapping[str, Any] | None = None,
                          stat: str = "prob") -> Figure:
     """Mean target probability (or logit) against removed pixels, least- and most-important
-    first, one panel per (order, model); the legend gives each method's mean AUC (Fig. 6, right)."""
+    first, one panel per (order, model); the legend gives each method's mean AUC (Fig. 6, right).
+    Each panel's y axis names the probability its model was scored with
+    (:func:`removal_probability`)."""
     rows = metric_rows(results, "pixel-removal")
     rows = rows[rows["stat"] == stat]
     if rows.empty:
@@ -309,8 +322,8 @@ def pixel_removal_figure(results: pd.DataFrame, summary: pd.DataFrame,
             ax.set_title(f"{model}: {PIXEL_ORDERS[order]}\n" + (
                 f"{images.iloc[0]} images" if same else "images per method in the legend"),
                 fontsize="medium")
-            ax.set_ylabel("target probability (mean)" if stat == "prob"
-                          else f"target {stat} (mean)")
+            ax.set_ylabel(f"{probability_label(removal_probability(manifest, model))} (mean)"
+                          if stat == "prob" else f"target {stat} (mean)")
             ax.set_xlabel("pixels removed (%)")
             ax.legend(title="AUC", fontsize="small", title_fontsize="small", frameon=False,
                       loc="best")

@@ -12,12 +12,15 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
 from attrib_bench.errors import MethodError, PluginError, UnknownNameError
+from attrib_bench.hparams import convert, hparams_of
 
 Patterns = str | Iterable[str]
 
@@ -35,8 +38,10 @@ class Entry:
 class Registry:
     """Names to factories for one kind of thing ("model", "method" or "metric")."""
 
-    def __init__(self, kind: str, builtins: str | None = None) -> None:
+    def __init__(self, kind: str, builtins: str | None = None, typed: bool = False) -> None:
         self.kind = kind
+        #: check keyword arguments against the factory's type hints (methods, metrics)
+        self.typed = typed
         self._entries: dict[str, Entry] = {}
         self._builtins = builtins  # module whose import registers the built-in entries
 
@@ -106,8 +111,18 @@ class Registry:
             ) from None
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the factory registered under ``name``."""
-        return self.get(name).factory(*args, **kwargs)
+        """Call the factory registered under ``name``.
+
+        In a typed registry, keyword arguments are first checked against the factory's type
+        hints (:func:`attrib_bench.hparams.convert`): ``abs="False"`` is refused in one line
+        instead of meaning True.
+        """
+        factory = self.get(name).factory
+        if self.typed:
+            specs = hparams_of(factory)
+            kwargs = {key: convert(value, specs[key], f"{self.kind} {name!r}")
+                      if key in specs else value for key, value in kwargs.items()}
+        return factory(*args, **kwargs)
 
     def __contains__(self, name: object) -> bool:
         self._load_builtins()
@@ -154,12 +169,12 @@ class MethodRegistry(Registry):
                      if p.kind is inspect.Parameter.KEYWORD_ONLY]
             raise MethodError(f"method {name!r}: {exc}; its hyper-parameters are "
                               f"{', '.join(known) or 'none'}") from None
-        return factory(*args, **kwargs)
+        return super().create(name, *args, **kwargs)
 
 
 MODELS = Registry("model", builtins="attrib_bench.models")
-METHODS = MethodRegistry("method", builtins="attrib_bench.methods")
-METRICS = Registry("metric", builtins="attrib_bench.metrics")
+METHODS = MethodRegistry("method", builtins="attrib_bench.methods", typed=True)
+METRICS = Registry("metric", builtins="attrib_bench.metrics", typed=True)
 
 register_model = MODELS.register
 register_method = METHODS.register
@@ -203,23 +218,44 @@ PLUGIN_GROUP = "attrib_bench.plugins"
 PLUGIN_MODULES: list[str] = []
 
 
-def load_plugins(modules: Iterable[str] = (), entry_point_group: str = PLUGIN_GROUP) -> list[str]:
+def load_plugins(modules: Iterable[str] = (), entry_point_group: str = PLUGIN_GROUP, *,
+                 debug: bool = False) -> list[str]:
     """Import user plugin modules (by dotted name) and every installed entry point of the group.
 
-    Importing a plugin runs its ``@register_*`` decorators. Returns the names imported.
+    Importing a plugin runs its ``@register_*`` decorators. The current folder is importable
+    (put first on ``sys.path``, as ``python -m`` does), so ``--plugin my_module`` finds
+    ``./my_module.py``. A plugin that cannot be found, or raises while it is imported, is one
+    :class:`PluginError` line naming it and its own error (``debug=True``: its traceback).
+    Returns the names imported.
     """
     loaded = []
+    cwd = os.getcwd()
+    if modules and cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise PluginError(
-                f"cannot import plugin {module!r} ({exc}): put it on PYTHONPATH or install it"
-            ) from None
+        _import_plugin(module, lambda m=module: importlib.import_module(m), debug)
         loaded.append(module)
         if module not in PLUGIN_MODULES:
             PLUGIN_MODULES.append(module)
     for ep in entry_points(group=entry_point_group):
-        ep.load()
+        _import_plugin(f"{ep.value} (entry point {ep.name!r})", ep.load, debug)
         loaded.append(ep.value)
     return loaded
+
+
+def _import_plugin(name: str, load: Callable[[], Any], debug: bool) -> None:
+    """Run ``load``; turn what it raises into one :class:`PluginError` line."""
+    try:
+        load()
+    except ModuleNotFoundError as exc:
+        if debug:
+            raise
+        raise PluginError(f"cannot import plugin {name!r} ({exc}): run from the folder that "
+                          "holds it, put it on PYTHONPATH or install it") from None
+    except Exception as exc:  # noqa: BLE001 - a plugin's own error, reported in one line
+        if debug:
+            raise
+        text = " ".join(str(exc).split())[:200]
+        raise PluginError(f"plugin {name!r} failed while it was imported: "
+                          f"{type(exc).__name__}: {text} (--debug shows its traceback)") \
+            from None

@@ -75,7 +75,7 @@ class Candidate:
 def relative_error(config: TrainConfig, device: torch.device, images: torch.Tensor) -> float:
     """max |evidence − evidence in float64| / max |evidence in float64| on ``images``.
 
-    The evidence is the CoDA-Net's class evidence map (``features``, before pooling and the
+    The evidence is the CoDA-Net's class evidence map (``forward_features``, before pooling and the
     bias b0: adding b0 ≈ −2.2 in float32 would round away the evidence's digits); other models'
     logits.
     """
@@ -85,9 +85,9 @@ def relative_error(config: TrainConfig, device: torch.device, images: torch.Tens
     model = model.to(memory_format=memory)
     x = images.float().div(255)
     with torch.no_grad():
-        exact = getattr(reference, "features", reference)(x.double())
+        exact = getattr(reference, "forward_features", reference)(x.double())
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp == "bf16"):
-            approx = getattr(model, "features", model)(x.contiguous(memory_format=memory))
+            approx = getattr(model, "forward_features", model)(x.contiguous(memory_format=memory))
         approx = approx.double()
     return ((approx - exact).abs().max() / exact.abs().max()).item()
 

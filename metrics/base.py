@@ -26,7 +26,7 @@ model (the randomisation test needs it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from attrib_bench.data import ImageSet
+from attrib_bench.hparams import convert, hparams_of
 
 #: The columns of the rows a metric returns, in order.
 ROW_COLUMNS: tuple[str, ...] = ("sample", "key", "variant", "stat", "value")
@@ -73,14 +74,19 @@ class EvalContext:
     seed: int = 0
 
 
-def is_int(value: object) -> bool:
-    """An integer hyper-parameter value (Python or numpy), not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+def typed_hparams(owner: str, factory: Callable[..., Any], values: Mapping[str, Any]
+                  ) -> dict[str, Any]:
+    """``values`` checked against, and converted to, the types of ``factory``'s signature.
 
-
-def is_real(value: object) -> bool:
-    """A real-number hyper-parameter value (Python or numpy int/float), not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    The same check :func:`attrib_bench.hparams.resolve` applies before construction (one
+    :class:`~attrib_bench.errors.SettingError` line on a mismatch), so that a metric built
+    directly in Python gets it too; numpy ints become ints, tuples lists. ``owner`` names the
+    metric in messages ("metric 'pixel-removal'"); ``factory`` is the class that declares the
+    parameters (not ``type(self)``, which may be a subclass with another signature).
+    """
+    specs = hparams_of(factory)
+    return {key: convert(value, specs[key], owner) if key in specs else value
+            for key, value in values.items()}
 
 
 def make_rows(sample: Any, key: Any, value: Any, *, variant: Any = "", stat: Any = "score"
@@ -95,7 +101,13 @@ def make_rows(sample: Any, key: Any, value: Any, *, variant: Any = "", stat: Any
 
 
 class Metric:
-    """Base class of every metric; subclasses set ``name``, ``description``, ``directions``."""
+    """Base class of every metric; subclasses set ``name``, ``description``, ``directions``.
+
+    Hyper-parameters are the subclass constructor's keyword-only parameters, with type hints and
+    defaults (:mod:`attrib_bench.hparams` reads, parses and checks them from there); the
+    constructor checks ranges and stores the resolved values, defaults included, in
+    :attr:`hparams` (see :func:`typed_hparams`).
+    """
 
     name: ClassVar[str] = "metric"
     description: ClassVar[str] = ""

@@ -14,20 +14,25 @@ Cell k sits at row k % n, column k // n (:func:`attrib_bench.data.cell_slices`).
 no information flows between cells, and the head classifies the feature maps placed side by side
 in the same n x n layout. The other cells can then only lower a cell's logit through the head, so
 any positive attribution outside the explained cell is the method's error, not the model's.
-A model takes part by offering ``features(x) -> (B, C, h, w)`` and ``head(f) -> (B, K)`` with
-``head(features(x)) == forward(x)``. The built-in models split as follows:
+A model takes part by offering the ``features_head`` capability
+(:mod:`attrib_bench.models.protocols`, timm's names): ``forward_features(x) -> (B, C, h, w)`` and
+``forward_head(f) -> (B, K)`` with ``forward_head(forward_features(x)) == forward(x)``. The
+built-in models split as follows:
 
-* CoDA-Net: ``features`` = the [r, g, b, 1−r, 1−g, 1−b] encoding and all DAU layers (the class
-  evidence map, K channels); ``head`` = Σ over positions / T + b0. The grid's logit is then exactly
-  Σ over cells of each cell's evidence + b0, and ``contributions`` stays complete on the grid.
-* CIFAR ResNet: ``features`` = normalisation, conv1-bn-relu and the three stages (64 channels);
-  ``head`` = global average pool + linear, so the grid's logit is the linear layer applied to the
-  mean of the cells' pooled features.
+* CoDA-Net: ``forward_features`` = the [r, g, b, 1−r, 1−g, 1−b] encoding and all DAU layers (the
+  class evidence map, K channels); ``forward_head`` = Σ over positions / T + b0. The grid's logit
+  is then exactly Σ over cells of each cell's evidence + b0, and ``contributions`` stays complete
+  on the grid.
+* CIFAR ResNet: ``forward_features`` = normalisation, conv1-bn-relu and the three stages (64
+  channels); ``forward_head`` = global average pool + linear, so the grid's logit is the linear
+  layer applied to the mean of the cells' pooled features.
+
+The wrapper declares what the model declares of ``probability`` and ``temperature``.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -38,10 +43,12 @@ from attrib_bench.checks import check_images
 from attrib_bench.data import GridDataset, ImageSet, compose_grids
 from attrib_bench.errors import InputShapeError, MetricError
 from attrib_bench.evaluation import predict_logits
-from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, make_rows
+from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, make_rows, typed_hparams
+from attrib_bench.models import protocols
 from attrib_bench.registry import register_metric
 
-GRID_SIZES = (2, 3, 4)
+GridSize = Literal[2, 3, 4]
+GRID_SIZES: tuple[int, ...] = get_args(GridSize)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -96,9 +103,7 @@ def localisation_scores(maps: torch.Tensor, n: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- metrics
 
 
-@register_metric("localisation", hparams={"n": 3, "num_grids": 500, "seed": 42,
-                                          "batch_size": None},
-                 family="localisation", paper="Böhle et al. CVPR 2021, eq. 11")
+@register_metric("localisation", family="localisation", paper="Böhle et al. CVPR 2021, eq. 11")
 class Localisation(Metric):
     """Grid localisation (eq. 11): the share of positive attribution inside the explained cell.
 
@@ -113,23 +118,17 @@ class Localisation(Metric):
     description: ClassVar[str] = "share of positive attribution in the explained cell of a grid"
     directions: ClassVar[dict[str, str]] = {"score": "higher"}
 
-    def __init__(self, *, n: int = 3, num_grids: int = 500, seed: int = 42,
-                 batch_size: int | None = None, **unknown: Any) -> None:
-        if unknown:
-            raise MetricError(f"metric {self.name!r}: unknown hyper-parameter(s) "
-                              f"{', '.join(sorted(unknown))}; its hyper-parameters are n, "
-                              "num_grids, seed, batch_size")
-        if isinstance(n, bool) or n not in GRID_SIZES:
-            raise MetricError(f"metric {self.name!r}: n must be one of "
-                              f"{', '.join(map(str, GRID_SIZES))}, got {n!r}")
-        for label, value, low in (("num_grids", num_grids, 0), ("batch_size", batch_size, 1)):
-            if value is None and label == "batch_size":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    def __init__(self, *, n: GridSize = 3, num_grids: int = 500, seed: int = 42,
+                 batch_size: int | None = None) -> None:
+        values = typed_hparams(f"metric {self.name!r}", Localisation, {
+            "n": n, "num_grids": num_grids, "seed": seed, "batch_size": batch_size})
+        for label, low in (("num_grids", 0), ("batch_size", 1)):
+            if values[label] is not None and values[label] < low:
                 raise MetricError(f"metric {self.name!r}: {label} must be an int >= {low}, "
-                                  f"got {value!r}")
-        super().__init__(n=n, num_grids=num_grids, seed=int(seed), batch_size=batch_size)
-        self.n, self.num_grids, self.seed, self.batch_size = n, num_grids, int(seed), batch_size
+                                  f"got {values[label]!r}")
+        super().__init__(**values)
+        self.n, self.num_grids, self.seed, self.batch_size = (
+            values["n"], values["num_grids"], values["seed"], values["batch_size"])
 
     def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
                device: torch.device, batch_size: int) -> SampleSet:
@@ -143,23 +142,25 @@ class Localisation(Metric):
             raise MetricError(f"metric {self.name!r}: a {n}x{n} grid needs more than {n * n} "
                               f"classes, {dataset.name} has {dataset.num_classes}: use a smaller n")
         logits = predict_logits(model, dataset, self.batch_size or batch_size, device)
-        grids = GridDataset(dataset, logits, n=n, num_grids=requested, seed=self.seed)
+        kind = protocols.probability(model)
+        grids = GridDataset(dataset, logits, n=n, num_grids=requested, seed=self.seed,
+                            probability=kind)
         correct = logits.argmax(1) == dataset.labels
-        target = logits.gather(1, dataset.labels[:, None])[:, 0]
-        pool = int((correct & (target.sigmoid() > 0.5)).sum())
+        target = protocols.to_probability(logits, kind).gather(1, dataset.labels[:, None])[:, 0]
+        pool = int((correct & (target > 0.5)).sum())
         if grids.exhausted:
             fix = (f"pass --n-samples {len(grids)}" if len(grids) else
                    "use a better-trained model or a smaller n")
             raise MetricError(f"metric {self.name!r}: only {len(grids)} {n}x{n} grids can be "
                               f"drawn from {dataset.name} ({pool} correctly classified images "
-                              f"with sigmoid(logit) > 0.5), {requested} requested: {fix}")
+                              f"with {kind} probability > 0.5), {requested} requested: {fix}")
 
         def fetch(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             return grids.batch(torch.as_tensor(np.asarray(ids), dtype=torch.long))
 
         info = {"grids": len(grids), "n": n, "seed": self.seed, "requested": requested,
                 "cell_size": list(dataset.image_size), "pool": pool,
-                "correct": int(correct.sum()), "images": len(dataset)}
+                "correct": int(correct.sum()), "images": len(dataset), "probability": kind}
         return SampleSet(ids=np.arange(len(grids), dtype=np.int64), fetch=fetch, info=info)
 
     def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, targets: torch.Tensor,
@@ -184,9 +185,8 @@ class Localisation(Metric):
         return rows
 
 
-@register_metric("localisation-difull", hparams={"n": 3, "num_grids": 500, "seed": 42,
-                                                 "batch_size": None},
-                 family="localisation", paper="Rao et al. 2023 (DiFull) on Böhle et al. eq. 11")
+@register_metric("localisation-difull", family="localisation",
+                 paper="Rao et al. 2023 (DiFull) on Böhle et al. eq. 11")
 class LocalisationDiFull(Localisation):
     """Grid localisation on a disconnected grid (DiFull): cells share no information in the model.
 
@@ -200,7 +200,7 @@ class LocalisationDiFull(Localisation):
     model_view: ClassVar[str] = "difull"
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """``DisconnectedGrid(model, n)``; needs ``model.features`` and ``model.head``."""
+        """``DisconnectedGrid(model, n)``; needs ``model.forward_features`` and ``forward_head``."""
         return DisconnectedGrid(model, self.n)
 
 
@@ -208,29 +208,33 @@ class LocalisationDiFull(Localisation):
 
 
 class DisconnectedGrid(nn.Module):
-    """A classifier of n x n grids whose cells pass ``model.features`` separately (DiFull).
+    """A classifier of n x n grids whose cells pass ``model.forward_features`` separately (DiFull).
 
-    RGB grids (B, 3, n·H, n·W) → cells (B·n², 3, H, W) → ``model.features`` → maps reassembled
-    column-first into (B, C, n·h, n·w) → :attr:`gradcam_layer` (an identity, so GradCAM sees the
-    combined map) → ``model.head`` → logits (B, K). When ``model`` has ``contributions`` (a
-    CoDA-Net), the wrapper is a :class:`DisconnectedContributionsGrid` that has it too.
+    RGB grids (B, 3, n·H, n·W) → cells (B·n², 3, H, W) → ``model.forward_features`` → maps
+    reassembled column-first into (B, C, n·h, n·w) (:meth:`forward_features`) →
+    :attr:`gradcam_layer` (an identity, so GradCAM sees the combined map) → ``model.forward_head``
+    → logits (B, K) (:meth:`forward_head`). When ``model`` has ``contributions`` (a CoDA-Net), the
+    wrapper is a :class:`DisconnectedContributionsGrid` that has it too. ``probability`` and
+    ``temperature`` are the model's (None where it declares none).
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> DisconnectedGrid:
         # (no arguments when copy/pickle rebuild an instance: then cls is already the right one)
         model = args[0] if args else kwargs.get("model")
-        if cls is DisconnectedGrid and callable(getattr(model, "contributions", None)):
+        if cls is DisconnectedGrid and protocols.has(model, "contributions"):
             cls = DisconnectedContributionsGrid
         return super().__new__(cls)
 
     def __init__(self, model: nn.Module, n: int) -> None:
         super().__init__()
-        missing = [a for a in ("features", "head") if not callable(getattr(model, a, None))]
-        if missing:
+        if not protocols.has(model, "features_head"):
+            missing = [a for a in protocols.CAPABILITIES["features_head"][0]
+                       if getattr(model, a, None) is None]
             raise MetricError(
-                f"{type(model).__name__} has no {' or '.join(missing)}() for the DiFull grid: add "
-                "features(x) -> (B, C, h, w) and head(f) -> logits (B, K) with "
-                "head(features(x)) == forward(x), or use metric 'localisation'")
+                f"{type(model).__name__} has no {' or '.join(f'{a}()' for a in missing)} for the "
+                "DiFull grid: add "
+                "forward_features(x) -> (B, C, h, w) and forward_head(f) -> logits (B, K) with "
+                "forward_head(forward_features(x)) == forward(x), or use metric 'localisation'")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise MetricError(f"DisconnectedGrid: n must be a positive int, got {n!r}")
         self.model = model
@@ -241,15 +245,29 @@ class DisconnectedGrid(nn.Module):
     def extra_repr(self) -> str:
         return f"n={self.n}"
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def probability(self) -> str | None:
+        """The wrapped model's declared ``probability`` (None if it declares none)."""
+        return getattr(self.model, "probability", None)
+
+    @property
+    def temperature(self) -> float | None:
+        """The wrapped model's ``temperature`` (None if it has none)."""
+        return getattr(self.model, "temperature", None)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-cell feature maps placed side by side: (B, 3, n·H, n·W) → (B, C, n·h, n·w)."""
         check_images(x)
         cells = split_cells(x, self.n)
-        f = self.model.features(cells)
+        f = self.model.forward_features(cells)
         return compose_grids(f.reshape(x.shape[0], self.n * self.n, *f.shape[1:]))
 
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K) from a reassembled map (B, C, n·h, n·w), via :attr:`gradcam_layer`."""
+        return self.model.forward_head(self.gradcam_layer(f))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self.gradcam_layer(self.features(x)))
+        return self.forward_head(self.forward_features(x))
 
 
 class DisconnectedContributionsGrid(DisconnectedGrid):

@@ -13,8 +13,9 @@ the defaults: 0.25·1024 / 128 = 2 exactly). When the division is not exact, eve
 removes k pixels, so the last point has ``steps``·k removed pixels rather than exactly
 ``fraction``·H·W (the ``removed`` column says how many); more than H·W is an error.
 
-**What a removed pixel becomes.** For a CoDA-Net (a model with ``encode`` and
-``forward_encoded``) a removed pixel is 0 in **all six** encoded channels [r, g, b, 1−r, 1−g, 1−b]
+**What a removed pixel becomes.** For a CoDA-Net (a model with the ``encoded_input`` capability
+of :mod:`attrib_bench.models.protocols`, ``encode`` and ``forward_encoded``) a removed pixel is 0
+in **all six** encoded channels [r, g, b, 1−r, 1−g, 1−b]
 (the authors' choice; "black" would be [0, 0, 0, 1, 1, 1]), whatever ``baseline`` says; the
 SampleSet info records the effective baseline ("encoded-zero"). Other models get ``baseline``:
 
@@ -29,9 +30,15 @@ SampleSet info records the effective baseline ("encoded-zero"). Other models get
   included, i.e. one sparse linear system per (image, step); solved for all of them at once by
   :func:`road_impute`, then Gaussian noise of std ``road_noise`` is added (see there).
 
-**Scores.** Rows hold the target's ``logit`` and ``prob`` (``score`` "sigmoid", the paper's, or
-"softmax") at every step. All (order, image, step) inputs go through the model in batched forwards
-of up to ``max_batch`` inputs under ``torch.inference_mode``; results do not depend on it.
+**Scores.** Rows hold the target's ``logit`` and ``prob`` at every step. ``prob`` is the target's
+probability in the output space the explained model was trained in, its declared
+``probability`` (:func:`attrib_bench.models.protocols.probability`): "sigmoid" for the BCE-trained
+CoDA-Nets (the paper's score), "softmax" for cross-entropy models such as the ResNet-56 (whose
+sigmoid saturates near 1.0 and flattens its curves) and for models that declare nothing. The
+``score`` hyper-parameter ("sigmoid" or "softmax") overrides it for every model. The SampleSet
+info records the effective one (``info["probability"]``), which plots name. All (order, image,
+step) inputs go through the model in batched forwards of up to ``max_batch`` inputs under
+``torch.inference_mode``; results do not depend on it.
 
 **Summary.** Per (sample, order, stat): the area under the curve, trapezoid rule over
 x = step / ``steps`` ∈ [0, 1] (the removed fraction normalised to the removed range), so a flat
@@ -44,7 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -59,16 +66,21 @@ from attrib_bench.metrics.base import (
     EvalContext,
     Metric,
     SampleSet,
-    is_int,
-    is_real,
     make_rows,
+    typed_hparams,
 )
+from attrib_bench.models import protocols
+from attrib_bench.models.protocols import Probability
 from attrib_bench.registry import register_metric
 
 Order = Literal["least-first", "most-first"]
-ORDERS: tuple[str, ...] = ("least-first", "most-first")
-BASELINES: tuple[str, ...] = ("black", "mean", "blur", "road")
-SCORES: tuple[str, ...] = ("sigmoid", "softmax")
+ORDERS: tuple[str, ...] = get_args(Order)
+#: The ``order`` hyper-parameter: one order, or both.
+OrderChoice = Literal["least-first", "most-first", "both"]
+Baseline = Literal["black", "mean", "blur", "road"]
+BASELINES: tuple[str, ...] = get_args(Baseline)
+#: What :func:`removal_curves` scores: a probability (:data:`protocols.PROBABILITIES`) or the logit.
+SCORES: tuple[str, ...] = (*protocols.PROBABILITIES, "logit")
 STATS: tuple[str, ...] = ("prob", "logit")
 
 #: CIFAR-10 training-set per-channel mean (RGB in [0, 1]); the ``mean`` baseline without select.
@@ -302,7 +314,7 @@ def road_fill(samples: torch.Tensor, noise: float, seed: int, tol: float = ROAD_
 def removal_curves(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
                    maps: torch.Tensor, targets: torch.Tensor, *, steps: int, pixels: int,
                    orders: Sequence[str] = ("least-first",), fill: Fill | None = None,
-                   score: str = "sigmoid", max_batch: int = 256
+                   score: str, max_batch: int = 256
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Target logits and scores along the removal curves: both float64 (V, B, steps + 1), CPU.
 
@@ -311,9 +323,13 @@ def removal_curves(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torc
     ``targets`` (B,) long. Step s of order v removes the first s·``pixels`` pixels of that order
     (:func:`removal_ranks`), which take ``fill``'s values (default 0 in every channel). Every
     (order, image, step) input is built in chunks of ``max_batch`` and run in one forward each,
-    under ``torch.inference_mode``. ``score`` "sigmoid" or "softmax" of the target (or "logit").
+    under ``torch.inference_mode``. ``score``: "sigmoid" or "softmax" (the target's probability,
+    by :func:`attrib_bench.models.protocols.to_probability` over the float64 logits), or "logit".
     Images whose map has a NaN or inf get NaN curves and cost no forward.
     """
+    if score not in SCORES:
+        raise MetricError(f"removal_curves: score must be one of {', '.join(SCORES)}, got "
+                          f"{str(score)[:40]!r}")
     fill = fill or constant_fill(0.0)
     v, (b, _, h, w) = len(orders), inputs.shape
     points = steps + 1
@@ -339,16 +355,13 @@ def removal_curves(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torc
             removed = removed.view(-1, h, w)
             x = inputs.index_select(0, image)
             x = torch.where(removed[:, None], fill(x, removed, image), x)
-            logits = forward(x)
+            logits = forward(x).double()
             target = targets.index_select(0, image)[:, None]
-            logit_flat[pair] = logits.gather(1, target)[:, 0].double()
-            if score == "softmax":
-                chosen = logits.double().softmax(dim=1).gather(1, target)[:, 0]
-            elif score == "sigmoid":
-                chosen = logits.gather(1, target)[:, 0].double().sigmoid()
+            logit_flat[pair] = logits.gather(1, target)[:, 0]
+            if score == "logit":
+                score_flat[pair] = logit_flat[pair]
             else:
-                chosen = logits.gather(1, target)[:, 0].double()
-            score_flat[pair] = chosen
+                score_flat[pair] = protocols.to_probability(logits, score).gather(1, target)[:, 0]
     logits_out[:, good] = logit_flat.cpu().view(v, len(good), points)
     scores_out[:, good] = score_flat.cpu().view(v, len(good), points)
     return logits_out, scores_out
@@ -364,22 +377,10 @@ def curve_auc(values: np.ndarray) -> np.ndarray:
     return (inner + 0.5 * (values[..., 0] + values[..., -1])) / steps
 
 
-def is_coda_like(model: object) -> bool:
-    """True if ``model`` has ``encode`` and ``forward_encoded`` (a CoDA-Net, by duck typing)."""
-    return callable(getattr(model, "encode", None)) and callable(
-        getattr(model, "forward_encoded", None))
-
-
 # ----------------------------------------------------------------------------- metric
 
-_DEFAULTS: dict[str, Any] = {
-    "order": "both", "fraction": 0.25, "steps": 128, "num_images": 1024, "baseline": "black",
-    "sigma": 2.0, "road_noise": 0.01, "mean": None, "score": "sigmoid", "max_batch": 256,
-    "seed": None,
-}
 
-
-@register_metric("pixel-removal", hparams=dict(_DEFAULTS), family="faithfulness",
+@register_metric("pixel-removal", family="faithfulness",
                  reference="Böhle et al. 2021 (CoDA-Nets), Fig. 7: pixel removal")
 class PixelRemoval(Metric):
     """Remove pixels least (or most) important first and follow the target's probability.
@@ -389,8 +390,10 @@ class PixelRemoval(Metric):
     see the module docstring); ``num_images`` (1024, the first in dataset order, ground-truth
     targets); ``baseline`` for non-CoDA models "black" (default), "mean", "blur" (Gaussian std
     ``sigma`` px, 2.0) or "road" (noise std ``road_noise``, 0.01, in [0, 1] image units;
-    ``seed`` None: the run's seed); ``mean`` (C,) overrides the dataset mean; ``score`` "sigmoid"
-    (the paper) or "softmax"; ``max_batch`` (order, image, step) inputs per forward (256).
+    ``seed`` None: the run's seed); ``mean`` (C,) overrides the dataset mean; ``score`` None (the
+    model's declared probability: sigmoid for CoDA-Nets, softmax for the ResNet-56 and models
+    that declare none), "sigmoid" or "softmax" for every model; ``max_batch`` (order, image,
+    step) inputs per forward (256).
 
     Rows: one per (image, order, step, stat): ``key`` = str(step), ``variant`` = order, ``stat``
     "prob" or "logit", plus an int column ``removed`` (pixels removed). Summary: per (sample,
@@ -406,34 +409,27 @@ class PixelRemoval(Metric):
         for order in ORDERS for stat in STATS
     }
 
-    def __init__(self, **hparams: Any) -> None:
-        unknown = sorted(set(hparams) - set(_DEFAULTS))
-        if unknown:
-            raise MetricError(f"metric 'pixel-removal': unknown hyper-parameter(s) "
-                              f"{', '.join(unknown)}; use {', '.join(_DEFAULTS)}")
-        values = {**_DEFAULTS, **hparams}
-        if values["order"] not in (*ORDERS, "both"):
-            _bad("order", values["order"], "'least-first', 'most-first' or 'both'")
-        if not is_real(values["fraction"]) or not 0 < values["fraction"] <= 1:
+    def __init__(self, *, order: OrderChoice = "both", fraction: float = 0.25, steps: int = 128,
+                 num_images: int = 1024, baseline: Baseline = "black", sigma: float = 2.0,
+                 road_noise: float = 0.01, mean: list[float] | None = None,
+                 score: Probability | None = None, max_batch: int = 256,
+                 seed: int | None = None) -> None:
+        values = typed_hparams("metric 'pixel-removal'", PixelRemoval, {
+            "order": order, "fraction": fraction, "steps": steps, "num_images": num_images,
+            "baseline": baseline, "sigma": sigma, "road_noise": road_noise, "mean": mean,
+            "score": score, "max_batch": max_batch, "seed": seed})
+        if not 0 < values["fraction"] <= 1:
             _bad("fraction", values["fraction"], "a number in (0, 1]")
         for key in ("steps", "num_images", "max_batch"):
-            if not is_int(values[key]) or values[key] < 1:
+            if values[key] < 1:
                 _bad(key, values[key], "a positive int")
-        if values["baseline"] not in BASELINES:
-            _bad("baseline", values["baseline"], f"one of {', '.join(BASELINES)}")
-        if not is_real(values["sigma"]) or not values["sigma"] > 0:
+        if not values["sigma"] > 0:
             _bad("sigma", values["sigma"], "a positive number (Gaussian std in pixels)")
-        if not is_real(values["road_noise"]) or not values["road_noise"] >= 0:
+        if not values["road_noise"] >= 0:
             _bad("road_noise", values["road_noise"], "a number >= 0")
-        mean = values["mean"]
-        if mean is not None:
-            if not isinstance(mean, (list, tuple)) or not mean or not all(map(is_real, mean)):
-                _bad("mean", mean, "None or a per-channel list of numbers, e.g. [0.49, 0.48, 0.45]")
-            values["mean"] = [float(m) for m in mean]
-        if values["score"] not in SCORES:
-            _bad("score", values["score"], f"one of {', '.join(SCORES)}")
-        if values["seed"] is not None and not is_int(values["seed"]):
-            _bad("seed", values["seed"], "an int or None")
+        if values["mean"] is not None and not values["mean"]:
+            _bad("mean", values["mean"], "None or a per-channel list of numbers, e.g. "
+                 "[0.49, 0.48, 0.45]")
         super().__init__(**values)
         self._dataset_mean: list[float] | None = None
 
@@ -444,7 +440,13 @@ class PixelRemoval(Metric):
 
     def effective_baseline(self, model: object) -> str:
         """What a removed pixel becomes for ``model``: "encoded-zero" for CoDA-Nets."""
-        return "encoded-zero" if is_coda_like(model) else self.hparams["baseline"]
+        if protocols.has(model, "encoded_input"):
+            return "encoded-zero"
+        return self.hparams["baseline"]
+
+    def effective_probability(self, model: object) -> Probability:
+        """The ``prob`` rows' score for ``model``: ``score`` if set, else its declared one."""
+        return self.hparams["score"] or protocols.probability(model)
 
     def channel_mean(self) -> list[float]:
         """The ``mean`` baseline's value: the hparam, else select's dataset, else CIFAR-10's."""
@@ -460,6 +462,7 @@ class PixelRemoval(Metric):
         baseline = self.effective_baseline(model)
         info: dict[str, Any] = {"requested": wanted, "selected": len(ids),
                                 "targets": "ground truth", "effective_baseline": baseline,
+                                "probability": self.effective_probability(model),
                                 "pixels_per_step": k, "points": self.hparams["steps"] + 1,
                                 "max_removed": self.hparams["steps"] * k,
                                 "image_pixels": height * width}
@@ -506,7 +509,7 @@ class PixelRemoval(Metric):
                               f"{width}) from the method, got {got}")
         k = pixels_per_step(height, width, self.hparams["fraction"], steps)
         model = ctx.model
-        if is_coda_like(model):
+        if protocols.has(model, "encoded_input"):
             forward, space, fill = model.forward_encoded, model.encode(inputs), constant_fill(0.0)
         else:
             seed = ctx.seed if self.hparams["seed"] is None else self.hparams["seed"]
@@ -514,7 +517,7 @@ class PixelRemoval(Metric):
         with eval_mode(model):
             logits, probs = removal_curves(
                 forward, space.detach(), maps.to(inputs.device), targets, steps=steps, pixels=k,
-                orders=self.orders, fill=fill, score=self.hparams["score"],
+                orders=self.orders, fill=fill, score=self.effective_probability(model),
                 max_batch=self.hparams["max_batch"])
         values = np.stack([probs.numpy(), logits.numpy()], axis=-1)  # (V, B, S+1, 2)
         step = np.arange(steps + 1)

@@ -44,7 +44,7 @@ import difflib
 import hashlib
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -59,13 +59,15 @@ from attrib_bench.metrics.base import (
     EvalContext,
     Metric,
     SampleSet,
-    is_int,
     make_rows,
+    typed_hparams,
 )
 from attrib_bench.registry import register_metric
 
 Mode = Literal["cascading", "independent"]
-MODES: tuple[str, ...] = ("cascading", "independent")
+MODES: tuple[str, ...] = get_args(Mode)
+#: The ``modes`` hyper-parameter: one mode, or both.
+ModeChoice = Literal["cascading", "independent", "both"]
 STATS: tuple[str, ...] = ("spearman", "spearman_abs", "ssim")
 
 #: skimage.metrics.structural_similarity defaults (uniform window).
@@ -236,10 +238,7 @@ def similarities(original: torch.Tensor, randomised: torch.Tensor) -> dict[str, 
 
 # ----------------------------------------------------------------------------- metric
 
-_DEFAULTS: dict[str, Any] = {"modes": "both", "num_images": 100, "layers": None, "seed": None}
-
-
-@register_metric("randomisation", hparams=dict(_DEFAULTS), family="sanity-check",
+@register_metric("randomisation", family="sanity-check",
                  reference="Adebayo et al. 2018, model-parameter randomisation")
 class Randomisation(Metric):
     """Model-parameter randomisation test: similarity of maps before and after randomising layers.
@@ -257,25 +256,16 @@ class Randomisation(Metric):
     description: ClassVar[str] = "Adebayo et al. (2018) model-parameter randomisation test"
     directions: ClassVar[dict[str, str]] = {stat: "lower" for stat in STATS}
 
-    def __init__(self, **hparams: Any) -> None:
-        unknown = sorted(set(hparams) - set(_DEFAULTS))
-        if unknown:
-            raise MetricError(f"metric 'randomisation': unknown hyper-parameter(s) "
-                                   f"{', '.join(unknown)}; use {', '.join(_DEFAULTS)}")
-        values = {**_DEFAULTS, **hparams}
-        modes, num, layers, seed = (values[k] for k in ("modes", "num_images", "layers", "seed"))
-        if modes not in (*MODES, "both"):
-            _bad("modes", modes, "'cascading', 'independent' or 'both'")
-        if not is_int(num) or num < 1:
-            _bad("num_images", num, "a positive int")
-        if layers is not None and not (is_int(layers) and layers >= 1) and not (
-                isinstance(layers, (list, tuple)) and layers
-                and all(isinstance(n, str) for n in layers) and len(set(layers)) == len(layers)):
+    def __init__(self, *, modes: ModeChoice = "both", num_images: int = 100,
+                 layers: int | list[str] | None = None, seed: int | None = None) -> None:
+        values = typed_hparams("metric 'randomisation'", Randomisation, {
+            "modes": modes, "num_images": num_images, "layers": layers, "seed": seed})
+        if values["num_images"] < 1:
+            _bad("num_images", values["num_images"], "a positive int")
+        layers = values["layers"]
+        if (isinstance(layers, int) and layers < 1) or (
+                isinstance(layers, list) and (not layers or len(set(layers)) != len(layers))):
             _bad("layers", layers, "None, a positive int or a list of distinct layer names")
-        if seed is not None and not is_int(seed):
-            _bad("seed", seed, "an int or None")
-        if isinstance(layers, tuple):
-            values["layers"] = list(layers)
         super().__init__(**values)
 
     @property
@@ -303,7 +293,7 @@ class Randomisation(Metric):
         chosen = self.hparams["layers"]
         if chosen is None:
             return list(enumerate(names))
-        if is_int(chosen):
+        if isinstance(chosen, int):
             if chosen > len(names):
                 raise MetricError(f"metric 'randomisation': layers={chosen} but the model "
                                        f"has {len(names)} layers; pass at most {len(names)}")

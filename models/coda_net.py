@@ -105,6 +105,10 @@ PAPER_PARAMS_M = {"s": 7.8, "m": 28.0, "l": 48.0, "xl": 62.0}
 class CoDANet(nn.Module):
     """A CoDA-Net: RGB (B, 3, H, W) in [0, 1] → logits (B, K)."""
 
+    #: How the logits become probabilities (:mod:`attrib_bench.models.protocols`): CoDA-Nets are
+    #: trained with binary cross-entropy, one-vs-rest, so each class's probability is its sigmoid.
+    probability = "sigmoid"
+
     def __init__(self, config: CoDAConfig, formulation: Formulation = "bilinear") -> None:
         super().__init__()
         self.config = config
@@ -144,16 +148,17 @@ class CoDANet(nn.Module):
         check_images(x)
         return self.forward_encoded(self.encode(x))
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The class evidence map: RGB (B, 3, H, W) → encode → every DAU layer → (B, K, h, w).
 
-        With :meth:`head`, ``head(features(x)) == forward(x)``; the split lets a wrapper run the
-        layers on separate images and pool their maps together (DiFull grid localisation).
+        With :meth:`forward_head`, ``forward_head(forward_features(x)) == forward(x)`` (timm's
+        names); the split lets a wrapper run the layers on separate images and pool their maps
+        together (DiFull grid localisation).
         """
         check_images(x)
         return self.layers(self.encode(x))
 
-    def head(self, f: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
         """Logits (B, K) from an evidence map (B, K, h, w): Σ over positions / T + b0."""
         return f.sum(dim=(2, 3)) / self.temperature + self.logit_bias
 
@@ -209,7 +214,7 @@ class CoDANet(nn.Module):
             for layer in self.layers:
                 h, transpose = layer.forward_with_transpose(h)
                 transposes.append(transpose)
-            logits = self.head(h)
+            logits = self.forward_head(h)
             # ∂evidence_t/∂(last map) = 1/T at every position of channel t, 0 elsewhere.
             onehot = nn.functional.one_hot(target.to(h.device), h.shape[1]).to(h.dtype)
             g = (onehot / self.temperature)[:, :, None, None].expand(h.shape)

@@ -48,6 +48,10 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32×32 images: RGB (B, 3, H, W) in [0, 1] → logits (B, num_classes)."""
 
+    #: How the logits become probabilities (:mod:`attrib_bench.models.protocols`): trained with
+    #: (multi-class) cross-entropy, so the class probabilities are the softmax of the logits.
+    probability = "softmax"
+
     def __init__(self, blocks_per_stage: int, num_classes: int = 10) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -75,18 +79,19 @@ class CifarResNet(nn.Module):
         """The layer GradCAM uses: the last stage (64 channels at 8×8 for 32 px inputs)."""
         return self.layer3
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last-stage map: RGB (B, 3, H, W) → normalise, conv1-bn-relu, stages → (B, 64, h, w).
 
-        With :meth:`head`, ``head(features(x)) == forward(x)``; the split lets a wrapper run the
-        stages on separate images and pool their maps together (DiFull grid localisation).
+        With :meth:`forward_head`, ``forward_head(forward_features(x)) == forward(x)`` (timm's
+        names); the split lets a wrapper run the stages on separate images and pool their maps
+        together (DiFull grid localisation).
         """
         check_images(x)
         x = (x - self.mean) / self.std
         x = self.relu(self.bn1(self.conv1(x)))
         return self.layer3(self.layer2(self.layer1(x)))
 
-    def head(self, f: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
         """Logits (B, K) from a last-stage map (B, 64, h, w): global average pool, then linear."""
         return self.linear(self.pool(f).flatten(1))
 

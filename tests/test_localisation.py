@@ -3,6 +3,7 @@ per-grid numpy reference, the authors' grid sampling, and the disconnected-grid 
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -10,9 +11,18 @@ import pytest
 import torch
 from torch import nn
 
-from attrib_bench.data import ImageSet, cell_slices, compose_grids, load_cifar10, sample_grids
-from attrib_bench.errors import AttribBenchError, MetricError
+from attrib_bench.data import (
+    ImageSet,
+    _confident,
+    cell_slices,
+    class_pools,
+    compose_grids,
+    load_cifar10,
+    sample_grids,
+)
+from attrib_bench.errors import AttribBenchError, MetricError, SettingError
 from attrib_bench.evaluation import predict_logits
+from attrib_bench.hparams import hparams_of, resolve
 from attrib_bench.methods.base import applicable_methods
 from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext
 from attrib_bench.metrics.localisation import (
@@ -23,9 +33,10 @@ from attrib_bench.metrics.localisation import (
     localisation_scores,
     split_cells,
 )
+from attrib_bench.models import protocols
 from attrib_bench.models.coda_net import build_coda
 from attrib_bench.models.resnet_cifar import resnet56
-from attrib_bench.registry import create_method, create_metric, create_model
+from attrib_bench.registry import METRICS, create_method, create_metric, create_model
 
 CPU = torch.device("cpu")
 
@@ -78,7 +89,10 @@ def _reference(maps: np.ndarray, n: int) -> np.ndarray:
 
 class LabelReader(nn.Module):
     """A tiny 'classifier' that reads its answer from the image: the class from pixel (0, 0, 0)
-    (class·20), the target logit from pixel (1, 0, 0) ((v − 128) / 16); other logits are −5."""
+    (class·20), the target logit from pixel (1, 0, 0) ((v − 128) / 16); other logits are −5.
+    Declared sigmoid (one-vs-rest): confident means target logit > 0."""
+
+    probability = "sigmoid"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         code = (x[:, 0, 0, 0] * 255).round().long()
@@ -233,6 +247,17 @@ def test_select_returns_the_grids_sample_grids_draws():
     assert inputs.shape == (2, 3, 12, 12)
 
 
+def test_grid_confidence_uses_the_models_declared_probability():
+    """A positive target logit is confident for a sigmoid model, not for a softmax one whose
+    other classes share the mass (softmax 0.25 here); the pool is ordered by that probability."""
+    logits = torch.tensor([[1.0, 1.0, 1.0, 0.9], [3.0, 0.0, 0.0, 0.0], [2.0, -9.0, -9.0, -9.0]])
+    labels = torch.tensor([0, 0, 0])
+    assert _confident(logits, labels, "sigmoid").tolist() == [True, True, True]
+    assert _confident(logits, labels, "softmax").tolist() == [False, True, True]
+    assert class_pools(logits, labels, "sigmoid")[0].tolist() == [1, 2, 0]  # logit order
+    assert class_pools(logits, labels, "softmax")[0].tolist() == [2, 1, 0]  # probability order
+
+
 def test_too_few_grids_error_says_how_many_and_the_fix():
     data = _synthetic(num=60)
     logits = predict_logits(LabelReader(), data, progress=False)
@@ -252,12 +277,27 @@ def test_too_few_grids_error_says_how_many_and_the_fix():
 def test_hparams_are_checked_and_registered():
     assert isinstance(create_metric("localisation", n=2), Localisation)
     assert isinstance(create_metric("localisation-difull"), LocalisationDiFull)
-    with pytest.raises(MetricError, match="n must be one of 2, 3, 4"):
+    for name in ("localisation", "localisation-difull"):
+        entry = METRICS.get(name)
+        assert "hparams" not in entry.metadata
+        specs = hparams_of(entry.factory)
+        assert {k: s.default for k, s in specs.items()} == {"n": 3, "num_grids": 500, "seed": 42,
+                                                            "batch_size": None}
+        assert specs["n"].type_name == "2 | 3 | 4"
+    with pytest.raises(SettingError, match=re.escape("n must be 2 | 3 | 4, got 5")):
         Localisation(n=5)
-    with pytest.raises(MetricError, match="unknown hyper-parameter"):
-        Localisation(grid=3)
+    with pytest.raises(SettingError, match=re.escape("n must be 2 | 3 | 4, got True")):
+        Localisation(n=True)
+    with pytest.raises(SettingError, match="has no hyper-parameter 'grid': did you mean num_grids"):
+        resolve("metric 'localisation-difull'", LocalisationDiFull, {"grid": 3})
     with pytest.raises(MetricError, match="num_grids"):
         Localisation(num_grids=-1)
+    with pytest.raises(MetricError, match="batch_size"):
+        Localisation(batch_size=0)
+    metric = LocalisationDiFull(n=np.int64(2), num_grids=np.int32(7), seed=np.int64(1))
+    assert metric.hparams == {"n": 2, "num_grids": 7, "seed": 1, "batch_size": None}
+    assert (metric.n, metric.num_grids, metric.seed) == (2, 7, 1)
+    assert all(type(v) is int for v in (metric.n, metric.num_grids, metric.seed))
     with pytest.raises(MetricError, match="needs more than 16 classes"):
         Localisation(n=4).select(LabelReader(), _synthetic(num=20), 1, CPU, 32)
 
@@ -280,7 +320,35 @@ def test_head_of_features_is_forward(build):
     model = build()
     x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(model.head(model.features(x)), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x),
+                                   rtol=0, atol=0)
+        wrapper = DisconnectedGrid(model, 2)  # the wrapper offers the same split
+        grids = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+        assert protocols.has(wrapper, "features_head")
+        torch.testing.assert_close(wrapper.forward_head(wrapper.forward_features(grids)),
+                                   wrapper(grids), rtol=0, atol=0)
+
+
+def test_wrapper_declares_the_models_probability_and_temperature():
+    coda, resnet = DisconnectedGrid(_tiny_coda(), 2), DisconnectedGrid(_resnet(), 2)
+    assert protocols.probability(coda) == "sigmoid" and coda.temperature == 10.0
+    assert protocols.has(coda, "temperature")
+    assert protocols.probability(resnet) == "softmax" and not protocols.has(resnet, "temperature")
+
+    class Undeclared(nn.Module):  # a split but no declarations: the wrapper declares none
+        def forward_features(self, x):
+            return x
+
+        def forward_head(self, f):
+            return f.mean(dim=(2, 3))
+
+    bare = DisconnectedGrid(Undeclared(), 2)
+    assert bare.probability is None and not protocols.has(bare, "probability")
+    assert protocols.probability(bare) == "softmax"
+    model = _tiny_coda()
+    wrapper = DisconnectedGrid(model, 2)
+    model.temperature = 20.0  # read from the model, not copied at construction
+    assert wrapper.temperature == 20.0
 
 
 def test_difull_logit_is_sum_of_cell_evidence_plus_bias():
@@ -319,7 +387,18 @@ def test_model_without_features_and_head_gets_one_line_error():
     with pytest.raises(MetricError) as info:
         LocalisationDiFull().prepare_model(LabelReader())
     message = str(info.value)
-    assert "\n" not in message and "features or head" in message and "head(features(x))" in message
+    assert "\n" not in message and "forward_features() or forward_head()" in message
+    assert "forward_head(forward_features(x))" in message
+
+    class OldNames(LabelReader):  # the pre-timm names do not count
+        def features(self, x):
+            return x
+
+        def head(self, f):
+            return f.mean(dim=(2, 3))
+
+    with pytest.raises(MetricError, match="forward_features"):
+        DisconnectedGrid(OldNames(), 2)
 
 
 @pytest.mark.parametrize(("build", "method"), [(_tiny_coda, "grad"), (_tiny_coda, "inherent"),

@@ -206,7 +206,8 @@ def test_inherent_on_a_resnet_is_one_line_naming_the_methods_that_apply():
     assert set(applicable_methods(_coda())) == set(METHODS.names())
 
 
-def test_gradcam_without_a_gradcam_layer_needs_layer():
+def test_gradcam_on_a_model_without_a_conv_needs_layer():
+    """No gradcam_layer and no convolution: nothing to default to (any conv model has one)."""
     model = Linear(torch.zeros(10, 3, 8, 8), torch.zeros(10))
     with pytest.raises(NotApplicableError) as info:
         create_method("gradcam", model)
@@ -414,25 +415,55 @@ def test_methods_restore_training_mode_and_run_in_eval():
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_each_method_has_a_description_and_its_hparams_match_the_factory(name):
+def test_each_method_has_a_description_and_typed_hparams_from_its_signature(name):
+    """Hyper-parameters come from the factory's signature only: every one typed, no copies."""
+    import functools
     import inspect
+
+    from attrib_bench.hparams import hparams_of, type_name
 
     entry = METHODS.get(name)
     assert entry.description and "\n" not in entry.description
-    hparams = entry.metadata["hparams"]
-    parameters = inspect.signature(entry.factory).parameters
-    for key, default in hparams.items():
-        assert parameters[key].default == default, (name, key)
-    assert set(requirements(entry.factory)) <= {"contributions", "gradcam_layer"}
+    assert "hparams" not in entry.metadata  # no hand-written copy to drift from the code
+    specs = hparams_of(entry.factory)
+    assert {"max_batch", "seed"} <= set(specs)
+    factory, bound = entry.factory, {}
+    while isinstance(factory, functools.partial):
+        bound = {**factory.keywords, **bound}
+        factory = factory.func
+    parameters = inspect.signature(factory).parameters
+    for key, spec in specs.items():
+        assert type_name(spec.annotation) != "any", (name, key)
+        assert spec.default == bound.get(key, parameters[key].default), (name, key)
+    assert set(requirements(entry.factory)) <= {"contributions"}
+
+
+def _listing_blocks(output: str) -> dict[str, str]:
+    """``attrib-bench list methods`` split into one text block per method (any layout)."""
+    names, blocks, current = set(METHODS.names()), {}, None
+    for line in output.splitlines():
+        first = line.split()[0] if line.split() else ""
+        if first in names:
+            current = first
+            blocks[current] = ""
+        if current is not None:
+            blocks[current] += line + "\n"
+    return blocks
 
 
 def test_cli_lists_methods_with_their_hyper_parameters():
+    from attrib_bench.hparams import hparams_of
+
     result = CliRunner().invoke(cli, ["list", "methods"])
     assert result.exit_code == 0, result.output
-    rows = {line.split()[0]: line for line in result.output.splitlines()[2:]}
-    assert set(rows) == set(METHODS.names())
-    assert "n_steps=20" in rows["intgrad"] and "n_masks=6000" in rows["rise"]
-    assert "num_samples=256" in rows["lime"] and "patch_size=8, stride=2" in rows["occ9"]
+    blocks = _listing_blocks(result.output)
+    assert set(blocks) == set(METHODS.names())
+    for name, block in blocks.items():
+        for key, spec in hparams_of(METHODS.get(name).factory).items():
+            assert key in block and repr(spec.default) in block, (name, key, block)
+    # the paper's settings are the defaults
+    assert "20" in blocks["intgrad"] and "6000" in blocks["rise"] and "256" in blocks["lime"]
+    assert "8" in blocks["occ9"].split("patch_size")[1].split("\n")[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,14 +505,23 @@ def test_wrong_shapes_hparams_and_modes_are_one_line():
         with pytest.raises(InputShapeError) as info:
             method.attribute(bad, t)
         _one_line(info.value, fragment)
+    with pytest.raises(AttribBenchError) as info:  # by name: the typed registry refuses it
+        create_method("rise", model, score="prob")
+    _one_line(info.value, "score", "prob")
+    from attrib_bench.methods import LIME, RISE
+
+    for cls in (RISE, LIME):  # the class itself, for callers that build it directly
+        with pytest.raises(MethodError) as info:
+            cls(model, score="prob")
+        _one_line(info.value, "softmax, sigmoid, logit", "None")
     for name, hparams, fragment in (("intgrad", {"n_step": 20}, "n_steps"),
                                     ("intgrad", {"n_steps": 0}, "positive"),
-                                    ("rise", {"score": "prob"}, "softmax, sigmoid, logit"),
                                     ("rise", {"p1": 1.5}, "(0, 1]"),
                                     ("occlusion", {"stride": 5}, "uncovered"),
                                     ("grad", {"max_batch": 0}, "max_batch"),
                                     ("gradcam", {"interpolation": "cubic"}, "nearest")):
-        with pytest.raises(MethodError) as info:
+        # MethodError from the method, or SettingError where the typed registry refuses first
+        with pytest.raises(AttribBenchError) as info:
             create_method(name, model, **hparams)
         _one_line(info.value, fragment)
     with torch.inference_mode(), pytest.raises(MethodError) as info:
@@ -499,8 +539,8 @@ PLUGIN = '''
 import torch
 from attrib_bench.registry import register_method
 
-@register_method("grad-norm-test", hparams={"p": 2})
-def grad_norm(model, inputs, target, p=2):
+@register_method("grad-norm-test")
+def grad_norm(model, inputs, target, p: float = 2):
     """Unsigned: the p-norm over colour channels of the gradient of the target logit."""
     inputs = inputs.detach().requires_grad_(True)
     chosen = model(inputs).gather(1, target[:, None]).sum()
@@ -516,8 +556,8 @@ def test_a_user_method_in_a_plugin_is_listed_and_runs_by_name(tmp_path, monkeypa
     try:
         result = CliRunner().invoke(cli, ["--plugin", "my_methods_test", "list", "methods"])
         assert result.exit_code == 0, result.output
-        row = next(r for r in result.output.splitlines() if r.startswith("grad-norm-test"))
-        assert "p=2" in row and "Unsigned: the p-norm" in row
+        block = _listing_blocks(result.output)["grad-norm-test"]
+        assert "p" in block and "2" in block and "Unsigned: the p-norm" in block
         load_plugins(["my_methods_test"])
         model, x, t = _resnet(), _images(5), _targets(5)
         maps = create_method("grad-norm-test", model, p=1, max_batch=2).attribute(x, t)

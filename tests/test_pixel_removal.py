@@ -1,5 +1,6 @@
-"""Pixel removal: agreement with Quantus, known answers on linear models, the CoDA-Net's removed
-pixel, every baseline against a reference, chunking, NaN maps, hyper-parameters, the AUC."""
+"""Pixel removal: agreement with Quantus, known answers on linear models, the probability each
+model declares, the CoDA-Net's removed pixel, every baseline against a reference, chunking, NaN
+maps, hyper-parameters, the AUC."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from attrib_bench.data import ImageSet
-from attrib_bench.errors import AttribBenchError
+from attrib_bench.errors import AttribBenchError, MetricError, SettingError
+from attrib_bench.hparams import hparams_of, resolve
 from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext
 from attrib_bench.metrics.pixel_removal import (
     CIFAR10_MEAN,
@@ -25,6 +27,7 @@ from attrib_bench.metrics.pixel_removal import (
     road_impute,
 )
 from attrib_bench.models.coda_net import CoDAConfig, CoDANet
+from attrib_bench.models.resnet_cifar import CifarResNet, resnet56
 from attrib_bench.registry import METRICS, create_metric
 
 CPU = torch.device("cpu")
@@ -105,6 +108,7 @@ def test_linear_model_oracle_ranking_known_answer() -> None:
     never lowers the logit while it removes negative contributions; most-first drops the logit
     by exactly the largest contributions, in order."""
     model = Linear(size=8)
+    model.probability = "sigmoid"
     x, y = images(3)
     contrib = (model.weight[y] * x).sum(1).detach()  # (B, H, W)
     metric = PixelRemoval(order="both", fraction=1.0, steps=64, num_images=3)
@@ -122,6 +126,99 @@ def test_linear_model_oracle_ranking_known_answer() -> None:
         assert most[0] - most[1] == pytest.approx(c.max(), abs=1e-5)
         prob = curve(rows, i, "least-first", "prob")
         np.testing.assert_allclose(prob, 1 / (1 + np.exp(-least)), atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- probability
+
+
+def hand_probabilities(model: nn.Module, x: torch.Tensor, y: torch.Tensor, maps: torch.Tensor,
+                       steps: int, kind: str) -> np.ndarray:
+    """(B, steps + 1) target probabilities of 8x8 images, least-first, black, a quarter of the
+    image in ``steps`` steps (16 / steps pixels each): each removed input built here, scored by
+    the model, and turned into a probability in numpy float64."""
+    k = 16 // steps
+    order = np.argsort(maps.flatten(1).numpy(), axis=1, kind="stable")
+    out = np.zeros((len(x), steps + 1))
+    for i in range(len(x)):
+        for s in range(steps + 1):
+            image = x[i].clone().flatten(1)
+            image[:, torch.from_numpy(order[i, :s * k])] = 0.0
+            with torch.no_grad():
+                logits = model(image.view(1, *x.shape[1:])).double().numpy()[0]
+            if kind == "sigmoid":
+                out[i, s] = 1 / (1 + np.exp(-logits[y[i]]))
+            else:
+                e = np.exp(logits - logits.max())
+                out[i, s] = e[y[i]] / e.sum()
+    return out
+
+
+@pytest.mark.parametrize(("declared", "score", "expected"), [
+    (None, None, "softmax"), ("softmax", None, "softmax"), ("sigmoid", None, "sigmoid"),
+    ("softmax", "sigmoid", "sigmoid"), ("sigmoid", "softmax", "softmax")])
+def test_prob_rows_are_the_declared_probability_unless_score_is_set(declared, score, expected):
+    """A model's declared ``probability`` (none: softmax) scores the prob rows; ``score``
+    overrides it; select's info records the effective one; the rows agree with a hand
+    computation of each removed image's probability."""
+    model = Linear(size=8, seed=2)
+    if declared is not None:
+        model.probability = declared
+    x, y = images(2, seed=4)
+    maps = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(6))
+    metric = PixelRemoval(order="least-first", steps=4, score=score)
+    rows = metric.evaluate(context(model, maps), x, y, np.arange(2))
+    data = ImageSet((x * 255).to(torch.uint8), y, tuple("abcd"), "toy")
+    assert metric.select(model, data, None, CPU, 2).info["probability"] == expected
+    hand = hand_probabilities(model, x, y, maps, 4, expected)
+    for i in range(2):
+        np.testing.assert_allclose(curve(rows, i, "least-first", "prob"), hand[i], rtol=1e-5,
+                                   atol=1e-7)
+    other = hand_probabilities(model, x, y, maps, 4,
+                               "sigmoid" if expected == "softmax" else "softmax")
+    assert not np.allclose(curve(rows, 0, "least-first", "prob"), other[0], atol=1e-3)
+
+
+def test_resnet_gets_softmax_and_coda_net_sigmoid():
+    """The built-in models' declarations reach the rows: a CIFAR ResNet (cross-entropy) is
+    scored by its softmax (its sigmoid would be another curve), a CoDA-Net (BCE) by its sigmoid."""
+    assert PixelRemoval().effective_probability(resnet56()) == "softmax"
+    assert PixelRemoval().effective_probability(tiny_coda()) == "sigmoid"
+    torch.manual_seed(0)
+    resnet = CifarResNet(1).eval()  # ResNet-8: cheap, same class and declaration as ResNet-56
+    x, y = images(2, seed=3)
+    maps = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(2))
+    rows = PixelRemoval(order="least-first", steps=4).evaluate(context(resnet, maps), x, y,
+                                                               np.arange(2))
+    hand = hand_probabilities(resnet, x, y, maps, 4, "softmax")
+    np.testing.assert_allclose(curve(rows, 1, "least-first", "prob"), hand[1], rtol=1e-5,
+                               atol=1e-7)
+    logit = curve(rows, 1, "least-first", "logit")
+    assert not np.allclose(curve(rows, 1, "least-first", "prob"), 1 / (1 + np.exp(-logit)),
+                           atol=1e-3)
+    coda = tiny_coda()
+    rows = PixelRemoval(order="most-first", steps=4).evaluate(context(coda, maps), x, y,
+                                                              np.arange(2))
+    for i in range(2):
+        logit = curve(rows, i, "most-first", "logit")
+        np.testing.assert_allclose(curve(rows, i, "most-first", "prob"),
+                                   1 / (1 + np.exp(-logit)), rtol=1e-12)
+    data = ImageSet((x * 255).to(torch.uint8), y, tuple("abcd"), "toy")
+    assert PixelRemoval(steps=4).select(coda, data, None, CPU, 2).info["probability"] == "sigmoid"
+    assert PixelRemoval(steps=4).select(resnet, data, None, CPU, 2).info["probability"] == "softmax"
+
+
+def test_removal_curves_scores_through_the_one_helper_and_refuses_others():
+    model = Linear(size=8)
+    x, y = images(2)
+    maps = torch.randn(2, 8, 8)
+    logits, probs = removal_curves(model, x, maps, y, steps=2, pixels=3, score="logit")
+    assert torch.equal(logits, probs)
+    _, soft = removal_curves(model, x, maps, y, steps=2, pixels=3, score="softmax")
+    with torch.no_grad():
+        full = model(x).double().softmax(dim=1).gather(1, y[:, None])[:, 0]
+    torch.testing.assert_close(soft[0, :, 0], full)
+    with pytest.raises(MetricError, match="score must be one of sigmoid, softmax, logit"):
+        removal_curves(model, x, maps, y, steps=2, pixels=3, score="prob")
 
 
 # ----------------------------------------------------------------------------- CoDA-Net
@@ -393,17 +490,50 @@ def test_nan_map_gives_nan_rows_without_raising() -> None:
     assert np.isfinite(summary.loc[summary["sample"] != 1, "value"]).all()
 
 
-@pytest.mark.parametrize("hparams", [
-    {"order": "random"}, {"fraction": 0}, {"fraction": 1.5}, {"steps": 0}, {"steps": 2.5},
-    {"num_images": -1}, {"baseline": "white"}, {"sigma": 0}, {"road_noise": -0.1},
-    {"mean": "grey"}, {"score": "logit"}, {"max_batch": True}, {"seed": "x"}, {"fractoin": 0.2},
+@pytest.mark.parametrize(("hparams", "error"), [
+    ({"order": "random"}, SettingError), ({"fraction": 0}, MetricError),
+    ({"fraction": 1.5}, MetricError), ({"steps": 0}, MetricError), ({"steps": 2.5}, SettingError),
+    ({"num_images": -1}, MetricError), ({"baseline": "white"}, SettingError),
+    ({"sigma": 0}, MetricError), ({"road_noise": -0.1}, MetricError),
+    ({"mean": "grey"}, SettingError), ({"mean": []}, MetricError),
+    ({"score": "logit"}, SettingError),
+    ({"max_batch": True}, SettingError), ({"seed": "x"}, SettingError),
 ])
-def test_bad_hyper_parameters_raise_one_line(hparams: dict) -> None:
-    with pytest.raises(AttribBenchError) as info:
+def test_bad_hyper_parameters_raise_one_line(hparams: dict, error: type) -> None:
+    with pytest.raises(error) as info:
         create_metric("pixel-removal", **hparams)
     message = str(info.value)
     assert "pixel-removal" in message and "\n" not in message
     assert next(iter(hparams)) in message
+
+
+def test_hyper_parameters_come_typed_from_the_signature() -> None:
+    """Defaults and types are the constructor's (no hand-written copy in the registry); text from
+    ``--set`` parses by them; numpy ints and tuples are plain values in ``hparams``."""
+    entry = METRICS.get("pixel-removal")
+    assert "hparams" not in entry.metadata
+    specs = hparams_of(entry.factory)
+    defaults = {k: s.default for k, s in specs.items()}
+    assert defaults == {"order": "both", "fraction": 0.25, "steps": 128, "num_images": 1024,
+                        "baseline": "black", "sigma": 2.0, "road_noise": 0.01, "mean": None,
+                        "score": None, "max_batch": 256, "seed": None}
+    assert PixelRemoval().hparams == defaults
+    assert specs["score"].type_name == "'sigmoid' | 'softmax' | None"
+    assert specs["order"].type_name == "'least-first' | 'most-first' | 'both'"
+    assert "any" not in " ".join(s.type_name for s in specs.values())
+    config = resolve("metric 'pixel-removal'", entry.factory,
+                     {"steps": "8", "mean": "0.5,0.25,0", "score": "softmax", "seed": "none"},
+                     from_text=True)
+    metric = PixelRemoval(**config)
+    assert metric.hparams["steps"] == 8 and metric.hparams["mean"] == [0.5, 0.25, 0.0]
+    assert metric.hparams["score"] == "softmax" and metric.hparams["seed"] is None
+    metric = PixelRemoval(steps=np.int64(8), max_batch=np.int32(5), seed=np.int64(3),
+                          fraction=np.float32(0.5), mean=(np.float64(0.1), 1, 0.5))
+    assert metric.hparams["steps"] == 8 and type(metric.hparams["steps"]) is int
+    assert type(metric.hparams["max_batch"]) is int and type(metric.hparams["seed"]) is int
+    assert metric.hparams["fraction"] == 0.5 and metric.hparams["mean"] == [0.1, 1.0, 0.5]
+    with pytest.raises(SettingError, match="did you mean fraction"):
+        resolve("metric 'pixel-removal'", entry.factory, {"fractoin": 0.2})
 
 
 def test_too_many_steps_for_the_image_is_one_clear_error() -> None:

@@ -157,7 +157,8 @@ def test_pixel_removal_curves_are_the_mean_per_step_with_auc_in_the_legend(run_d
     ax = fig.axes[0]
     assert ax.get_title().startswith("toy-t10: least important first (higher is better)")
     assert ax.get_xlabel() == "pixels removed (%)"
-    assert ax.get_ylabel() == "target probability (mean)"
+    # a run from before the probability was recorded: every model was scored by its sigmoid
+    assert ax.get_ylabel() == "sigmoid probability of the target (mean)"
     labels = _texts(ax.get_legend().get_texts())
     auc = tables.summary.query("model == 'toy-t10' and metric == 'pixel-removal' and "
                                "variant == 'least-first' and stat == 'prob-auc'")
@@ -173,6 +174,20 @@ def test_pixel_removal_curves_are_the_mean_per_step_with_auc_in_the_legend(run_d
     np.testing.assert_allclose(line.get_xdata(), 100 * expected.index / PIXELS)
     np.testing.assert_allclose(line.get_ydata(), expected.to_numpy())
     assert "most important first (lower is better)" in fig.axes[2].get_title()
+
+
+def test_pixel_removal_panels_name_the_probability_each_model_was_scored_with(run_dir):
+    tables = load_run(run_dir)
+    manifest = json.loads(json.dumps(tables.manifest))
+    manifest["samples"]["toy-t10/pixel-removal"]["probability"] = "softmax"
+    manifest["samples"]["toy-t1000/pixel-removal"]["probability"] = "sigmoid"
+    fig = pixel_removal_figure(tables.results, tables.summary, manifest)
+    titles = [ax.get_title().split(":")[0] for ax in fig.axes]
+    assert titles == ["toy-t10", "toy-t1000", "toy-t10", "toy-t1000"]
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        "softmax probability of the target (mean)", "sigmoid probability of the target (mean)"] * 2
+    fig = pixel_removal_figure(tables.results, tables.summary, manifest, stat="logit")
+    assert {ax.get_ylabel() for ax in fig.axes} == {"target logit (mean)"}
 
 
 def test_temperature_series_plots_the_summary_means_against_t(run_dir):

@@ -19,7 +19,8 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from attrib_bench.data import ImageSet
-from attrib_bench.errors import AttribBenchError
+from attrib_bench.errors import AttribBenchError, MetricError, SettingError
+from attrib_bench.hparams import hparams_of, resolve
 from attrib_bench.methods.base import function_method
 from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext
 from attrib_bench.metrics.randomisation import (
@@ -271,21 +272,50 @@ def test_select_first_images_with_ground_truth():
     assert len(Randomisation().select(None, data, 10, torch.device("cpu"), 2)) == 5
 
 
-def test_registered():
+def test_registered_with_typed_hparams_from_the_signature():
     entry = METRICS.get("randomisation")
-    assert entry.factory is Randomisation
-    assert entry.metadata["hparams"]["modes"] == "both"
+    assert entry.factory is Randomisation and "hparams" not in entry.metadata
+    specs = hparams_of(entry.factory)
+    assert {k: s.default for k, s in specs.items()} == {"modes": "both", "num_images": 100,
+                                                        "layers": None, "seed": None}
+    assert specs["modes"].type_name == "'cascading' | 'independent' | 'both'"
+    assert specs["layers"].type_name == "int | list[str] | None"
+    assert Randomisation().hparams == {k: s.default for k, s in specs.items()}
     assert Randomisation.directions == {"spearman": "lower", "spearman_abs": "lower",
                                         "ssim": "lower"}
+    # --set text parsed by the declared types, then built
+    config = resolve("metric 'randomisation'", entry.factory,
+                     {"layers": "conv1,linear", "num_images": "3", "modes": "independent"},
+                     from_text=True)
+    assert Randomisation(**config).hparams == {"modes": "independent", "num_images": 3,
+                                               "layers": ["conv1", "linear"], "seed": None}
+    assert resolve("metric 'randomisation'", entry.factory, {"layers": "2"},
+                   from_text=True)["layers"] == 2
 
 
-@pytest.mark.parametrize("hparams", [{"modes": "random"}, {"num_images": 0}, {"layers": 0},
-                                     {"layers": ["a", "a"]}, {"layers": "layers.8"},
-                                     {"seed": 1.5}, {"nmu_images": 3}])
-def test_bad_hparams_raise_one_line(hparams):
-    with pytest.raises(AttribBenchError) as info:
+def test_numpy_ints_and_tuples_are_accepted_as_plain_values():
+    metric = Randomisation(num_images=np.int64(3), layers=np.int32(2), seed=np.int64(7))
+    assert metric.hparams == {"modes": "both", "num_images": 3, "layers": 2, "seed": 7}
+    assert all(type(metric.hparams[k]) is int for k in ("num_images", "layers", "seed"))
+    assert Randomisation(layers=("conv1", "linear")).hparams["layers"] == ["conv1", "linear"]
+
+
+@pytest.mark.parametrize(("hparams", "error"), [
+    ({"modes": "random"}, SettingError), ({"num_images": 0}, MetricError),
+    ({"layers": 0}, MetricError), ({"layers": []}, MetricError),
+    ({"layers": ["a", "a"]}, MetricError), ({"layers": "layers.8"}, SettingError),
+    ({"seed": 1.5}, SettingError), ({"num_images": True}, SettingError)])
+def test_bad_hparams_raise_one_line(hparams, error):
+    with pytest.raises(error) as info:
         Randomisation(**hparams)
-    assert "\n" not in str(info.value) and "randomisation" in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and "randomisation" in message and next(iter(hparams)) in message
+
+
+def test_unknown_hparam_is_refused_with_close_matches():
+    with pytest.raises(SettingError) as info:
+        resolve("metric 'randomisation'", Randomisation, {"nmu_images": 3})
+    assert "\n" not in str(info.value) and "did you mean num_images" in str(info.value)
 
 
 @pytest.mark.parametrize("layers", [6, ["layers.9"]])

@@ -1,11 +1,15 @@
 """The attribution-method contract and what every method shares.
 
 ``Method(model, **hparams).attribute(inputs, target) -> (B, H, W)``: ``inputs`` float RGB in
-[0, 1], shape (B, 3, H, W); ``target`` class indices, LongTensor (B,); the result is one signed
-value per pixel (channels summed), on the inputs' device, in their dtype. :class:`AttributionMethod`
-validates inputs, targets and the produced map (one-line :class:`AttribBenchError` subclasses), runs
+[0, 1], shape (B, 3, H, W), in the dtype of the model's parameters; ``target`` class indices,
+LongTensor (B,); the result is one signed value per pixel (channels summed), on the inputs'
+device, in their dtype. :class:`AttributionMethod` validates inputs (shape, finite, range, dtype),
+targets, the model's output (:func:`attrib_bench.models.protocols.check_logits`: logits (B, K),
+not a tuple, not probabilities) and the produced map (one-line :class:`AttribBenchError`
+subclasses), returns an empty (0, H, W) map for an empty batch without running the model, runs
 the model in eval mode, chunks the batch by ``max_batch`` and sums channels; a method implements
-only :meth:`AttributionMethod._attribute` (or :meth:`AttributionMethod._attribute_chunk`).
+only :meth:`AttributionMethod._attribute` (or :meth:`AttributionMethod._attribute_chunk`), and
+:meth:`AttributionMethod.preflight` if it cannot handle every model.
 
 On a CUDA device the maps are computed in IEEE float32 (no TF32,
 :func:`attrib_bench.evaluation.ieee_float32`), so they equal the CPU's up to float32 rounding
@@ -26,13 +30,16 @@ from typing import Any, ClassVar, Literal, NamedTuple, final
 import torch
 from torch import nn
 
-from attrib_bench.checks import check_images
+from attrib_bench.checks import check_images, check_range
 from attrib_bench.errors import InputShapeError, MethodError, NotApplicableError, TargetError
 from attrib_bench.evaluation import ieee_float32
+from attrib_bench.models import protocols
 from attrib_bench.registry import METHODS
 
-#: How a perturbation method scores a model output for the target class.
-Score = Literal["softmax", "sigmoid", "logit"]
+#: How a perturbation method scores a model output for the target class: a probability
+#: ("sigmoid", "softmax") or the raw logit; ``None`` in a method's settings means the model's own
+#: probability (:func:`attrib_bench.models.protocols.probability`).
+Score = Literal["sigmoid", "softmax", "logit"]
 SCORES: tuple[str, ...] = ("softmax", "sigmoid", "logit")
 
 #: Images per forward (or forward + backward) unless a method is told otherwise.
@@ -71,19 +78,42 @@ def applicable_methods(model: object) -> list[str]:
 
 
 def score_outputs(logits: torch.Tensor, score: str) -> torch.Tensor:
-    """Logits (N, K) → scores (N, K): softmax or sigmoid probabilities, or the logits."""
-    if score == "softmax":
-        return logits.softmax(dim=1)
-    if score == "sigmoid":
-        return logits.sigmoid()
-    return logits
+    """Logits (N, K) → scores (N, K): the logits for "logit", else the probabilities.
+
+    "sigmoid" / "softmax" go through :func:`attrib_bench.models.protocols.to_probability`, the
+    one place that turns logits into probabilities (pixel removal uses it too).
+    """
+    return logits if score == "logit" else protocols.to_probability(logits, score)
 
 
-def check_score(score: str, method: str) -> str:
-    if score not in SCORES:
-        raise MethodError(f"method {method!r}: score must be one of {', '.join(SCORES)}, "
-                          f"got {score!r}")
+def resolve_score(score: object, model: object, method: str) -> str:
+    """A method's ``score`` setting: one of :data:`SCORES`, or ``None`` for the model's own
+    probability (:func:`attrib_bench.models.protocols.probability`: "sigmoid" for a model that
+    declares ``probability = "sigmoid"``, as the CoDA-Nets do; "softmax" when undeclared)."""
+    if score is None:
+        return protocols.probability(model)
+    if not isinstance(score, str) or score not in SCORES:
+        shown = repr(score) if len(repr(score)) <= 40 else repr(score)[:37] + "..."
+        raise MethodError(f"method {method!r}: score must be one of {', '.join(SCORES)}, or None "
+                          f"for the model's own probability, got {shown}")
     return score
+
+
+_DTYPE_CASTS = {torch.float32: "float()", torch.float64: "double()", torch.float16: "half()",
+                torch.bfloat16: "bfloat16()"}
+
+
+def _cast(dtype: torch.dtype) -> str:
+    """How a tensor or module is cast to ``dtype``: ``float()``, ``double()``, ``to(...)``."""
+    return _DTYPE_CASTS.get(dtype, f"to({dtype})")
+
+
+def model_dtype(model: object) -> torch.dtype | None:
+    """The dtype of ``model``'s floating parameters if they share one, else None."""
+    if not isinstance(model, nn.Module):
+        return None
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
 
 
 class SharedImages(NamedTuple):
@@ -167,17 +197,36 @@ class AttributionMethod:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_batch={self.max_batch}, seed={self.seed})"
 
+    def preflight(self, inputs: torch.Tensor, target: torch.Tensor) -> None:
+        """Checks that need a real input, run by the benchmark runner on one sample before any
+        work; raises :class:`NotApplicableError` if the method cannot handle this model.
+
+        ``inputs`` (B, 3, H, W) and ``target`` (B,) as for :meth:`attribute` (one sample is
+        enough). The default checks nothing; a method that fails only on some models (DeepLift
+        on a reused non-linearity module) overrides it, and runs it from :meth:`attribute` too.
+        """
+
     @final
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
-        """Attribution maps (B, H, W) of ``inputs`` (B, 3, H, W) for the classes ``target`` (B,)."""
+        """Attribution maps (B, H, W) of ``inputs`` (B, 3, H, W) for the classes ``target`` (B,).
+
+        ``inputs``: RGB in [0, 1] (a 0..255 or normalised batch is refused), finite, in the
+        model's parameters' dtype. An empty batch (B = 0) gives an empty (0, H, W) map once the
+        target's form is checked; the model is not run.
+        """
         inputs = check_images(inputs).detach()
         if not torch.isfinite(inputs).all():
             bad = (~torch.isfinite(inputs)).flatten(1).any(1).nonzero().flatten().tolist()
             raise InputShapeError(f"inputs contain NaN or inf (images {bad[:5]}): "
                                   "pass finite RGB values in [0, 1]")
+        check_range(inputs)
+        self._check_dtype(inputs)
         if self.needs_grad and torch.is_inference_mode_enabled():
             raise MethodError(f"method {self.name!r} needs gradients: call it outside "
                               "torch.inference_mode()")
+        if len(inputs) == 0:
+            self._check_target_form(target, 0)
+            return inputs.new_zeros((0, *inputs.shape[2:]))
         with eval_mode(self.model), ieee_float32(inputs.device):
             target = self._check_target(target, inputs)
             grad_mode = torch.enable_grad() if self.needs_grad else torch.inference_mode()
@@ -196,19 +245,29 @@ class AttributionMethod:
         raise NotImplementedError
 
     def num_classes(self, inputs: torch.Tensor) -> int:
-        """K, the model's number of logits, from one forward of one image (then cached)."""
+        """K, the model's number of logits, from one forward of one image (then cached).
+
+        The output must be logits (B, K) (:func:`attrib_bench.models.protocols.check_logits`):
+        a tuple, probabilities (a final softmax) or another shape is one
+        :class:`ModelOutputError` line.
+        """
         if self._num_classes is None:
             with torch.inference_mode():
                 logits = self.model(inputs[:1])
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else logits
-                raise MethodError(f"method {self.name!r}: the model must return logits of shape "
-                                  f"(B, K), got {shape}")
-            self._num_classes = logits.shape[1]
+            self._num_classes = protocols.check_logits(logits, len(inputs[:1]),
+                                                       self.model).shape[1]
         return self._num_classes
 
-    def _check_target(self, target: object, inputs: torch.Tensor) -> torch.Tensor:
-        batch = len(inputs)
+    def _check_dtype(self, inputs: torch.Tensor) -> None:
+        """One line if the inputs' dtype is not the model's parameters' (when they share one)."""
+        expected = model_dtype(self.model)
+        if expected is not None and inputs.dtype != expected:
+            raise InputShapeError(
+                f"inputs are {inputs.dtype} but {type(self.model).__name__}'s parameters are "
+                f"{expected}: use inputs.{_cast(expected)} or model.{_cast(inputs.dtype)}")
+
+    def _check_target_form(self, target: object, batch: int) -> torch.Tensor:
+        """``target`` as a tensor of ``batch`` integer class indices (its values unchecked)."""
         if isinstance(target, int) and not isinstance(target, bool):
             target = torch.full((batch,), target, dtype=torch.long)
         if not isinstance(target, torch.Tensor):
@@ -220,6 +279,11 @@ class AttributionMethod:
         if tuple(target.shape) != (batch,):
             raise TargetError(f"target must have shape ({batch},), one class per image, "
                               f"got {tuple(target.shape)}")
+        return target
+
+    def _check_target(self, target: object, inputs: torch.Tensor) -> torch.Tensor:
+        batch = len(inputs)
+        target = self._check_target_form(target, batch)
         classes = self.num_classes(inputs)
         if batch and (target.min() < 0 or target.max() >= classes):
             raise TargetError(f"target values must be class indices in [0, {classes}), got "

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attrib_bench.errors import MethodError
+from attrib_bench.errors import MethodError, NotApplicableError
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
 from attrib_bench.registry import register_method
 
@@ -28,7 +28,7 @@ def _leaf(inputs: torch.Tensor) -> torch.Tensor:
     return inputs.detach().requires_grad_(True)
 
 
-@register_method("grad", hparams={"abs": False}, family="gradient")
+@register_method("grad", family="gradient")
 class Grad(AttributionMethod):
     """Gradient of the target logit w.r.t. the RGB input (captum Saliency, signed by default)."""
 
@@ -46,7 +46,7 @@ class Grad(AttributionMethod):
         return self._captum.attribute(_leaf(inputs), target=target, abs=self.abs)
 
 
-@register_method("ixg", hparams={}, family="gradient")
+@register_method("ixg", family="gradient")
 class InputXGradient(AttributionMethod):
     """Input × gradient of the target logit on the RGB input (captum InputXGradient)."""
 
@@ -63,7 +63,7 @@ class InputXGradient(AttributionMethod):
         return self._captum.attribute(_leaf(inputs), target=target)
 
 
-@register_method("intgrad", hparams={"n_steps": 20, "rule": "gausslegendre"}, family="gradient")
+@register_method("intgrad", family="gradient")
 class IntegratedGradients(AttributionMethod):
     """Integrated gradients from a black image, 20 steps (captum IntegratedGradients).
 
@@ -94,13 +94,17 @@ class IntegratedGradients(AttributionMethod):
                                       internal_batch_size=self.max_batch)
 
 
-@register_method("deeplift", hparams={}, family="gradient")
+@register_method("deeplift", family="gradient")
 class DeepLift(AttributionMethod):
     """DeepLIFT (rescale rule) against a black image (captum DeepLift); IxG on a CoDA-Net.
 
     captum replaces the gradients of the model's ``nn.ReLU`` (and other supported non-linearity)
     modules; a model whose non-linearities are not such modules (a CoDA-Net's DAU layers) gets
-    plain gradients, so the result is input × gradient.
+    plain gradients, so the result is input × gradient. captum keeps one input/output per
+    module, so a module called twice in one forward (one ``nn.ReLU`` reused, as in torchvision's
+    ResNet blocks) cannot be explained: :meth:`preflight` finds it from one forward and raises
+    :class:`NotApplicableError`; :meth:`attribute` runs that check on its first batch of each
+    image shape.
     """
 
     name = "deeplift"
@@ -111,9 +115,87 @@ class DeepLift(AttributionMethod):
         from captum.attr import DeepLift as CaptumDeepLift
 
         self._captum = CaptumDeepLift(model)
+        self._checked: set[tuple[int, ...]] = set()  # image shapes preflight has passed
+
+    def preflight(self, inputs: torch.Tensor, target: torch.Tensor) -> None:
+        """One forward of one image, counting the calls of each module captum's DeepLift
+        replaces; a module called more than once is one :class:`NotApplicableError` line."""
+        if not isinstance(self.model, nn.Module) or len(inputs) == 0:
+            return
+        counts = reused_nonlinearities(self.model, inputs[:1])
+        if counts:
+            path, (module, calls) = next(iter(counts.items()))
+            kind = type(module).__name__
+            more = f" (and {len(counts) - 1} more)" if len(counts) > 1 else ""
+            raise NotApplicableError(
+                f"method 'deeplift' does not apply to {type(self.model).__name__}: its {kind} "
+                f"module {path[:80]!r}{more} is called {calls} times in one forward, and "
+                f"captum's DeepLift needs one module per use: give each use its own nn.{kind} "
+                "module (or use ixg / intgrad)")
+        self._checked.add(tuple(inputs.shape[1:]))
+
+    def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if tuple(inputs.shape[1:]) not in self._checked:
+            self.preflight(inputs[:1], target[:1])
+        return super()._attribute(inputs, target)
 
     def _attribute_chunk(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with warnings.catch_warnings():  # captum warns on every call that it sets hooks
             warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
-            return self._captum.attribute(_leaf(inputs), baselines=torch.zeros_like(inputs),
-                                          target=target)
+            try:
+                return self._captum.attribute(_leaf(inputs), baselines=torch.zeros_like(inputs),
+                                              target=target)
+            except RuntimeError as exc:
+                if isinstance(exc, torch.cuda.OutOfMemoryError) or not _raised_in_captum(exc):
+                    raise
+                text = " ".join(str(exc).split())
+                text = text if len(text) <= 200 else text[:197] + "..."
+                raise MethodError(f"method 'deeplift' failed in captum on "
+                                  f"{type(self.model).__name__}: {text} (try ixg or intgrad "
+                                  "for this model)") from exc
+
+
+def _raised_in_captum(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is in the captum package."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    parts = tb.tb_frame.f_code.co_filename.replace("\\", "/").split("/")
+    return "captum" in parts
+
+
+def reused_nonlinearities(model: nn.Module, inputs: torch.Tensor
+                          ) -> dict[str, tuple[nn.Module, int]]:
+    """Modules that captum's DeepLift replaces and that one forward of ``inputs`` calls twice+.
+
+    The modules are those captum hooks: of a type in its ``SUPPORTED_NON_LINEAR`` (ReLU, ELU,
+    LeakyReLU, Sigmoid, Tanh, Softplus, MaxPool1d/2d/3d, Softmax; the exact type, as captum
+    checks). Returns {module path: (module, calls)} in module order; empty if none is reused.
+    The forward runs in eval mode without gradients.
+    """
+    from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
+
+    from attrib_bench.methods.base import eval_mode
+
+    calls: dict[nn.Module, int] = {}
+    names: dict[nn.Module, str] = {}
+    handles = []
+
+    def count(module: nn.Module, args: object, output: object) -> None:
+        calls[module] = calls.get(module, 0) + 1
+
+    for path, module in model.named_modules():
+        if type(module) in SUPPORTED_NON_LINEAR and module not in names:
+            names[module] = path or "(the model itself)"
+            handles.append(module.register_forward_hook(count))
+    if not handles:
+        return {}
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {path: (m, calls[m]) for m, path in names.items() if calls.get(m, 0) > 1}

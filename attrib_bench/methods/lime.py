@@ -28,7 +28,7 @@ from attrib_bench.methods.base import (
     DEFAULT_MAX_BATCH,
     AttributionMethod,
     Score,
-    check_score,
+    resolve_score,
     score_outputs,
     shared_images,
 )
@@ -48,9 +48,7 @@ def _no_progress_bar() -> Iterator[None]:
         lime_image.tqdm = saved
 
 
-@register_method("lime", hparams={"num_samples": 256, "kernel_size": 1, "max_dist": 200,
-                                  "ratio": 0.2, "score": "softmax", "top3_mask": False,
-                                  "seed": 0}, family="perturbation", stochastic=True)
+@register_method("lime", family="perturbation", stochastic=True)
 class LIME(AttributionMethod):
     """LIME on quickshift superpixels, 256 samples (lime package); signed superpixel weights.
 
@@ -58,18 +56,20 @@ class LIME(AttributionMethod):
     the authors' 1, 200, 0.2 by default, see the module docstring for other sizes); the package
     samples ``num_samples`` on/off patterns (an off superpixel takes ``hide_color``, by default
     the package's: its mean colour), fits a weighted ridge model to the target's ``score``
-    (softmax probability by default; "sigmoid" is the authors' choice for CoDA-Nets; "logit")
-    and each pixel gets its superpixel's weight. ``top3_mask=True``: the authors' binary mask of
-    the three superpixels with the largest positive weights instead. ``seed`` seeds the package's
-    sampling (``random_state``) and the segmentation; every image is explained from the same
-    seed, whatever its place in the batch.
+    ("sigmoid" or "softmax" probability, or the raw "logit"; ``None``, the default: the model's
+    own probability, :func:`attrib_bench.models.protocols.probability`, i.e. sigmoid for the
+    CoDA-Nets as the authors used, softmax for a model that declares nothing; the resolved value
+    is ``self.score``) and each pixel gets its superpixel's weight. ``top3_mask=True``: the
+    authors' binary mask of the three superpixels with the largest positive weights instead.
+    ``seed`` seeds the package's sampling (``random_state``) and the segmentation; every image is
+    explained from the same seed, whatever its place in the batch.
     """
 
     name = "lime"
     needs_grad = False
 
     def __init__(self, model: nn.Module, *, num_samples: int = 256, kernel_size: float = 1,
-                 max_dist: float = 200, ratio: float = 0.2, score: Score = "softmax",
+                 max_dist: float = 200, ratio: float = 0.2, score: Score | None = None,
                  top3_mask: bool = False, hide_color: float | None = None,
                  kernel_width: float = 0.25, max_batch: int = DEFAULT_MAX_BATCH,
                  seed: int = 0) -> None:
@@ -83,7 +83,7 @@ class LIME(AttributionMethod):
             raise MethodError(f"method 'lime': ratio must be in [0, 1], got {ratio!r}")
         self.num_samples = num_samples
         self.segmentation = {"kernel_size": kernel_size, "max_dist": max_dist, "ratio": ratio}
-        self.score = check_score(score, self.name)
+        self.score = resolve_score(score, model, self.name)
         self.top3_mask = bool(top3_mask)
         self.hide_color = hide_color
         self.kernel_width = float(kernel_width)

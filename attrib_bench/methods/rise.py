@@ -22,7 +22,7 @@ from attrib_bench.methods.base import (
     DEFAULT_MAX_BATCH,
     AttributionMethod,
     Score,
-    check_score,
+    resolve_score,
     score_outputs,
     shared_images,
 )
@@ -90,13 +90,14 @@ def _draw_masks(n_masks: int, grid: int, p1: float, h: int, w: int, seed: int,
     return masks
 
 
-@register_method("rise", hparams={"n_masks": 6000, "grid": 6, "p1": 0.1, "score": "softmax",
-                                  "seed": 0}, family="perturbation", stochastic=True)
+@register_method("rise", family="perturbation", stochastic=True)
 class RISE(AttributionMethod):
     """RISE: mean of random smooth masks weighted by the target's score (6000 masks, s=6, p=0.1).
 
-    ``n_masks`` N, ``grid`` s, ``p1`` keep probability; ``score``: the target's softmax
-    probability (default), sigmoid probability (the CoDA-Nets' training objective) or raw logit.
+    ``n_masks`` N, ``grid`` s, ``p1`` keep probability; ``score``: how the target is scored,
+    "sigmoid" or "softmax" probability or the raw "logit"; ``None`` (default): the model's own
+    probability (:func:`attrib_bench.models.protocols.probability`: sigmoid for the BCE-trained
+    CoDA-Nets, softmax for a model that declares nothing), kept resolved in ``self.score``.
     Masked pixels are black in RGB. Costs U · N forward images, U the number of distinct
     images in the batch (a repeated image is masked once for all its targets), in forwards of
     ``max_batch`` images; no more than ``max_batch`` masked images exist at a time.
@@ -106,7 +107,7 @@ class RISE(AttributionMethod):
     needs_grad = False
 
     def __init__(self, model: nn.Module, *, n_masks: int = 6000, grid: int = 6, p1: float = 0.1,
-                 score: Score = "softmax", max_batch: int = DEFAULT_MAX_BATCH,
+                 score: Score | None = None, max_batch: int = DEFAULT_MAX_BATCH,
                  seed: int = 0) -> None:
         super().__init__(model, max_batch=max_batch, seed=seed)
         for key, value in (("n_masks", n_masks), ("grid", grid)):
@@ -115,7 +116,7 @@ class RISE(AttributionMethod):
         if not 0.0 < p1 <= 1.0:
             raise MethodError(f"method 'rise': p1 must be in (0, 1], got {p1!r}")
         self.n_masks, self.grid, self.p1 = n_masks, grid, float(p1)
-        self.score = check_score(score, self.name)
+        self.score = resolve_score(score, model, self.name)
 
     def masks(self, size: tuple[int, int], device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -1,0 +1,296 @@
+"""Hyper-parameters from one place: the factory's signature (names, types, defaults).
+
+A method's or metric's hyper-parameters are the keyword parameters of its constructor (or of
+the registered function, after ``model, inputs, target``), with their type hints and defaults.
+:func:`hparams_of` reads them, :func:`resolve` turns what a user gave (Python values, or text from
+``--set NAME.KEY=VALUE``) into the **full** configuration, defaults included, checking every value
+against its declared type, and the listings (:func:`describe`) show them. There are no
+hand-written copies to drift from the code: a changed default changes the resolved configuration,
+hence the results' ``method_config``/``metric_config`` columns and the attribution-cache key.
+
+Text values are parsed by the declared type: ``bool`` takes true/false/1/0/yes/no (any case),
+``int`` and ``float`` take numbers (an int where a float is declared), ``None`` takes none/null,
+``str`` and ``Literal[...]`` take the text (a Literal checks it is one of its values), sequences
+take a JSON list or comma-separated numbers, and ``nn.Module`` (a layer) takes a module path such
+as ``layer4.2`` that the method resolves on its model. A parameter without a type hint takes a
+JSON value, else the text. Sources: the idea is click's and typer's (types from the signature);
+the code is written here because neither parses into ``Literal`` / unions / module paths.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import difflib
+import functools
+import inspect
+import json
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+from attrib_bench.errors import SettingError
+
+#: Parameters of a method factory that are not hyper-parameters (the model, a function's batch).
+NOT_HPARAMS = frozenset({"self", "model", "inputs", "target"})
+
+_EMPTY = inspect.Parameter.empty
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+_NONE = {"none", "null"}
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyper-parameter: its name, declared type (``Any`` if none) and default."""
+
+    name: str
+    annotation: Any
+    default: Any
+
+    @property
+    def type_name(self) -> str:
+        return type_name(self.annotation)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.type_name} = {self.default!r}"
+
+
+def _unwrap(factory: Callable[..., Any]) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The function or class behind ``functools.partial`` layers, and the keywords they bind."""
+    bound: dict[str, Any] = {}
+    while isinstance(factory, functools.partial):
+        bound = {**factory.keywords, **bound}
+        factory = factory.func
+    return factory, bound
+
+
+def _hints(target: Callable[..., Any]) -> dict[str, Any]:
+    """Resolved type hints of a function or of a class's ``__init__`` ({} if unresolvable)."""
+    function = target.__init__ if inspect.isclass(target) else target
+    function = getattr(function, "function", function)
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # noqa: BLE001 - a hint that does not resolve is treated as untyped
+        return {}
+
+
+def hparams_of(factory: Callable[..., Any]) -> dict[str, HParam]:
+    """The hyper-parameters of a registered factory, in signature order.
+
+    A class: its ``__init__``'s parameters with defaults; a :class:`FunctionMethod` class: its
+    function's keyword parameters after (model, inputs, target), plus ``max_batch`` and ``seed``;
+    ``functools.partial`` presets (``occ5``) show their bound values as defaults.
+    """
+    target, bound = _unwrap(factory)
+    found: dict[str, HParam] = {}
+    sources = [target]
+    function = getattr(target, "function", None)  # a registered plain function's class
+    if function is not None:
+        sources = [function, target]
+    for source in sources:
+        try:
+            parameters = inspect.signature(source).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        hints = _hints(source)
+        for p in parameters:
+            if (p.name in NOT_HPARAMS or p.name in found or p.default is _EMPTY
+                    or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)):
+                continue
+            found[p.name] = HParam(p.name, hints.get(p.name, Any), bound.get(p.name, p.default))
+    return found
+
+
+def accepts_any(factory: Callable[..., Any]) -> bool:
+    """Whether ``factory`` takes ``**kwargs`` (then unknown keys cannot be refused up front)."""
+    target, _ = _unwrap(factory)
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD for p in parameters) and not hasattr(target, "function")
+
+
+def type_name(annotation: Any) -> str:
+    """A short readable name: ``int``, ``bool``, ``float | None``, ``'a' | 'b'``, ``layer``."""
+    if annotation is Any or annotation is _EMPTY:
+        return "any"
+    if annotation is type(None):
+        return "None"
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(repr(v) for v in typing.get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in typing.get_args(annotation))
+    if origin is not None and _is_sequence(origin):
+        args = typing.get_args(annotation)
+        return f"list[{type_name(args[0]) if args else 'any'}]"
+    if _is_module_type(annotation):
+        return "layer"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _is_sequence(origin: Any) -> bool:
+    return isinstance(origin, type) and issubclass(origin, collections.abc.Sequence) \
+        and not issubclass(origin, (str, bytes))
+
+
+def _is_module_type(annotation: Any) -> bool:
+    try:
+        from torch import nn
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return isinstance(annotation, type) and issubclass(annotation, nn.Module)
+
+
+class _Mismatch(Exception):
+    """A value that does not fit one alternative of a union (internal)."""
+
+
+def _convert(value: Any, annotation: Any, from_text: bool) -> Any:
+    """``value`` as ``annotation`` (parsed first if ``from_text``); raises :class:`_Mismatch`."""
+    if annotation is Any or annotation is _EMPTY:
+        if from_text:
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        # None first (the text "none"), then the others in order; str last (it takes anything).
+        ordered = sorted(options, key=lambda a: (a is not type(None), a is str))
+        for option in ordered:
+            try:
+                return _convert(value, option, from_text)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if annotation is type(None):
+        if value is None or (from_text and str(value).strip().lower() in _NONE):
+            return None
+        raise _Mismatch
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        for option in allowed:
+            try:
+                if _convert(value, type(option), from_text) == option:
+                    return option
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and str(value).strip().lower() in _TRUE | _FALSE:
+            return str(value).strip().lower() in _TRUE
+        raise _Mismatch
+    if annotation is int:
+        if from_text:
+            try:
+                return int(str(value).strip())
+            except ValueError:
+                raise _Mismatch from None
+        if _is_int(value):
+            return int(value)
+        raise _Mismatch
+    if annotation is float:
+        if from_text:
+            try:
+                return float(str(value).strip())
+            except ValueError:
+                raise _Mismatch from None
+        if _is_int(value) or _is_float(value):
+            return float(value)
+        raise _Mismatch
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch
+    if origin is not None and _is_sequence(origin):
+        (item,) = typing.get_args(annotation)[:1] or (Any,)
+        if from_text:
+            text = str(value).strip()
+            try:
+                items = json.loads(text) if text.startswith("[") else [
+                    t for t in text.split(",") if t.strip()]
+            except ValueError:
+                raise _Mismatch from None
+            if not isinstance(items, list):
+                raise _Mismatch
+            return [_convert(v, item, isinstance(v, str)) for v in items]
+        if isinstance(value, (list, tuple)):
+            return [_convert(v, item, False) for v in value]
+        raise _Mismatch
+    if _is_module_type(annotation):
+        if isinstance(value, (str, annotation)):  # a module path, resolved by the method
+            return value
+        raise _Mismatch
+    if isinstance(annotation, type):
+        if isinstance(value, annotation):
+            return value
+        raise _Mismatch
+    return value  # an annotation we cannot check (a Protocol, a TypeVar): taken as given
+
+
+def _is_int(value: Any) -> bool:
+    import numpy as np
+
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_float(value: Any) -> bool:
+    import numpy as np
+
+    return isinstance(value, (float, np.floating))
+
+
+def convert(value: Any, spec: HParam, owner: str, *, from_text: bool = False) -> Any:
+    """``value`` checked (and parsed, ``from_text``) against ``spec``; one line if it does not fit.
+
+    ``owner`` names the thing in messages, e.g. "method 'intgrad'".
+    """
+    try:
+        return _convert(value, spec.annotation, from_text)
+    except _Mismatch:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise SettingError(f"{owner}: {spec.name} must be {spec.type_name}, got {shown}") \
+            from None
+
+
+def resolve(owner: str, factory: Callable[..., Any], given: Mapping[str, Any], *,
+            from_text: bool = False) -> dict[str, Any]:
+    """The full configuration: every hyper-parameter's default, overridden by ``given``.
+
+    Unknown keys are one :class:`SettingError` line with the close matches (unless the factory
+    takes ``**kwargs``, whose extra keys pass through unchecked). Values are checked against the
+    declared types (parsed from text first if ``from_text``). The values' ranges are the
+    factory's to check when it is built.
+    """
+    specs = hparams_of(factory)
+    if not accepts_any(factory):
+        unknown = [k for k in given if k not in specs]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, specs, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else "none is close"
+            raise SettingError(f"{owner} has no hyper-parameter {key!r}: {hint} (it has "
+                               f"{', '.join(specs) or 'none'})")
+    config = {name: spec.default for name, spec in specs.items()}
+    for key, value in given.items():
+        config[key] = convert(value, specs[key], owner, from_text=from_text) if key in specs \
+            else value
+    return config
+
+
+def describe(factory: Callable[..., Any], skip: tuple[str, ...] = ()) -> str:
+    """``"n_steps: int = 20, rule: 'gausslegendre' | ... = 'gausslegendre'"`` for listings."""
+    return ", ".join(str(s) for s in hparams_of(factory).values() if s.name not in skip) or "-"
+
+
+def to_json(config: Mapping[str, Any]) -> str:
+    """A configuration as canonical JSON (sorted keys; modules and other objects by ``str``)."""
+    return json.dumps(dict(config), sort_keys=True, default=str)

@@ -1,0 +1,136 @@
+"""What a model must offer, and the optional capabilities methods and metrics ask it for.
+
+**Required.** A model is a callable (an ``nn.Module``): RGB images (B, 3, H, W), float, values in
+[0, 1] → **logits** (B, K), one real score per class, before any sigmoid or softmax. Models
+normalise their inputs themselves (the ResNet-56's mean/std, the CoDA-Nets' [r, g, b, 1−r, 1−g,
+1−b] encoding live inside the model). :func:`check_logits` is the door check every method and
+metric applies to a model's output.
+
+**Optional capabilities** (duck-typed attributes; :data:`CAPABILITIES` lists them, and
+:func:`capabilities` says which a model has). The names are the field's where one exists:
+
+========================  ======================================================================
+``probability``           "sigmoid" or "softmax": how the logits become class probabilities, i.e.
+                          the output space the model was trained in (sigmoid for the BCE-trained
+                          CoDA-Nets, softmax for cross-entropy models). Absent: "softmax" (the
+                          usual classifier). Pixel removal, RISE and LIME score the target with
+                          it (:func:`probability`, :func:`to_probability`).
+``contributions``         ``contributions(x, target) -> (B, C', H, W)``: model-inherent
+                          contribution maps that sum to the target logit minus the model's bias
+                          (CoDA-Nets: W0→L(x) ⊙ x on the encoded input). Method ``inherent``.
+``gradcam_layer``         the ``nn.Module`` whose output GradCAM weighs (the last DAU layer, a
+                          ResNet's last stage). Method ``gradcam`` (a ``layer`` setting overrides).
+``forward_features``      ``forward_features(x) -> (B, C, h, w)`` and ``forward_head(f) -> (B, K)``
+``forward_head``          with ``forward_head(forward_features(x)) == forward(x)``: timm's split,
+                          which the DiFull grid needs (each cell's features computed alone).
+``encode``                ``encode(x) -> (B, C', H, W)`` and ``forward_encoded(z) -> (B, K)``: an
+``forward_encoded``       input space of the model's own in which pixel removal zeroes a pixel
+                          (the CoDA-Nets' six channels; "encoded-zero").
+``temperature``           a float: the CoDA-Nets' logit temperature T (the T-series figures).
+========================  ======================================================================
+
+Methods and metrics ask through the functions here, never by their own ``hasattr``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from attrib_bench.errors import ModelOutputError
+
+Probability = Literal["sigmoid", "softmax"]
+PROBABILITIES: tuple[str, ...] = ("sigmoid", "softmax")
+
+#: capability → the attributes that make it (all must be present) and what it is for.
+CAPABILITIES: dict[str, tuple[tuple[str, ...], str]] = {
+    "probability": (("probability",), "how logits become probabilities (sigmoid or softmax)"),
+    "contributions": (("contributions",), "model-inherent contribution maps (method inherent)"),
+    "gradcam_layer": (("gradcam_layer",), "the layer GradCAM uses by default"),
+    "features_head": (("forward_features", "forward_head"),
+                      "a features/head split (DiFull grid localisation)"),
+    "encoded_input": (("encode", "forward_encoded"),
+                      "an encoded input space (pixel removal's encoded-zero baseline)"),
+    "temperature": (("temperature",), "the logit temperature T (temperature figures)"),
+}
+
+
+def has(model: object, capability: str) -> bool:
+    """Whether ``model`` offers ``capability`` (a key of :data:`CAPABILITIES`)."""
+    attributes, _ = CAPABILITIES[capability]
+    return all(getattr(model, a, None) is not None for a in attributes)
+
+
+def capabilities(model: object) -> list[str]:
+    """The capabilities ``model`` offers, in :data:`CAPABILITIES` order."""
+    return [name for name in CAPABILITIES if has(model, name)]
+
+
+def probability(model: object) -> Probability:
+    """How ``model``'s logits become probabilities: its ``probability``, else "softmax".
+
+    Raises :class:`ModelOutputError` if the model declares something else.
+    """
+    declared = getattr(model, "probability", None)
+    if declared is None:
+        return "softmax"
+    if declared not in PROBABILITIES:
+        raise ModelOutputError(f"{type(model).__name__}.probability must be 'sigmoid' or "
+                               f"'softmax', got {str(declared)[:40]!r}")
+    return declared
+
+
+def to_probability(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Logits (N, K) → probabilities (N, K) by ``kind`` ("sigmoid" or "softmax")."""
+    return logits.sigmoid() if kind == "sigmoid" else logits.softmax(dim=1)
+
+
+def probability_label(kind: str) -> str:
+    """How plots and tables name the score: "sigmoid probability of the target"."""
+    return f"{kind} probability of the target"
+
+
+def describe_output(output: Any) -> str:
+    """A bounded description of a model output: types and shapes, never a tensor's values."""
+    if isinstance(output, torch.Tensor):
+        return f"a tensor of shape {tuple(output.shape)} ({output.dtype})"
+    if isinstance(output, (tuple, list)):
+        parts = [describe_output(o) if isinstance(o, torch.Tensor) else type(o).__name__
+                 for o in output[:4]]
+        more = f", … ({len(output)} items)" if len(output) > 4 else ""
+        text = f"a {type(output).__name__} of [{', '.join(parts)}{more}]"
+        return text if len(text) <= 160 else text[:157] + "..."
+    if isinstance(output, dict):
+        keys = ", ".join(repr(k)[:20] for k in list(output)[:5])
+        return f"a dict with keys [{keys}{', …' if len(output) > 5 else ''}]"
+    return f"a {type(output).__name__}"
+
+
+def check_logits(output: Any, batch: int, model: object = None) -> torch.Tensor:
+    """``output`` if it is (batch, K) floating logits; one :class:`ModelOutputError` line if not.
+
+    Refused: a tuple/list/dict (e.g. (logits, features): return the logits only, or wrap the
+    model), a shape other than (B, K), and **probabilities**: every row non-negative and summing
+    to 1 (a final softmax; attribution benchmarks explain logits). A model whose logits happen to
+    look like that (K ≥ 2, all rows) is practically impossible.
+    """
+    name = type(model).__name__ if model is not None else "the model"
+    if not isinstance(output, torch.Tensor):
+        raise ModelOutputError(f"{name} returned {describe_output(output)}; attrib-bench needs "
+                               "logits (B, K): return only the logits (wrap the model in a "
+                               "module whose forward picks them)")
+    if output.dim() != 2 or output.shape[0] != batch:
+        raise ModelOutputError(f"{name} returned {describe_output(output)} for {batch} images; "
+                               f"attrib-bench needs logits of shape ({batch}, K)")
+    if not output.is_floating_point():
+        raise ModelOutputError(f"{name} returned {output.dtype} values; logits must be floating "
+                               "point")
+    if output.shape[1] >= 2 and output.shape[0] > 0:
+        values = output.detach()
+        sums = values.double().sum(dim=1)
+        if bool((values >= 0).all()) and bool(((sums - 1).abs() < 1e-4).all()):
+            raise ModelOutputError(f"{name} returns probabilities (rows are non-negative and sum "
+                                   "to 1): attrib-bench needs logits; remove the final softmax "
+                                   "(and declare model.probability = 'softmax')")
+    return output

@@ -1,0 +1,139 @@
+"""Every registered model keeps the promises its capabilities make (models/protocols.py), and every
+registered metric is described, ranked and typed the way the runner and the listings expect.
+
+All models are built on the meta device (no memory, no init cost) for the declarations; the
+forward checks run on the small ones (the xs CoDA-Nets and the ResNet-56), untrained, in float64,
+on two random 32 px images.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from attrib_bench.errors import ModelOutputError
+from attrib_bench.hparams import convert, hparams_of, resolve
+from attrib_bench.metrics.base import Metric
+from attrib_bench.models import protocols
+from attrib_bench.registry import METRICS, MODELS
+
+MODEL_NAMES = MODELS.names()
+#: Models small enough for forward checks at 32 px on a CPU (float64, untrained).
+SMALL = [n for n in MODEL_NAMES if n == "resnet56" or n.startswith("xs-coda")]
+#: The probability each family was trained for: BCE (one-vs-rest) or cross-entropy.
+FAMILY_PROBABILITY = {"coda": "sigmoid", "resnet": "softmax"}
+
+
+def _meta(name: str) -> nn.Module:
+    with torch.device("meta"):
+        return MODELS.create(name, pretrained=False)
+
+
+def _small(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return MODELS.create(name, pretrained=False).double().eval()
+
+
+def _images() -> torch.Tensor:
+    return torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def test_the_small_models_are_registered():
+    assert {"xs-coda", "resnet56"} <= set(SMALL)
+
+
+# ----------------------------------------------------------------------------- declarations
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_declared_capabilities_have_the_promised_kind(name):
+    model = _meta(name)
+    has = protocols.capabilities(model)
+    if "probability" in has:
+        assert model.probability in protocols.PROBABILITIES
+    family = MODELS.get(name).metadata.get("family")
+    if family in FAMILY_PROBABILITY:
+        assert protocols.probability(model) == FAMILY_PROBABILITY[family]
+    for capability in ("contributions", "features_head", "encoded_input"):
+        if capability in has:
+            attributes = protocols.CAPABILITIES[capability][0]
+            assert all(callable(getattr(model, a)) for a in attributes), (name, capability)
+    if "gradcam_layer" in has:
+        layer = model.gradcam_layer
+        assert isinstance(layer, nn.Module)
+        assert any(m is layer for m in model.modules()), f"{name}: gradcam_layer is not its own"
+    if "temperature" in has:
+        t = model.temperature
+        assert isinstance(t, float) and math.isfinite(t) and t > 0
+
+
+def test_a_bad_probability_declaration_is_one_line():
+    model = nn.Linear(2, 2)
+    model.probability = "tanh"
+    with pytest.raises(ModelOutputError) as info:
+        protocols.probability(model)
+    assert "\n" not in str(info.value) and "'sigmoid' or 'softmax'" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- forward checks
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_capabilities_agree_with_the_forward_pass(name):
+    model = _small(name)
+    x = _images()
+    has = protocols.capabilities(model)
+    called = []
+    if "gradcam_layer" in has:
+        handle = model.gradcam_layer.register_forward_hook(lambda *a: called.append(True))
+    with torch.no_grad():
+        logits = protocols.check_logits(model(x), 2, model)
+    if "gradcam_layer" in has:
+        handle.remove()
+        assert called, f"{name}: the forward pass never calls gradcam_layer"
+    if "features_head" in has:
+        with torch.no_grad():
+            split = model.forward_head(model.forward_features(x))
+        torch.testing.assert_close(split, logits, rtol=1e-12, atol=1e-12)
+    if "encoded_input" in has:
+        with torch.no_grad():
+            encoded = model.forward_encoded(model.encode(x))
+        torch.testing.assert_close(encoded, logits, rtol=1e-12, atol=1e-12)
+    if "contributions" in has:
+        # completeness: each map sums to its target's logit minus one bias, whatever the target
+        rests = []
+        for target in (torch.tensor([0, 1]), torch.tensor([3, 3])):
+            maps = model.contributions(x, target)
+            assert maps.dim() == 4 and maps.shape[0] == 2 and maps.shape[-2:] == x.shape[-2:]
+            rests.append(logits.gather(1, target[:, None])[:, 0] - maps.sum(dim=(1, 2, 3)))
+        rest = torch.cat(rests)
+        bias = getattr(model, "logit_bias", float(rest[0]))
+        torch.testing.assert_close(rest, torch.full_like(rest, bias), rtol=1e-9, atol=1e-12)
+    probs = protocols.to_probability(logits, protocols.probability(model))
+    assert ((probs >= 0) & (probs <= 1)).all()
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize("name", METRICS.names())
+def test_metric_is_described_ranked_and_typed(name):
+    factory = METRICS.get(name).factory
+    metric = factory()
+    assert isinstance(metric, Metric) and metric.name == name
+    assert isinstance(metric.description, str) and metric.description.strip()
+    assert metric.directions and set(metric.directions.values()) <= {"higher", "lower"}
+    for key in metric.directions:
+        variant, _, stat = key.rpartition("/")
+        assert metric.direction(variant, stat) in ("higher", "lower"), key
+    assert metric.direction("", "no-such-stat") == ""
+    specs = hparams_of(factory)
+    for spec in specs.values():
+        assert not re.search(r"\bany\b", spec.type_name), f"{name}.{spec.name} is untyped"
+        assert convert(spec.default, spec, name) == spec.default, f"{name}.{spec.name} default"
+    # the metric records every resolved hyper-parameter, defaults included
+    assert metric.hparams == resolve(f"metric {name!r}", factory, {})

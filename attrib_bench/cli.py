@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,27 +15,35 @@ from attrib_bench.registry import METHODS, METRICS, MODELS, Registry, load_plugi
 
 
 class _Group(click.Group):
-    """Turns every :class:`AttribBenchError` into click's one-line ``Error: …`` (no traceback)."""
+    """Turns every :class:`AttribBenchError` into click's one-line ``Error: …`` (no traceback),
+    unless ``--debug`` asked for tracebacks."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except AttribBenchError as exc:
+            if ctx.meta.get("attrib_bench.debug"):
+                raise
             raise click.ClickException(str(exc)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
-              help="Import MODULE first so its @register_* names exist (repeatable).")
+              help="Import MODULE first so its @register_* names exist (repeatable); the "
+                   "current folder is importable, as with python -m.")
+@click.option("--debug", is_flag=True,
+              help="Show full tracebacks (of attrib-bench's errors and of failing plugins).")
 @click.version_option(package_name="attrib-bench")
-def cli(plugins: tuple[str, ...]) -> None:
+@click.pass_context
+def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool) -> None:
     """Benchmark attribution methods on image classifiers (CoDA-Nets and baselines)."""
     from attrib_bench.perf import retain_freed_memory
 
+    ctx.meta["attrib_bench.debug"] = debug
     # Every command runs fixed-shape batches: keeping freed memory avoids page faults that cost
     # half of the CPU time here (CoDA-Net evaluation of the test set: 113 s -> 54 s).
     retain_freed_memory()
-    load_plugins(plugins)
+    load_plugins(plugins, debug=debug)
 
 
 def _model_rows(names: list[str]) -> list[tuple[str, ...]]:
@@ -75,13 +84,24 @@ def list_cmd(kind: str, pattern: str, verbose: bool) -> None:
         click.echo(f"{key} ({len(names)}):")
         if verbose and key == "models" and names:
             _print_table(_model_rows(names))
-        elif key == "methods":  # hyper-parameters (registry metadata) before the description
-            _print_table([("name", "hyper-parameters", "description")] + [(n, ", ".join(
-                f"{k}={v}" for k, v in registry.get(n).metadata.get("hparams", {}).items()) or "-",
-                registry.get(n).description) for n in names])
+        elif key in ("methods", "metrics"):  # hyper-parameters from the signatures
+            _print_hparams(registry, names)
         else:
             _print_table([("name", "description")]
                          + [(n, registry.get(n).description) for n in names])
+
+
+def _print_hparams(registry: Registry, names: list[str]) -> None:
+    """Each name with its description, then one line per hyper-parameter: type = default."""
+    from attrib_bench.hparams import hparams_of
+
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        entry = registry.get(name)
+        click.echo(f"  {name.ljust(width)}  {entry.description}")
+        for spec in hparams_of(entry.factory).values():
+            click.echo(f"  {''.ljust(width)}    {spec.name}: {spec.type_name} = "
+                       f"{spec.default!r}")
 
 
 @cli.command("eval")
@@ -233,28 +253,6 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
                f"{run_dir / sidecar['file']} (sha256 {sidecar['sha256'][:12]}…)")
 
 
-def _parse_settings(settings: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``("rise.n_masks=500", "localisation.n=2")`` → ``{"rise": {"n_masks": 500}, ...}``.
-
-    Values are read as JSON where they parse (numbers, true/false, lists), else kept as text.
-    """
-    import json
-
-    parsed: dict[str, dict[str, Any]] = {}
-    for item in settings:
-        name, dot, rest = item.partition(".")
-        key, eq, text = rest.partition("=")
-        if not (dot and eq and name and key):
-            raise click.BadParameter(f"{item!r}: use NAME.KEY=VALUE, e.g. rise.n_masks=500",
-                                     param_hint="--set")
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = text
-        parsed.setdefault(name, {})[key] = value
-    return parsed
-
-
 @cli.command("run")
 @click.option("--model", "models", required=True,
               help="Model name(s), comma-separated (see `attrib-bench list models`).")
@@ -280,6 +278,9 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="CIFAR-10 folder (default: $ATTRIB_BENCH_DATA, else ../shared/data).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--dry-run", is_flag=True,
+              help="Build and check every model, method, metric and setting, print the plan, "
+                   "and stop: nothing is computed or written.")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local",
               show_default=True,
               help="local: this process; dask: one Dask task per (model, method, metric, chunk).")
@@ -291,25 +292,38 @@ def _parse_settings(settings: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None, batch_size: int,
             device: str, out_dir: str, seed: int, checkpoint: str | None,
             settings: tuple[str, ...], overwrite: bool, data_root: str | None,
-            quiet: bool, executor: str, scheduler: str | None, workers: int | None) -> None:
+            quiet: bool, dry_run: bool, executor: str, scheduler: str | None,
+            workers: int | None) -> None:
     """Benchmark METHODs on MODELs under METRICs; writes tidy tables to OUT."""
+    import json
+
     import pandas as pd
 
     from attrib_bench.runners.benchmark import run
 
-    hparams = _parse_settings(settings)
-    metric_names = set(METRICS.names())
     run(models, methods, metrics, n_samples=n_samples, batch_size=batch_size, device=device,
         out=out_dir, seed=seed, checkpoint=checkpoint, overwrite=overwrite, data_root=data_root,
-        method_hparams={k: v for k, v in hparams.items() if k not in metric_names},
-        metric_hparams={k: v for k, v in hparams.items() if k in metric_names},
-        progress=not quiet, executor=executor, scheduler=scheduler, workers=workers)
+        settings=settings, progress=not quiet, dry_run=dry_run, executor=executor,
+        scheduler=scheduler, workers=workers)
+    if dry_run:
+        plan = run.last_plan  # type: ignore[attr-defined]
+        for job in plan.jobs:
+            click.echo(f"{job.part.model} · {job.part.method} · {job.part.metric}: "
+                       f"{len(job.samples)} samples; method {json.dumps(job.hparams)}")
+        click.echo(f"dry run: {len(plan.jobs)} parts checked, {len(plan.skipped)} skipped; "
+                   "nothing was computed or written")
+        return
+    manifest = json.loads(Path(out_dir, "manifest.json").read_text()) \
+        if "://" not in out_dir else {"skipped": []}
     summary = pd.read_csv(f"{out_dir}/summary.csv", keep_default_na=False)
     shown = summary[["model", "method", "metric", "variant", "stat", "mean", "ci_low", "ci_high",
                      "n", "direction"]]
     with pd.option_context("display.width", 140, "display.max_rows", 200,
                            "display.float_format", "{:.4f}".format):
         click.echo(shown.to_string(index=False))
+    for item in manifest.get("skipped", []):
+        click.echo(f"skipped: {item['model']} · {item['method']} · {item['metric']}: "
+                   f"{item['reason']}")
     click.echo(f"rows: {out_dir}/results.parquet (+ .csv); summary: {out_dir}/summary.csv; "
                f"manifest: {out_dir}/manifest.json")
 

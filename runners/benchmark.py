@@ -14,8 +14,11 @@ and the config columns ``dataset, seed, method_config, metric_config``.
 
 from __future__ import annotations
 
-import inspect
+import difflib
+import hashlib
+import io
 import json
+import os
 import platform
 import re
 import sys
@@ -33,11 +36,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from attrib_bench import evaluation
+from attrib_bench import evaluation, hparams
 from attrib_bench.data import ImageSet, get_dataset
-from attrib_bench.errors import NotApplicableError, RunError
+from attrib_bench.errors import MetricError, NotApplicableError, RunError, SettingError
 from attrib_bench.evaluation import ieee_float32, resolve_device
+from attrib_bench.methods.base import eval_mode
 from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, Metric, SampleSet
+from attrib_bench.models.protocols import check_logits
 from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.registry import METHODS, METRICS, create_method, create_metric, create_model
 from attrib_bench.runners.cache import AttributionCache, cached_explainer, model_digest
@@ -65,6 +70,9 @@ class RunConfig:
     checkpoint: str | None = None
     method_hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     metric_hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: methods/metrics were "all": a part that does not apply is skipped, not an error
+    all_methods: bool = False
+    all_metrics: bool = False
 
     def identity(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
@@ -81,21 +89,17 @@ def _split_names(value: str | Iterable[str] | Mapping[str, Any]) -> list[str]:
     return list(value)
 
 
-def _accepts(factory: Any, name: str) -> bool:
-    """Whether ``factory`` (a class or function) takes keyword ``name`` (or ``**kwargs``)."""
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
 # ----------------------------------------------------------------------------- one part
 
 
 @dataclass
 class Part:
-    """One (model, method, metric) cell of the sweep and where its chunks live in ``store``."""
+    """One (model, method, metric) cell of the sweep and where its chunks live in ``store``.
+
+    A chunk is the parquet file ``chunk-NNNNN-<sha256>.parquet``: its name carries the sha256 of
+    its bytes, so a truncated or altered file (one flipped bit) is detected before it is read,
+    reported, deleted and recomputed. One atomic rename writes file and checksum together.
+    """
 
     model: str
     method: str
@@ -106,20 +110,53 @@ class Part:
     def folder(self) -> str:
         return self.store.path("parts", _slug(self.model), _slug(self.method), _slug(self.metric))
 
-    def chunk_path(self, index: int) -> str:
-        return f"{self.folder}/chunk-{index:05d}.parquet"
+    def chunk_files(self, index: int) -> list[str]:
+        """Files of chunk ``index`` (normally none or one; older unchecked names included)."""
+        return self.store.glob("parts", _slug(self.model), _slug(self.method),
+                               _slug(self.metric), f"chunk-{index:05d}*.parquet")
+
+    def chunk_path(self, index: int, digest: str) -> str:
+        return f"{self.folder}/chunk-{index:05d}-{digest}.parquet"
+
+    def write_chunk(self, index: int, rows: pd.DataFrame) -> str:
+        """Write ``rows`` as chunk ``index``, atomically, named by their sha256; the path."""
+        buffer = io.BytesIO()
+        rows.to_parquet(buffer, index=False)
+        data = buffer.getvalue()
+        path = self.chunk_path(index, hashlib.sha256(data).hexdigest())
+        self.store.write(path, lambda tmp: tmp.write_bytes(data))
+        return path
+
+    def state(self, index: int) -> tuple[bool, list[str]]:
+        """(done, corrupt): whether chunk ``index`` has a verified file, and the files that
+        failed their checksum (deleted here, so that the chunk is recomputed)."""
+        done, corrupt = False, []
+        for path in self.chunk_files(index):
+            if not done and verified_chunk(self.store, path) is not None:
+                done = True
+                continue
+            self.store.remove(path)  # corrupt, unchecked (older name) or a second copy
+            corrupt.append(path)
+        return done, corrupt
 
     def done(self, index: int) -> bool:
-        """A chunk counts as done when its file exists and reads back (atomic writes)."""
-        path = self.chunk_path(index)
-        if not self.store.exists(path):
-            return False
-        try:
-            self.store.read_parquet(path, columns=["value"])
-        except Exception:  # noqa: BLE001 - any unreadable file is redone, never trusted
-            self.store.remove(path)
-            return False
-        return True
+        """Whether chunk ``index`` is written and its checksum holds (a bad file is deleted)."""
+        return self.state(index)[0]
+
+
+_CHUNK_NAME = re.compile(r"chunk-\d{5}-([0-9a-f]{64})\.parquet$")
+
+
+def verified_chunk(store: Store, path: str) -> bytes | None:
+    """The bytes of a chunk file if their sha256 is the one in its name, else None."""
+    match = _CHUNK_NAME.search(path)
+    if match is None:
+        return None
+    try:
+        data = store.read_bytes(path)
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == match.group(1) else None
 
 
 def _json(value: Any) -> str:
@@ -166,16 +203,25 @@ def evaluate_chunk(part: Part, index: int, ids: np.ndarray, metric: Metric,
     rows = _finish_rows(rows, part, config, method_config, metric_config)
     elapsed = time.perf_counter() - start
     rows["seconds"] = elapsed / max(len(rows), 1)  # per-row share: sums to wall time
-    part.store.write(part.chunk_path(index), lambda tmp: rows.to_parquet(tmp, index=False))
+    part.write_chunk(index, rows)
     return elapsed
 
 
 def _evaluate_part(part: Part, metric: Metric, samples: SampleSet, ctx: EvalContext,
                    config: RunConfig, method_config: dict[str, Any],
-                   metric_config: dict[str, Any], progress: bool) -> float:
-    """Evaluate the missing chunks of one part in this process; returns the seconds spent."""
+                   metric_config: dict[str, Any], progress: bool) -> tuple[float, list[str]]:
+    """Evaluate the missing chunks of one part in this process.
+
+    Returns the seconds spent and the chunk files that failed their checksum (recomputed).
+    """
     chunks = chunk_ids(samples, config.batch_size)
-    todo = [i for i in range(len(chunks)) if not part.done(i)]
+    todo, corrupt = [], []
+    for i in range(len(chunks)):
+        done, bad = part.state(i)
+        corrupt += bad
+        if not done:
+            todo.append(i)
+    _report_corrupt(part.store, corrupt)
     seconds = 0.0
     done_samples = len(samples.ids) - sum(len(chunks[i]) for i in todo)
     with tqdm(total=len(samples.ids), initial=done_samples, unit="sample", disable=not progress,
@@ -185,7 +231,15 @@ def _evaluate_part(part: Part, metric: Metric, samples: SampleSet, ctx: EvalCont
             seconds += evaluate_chunk(part, index, chunks[index], metric, samples, ctx, config,
                                       method_config, metric_config)
             bar.update(len(chunks[index]))
-    return seconds
+    return seconds, corrupt
+
+
+def _report_corrupt(store: Store, paths: list[str]) -> None:
+    """One stderr line per chunk file that failed its checksum (it is recomputed)."""
+    for path in paths:
+        shown = path[len(store.root):].lstrip("/") if path.startswith(store.root) else path
+        print(f"warning: {shown} failed its checksum (corrupt, truncated or unchecked): "
+              "deleted, recomputing it", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -281,6 +335,7 @@ def _load_model(name: str, model: nn.Module | None, checkpoint: str | None,
 
 
 def _method_names(requested: list[str], model: nn.Module) -> list[str]:
+    """``["all"]`` → the registered methods that apply to ``model``, else ``requested``."""
     if requested == ["all"]:
         from attrib_bench.methods.base import applicable_methods
 
@@ -288,14 +343,63 @@ def _method_names(requested: list[str], model: nn.Module) -> list[str]:
     return requested
 
 
-def _build_method(name: str, model: nn.Module, hparams: dict[str, Any], seed: int) -> Any:
-    factory = METHODS.get(name).factory
-    kwargs = dict(hparams)
-    if _accepts(factory, "seed"):
-        kwargs.setdefault("seed", seed)
-    method = create_method(name, model, **kwargs)
+def _build_method(name: str, model: nn.Module, hparams: Mapping[str, Any], seed: int) -> Any:
+    """Build method ``name`` on ``model`` from its settings; ``seed`` fills an unset seed."""
+    config = resolve_method(name, hparams, seed)
+    method = create_method(name, model, **config)
     method.allow_nonfinite = True  # NaN maps become flagged rows, not a stopped run
     return method
+
+
+def resolve_method(name: str, given: Mapping[str, Any], seed: int, *,
+                   from_text: bool = False) -> dict[str, Any]:
+    """Method ``name``'s full configuration (defaults included, types checked); the run's
+    ``seed`` where the method has a seed and it is not set."""
+    factory = METHODS.get(name).factory
+    config = hparams.resolve(f"method {name!r}", factory, given, from_text=from_text)
+    if "seed" in hparams.hparams_of(factory) and "seed" not in given:
+        config["seed"] = seed
+    return config
+
+
+def resolve_metric(name: str, given: Mapping[str, Any], *, from_text: bool = False
+                   ) -> dict[str, Any]:
+    """Metric ``name``'s full configuration (defaults included, types checked)."""
+    return hparams.resolve(f"metric {name!r}", METRICS.get(name).factory, given,
+                           from_text=from_text)
+
+
+def parse_settings(settings: Iterable[str], methods: list[str], metrics: list[str]
+                   ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """``["rise.n_masks=500", "pixel-removal.baseline=road"]`` → (method, metric) settings as
+    text, split by the selected ``methods`` and ``metrics``; a NAME that is neither, or an item
+    not of the form NAME.KEY=VALUE, is one :class:`SettingError` line with the close matches."""
+    method_settings: dict[str, dict[str, str]] = {}
+    metric_settings: dict[str, dict[str, str]] = {}
+    for item in settings:
+        name, eq, text = item.partition("=")
+        name, dot, key = name.rpartition(".")
+        if not (dot and eq and name and key):
+            raise SettingError(f"--set {item!r}: use NAME.KEY=VALUE, e.g. rise.n_masks=500")
+        if name in metrics:
+            metric_settings.setdefault(name, {})[key] = text
+        elif name in methods:
+            method_settings.setdefault(name, {})[key] = text
+        else:
+            raise SettingError(_not_selected(name, methods, metrics, f"--set {item!r}"))
+    return method_settings, metric_settings
+
+
+def _not_selected(name: str, methods: list[str], metrics: list[str], what: str) -> str:
+    """The one line for a setting whose NAME is not a selected method or metric."""
+    selected = [*methods, *metrics]
+    close = difflib.get_close_matches(name, selected, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else (
+        f"this run has {', '.join(selected)}")
+    registered = name in METHODS or name in METRICS
+    why = "is not selected in this run (add it to --method/--metric)" if registered else \
+        "is not a selected method or metric"
+    return f"{what}: {name!r} {why}: {hint}"
 
 
 @dataclass
@@ -308,7 +412,7 @@ class PartJob:
     model: nn.Module  # the metric's view of the model
     model_hash: str
     method_name: str
-    hparams: dict[str, Any]
+    hparams: dict[str, Any]  # the method's full configuration
     method_id: dict[str, Any]
     metric_config: dict[str, Any]
 
@@ -343,7 +447,9 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
         data_root: str | Path | None = None,
         method_hparams: Mapping[str, Mapping[str, Any]] | None = None,
         metric_hparams: Mapping[str, Mapping[str, Any]] | None = None,
+        settings: Iterable[str] = (),
         progress: bool = True,
+        dry_run: bool = False,
         executor: str = "local",
         scheduler: str | None = None,
         workers: int | None = None,
@@ -353,11 +459,24 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
     ``models``: registered names (a list or "a,b"), or a mapping name → ``nn.Module`` for a
     user's own models; ``methods``/``metrics``: names or "all"; ``n_samples`` shrinks each metric's
     default sample count; ``dataset``: a registered dataset name or an :class:`ImageSet`;
-    ``*_hparams``: per-name hyper-parameters. ``out``: a folder or an fsspec URL
-    (``memory://``, ``s3://``…); None uses a temporary folder. ``executor="dask"`` runs each
-    (model, method, metric, chunk) as a Dask task: on ``client`` (a ``distributed.Client``), on
-    the cluster at ``scheduler`` ("tcp://host:8786"), or on a new ``LocalCluster`` of
-    ``workers`` processes; see :mod:`attrib_bench.runners.distributed`.
+    ``*_hparams``: per-name hyper-parameters as Python values, ``settings``: the same as
+    ``"NAME.KEY=VALUE"`` text (the CLI's ``--set``), parsed to each hyper-parameter's declared
+    type (:mod:`attrib_bench.hparams`). ``out``: a folder or an fsspec URL (``memory://``,
+    ``s3://``…); None uses a temporary folder. ``executor="dask"`` runs each (model, method,
+    metric, chunk) as a Dask task: on ``client`` (a ``distributed.Client``), on the cluster at
+    ``scheduler`` ("tcp://host:8786"), or on a new ``LocalCluster`` of ``workers`` processes;
+    see :mod:`attrib_bench.runners.distributed`.
+
+    **Fail fast.** Before the first chunk runs (and before anything is written), every name,
+    setting, model, (model, metric) sample set and (model, method, metric) part is built and
+    checked: the model's output on one sample must be logits (B, K), and each method's
+    ``preflight`` runs on one sample. With ``methods="all"`` (or ``metrics="all"``), a part that
+    does not apply is skipped with its reason (manifest ``skipped``, stderr), and so is a named
+    method on the models it does not apply to (``inherent`` on a ResNet beside a CoDA-Net); a
+    named method that applies to none of the models, or a named metric that does not apply,
+    stops the run in one line. ``dry_run=True`` stops after these
+    checks and returns an empty table (nothing is computed or written); the plan is in
+    ``run.last_plan``.
     """
     if executor not in EXECUTORS:
         raise RunError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
@@ -371,106 +490,225 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
         raise RunError(f"--workers must be >= 1, got {workers}")
     given_models = dict(models) if isinstance(models, Mapping) else {}
     metric_names = _split_names(metrics)
-    if metric_names == ["all"]:
+    all_metrics = metric_names == ["all"]
+    if all_metrics:
         metric_names = METRICS.names()
     for name in metric_names:
         METRICS.get(name)  # unknown names fail here, with close matches
     method_names = _split_names(methods)
+    all_methods = method_names == ["all"]
     for name in method_names:
         if name != "all":
             METHODS.get(name)
     model_names = _split_names(models)
     if checkpoint is not None and len(model_names) != 1:
         raise RunError("--checkpoint applies to one model: run one --model per checkpoint")
-    if n_samples is not None and n_samples < 1:
+    if n_samples is not None and (isinstance(n_samples, bool) or n_samples < 1):
         raise RunError(f"--n-samples must be >= 1, got {n_samples}")
-    if batch_size < 1:
+    if isinstance(batch_size, bool) or batch_size < 1:
         raise RunError(f"--batch-size must be >= 1, got {batch_size}")
+    selected_methods = METHODS.names() if all_methods else method_names
+    text_methods, text_metrics = parse_settings(settings, selected_methods, metric_names)
+    for kind, given, names in (("method_hparams", method_hparams, selected_methods),
+                               ("metric_hparams", metric_hparams, metric_names)):
+        for name in given or {}:
+            if name not in names:
+                raise SettingError(_not_selected(name, selected_methods, metric_names, kind))
+    method_configs = {name: _merge_text(resolve_method, name, resolve_method(
+        name, (method_hparams or {}).get(name, {}), seed), text_methods.get(name, {}), seed)
+        for name in selected_methods}
+    metric_configs = {name: _merge_text(resolve_metric, name, resolve_metric(
+        name, (metric_hparams or {}).get(name, {})), text_metrics.get(name, {}))
+        for name in metric_names}
+    out_store = _check_out(out)
     dataset_name = dataset.name if isinstance(dataset, ImageSet) else str(dataset)
-    config = RunConfig(model_names, method_names, metric_names, n_samples, batch_size, seed,
-                       dataset_name, "test", checkpoint,
-                       {k: dict(v) for k, v in (method_hparams or {}).items()},
-                       {k: dict(v) for k, v in (metric_hparams or {}).items()})
+    config = RunConfig(model_names, selected_methods, metric_names, n_samples, batch_size, seed,
+                       dataset_name, "test", checkpoint, method_configs, metric_configs,
+                       all_methods, all_metrics)
     torch_device = resolve_device(device)
     runner = None
-    if executor == "dask":
+    if executor == "dask" and not dry_run:
         from attrib_bench.runners.distributed import DaskRunner
 
         runner = DaskRunner(client=client, scheduler=scheduler, workers=workers,
                             progress=progress)
     try:
-        if out is None:
+        if out_store is None:
             with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
                 return _run(config, Store(tmp), torch_device, overwrite, dataset, data_root,
-                            given_models, progress, runner)
-        return _run(config, Store(out), torch_device, overwrite, dataset, data_root,
-                    given_models, progress, runner)
+                            given_models, progress, runner, dry_run)
+        return _run(config, out_store, torch_device, overwrite, dataset, data_root,
+                    given_models, progress, runner, dry_run)
     finally:
         if runner is not None:
             runner.close()
 
 
-def _run(config: RunConfig, out: Store, device: torch.device, overwrite: bool,
-         dataset: str | ImageSet, data_root: str | Path | None,
-         given_models: Mapping[str, nn.Module], progress: bool, runner: Any) -> pd.DataFrame:
-    images = (dataset if isinstance(dataset, ImageSet)
-              else get_dataset(dataset, config.split, root=data_root))
-    metrics = {name: create_metric(name, **config.metric_hparams.get(name, {}))
+def _merge_text(resolver: Any, name: str, config: dict[str, Any], text: Mapping[str, str],
+                *args: Any) -> dict[str, Any]:
+    """``config`` with the ``--set`` values in ``text`` parsed to their declared types."""
+    if not text:
+        return config
+    parsed = resolver(name, text, *args, from_text=True)
+    return {**config, **{key: parsed[key] for key in text}}
+
+
+def _check_out(out: str | Path | None) -> Store | None:
+    """The output store, checked before any work: a local folder must be creatable."""
+    if out is None:
+        return None
+    try:
+        store = Store(out)
+    except (ValueError, ImportError) as exc:
+        raise RunError(f"--out {str(out)[:200]!r} is not a folder or fsspec URL that can be "
+                       f"used here ({exc}): pass a local folder") from None
+    if store.local:
+        path = Path(store.root)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+            what = "is not a folder" if not path.is_dir() else "is not writable"
+            raise RunError(f"cannot create the output folder {str(out)[:200]!r}: {path} {what}; "
+                           "pass --out a folder you can write")
+    return store
+
+
+@dataclass
+class Plan:
+    """What a run will evaluate, built and checked before anything is written."""
+
+    models: dict[str, nn.Module]
+    hashes: dict[str, str]
+    metrics: dict[str, Metric]
+    jobs: list[PartJob]
+    samples: dict[str, dict[str, Any]]
+    skipped: list[dict[str, str]]
+
+
+def _skip(skipped: list[dict[str, str]], model: str, method: str, metric: str,
+          reason: str) -> None:
+    """Record a part that does not apply (manifest ``skipped``; stderr once the plan holds)."""
+    reason = reason.splitlines()[0][:400] if reason else "does not apply"
+    skipped.append({"model": model, "method": method, "metric": metric, "reason": reason})
+
+
+def _first_sample(samples: SampleSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample's input (1, 3, H, W) and one target class (1,), for the checks."""
+    inputs, targets = samples.fetch(samples.ids[:1])
+    return inputs.to(device), targets.reshape(len(targets), -1)[:, 0].long().to(device)
+
+
+def plan_run(config: RunConfig, out: Store, device: torch.device, images: ImageSet,
+             given_models: Mapping[str, nn.Module]) -> Plan:
+    """Build and check every (model, method, metric) part; nothing is written.
+
+    Raises one line for what a user named and cannot run; records (and prints) what ``all``
+    selected and does not apply.
+    """
+    metrics = {name: create_metric(name, **config.metric_hparams[name])
                for name in config.metrics}
-    # Build every model and method before writing anything, so bad names fail in one line.
     loaded = {name: _load_model(name, given_models.get(name), config.checkpoint, device)
               for name in config.models}
     hashes = {name: model_digest(model) for name, model in loaded.items()}
-    _prepare_out(out, {**config.identity(), "model_hashes": hashes}, overwrite)
-    cache = AttributionCache(out.child("cache"))
-    started = time.perf_counter()
-    manifest: dict[str, Any] = {"config": config.identity(), "parts": [], "skipped": [],
-                                "samples": {}}
+    for model in loaded.values():
+        x = images.float_images(slice(0, 1)).to(device)
+        with torch.inference_mode(), eval_mode(model):
+            check_logits(model(x), 1, model)
+    skipped: list[dict[str, str]] = []
+    refused: dict[str, NotApplicableError] = {}
     jobs: list[PartJob] = []
+    samples_info: dict[str, dict[str, Any]] = {}
     for model_name, model in loaded.items():
         for metric_name, metric in metrics.items():
-            view = metric.prepare_model(model)
+            try:
+                view = metric.prepare_model(model)
+            except MetricError as exc:
+                if not config.all_metrics:
+                    raise
+                _skip(skipped, model_name, "*", metric_name, str(exc))
+                continue
             t0 = time.perf_counter()
             samples = metric.select(model, images, config.n_samples, device, config.batch_size)
-            select_seconds = time.perf_counter() - t0
-            manifest["samples"][f"{model_name}/{metric_name}"] = {
-                "n": len(samples), "seconds": round(select_seconds, 3), **samples.info}
-            for method_name in _method_names(config.methods, view):
-                hparams = config.method_hparams.get(method_name, {})
+            samples_info[f"{model_name}/{metric_name}"] = {
+                "n": len(samples), "seconds": round(time.perf_counter() - t0, 3), **samples.info}
+            example = _first_sample(samples, device) if len(samples) else None
+            for method_name in config.methods:
+                method_config = config.method_hparams[method_name]
                 try:
-                    method = _build_method(method_name, view, hparams, config.seed)
+                    method = _build_method(method_name, view, method_config, config.seed)
+                    if example is not None and callable(getattr(method, "preflight", None)):
+                        with eval_mode(view):
+                            method.preflight(*example)
                 except NotApplicableError as exc:
-                    if len(config.models) == 1 and config.methods != ["all"]:
-                        raise
-                    manifest["skipped"].append({"model": model_name, "method": method_name,
-                                                "metric": metric_name, "reason": str(exc)})
+                    refused.setdefault(method_name, exc)
+                    _skip(skipped, model_name, method_name, metric_name, str(exc))
                     continue
-                job = PartJob(
+                jobs.append(PartJob(
                     Part(model_name, method_name, metric_name, out), metric, samples, view,
-                    hashes[model_name], method_name, hparams,
-                    {"name": method_name, "hparams": hparams, "seed": config.seed,
-                     "view": metric.model_view, "class": type(method).__qualname__},
-                    {"name": metric_name, **metric.hparams, "n_samples": config.n_samples})
-                if runner is not None:
-                    jobs.append(job)
-                    continue
-                seconds = _evaluate_part(job.part, metric, samples,
-                                         job.context(config, device, cache, method), config,
-                                         job.method_id, job.metric_config, progress)
-                manifest["parts"].append({"model": model_name, "method": method_name,
-                                          "metric": metric_name, "seconds_this_run":
-                                          round(seconds, 3)})
+                    hashes[model_name], method_name, method_config,
+                    {"name": method_name, "config": method_config, "view": metric.model_view,
+                     "class": type(method).__qualname__},
+                    {"name": metric_name, **config.metric_hparams[metric_name],
+                     "n_samples": config.n_samples}))
+    if not config.all_methods:  # a named method must apply to at least one model
+        planned = {job.method_name for job in jobs}
+        for name, exc in refused.items():
+            if name not in planned:
+                raise exc
+    for item in skipped:
+        print(f"skipped: {item['model']} · {item['method']} · {item['metric']}: "
+              f"{item['reason']}", file=sys.stderr)
+    return Plan(loaded, hashes, metrics, jobs, samples_info, skipped)
+
+
+def _run(config: RunConfig, out: Store, device: torch.device, overwrite: bool,
+         dataset: str | ImageSet, data_root: str | Path | None,
+         given_models: Mapping[str, nn.Module], progress: bool, runner: Any,
+         dry_run: bool = False) -> pd.DataFrame:
+    images = (dataset if isinstance(dataset, ImageSet)
+              else get_dataset(dataset, config.split, root=data_root))
+    plan = plan_run(config, out, device, images, given_models)
+    run.last_plan = plan  # type: ignore[attr-defined]
+    if dry_run:
+        return pd.DataFrame(columns=[*ID_COLUMNS, *ROW_COLUMNS[1:]])
+    if not plan.jobs:
+        reasons = "; ".join(f"{s['method']} on {s['model']}: {s['reason']}"
+                            for s in plan.skipped[:3])
+        raise RunError(f"no (model, method, metric) part applies: {reasons or 'nothing selected'}")
+    try:
+        _prepare_out(out, {**config.identity(), "model_hashes": plan.hashes}, overwrite)
+    except OSError as exc:
+        raise RunError(f"cannot write the output folder {out.url[:200]!r}: "
+                       f"{exc.strerror or exc}; pass --out a folder you can write") from None
+    cache = AttributionCache(out.child("cache"))
+    started = time.perf_counter()
+    manifest: dict[str, Any] = {"config": config.identity(), "parts": [],
+                                "skipped": plan.skipped, "samples": plan.samples,
+                                "corrupt_chunks": []}
     if runner is not None:
-        manifest["parts"] = runner.evaluate(jobs, config, device, out, cache)
+        parts, corrupt = runner.evaluate(plan.jobs, config, device, out, cache)
+        manifest["parts"], manifest["corrupt_chunks"] = parts, corrupt
         manifest["executor"] = runner.describe()
-    results = _gather(out, config)
+    else:
+        for job in plan.jobs:
+            seconds, corrupt = _evaluate_part(job.part, job.metric, job.samples,
+                                              job.context(config, device, cache), config,
+                                              job.method_id, job.metric_config, progress)
+            manifest["corrupt_chunks"] += corrupt
+            manifest["parts"].append({"model": job.part.model, "method": job.part.method,
+                                      "metric": job.part.metric,
+                                      "seconds_this_run": round(seconds, 3)})
+    manifest["corrupt_chunks"] = [p[len(out.root):].lstrip("/") for p in
+                                  manifest["corrupt_chunks"]]
+    results = _gather(out, config, [job.part for job in plan.jobs])
     timings = (results.groupby(list(ID_COLUMNS), sort=False)["seconds"].sum().round(3)
                .reset_index().to_dict("records"))
     results = results.drop(columns="seconds")
-    summary = summarise(results, metrics, config.seed)
+    summary = summarise(results, plan.metrics, config.seed)
     _write_tables(out, results, summary)
     manifest.update(_manifest_extras(results, cache, device, time.perf_counter() - started))
-    manifest["models"] = {name: _model_info(model, hashes[name]) for name, model in loaded.items()}
+    manifest["models"] = {name: _model_info(model, plan.hashes[name])
+                          for name, model in plan.models.items()}
     manifest["seconds_per_part_all_runs"] = timings
     out.write_text(out.path("manifest.json"), json.dumps(manifest, indent=1, default=str))
     flagged = int((results["flag"] != "").sum()) if len(results) else 0
@@ -480,13 +718,26 @@ def _run(config: RunConfig, out: Store, device: torch.device, overwrite: bool,
     return results
 
 
-def _gather(out: Store, config: RunConfig) -> pd.DataFrame:
-    """Every chunk of this run's parts, concatenated in (model, method, metric, sample) order."""
-    files = out.glob("parts", "*", "*", "*", "chunk-*.parquet")
-    if not files:
+def _gather(out: Store, config: RunConfig, parts: list[Part]) -> pd.DataFrame:
+    """Every verified chunk of this run's ``parts``, in (model, method, metric, sample) order.
+
+    Each file's checksum is checked again as it is read: a file altered since the run checked
+    it stops the gathering in one line (re-running recomputes it); the table never holds it.
+    """
+    frames = []
+    for part in parts:
+        for path in out.glob("parts", _slug(part.model), _slug(part.method),
+                             _slug(part.metric), "chunk-*.parquet"):
+            data = verified_chunk(out, path)
+            if data is None:
+                out.remove(path)
+                raise RunError(f"{path} changed after it was checked (checksum mismatch): "
+                               "deleted; re-run the same command to recompute it")
+            frames.append(pd.read_parquet(io.BytesIO(data)))
+    if not frames:
         raise RunError(f"no results were produced in {out.url}: no (model, method, metric) part "
                        "ran (check that the methods apply to the models)")
-    results = pd.concat([out.read_parquet(f) for f in files], ignore_index=True)
+    results = pd.concat(frames, ignore_index=True)
     order = {name: i for i, name in enumerate(config.models)}
     results = results.sort_values(
         ["model", "method", "metric", "sample", "variant", "stat", "key"],

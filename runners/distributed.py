@@ -169,8 +169,12 @@ class DaskRunner:
         self._owned = []
 
     def evaluate(self, jobs: list[PartJob], config: RunConfig, device: torch.device,
-                 out: Store, cache: AttributionCache) -> list[dict[str, Any]]:
-        """Run every missing chunk of ``jobs`` on the cluster; per-part seconds (manifest)."""
+                 out: Store, cache: AttributionCache
+                 ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Run every missing chunk of ``jobs`` on the cluster.
+
+        Returns per-part seconds (manifest) and the chunk files that failed their checksum
+        (deleted and recomputed)."""
         distributed = _import_distributed()
         if out.local:  # workers may run in another directory: an absolute path
             out = Store(os.path.abspath(out.root))
@@ -186,7 +190,7 @@ class DaskRunner:
                                                            hash=False)
             return scattered[id(thing)]
 
-        futures, sizes = [], {}
+        futures, sizes, corrupt = [], {}, []
         seconds: dict[tuple[str, str, str], float] = defaultdict(float)
         for job in jobs:
             part = Part(job.part.model, job.part.method, job.part.metric, out)
@@ -196,7 +200,9 @@ class DaskRunner:
             key = (part.model, part.method, part.metric)
             seconds[key] += 0.0
             for index, ids in enumerate(chunk_ids(job.samples, config.batch_size)):
-                if part.done(index):
+                done, bad = part.state(index)
+                corrupt += bad
+                if done:
                     continue
                 future = self.client.submit(
                     run_chunk, light, model, samples, index, ids, config, str(device),
@@ -228,4 +234,4 @@ class DaskRunner:
                                                result["peak_rss_mb"])
                 bar.update(size)
         return [{"model": m, "method": meth, "metric": metric, "seconds_this_run": round(s, 3)}
-                for (m, meth, metric), s in seconds.items()]
+                for (m, meth, metric), s in seconds.items()], corrupt

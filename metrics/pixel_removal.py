@@ -396,7 +396,8 @@ class PixelRemoval(Metric):
     step) inputs per forward (256).
 
     Rows: one per (image, order, step, stat): ``key`` = str(step), ``variant`` = order, ``stat``
-    "prob" or "logit", plus an int column ``removed`` (pixels removed). Summary: per (sample,
+    "prob" or "logit", plus an int column ``removed`` (pixels removed) and ``probability``
+    ("sigmoid"/"softmax": what the "prob" rows hold; "" on logit rows). Summary: per (sample,
     order) "prob-auc" and "logit-auc"; :meth:`direction` gives higher for least-first, lower for
     most-first.
     """
@@ -525,6 +526,9 @@ class PixelRemoval(Metric):
                          values, variant=np.array(self.orders)[:, None, None, None],
                          stat=np.array(STATS)[None, None, None, :])
         rows["removed"] = np.broadcast_to((step * k)[None, None, :, None], values.shape).ravel()
+        # which probability the "prob" rows hold, so that a table names it ("" on logit rows)
+        rows["probability"] = np.where(rows["stat"] == "prob",
+                                       self.effective_probability(model), "")
         return rows
 
     def summarise(self, rows: pd.DataFrame) -> pd.DataFrame:
@@ -552,6 +556,7 @@ class PixelRemoval(Metric):
 def _empty_rows() -> pd.DataFrame:
     rows = make_rows(np.zeros(0, dtype=np.int64), "", np.zeros(0))
     rows["removed"] = np.zeros(0, dtype=np.int64)
+    rows["probability"] = np.zeros(0, dtype=str)
     return rows
 
 

@@ -566,3 +566,18 @@ def test_auc_of_hand_made_curves_and_directions() -> None:
     assert metric.direction("most-first", "logit-auc") == "lower"
     assert metric.direction("least-first", "prob") == ""
     assert "pixel-removal" in METRICS
+
+
+def test_rows_name_the_probability_they_hold():
+    """The "prob" rows say which probability they are (softmax for an undeclared model)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4)).eval()
+    x, t = torch.rand(2, 3, 8, 8), torch.tensor([1, 2])
+    ctx = EvalContext(model=model, explain=lambda i, tt: i.sum(1), make_method=None,
+                      device=torch.device("cpu"))
+    rows = PixelRemoval(steps=4).evaluate(ctx, x, t, np.arange(2))
+    assert set(rows.loc[rows["stat"] == "prob", "probability"]) == {"softmax"}
+    assert set(rows.loc[rows["stat"] == "logit", "probability"]) == {""}
+    model.probability = "sigmoid"
+    rows = PixelRemoval(steps=4).evaluate(ctx, x, t, np.arange(2))
+    assert set(rows.loc[rows["stat"] == "prob", "probability"]) == {"sigmoid"}

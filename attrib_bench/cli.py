@@ -309,7 +309,8 @@ def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None, batc
         plan = run.last_plan  # type: ignore[attr-defined]
         for job in plan.jobs:
             click.echo(f"{job.part.model} · {job.part.method} · {job.part.metric}: "
-                       f"{len(job.samples)} samples; method {json.dumps(job.hparams)}")
+                       f"{len(job.samples)} samples; method {json.dumps(job.hparams)}; "
+                       f"metric {json.dumps(job.metric_config, default=str)}")
         click.echo(f"dry run: {len(plan.jobs)} parts checked, {len(plan.skipped)} skipped; "
                    "nothing was computed or written")
         return

@@ -473,6 +473,11 @@ class PixelRemoval(Metric):
             self._dataset_mean = (sums / max(count, 1.0)).tolist()
         if baseline == "mean":
             info["mean"] = self.channel_mean()
+            channels = dataset.images.shape[1]
+            if len(info["mean"]) != channels:
+                raise MetricError(f"metric 'pixel-removal': mean has {len(info['mean'])} values "
+                                  f"but {dataset.name} has {channels} channels: give one per "
+                                  "channel")
 
         def fetch(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             index = torch.as_tensor(np.asarray(batch, dtype=np.int64))

@@ -283,6 +283,8 @@ class Randomisation(Metric):
             index = torch.as_tensor(np.asarray(batch, dtype=np.int64))
             return dataset.float_images(index), dataset.labels[index]
 
+        if self.hparams["layers"] is not None and len(ids):  # named layers: checked up front
+            self.layers_to_randomise(model, fetch(ids[:1])[0].to(device))
         return SampleSet(ids, fetch, {"requested": wanted, "selected": len(ids),
                                       "targets": "ground truth"})
 
@@ -303,7 +305,9 @@ class Randomisation(Metric):
                 close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
                 hint = f"did you mean {', '.join(close)}?" if close else f"top: {names[0]}"
                 raise MetricError(f"metric 'randomisation': {name!r} is not a layer of the "
-                                       f"model ({hint})")
+                                  f"model ({hint}; layers are the modules with their own "
+                                  f"reset_parameters(), {len(names)} here, top first: "
+                                  f"{', '.join(names[:4])}, …)")
         wanted = set(chosen)
         return [(i, n) for i, n in enumerate(names) if n in wanted]
 

@@ -84,9 +84,9 @@ def _slug(name: str) -> str:
 
 
 def _split_names(value: str | Iterable[str] | Mapping[str, Any]) -> list[str]:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return list(value)
+    """Names from "a,b" or an iterable, in order, each once (``grad,grad`` is ``grad``)."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    return list(dict.fromkeys(n for n in names if n))
 
 
 # ----------------------------------------------------------------------------- one part
@@ -127,21 +127,45 @@ class Part:
         self.store.write(path, lambda tmp: tmp.write_bytes(data))
         return path
 
-    def state(self, index: int) -> tuple[bool, list[str]]:
+    def state(self, index: int, expected: ChunkIdentity | None = None
+              ) -> tuple[bool, list[str]]:
         """(done, corrupt): whether chunk ``index`` has a verified file, and the files that
-        failed their checksum (deleted here, so that the chunk is recomputed)."""
+        failed their checksum or, given ``expected``, hold other samples or another method or
+        metric configuration (a chunk copied from another run); those are deleted here, so that
+        the chunk is recomputed."""
         done, corrupt = False, []
         for path in self.chunk_files(index):
-            if not done and verified_chunk(self.store, path) is not None:
+            data = None if done else verified_chunk(self.store, path)
+            if data is not None and (expected is None or expected.matches(data)):
                 done = True
                 continue
             self.store.remove(path)  # corrupt, unchecked (older name) or a second copy
             corrupt.append(path)
         return done, corrupt
 
-    def done(self, index: int) -> bool:
+    def done(self, index: int, expected: ChunkIdentity | None = None) -> bool:
         """Whether chunk ``index`` is written and its checksum holds (a bad file is deleted)."""
-        return self.state(index)[0]
+        return self.state(index, expected)[0]
+
+
+@dataclass(frozen=True)
+class ChunkIdentity:
+    """What a chunk of this run must hold: its sample ids and the method and metric configs."""
+
+    ids: tuple[int, ...]
+    method_config: str
+    metric_config: str
+
+    def matches(self, data: bytes) -> bool:
+        """Whether the chunk file's bytes hold exactly these samples under these configs."""
+        try:
+            rows = pd.read_parquet(io.BytesIO(data),
+                                   columns=["sample", "method_config", "metric_config"])
+        except Exception:  # noqa: BLE001 - unreadable despite its checksum: not this run's
+            return False
+        return (set(rows["sample"].tolist()) == set(self.ids)
+                and set(rows["method_config"]) == {self.method_config}
+                and set(rows["metric_config"]) == {self.metric_config})
 
 
 _CHUNK_NAME = re.compile(r"chunk-\d{5}-([0-9a-f]{64})\.parquet$")
@@ -186,6 +210,12 @@ def _finish_rows(rows: pd.DataFrame, part: Part, config: RunConfig,
     return rows
 
 
+def chunk_identity(ids: np.ndarray, method_config: dict[str, Any],
+                   metric_config: dict[str, Any]) -> ChunkIdentity:
+    """The :class:`ChunkIdentity` a chunk of ``ids`` written with these configs has."""
+    return ChunkIdentity(tuple(int(i) for i in ids), _json(method_config), _json(metric_config))
+
+
 def chunk_ids(samples: SampleSet, batch_size: int) -> list[np.ndarray]:
     """The sample ids of each chunk (the unit that is written, resumed and distributed)."""
     return [samples.ids[i:i + batch_size] for i in range(0, len(samples.ids), batch_size)]
@@ -217,7 +247,7 @@ def _evaluate_part(part: Part, metric: Metric, samples: SampleSet, ctx: EvalCont
     chunks = chunk_ids(samples, config.batch_size)
     todo, corrupt = [], []
     for i in range(len(chunks)):
-        done, bad = part.state(i)
+        done, bad = part.state(i, chunk_identity(chunks[i], method_config, metric_config))
         corrupt += bad
         if not done:
             todo.append(i)
@@ -238,8 +268,9 @@ def _report_corrupt(store: Store, paths: list[str]) -> None:
     """One stderr line per chunk file that failed its checksum (it is recomputed)."""
     for path in paths:
         shown = path[len(store.root):].lstrip("/") if path.startswith(store.root) else path
-        print(f"warning: {shown} failed its checksum (corrupt, truncated or unchecked): "
-              "deleted, recomputing it", file=sys.stderr)
+        print(f"warning: {shown} failed its checksum or is not this run's (corrupt, truncated, "
+              "unchecked or copied from another run): deleted; its chunk is recomputed",
+              file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -310,8 +341,9 @@ def _prepare_out(out: Store, identity: dict[str, Any], overwrite: bool) -> None:
             previous = json.loads(out.read_text(run_file))
         except ValueError:
             previous = {}
+        nothing_done = not out.glob("parts", "*", "*", "*", "chunk-*.parquet")
         if previous != identity:
-            if not overwrite:
+            if not overwrite and not nothing_done:  # a run that wrote no chunk loses nothing
                 changed = sorted(k for k in set(previous) | set(identity)
                                  if previous.get(k) != identity.get(k))
                 raise RunError(f"{out.url} holds a run with a different config "

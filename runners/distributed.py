@@ -30,7 +30,14 @@ from tqdm.auto import tqdm
 from attrib_bench.errors import AttribBenchError, RunError
 from attrib_bench.perf import WORKER_ENV, peak_rss_mb, retain_freed_memory
 from attrib_bench.registry import PLUGIN_MODULES, load_plugins
-from attrib_bench.runners.benchmark import Part, PartJob, RunConfig, chunk_ids, evaluate_chunk
+from attrib_bench.runners.benchmark import (
+    Part,
+    PartJob,
+    RunConfig,
+    chunk_identity,
+    chunk_ids,
+    evaluate_chunk,
+)
 from attrib_bench.runners.cache import AttributionCache
 from attrib_bench.runners.storage import Store
 
@@ -79,7 +86,8 @@ def run_chunk(job: PartJob, model: Payload, samples: Payload, index: int,
     # workers with OMP_NUM_THREADS=1. Unless told, a task gets cores / the worker's task slots.
     torch.set_num_threads(threads or _default_threads())
     worker = str(getattr(_this_worker(), "address", "local"))
-    if job.part.done(index):  # a rerun after the first attempt wrote its file
+    if job.part.done(index, chunk_identity(ids, job.method_id, job.metric_config)):
+        # a rerun after the first attempt wrote its file
         return {"index": index, "seconds": 0.0, "hits": 0, "misses": 0, "corrupt": 0,
                 "worker": worker, "peak_rss_mb": peak_rss_mb()}
     torch_device = torch.device(device)
@@ -200,7 +208,8 @@ class DaskRunner:
             key = (part.model, part.method, part.metric)
             seconds[key] += 0.0
             for index, ids in enumerate(chunk_ids(job.samples, config.batch_size)):
-                done, bad = part.state(index)
+                done, bad = part.state(index, chunk_identity(ids, job.method_id,
+                                                             job.metric_config))
                 corrupt += bad
                 if done:
                     continue

@@ -307,3 +307,44 @@ def test_a_chunk_with_an_old_unchecked_name_is_recomputed(tmp_path):
     again = _run(out, methods="ixg")
     pd.testing.assert_frame_equal(again, clean)
     assert len(_chunks(out)) == len(list(out.glob("parts/*/*/*/chunk-*-*.parquet")))
+
+
+def test_a_chunk_copied_from_another_run_is_not_trusted(tmp_path):
+    clean = _run(tmp_path / "a", batch_size=3)
+    _run(tmp_path / "b", settings=("grad.abs=true",), batch_size=3)
+    mine, theirs = _chunks(tmp_path / "a")[1], _chunks(tmp_path / "b")[1]
+    mine.unlink()
+    (mine.parent / theirs.name).write_bytes(theirs.read_bytes())  # intact, but abs=True rows
+    again = _run(tmp_path / "a", batch_size=3)
+    pd.testing.assert_frame_equal(again, clean)
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert [Path(p).name for p in manifest["corrupt_chunks"]] == [theirs.name]
+
+
+def test_settings_that_only_a_model_or_the_data_can_check_fail_before_writing(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(NotApplicableError, match="layer '4' outputs .* feature map"):
+        _run(out, methods="gradcam", settings=("gradcam.layer=4",))  # the Linear layer
+    with pytest.raises(Exception, match="mean has 2 values but toy has 3 channels"):
+        _run(out, settings=("pixel-removal.baseline=mean", "pixel-removal.mean=0.5,0.5"))
+    assert not out.exists()
+
+
+def test_names_given_twice_count_once(tmp_path):
+    rows = _run(tmp_path / "twice", methods="grad,grad,ixg")
+    assert sorted(rows["method"].unique()) == ["grad", "ixg"]
+
+
+def test_a_run_that_wrote_no_chunk_does_not_lock_its_folder(tmp_path):
+    def broken(model, inputs, target):
+        raise RuntimeError("broken method")
+
+    register_method("broken-method")(broken)
+    out = tmp_path / "unlocked"
+    try:
+        with pytest.raises(RuntimeError, match="broken method"):
+            _run(out, methods="broken-method")
+        assert (out / "run.json").exists() and not _chunks(out)
+        assert not _run(out, methods="grad").empty  # another config, no --overwrite needed
+    finally:
+        METHODS.remove("broken-method")

@@ -156,9 +156,38 @@ class GradCAM(AttributionMethod):
         return (f"GradCAM(layer={self.layer_name!r}, relu={self.relu}, "
                 f"interpolation={self.interpolation!r}, max_batch={self.max_batch})")
 
+    def preflight(self, inputs: torch.Tensor, target: torch.Tensor) -> None:
+        """One forward of ``inputs``: the layer must output a feature map (B, C, h, w).
+
+        Raises :class:`NotApplicableError` (one line) for a layer with no spatial output (e.g. a
+        ``Linear`` layer, output (B, K)) or one that the forward does not call.
+        """
+        seen: list[object] = []
+        handle = self.layer.register_forward_hook(lambda m, i, o: seen.append(o))
+        try:
+            with torch.no_grad():
+                self.model(inputs[:1])
+        finally:
+            handle.remove()
+        self._check_layer_output(seen[-1] if seen else None)
+
+    def _check_layer_output(self, output: object) -> None:
+        if output is None:
+            raise NotApplicableError(f"method 'gradcam': layer {self.layer_name!r} is not called "
+                                     "by the model's forward: choose a layer it uses "
+                                     "(--set gradcam.layer=PATH)")
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else \
+                type(output).__name__
+            raise NotApplicableError(f"method 'gradcam': layer {self.layer_name!r} outputs "
+                                     f"{shape}; GradCAM needs a feature map (B, C, h, w): choose "
+                                     "a convolutional layer (--set gradcam.layer=PATH)")
+
     def _attribute_chunk(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         from captum.attr import LayerAttribution
 
         cam = self._captum.attribute(inputs, target=target, relu_attributions=self.relu)
+        if cam.dim() != 4:  # a layer without spatial output (the API path, no preflight)
+            self._check_layer_output(cam)
         return LayerAttribution.interpolate(cam, tuple(inputs.shape[-2:]),
                                             interpolate_mode=self.interpolation)

@@ -277,7 +277,7 @@ def test_steps_and_pixels_per_step() -> None:
     model = Linear(size=32)
     x, y = images(1, size=32)
     rows = PixelRemoval().evaluate(context(model), x, y, np.array([7]))
-    assert list(rows.columns) == [*ROW_COLUMNS, "removed"]
+    assert list(rows.columns) == [*ROW_COLUMNS, "removed", "probability"]
     assert len(rows) == 2 * 129 * 2  # orders × points × stats
     assert sorted(rows["key"].astype(int).unique()) == list(range(129))
     assert set(rows["variant"]) == {"least-first", "most-first"}

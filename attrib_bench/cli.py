@@ -48,7 +48,7 @@ def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool) -> None:
 
 def _model_rows(names: list[str]) -> list[tuple[str, ...]]:
     """One row per model: name, parameters (counted on the meta device, no memory), weights."""
-    from attrib_bench.models.coda_net import count_parameters
+    from attrib_bench.evaluation import count_parameters
 
     rows = [("name", "params", "paper", "dataset", "weights", "description")]
     for name in names:

@@ -124,3 +124,26 @@ def predict_logits(model: nn.Module, images: ImageSet, batch_size: int = 500,
 def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Percentage of rows whose argmax equals the label."""
     return 100.0 * (logits.argmax(1) == labels.to(logits.device)).double().mean().item()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode for the block, then restore every module's training flag.
+
+    Batch norm or dropout in training mode would make a map depend on the rest of the batch.
+    """
+    if not isinstance(model, nn.Module):
+        yield model
+        return
+    before = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in before:
+            module.training = training
+
+
+def count_parameters(model: nn.Module) -> int:
+    """The number of parameters (elements) of ``model``; works on the meta device."""
+    return sum(p.numel() for p in model.parameters())

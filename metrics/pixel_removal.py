@@ -61,7 +61,7 @@ from torch import nn
 
 from attrib_bench.data import ImageSet
 from attrib_bench.errors import MetricError
-from attrib_bench.methods.base import eval_mode
+from attrib_bench.evaluation import eval_mode
 from attrib_bench.metrics.base import (
     EvalContext,
     Metric,

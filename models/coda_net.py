@@ -260,6 +260,3 @@ def lambda_penalty(model: CoDANet, x: torch.Tensor, target: torch.Tensor) -> tor
     """
     return model.linear_map(x, target, create_graph=True).abs().mean()
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

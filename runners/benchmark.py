@@ -39,8 +39,7 @@ from tqdm.auto import tqdm
 from attrib_bench import evaluation, hparams
 from attrib_bench.data import ImageSet, get_dataset
 from attrib_bench.errors import MetricError, NotApplicableError, RunError, SettingError
-from attrib_bench.evaluation import ieee_float32, resolve_device
-from attrib_bench.methods.base import eval_mode
+from attrib_bench.evaluation import eval_mode, ieee_float32, resolve_device
 from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, Metric, SampleSet
 from attrib_bench.models.protocols import check_logits
 from attrib_bench.provenance import describe_hardware, git_commit
@@ -791,7 +790,7 @@ def _write_tables(out: Store, results: pd.DataFrame, summary: pd.DataFrame) -> N
 
 def _model_info(model: nn.Module, digest: str) -> dict[str, Any]:
     """What plots and reports need to know about a model: class, size, temperature, weights."""
-    from attrib_bench.models.coda_net import count_parameters
+    from attrib_bench.evaluation import count_parameters
 
     temperature = getattr(model, "temperature", None)
     return {"class": type(model).__qualname__,

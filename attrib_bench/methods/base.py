@@ -21,10 +21,9 @@ every device.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal, NamedTuple, final
 
 import torch
@@ -32,7 +31,7 @@ from torch import nn
 
 from attrib_bench.checks import check_images, check_range
 from attrib_bench.errors import InputShapeError, MethodError, NotApplicableError, TargetError
-from attrib_bench.evaluation import ieee_float32
+from attrib_bench.evaluation import eval_mode, ieee_float32
 from attrib_bench.models import protocols
 from attrib_bench.registry import METHODS
 
@@ -44,24 +43,6 @@ SCORES: tuple[str, ...] = ("softmax", "sigmoid", "logit")
 
 #: Images per forward (or forward + backward) unless a method is told otherwise.
 DEFAULT_MAX_BATCH = 64
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode for the block, then restore every module's training flag.
-
-    Batch norm or dropout in training mode would make a map depend on the rest of the batch.
-    """
-    if not isinstance(model, nn.Module):
-        yield model
-        return
-    before = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in before:
-            module.training = training
 
 
 def requirements(factory: Callable[..., Any]) -> tuple[str, ...]:

@@ -177,7 +177,7 @@ def reused_nonlinearities(model: nn.Module, inputs: torch.Tensor
     """
     from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 
-    from attrib_bench.methods.base import eval_mode
+    from attrib_bench.evaluation import eval_mode
 
     calls: dict[nn.Module, int] = {}
     names: dict[nn.Module, str] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -147,3 +147,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def count_parameters(model: nn.Module) -> int:
     """The number of parameters (elements) of ``model``; works on the meta device."""
     return sum(p.numel() for p in model.parameters())
+
+
+def forward_with_hooks(model: nn.Module, inputs: torch.Tensor,
+                       hooks: Iterable[tuple[nn.Module, Callable[..., Any]]]) -> None:
+    """One forward of ``inputs`` in eval mode, without gradients, with forward ``hooks``
+    ((module, hook) pairs) registered for that forward only: how a method or metric inspects
+    which modules a model calls and what they output."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()

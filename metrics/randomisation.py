@@ -54,7 +54,7 @@ from torch import nn
 
 from attrib_bench.data import ImageSet
 from attrib_bench.errors import InputShapeError, MetricError
-from attrib_bench.evaluation import eval_mode
+from attrib_bench.evaluation import forward_with_hooks
 from attrib_bench.metrics.base import (
     EvalContext,
     Metric,
@@ -101,13 +101,8 @@ def randomisation_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
 
         return hook
 
-    handles = [module.register_forward_hook(recorder(name)) for name, module in candidates.items()]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, example, [(module, recorder(name))
+                                        for name, module in candidates.items()])
     return sorted(last_call, key=last_call.__getitem__, reverse=True)
 
 

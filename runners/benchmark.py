@@ -250,7 +250,6 @@ def _evaluate_part(part: Part, metric: Metric, samples: SampleSet, ctx: EvalCont
         corrupt += bad
         if not done:
             todo.append(i)
-    _report_corrupt(part.store, corrupt)
     seconds = 0.0
     done_samples = len(samples.ids) - sum(len(chunks[i]) for i in todo)
     with tqdm(total=len(samples.ids), initial=done_samples, unit="sample", disable=not progress,
@@ -729,6 +728,7 @@ def _run(config: RunConfig, out: Store, device: torch.device, overwrite: bool,
             manifest["parts"].append({"model": job.part.model, "method": job.part.method,
                                       "metric": job.part.metric,
                                       "seconds_this_run": round(seconds, 3)})
+    _report_corrupt(out, manifest["corrupt_chunks"])
     manifest["corrupt_chunks"] = [p[len(out.root):].lstrip("/") for p in
                                   manifest["corrupt_chunks"]]
     results = _gather(out, config, [job.part for job in plan.jobs])

@@ -162,13 +162,10 @@ class GradCAM(AttributionMethod):
         Raises :class:`NotApplicableError` (one line) for a layer with no spatial output (e.g. a
         ``Linear`` layer, output (B, K)) or one that the forward does not call.
         """
+        from attrib_bench.evaluation import forward_with_hooks
+
         seen: list[object] = []
-        handle = self.layer.register_forward_hook(lambda m, i, o: seen.append(o))
-        try:
-            with torch.no_grad():
-                self.model(inputs[:1])
-        finally:
-            handle.remove()
+        forward_with_hooks(self.model, inputs[:1], [(self.layer, lambda m, i, o: seen.append(o))])
         self._check_layer_output(seen[-1] if seen else None)
 
     def _check_layer_output(self, output: object) -> None:

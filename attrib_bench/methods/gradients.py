@@ -177,11 +177,10 @@ def reused_nonlinearities(model: nn.Module, inputs: torch.Tensor
     """
     from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 
-    from attrib_bench.evaluation import eval_mode
+    from attrib_bench.evaluation import forward_with_hooks
 
     calls: dict[nn.Module, int] = {}
     names: dict[nn.Module, str] = {}
-    handles = []
 
     def count(module: nn.Module, args: object, output: object) -> None:
         calls[module] = calls.get(module, 0) + 1
@@ -189,13 +188,7 @@ def reused_nonlinearities(model: nn.Module, inputs: torch.Tensor
     for path, module in model.named_modules():
         if type(module) in SUPPORTED_NON_LINEAR and module not in names:
             names[module] = path or "(the model itself)"
-            handles.append(module.register_forward_hook(count))
-    if not handles:
+    if not names:
         return {}
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_with_hooks(model, inputs, [(module, count) for module in names])
     return {path: (m, calls[m]) for m, path in names.items() if calls.get(m, 0) > 1}

@@ -1,7 +1,7 @@
 """Metrics; each module registers its metrics on import (see :mod:`attrib_bench.metrics.base`)."""
 
 from attrib_bench.metrics import localisation, pixel_removal, randomisation
-from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, make_rows
+from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, SelectContext, make_rows
 from attrib_bench.metrics.localisation import Localisation, LocalisationDiFull
 from attrib_bench.metrics.pixel_removal import PixelRemoval
 from attrib_bench.metrics.randomisation import Randomisation

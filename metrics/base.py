@@ -5,7 +5,7 @@ batch, cache, checkpoint and resume without knowing the metric:
 
 1. :meth:`Metric.select` picks the samples, deterministically (e.g. the paper's 500 grids, or
    the first 1024 test images): a :class:`SampleSet` of stable integer ids and a ``fetch`` that
-   turns a batch of ids into ``(inputs, targets)`` tensors.
+   turns a batch of ids into ``(inputs, target)`` tensors.
    :meth:`Metric.prepare_model` may wrap the model first (DiFull); ``select`` gets the plain
    model, ``evaluate``'s context the prepared one.
 2. :meth:`Metric.evaluate` scores one batch of samples and returns **rows**: a
@@ -19,7 +19,7 @@ batch, cache, checkpoint and resume without knowing the metric:
    area under a pixel-removal curve; :attr:`Metric.directions` says, per ``stat``, whether
    ``"higher"`` or ``"lower"`` is better so that summaries can rank methods.
 
-Maps come from :class:`EvalContext`: ``explain(inputs, targets)`` is the cached attribution of the
+Maps come from :class:`EvalContext`: ``explain(inputs, target)`` is the cached attribution of the
 context's model, ``make_method(model)`` builds the same method (same hyper-parameters) on another
 model (the randomisation test needs it).
 """
@@ -36,12 +36,13 @@ import torch
 from torch import nn
 
 from attrib_bench.data import ImageSet
+from attrib_bench.evaluation import predict_logits
 from attrib_bench.hparams import convert, hparams_of
 
 #: The columns of the rows a metric returns, in order.
 ROW_COLUMNS: tuple[str, ...] = ("sample", "key", "variant", "stat", "value")
 
-#: ``explain(inputs (B, 3, H, W), targets (B,)) -> maps (B, H, W)``.
+#: ``explain(inputs (B, 3, H, W), target (B,)) -> maps (B, H, W)``.
 Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -60,6 +61,35 @@ class SampleSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+#: ``predict(model, dataset) -> logits (N, K)`` on the CPU, every image in dataset order.
+Predict = Callable[[nn.Module, ImageSet], torch.Tensor]
+
+#: Images per forward when a selection classifies a whole dataset (independent of the chunk size).
+POOL_BATCH = 500
+
+
+@dataclass(frozen=True)
+class SelectContext:
+    """What :meth:`Metric.select` may use besides the model and the dataset.
+
+    ``device``: where the model runs; ``predict``: the model's logits on a whole dataset — the
+    runner passes one that caches them by (weights sha256, dataset digest) in the run's cache, so
+    that ``localisation`` and ``localisation-difull`` (and later runs with the same cache)
+    classify the test set once; None computes them here (:func:`predict_logits`, batches of
+    :data:`POOL_BATCH`). ``progress``: whether a long selection may show a progress bar.
+    """
+
+    device: torch.device = torch.device("cpu")
+    predict: Predict | None = None
+    progress: bool = False
+
+    def logits(self, model: nn.Module, dataset: ImageSet) -> torch.Tensor:
+        """(N, K) float logits of ``model`` on every image of ``dataset``, on the CPU."""
+        if self.predict is not None:
+            return self.predict(model, dataset)
+        return predict_logits(model, dataset, POOL_BATCH, self.device, progress=self.progress)
 
 
 @dataclass
@@ -130,13 +160,18 @@ class Metric:
         return model
 
     def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
-               device: torch.device, batch_size: int) -> SampleSet:
-        """The samples to evaluate (deterministic; ``n_samples`` None: the paper's number)."""
+               ctx: SelectContext) -> SampleSet:
+        """The samples to evaluate (deterministic; ``n_samples`` None: the paper's number).
+
+        ``model`` is the plain model (not :meth:`prepare_model`'s view); ``ctx`` gives the
+        device and the (cached) logits of a model on a whole dataset (:class:`SelectContext`).
+        """
         raise NotImplementedError
 
-    def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, targets: torch.Tensor,
+    def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, target: torch.Tensor,
                  samples: np.ndarray) -> pd.DataFrame:
-        """Rows (:data:`ROW_COLUMNS`) for one batch; ``samples`` are the batch's ids."""
+        """Rows (:data:`ROW_COLUMNS`) for one batch: ``inputs`` (b, 3, H, W), ``target`` the
+        batch's targets as :attr:`SampleSet.fetch` gives them, ``samples`` the batch's ids."""
         raise NotImplementedError
 
     def direction(self, variant: str, stat: str) -> str:

@@ -10,6 +10,7 @@ object store shows an object whole or not at all.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,11 @@ from fsspec.implementations.local import LocalFileSystem
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once (umask can only be read by setting it)
+
+
+def slug(name: str) -> str:
+    """A file-system-safe file or folder name for a model, method or metric name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:

@@ -262,12 +262,18 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
               help="Metric name(s), comma-separated, or all.")
 @click.option("--n-samples", type=click.IntRange(min=1), default=None,
               help="Samples per metric (grids, images) instead of the paper's number.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Samples per chunk (the unit of checkpointing and of batched work).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Samples per chunk, the unit that is written, resumed and distributed "
+                   "(default 32; not a forward batch: methods batch their own work).")
+@click.option("--batch-size", "old_batch_size", type=click.IntRange(min=1), default=None,
+              hidden=True, help="Deprecated name of --chunk-size.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--out", "out_dir", default="runs/bench", show_default=True,
               help="Output folder or fsspec URL (s3://…, gs://…, memory://…); re-running the "
                    "same command resumes.")
+@click.option("--cache", "cache_dir", default=None,
+              help="Cache folder or URL for attribution maps and sample-selection logits "
+                   "(default: OUT/cache); runs that share one reuse each other's work.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of every stochastic method and of the bootstrap.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
@@ -289,8 +295,9 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="With --executor dask: start a LocalCluster of N worker processes "
                    "(default 1).")
-def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None, batch_size: int,
-            device: str, out_dir: str, seed: int, checkpoint: str | None,
+def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None,
+            chunk_size: int | None, old_batch_size: int | None, device: str, out_dir: str,
+            cache_dir: str | None, seed: int, checkpoint: str | None,
             settings: tuple[str, ...], overwrite: bool, data_root: str | None,
             quiet: bool, dry_run: bool, executor: str, scheduler: str | None,
             workers: int | None) -> None:
@@ -301,15 +308,21 @@ def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None, batc
 
     from attrib_bench.runners.benchmark import run
 
-    run(models, methods, metrics, n_samples=n_samples, batch_size=batch_size, device=device,
-        out=out_dir, seed=seed, checkpoint=checkpoint, overwrite=overwrite, data_root=data_root,
-        settings=settings, progress=not quiet, dry_run=dry_run, executor=executor,
-        scheduler=scheduler, workers=workers)
+    if old_batch_size is not None:
+        if chunk_size is not None and chunk_size != old_batch_size:
+            raise click.UsageError("--batch-size is the old name of --chunk-size: pass one")
+        click.echo("warning: --batch-size is now --chunk-size (samples per chunk); the old "
+                   "name will be removed in the next release", err=True)
+        chunk_size = old_batch_size
+    run(models, methods, metrics, n_samples=n_samples, chunk_size=chunk_size or 32,
+        device=device, out=out_dir, cache=cache_dir, seed=seed, checkpoint=checkpoint,
+        overwrite=overwrite, data_root=data_root, settings=settings, progress=not quiet,
+        dry_run=dry_run, executor=executor, scheduler=scheduler, workers=workers)
     if dry_run:
         plan = run.last_plan  # type: ignore[attr-defined]
         for job in plan.jobs:
             click.echo(f"{job.part.model} · {job.part.method} · {job.part.metric}: "
-                       f"{len(job.samples)} samples; method {json.dumps(job.hparams)}; "
+                       f"{len(job.samples)} samples; method {json.dumps(job.method_config)}; "
                        f"metric {json.dumps(job.metric_config, default=str)}")
         click.echo(f"dry run: {len(plan.jobs)} parts checked, {len(plan.skipped)} skipped; "
                    "nothing was computed or written")

@@ -9,79 +9,19 @@ classes, most confident first, drawn with ``np.random.RandomState(seed)``.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from attrib_bench.cifar10 import read_cifar10
 from attrib_bench.errors import DataNotFoundError, InputShapeError
+from attrib_bench.imageset import DATA_ENV_VAR, SPLITS, ImageSet, resolve_data_root
 
-DATA_ENV_VAR = "ATTRIB_BENCH_DATA"
-SPLITS = ("train", "test")
-_FIX_HINT = f"pass --data-root DIR, set {DATA_ENV_VAR}, or add --download"
-
-
-def resolve_data_root(root: str | Path | None = None) -> Path:
-    """Data directory: ``root`` if given, else ``$ATTRIB_BENCH_DATA``, else ``../shared/data``.
-
-    The default is ``shared/data`` beside the repository checkout (this file is repo/attrib_bench/).
-    """
-    if root is None or root == "":
-        default = Path(__file__).resolve().parents[2] / "shared" / "data"
-        root = os.environ.get(DATA_ENV_VAR) or default
-    return Path(root).expanduser().resolve()
-
-
-@dataclass(frozen=True, eq=False)
-class ImageSet:
-    """A labelled image set held in memory as uint8.
-
-    ``images`` is uint8 (N, C, H, W), ``labels`` int64 (N,), ``class_names`` has one name per class.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    class_names: tuple[str, ...]
-    name: str
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise InputShapeError(
-                f"ImageSet images must be uint8 (N, C, H, W), "
-                f"got {self.images.dtype} {tuple(self.images.shape)}"
-            )
-        if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
-            raise InputShapeError(
-                f"ImageSet labels must be int64 ({self.images.shape[0]},), "
-                f"got {self.labels.dtype} {tuple(self.labels.shape)}"
-            )
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(H, W) of every image."""
-        return int(self.images.shape[2]), int(self.images.shape[3])
-
-    def float_images(self, index: int | slice | torch.Tensor = slice(None)) -> torch.Tensor:
-        """Images ``index`` as float32 in [0, 1]: (B, C, H, W), or (C, H, W) for an int index."""
-        return self.images[index].float().div_(255.0)
-
-    def subset(self, n: int | None) -> ImageSet:
-        """The first ``n`` images in dataset order (all of them if ``n`` is None or >= len)."""
-        if n is None:
-            return self
-        if n < 0:
-            raise ValueError(f"subset size must be >= 0 or None, got {n}")
-        return ImageSet(self.images[:n], self.labels[:n], self.class_names, self.name)
+#: Re-exported: ``from attrib_bench.data import ImageSet`` is the documented spelling.
+__all__ = ["DATA_ENV_VAR", "SPLITS", "GridDataset", "ImageSet", "cell_slices", "class_pools",
+           "compose_grids", "get_dataset", "load_cifar10", "resolve_data_root", "sample_grids"]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -104,26 +44,14 @@ def load_cifar10(split: str = "test", root: str | Path | None = None,
 
 @functools.lru_cache(maxsize=8)
 def _load_cifar10_cached(split: str, root: str, download: bool) -> ImageSet:
-    from attrib_bench import packed  # imported lazily: it imports this module
+    """The packed folder's split when ``root`` holds a packed manifest, else the original's."""
+    # Imported here, not at the top: the package imports this module, and ``python -m
+    # attrib_bench.packed`` warns when the package has already imported attrib_bench.packed.
+    from attrib_bench import packed
 
     if (Path(root) / packed.MANIFEST_NAME).is_file():
         return packed.load_packed(root, split)
-    from torchvision.datasets import CIFAR10  # imported lazily: torchvision is slow to import
-
-    if not download and not Path(root).is_dir():
-        raise DataNotFoundError(f"data root {root} does not exist: {_FIX_HINT}")
-    try:
-        ds = CIFAR10(root, train=(split == "train"), download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted."
-        raise DataNotFoundError(f"CIFAR-10 not found under {root}: {_FIX_HINT}") from exc
-    except OSError as exc:  # download failure, unreadable files
-        reason = " ".join(str(exc).split())
-        raise DataNotFoundError(
-            f"could not read or download CIFAR-10 under {root} ({reason}): {_FIX_HINT}"
-        ) from exc
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-    labels = torch.as_tensor(ds.targets, dtype=torch.int64)
-    return ImageSet(images, labels, tuple(ds.classes), f"cifar10-{split}")
+    return read_cifar10(split, root, download)
 
 
 _LOADERS: dict[str, Callable[..., ImageSet]] = {"cifar10": load_cifar10}

@@ -100,8 +100,13 @@ def ieee_float32(device: torch.device | str | None) -> Iterator[None]:
                 _precision_saved = None
 
 
+#: Images per forward when a whole dataset is classified (evaluation, sample selection): a large
+#: inference batch, independent of a run's chunk size.
+INFERENCE_BATCH = 500
+
+
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: ImageSet, batch_size: int = 500,
+def predict_logits(model: nn.Module, images: ImageSet, batch_size: int = INFERENCE_BATCH,
                    device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
     """Logits (N, K) of ``model`` on every image of ``images``, in dataset order, on the CPU.
 

@@ -17,7 +17,7 @@ A packed folder holds
   Written last, so a folder with a manifest is complete.
 
 :func:`load_packed` verifies each file's sha256 against the manifest before decoding it and returns
-an :class:`~attrib_bench.data.ImageSet` (uint8 (N, 3, 32, 32), int64 labels).
+an :class:`~attrib_bench.imageset.ImageSet` (uint8 (N, 3, 32, 32), int64 labels).
 :func:`attrib_bench.data.load_cifar10` uses it whenever its root holds a manifest, so
 ``--data-root PACKED_DIR`` works everywhere the original data does. The test split is named
 ``cifar10-test`` (it is the original, bit for bit); the train split
@@ -43,8 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrib_bench.data import SPLITS, ImageSet, load_cifar10, resolve_data_root
+from attrib_bench.cifar10 import read_cifar10
 from attrib_bench.errors import AttribBenchError, ChecksumError, DataNotFoundError, InputShapeError
+from attrib_bench.imageset import SPLITS, ImageSet, resolve_data_root
 
 MANIFEST_NAME = "cifar10-packed.json"
 FORMAT = "attrib-bench-cifar10-packed"
@@ -346,7 +347,7 @@ def pack_cifar10(root: str | Path | None, out_dir: str | Path, quality: int = 90
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
         raise DataNotFoundError(f"unknown splits {unknown or list(splits)}: use train and/or test")
-    sets = {split: load_cifar10(split, root_path) for split in splits}
+    sets = {split: read_cifar10(split, root_path) for split in splits}
     return pack_image_sets(sets.get("train"), sets.get("test"), out_dir, quality=quality,
                            subsampling=subsampling, **options)
 

@@ -3,15 +3,16 @@
 Every figure function takes DataFrames (``results.parquet``'s rows, ``summary.csv``) and returns a
 matplotlib Figure, so a user can restyle or compose it; :func:`plot_results` reads a run folder
 and writes every figure that its tables support. Methods keep one order and one colour in every
-figure (:func:`method_colours`). The qualitative sheets (Fig. 7, Fig. 8) need maps, not scores:
-they read the ``examples/*.safetensors`` files that ``attrib-bench examples`` writes
+figure (:func:`method_colours`); a method's label and colour are its registry metadata
+(``@register_method("mine", label="Mine", colour="#123456")``), so a plugin's method is drawn
+as its author chose. The qualitative sheets (Fig. 7, Fig. 8) need maps, not scores: they read
+the ``examples/*.safetensors`` files that ``attrib-bench examples`` writes
 (:mod:`attrib_bench.runners.examples`), so they too are redrawn without a model.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +31,13 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from attrib_bench.errors import PlotError  # noqa: E402
 from attrib_bench.models.protocols import probability_label  # noqa: E402
+from attrib_bench.registry import METHODS  # noqa: E402
 
 #: Methods in the order the paper lists them, then the ones it dropped on CIFAR-10.
 METHOD_ORDER: tuple[str, ...] = ("inherent", "grad", "ixg", "intgrad", "deeplift", "gradcam",
                                  "occlusion", "occ5", "occ9", "rise", "lime")
-METHOD_LABELS: dict[str, str] = {
-    "inherent": "Inherent (W·x)", "grad": "Grad", "ixg": "IxG", "intgrad": "IntGrad",
-    "deeplift": "DeepLIFT", "gradcam": "GradCAM", "occlusion": "Occlusion", "occ5": "Occ5",
-    "occ9": "Occ9", "rise": "RISE", "lime": "LIME"}
-_KNOWN_COLOURS: dict[str, str] = {
-    "inherent": "#d62728", "grad": "#7f7f7f", "ixg": "#1f77b4", "intgrad": "#17becf",
-    "deeplift": "#9467bd", "gradcam": "#2ca02c", "occlusion": "#8c564b", "occ5": "#ff7f0e",
-    "occ9": "#bcbd22", "rise": "#e377c2", "lime": "#393b79"}
+#: Colours for methods whose registry entry has no ``colour`` (or that are not registered now,
+#: e.g. results from a plugin not loaded), in :func:`ordered_methods` order.
 _EXTRA_COLOURS: tuple[str, ...] = ("#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
                                    "#e6550d", "#31a354", "#756bb1", "#636363")
 RESULT_COLUMNS: tuple[str, ...] = ("model", "method", "metric", "sample", "key", "variant",
@@ -65,26 +61,20 @@ class RunTables:
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def temperatures(self) -> dict[str, float]:
-        """Model name → T for the models that have one (CoDA-Nets), from the manifest or zoo."""
-        found: dict[str, float] = {}
-        info = self.manifest.get("models", {})
-        for name in self.results["model"].unique():
-            value = info.get(name, {}).get("temperature")
-            if value is None:
-                value = _zoo_temperature(name)
-            if value is not None:
-                found[name] = float(value)
-        return found
+        """Model name → T for the models that have one (CoDA-Nets), from the manifest."""
+        return model_temperatures(self.manifest, self.results["model"].unique())
 
 
-def _zoo_temperature(name: str) -> float | None:
-    """T of a zoo model (results written before the manifest recorded it), else from the name."""
-    from attrib_bench.models.zoo import TRAINED
+def model_temperatures(manifest: Mapping[str, Any] | None, names: Iterable[str]
+                       ) -> dict[str, float]:
+    """Model name → T for those of ``names`` whose manifest entry records a ``temperature``.
 
-    if name in TRAINED:
-        return float(TRAINED[name][1])
-    match = re.search(r"-t(\d+(?:\.\d+)?)$", name)
-    return float(match.group(1)) if match else None
+    The manifest is the one source: the runner records T for every model that has one, so
+    figures need neither the model zoo nor a T parsed from a model's name.
+    """
+    info = (manifest or {}).get("models", {})
+    found = {name: info.get(name, {}).get("temperature") for name in names}
+    return {name: float(value) for name, value in found.items() if value is not None}
 
 
 def load_run(path: str | Path) -> RunTables:
@@ -198,43 +188,54 @@ def ordered_methods(names: Iterable[str]) -> list[str]:
     return [m for m in METHOD_ORDER if m in names] + sorted(names - set(METHOD_ORDER))
 
 
+def _method_metadata(name: str) -> dict[str, Any]:
+    """The registry metadata of method ``name``; empty when it is not registered in this process
+    (results written with a plugin that is not loaded now still plot, under their names)."""
+    return METHODS.get(name).metadata if name in METHODS else {}
+
+
 def method_colours(names: Iterable[str]) -> dict[str, str]:
-    """A fixed colour per method: built-ins always the same, others from a spare palette."""
+    """A fixed colour per method: its registered ``colour``, else the next spare colour."""
     colours = {}
     extra = 0
     for name in ordered_methods(names):
-        if name in _KNOWN_COLOURS:
-            colours[name] = _KNOWN_COLOURS[name]
-        else:
-            colours[name] = _EXTRA_COLOURS[extra % len(_EXTRA_COLOURS)]
+        colour = _method_metadata(name).get("colour")
+        if colour is None:
+            colour = _EXTRA_COLOURS[extra % len(_EXTRA_COLOURS)]
             extra += 1
+        colours[name] = colour
     return colours
 
 
 def method_label(name: str) -> str:
-    return METHOD_LABELS.get(name, name)
+    """The name figures show for method ``name``: its registered ``label``, else the name."""
+    return _method_metadata(name).get("label", name)
 
 
-def _ordered_models(names: Iterable[str]) -> list[str]:
-    """Models in first-seen order (the run's order), CoDA-Nets by T when the name carries it."""
+def _ordered_models(names: Iterable[str], manifest: Mapping[str, Any] | None = None
+                    ) -> list[str]:
+    """Models in first-seen order (the run's order), the ones with a T in the manifest (the
+    CoDA-Nets) first, by T."""
     names = list(dict.fromkeys(names))
-    temperatures = {n: _zoo_temperature(n) for n in names}
-    return sorted(names, key=lambda n: (temperatures[n] is None, temperatures[n] or 0,
+    temperatures = model_temperatures(manifest, names)
+    return sorted(names, key=lambda n: (n not in temperatures, temperatures.get(n, 0),
                                         names.index(n)))
 
 
 # ----------------------------------------------------------------------------- Fig. 6
 
 
-def localisation_figure(results: pd.DataFrame, metric: str = "localisation") -> Figure:
+def localisation_figure(results: pd.DataFrame, metric: str = "localisation",
+                        manifest: Mapping[str, Any] | None = None) -> Figure:
     """Box plots of the per-cell localisation scores, one panel per model (paper Fig. 6, left).
 
     Oracle (1) and Uniform (1/n²) are drawn as reference lines; each title gives the grid size
-    and the number of grids (the n behind the boxes).
+    and the number of grids (the n behind the boxes). Models with a T in the run's ``manifest``
+    come first, by T; the others in the results' order.
     """
     rows = metric_rows(results, metric)
     n = int(_config_value(rows, "n") or round(np.sqrt(rows["key"].astype(int).max() + 1)))
-    models = _ordered_models(rows["model"])
+    models = _ordered_models(rows["model"], manifest)
     colours = method_colours(results["method"].unique())
     width = max(4.0, 0.55 * rows["method"].nunique() + 1.5)
     fig, axes = plt.subplots(1, len(models), figsize=(width * len(models), 4.2), sharey=True,
@@ -298,7 +299,7 @@ def pixel_removal_figure(results: pd.DataFrame, summary: pd.DataFrame,
         raise PlotError(f"pixel-removal rows have no stat {stat!r}: use prob or logit")
     manifest = manifest or {}
     orders = [o for o in PIXEL_ORDERS if o in set(rows["variant"])]
-    models = _ordered_models(rows["model"])
+    models = _ordered_models(rows["model"], manifest)
     colours = method_colours(results["method"].unique())
     auc = summary[(summary["metric"] == "pixel-removal") & (summary["stat"] == f"{stat}-auc")]
     auc = auc.set_index(["model", "method", "variant"])["mean"]
@@ -492,14 +493,15 @@ def figures_for(tables: RunTables) -> dict[str, Figure]:
     figures: dict[str, Figure] = {}
     for metric in ("localisation", "localisation-difull"):
         if metric in present:
-            figures[metric] = localisation_figure(results, metric)
+            figures[metric] = localisation_figure(results, metric, tables.manifest)
     if "pixel-removal" in present:
         figures["pixel-removal"] = pixel_removal_figure(results, tables.summary, tables.manifest)
     temperatures = tables.temperatures()
     if len(set(temperatures.values())) >= 2 and present & {"localisation", "pixel-removal"}:
         figures["temperature"] = temperature_figure(tables.summary, temperatures)
     if "randomisation" in present:
-        for model in _ordered_models(results.loc[results["metric"] == "randomisation", "model"]):
+        randomised = results.loc[results["metric"] == "randomisation", "model"]
+        for model in _ordered_models(randomised, tables.manifest):
             figures[f"randomisation-{model}"] = randomisation_figure(results, model)
     folders = dict.fromkeys(p.resolve() for p in [tables.path, *map(Path, tables.manifest.get(
         "runs", []))])
@@ -533,8 +535,7 @@ def plot_results(results_dir: str | Path | Iterable[str | Path], out: str | Path
                  fmt: str = "png", dpi: int = 150) -> list[Path]:
     """Write every figure for the run(s) in ``results_dir`` (see :func:`load_runs`) to ``out``
     (default ``<first folder>/figures``) as ``<stem>.<fmt>``; returns the files written."""
-    from attrib_bench.runners.benchmark import _slug
-    from attrib_bench.runners.storage import atomic_write
+    from attrib_bench.runners.storage import atomic_write, slug
 
     if fmt not in ("png", "pdf", "svg"):
         raise PlotError(f"unknown figure format {fmt!r}: use png, pdf or svg")
@@ -542,7 +543,7 @@ def plot_results(results_dir: str | Path | Iterable[str | Path], out: str | Path
     out = Path(out) if out is not None else tables.path / "figures"
     written = []
     for stem, fig in figures_for(tables).items():
-        path = out / f"{_slug(stem)}.{fmt}"
+        path = out / f"{slug(stem)}.{fmt}"
         atomic_write(path, lambda tmp, f=fig: f.savefig(tmp, format=fmt, dpi=dpi,
                                                         metadata=figure_metadata(fmt)))
         plt.close(fig)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import importlib
 import inspect
 import os
@@ -19,7 +20,12 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from attrib_bench.errors import MethodError, PluginError, UnknownNameError
+from attrib_bench.errors import (
+    MethodError,
+    NotApplicableError,
+    PluginError,
+    UnknownNameError,
+)
 from attrib_bench.hparams import convert, hparams_of
 
 Patterns = str | Iterable[str]
@@ -133,15 +139,36 @@ class Registry:
         return len(self._entries)
 
 
+def requirements(factory: Callable[..., Any]) -> tuple[str, ...]:
+    """The model attributes a registered method factory needs (its class's ``requires``).
+
+    Looks through ``functools.partial`` presets (``occ5`` is a partial of the Occlusion class).
+    """
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return tuple(getattr(factory, "requires", ()))
+
+
 class MethodRegistry(Registry):
     """Attribution methods. Besides method classes it takes a plain function
     ``f(model, inputs, target, **hparams) -> (B, H, W) or (B, C, H, W)``, which it wraps into a
     method class (:func:`attrib_bench.methods.base.function_method`); the decorator returns the
     function unchanged. A factory that builds a method object registers through :meth:`add`.
+
+    Figures read two optional metadata keys, so a plugin's method is drawn as its author wants:
+    ``label`` (the name shown in legends and axes, default the registered name) and ``colour``
+    (a matplotlib colour such as ``"#123456"``, default the next spare colour), e.g.
+    ``@register_method("mine", label="Mine", colour="#123456")``
+    (see :func:`attrib_bench.plots.method_label` and :func:`attrib_bench.plots.method_colours`).
     """
 
     def register(self, name: str | None = None, **kwargs: Any
                  ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register a method class, or a plain function wrapped into one.
+
+        Keyword arguments are the entry's description and metadata (``family``, ``label``,
+        ``colour``, ...; see the class docstring).
+        """
         register = super().register(name, **kwargs)
 
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
@@ -160,7 +187,11 @@ class MethodRegistry(Registry):
         Registry.register(self, name, **kwargs)(factory)
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """Build the method; an unknown hyper-parameter raises one :class:`MethodError` line."""
+        """Build the method; an unknown hyper-parameter raises one :class:`MethodError` line.
+
+        A :class:`NotApplicableError` from the method gets the registered methods that do apply
+        to the model appended, so the line names the alternatives.
+        """
         factory = self.get(name).factory
         try:
             inspect.signature(factory).bind(*args, **kwargs)
@@ -169,7 +200,31 @@ class MethodRegistry(Registry):
                      if p.kind is inspect.Parameter.KEYWORD_ONLY]
             raise MethodError(f"method {name!r}: {exc}; its hyper-parameters are "
                               f"{', '.join(known) or 'none'}") from None
-        return super().create(name, *args, **kwargs)
+        try:
+            return super().create(name, *args, **kwargs)
+        except NotApplicableError as exc:
+            model = args[0] if args else kwargs.get("model")
+            if model is None:
+                raise
+            raise NotApplicableError(self._with_alternatives(str(exc), name, model)) from None
+
+    def _with_alternatives(self, message: str, name: str, model: object) -> str:
+        """``message`` ending with the registered methods other than ``name`` that apply to
+        ``model``, instead of the generic listing hint a method built directly gives.
+
+        Done here, not in the method class: methods.base must not import the registry (an import
+        cycle), and a method built directly has no registry to ask.
+        """
+        from attrib_bench.methods.base import LISTING_HINT
+
+        others = [n for n in self.applicable(model) if n != name]
+        message = message.removesuffix(f"; {LISTING_HINT}")
+        return f"{message}; methods that apply to it: {', '.join(others) or 'none'}"
+
+    def applicable(self, model: object) -> list[str]:
+        """Registered method names whose required model attributes ``model`` has (sorted)."""
+        return [n for n in self.names()
+                if all(hasattr(model, attr) for attr in requirements(self.get(n).factory))]
 
 
 MODELS = Registry("model", builtins="attrib_bench.models")
@@ -194,6 +249,11 @@ def list_methods(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
 def list_metrics(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
     """Registered metric names matching ``pattern``."""
     return METRICS.names(pattern, exclude)
+
+
+def applicable_methods(model: object) -> list[str]:
+    """Registered method names whose required model attributes ``model`` has."""
+    return METHODS.applicable(model)
 
 
 def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> Any:

@@ -37,9 +37,8 @@ import torch
 
 # isort: split
 from attrib_bench.checkpoints import resolve_weights_root
-from attrib_bench.methods.base import applicable_methods
 from attrib_bench.provenance import describe_hardware, git_commit
-from attrib_bench.registry import METHODS, create_method, create_model
+from attrib_bench.registry import METHODS, applicable_methods, create_method, create_model
 
 OVERHEAD_GOAL = 1.15
 FULL = {"rise": ("n_masks", 6000), "lime": ("num_samples", 256)}

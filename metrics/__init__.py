@@ -14,6 +14,7 @@ __all__ = [
     "PixelRemoval",
     "Randomisation",
     "SampleSet",
+    "SelectContext",
     "localisation",
     "make_rows",
     "pixel_removal",

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from attrib_bench.data import ImageSet
-from attrib_bench.evaluation import predict_logits
+from attrib_bench.evaluation import INFERENCE_BATCH, predict_logits
 from attrib_bench.hparams import convert, hparams_of
 
 #: The columns of the rows a metric returns, in order.
@@ -66,9 +66,6 @@ class SampleSet:
 #: ``predict(model, dataset) -> logits (N, K)`` on the CPU, every image in dataset order.
 Predict = Callable[[nn.Module, ImageSet], torch.Tensor]
 
-#: Images per forward when a selection classifies a whole dataset (independent of the chunk size).
-POOL_BATCH = 500
-
 
 @dataclass(frozen=True)
 class SelectContext:
@@ -78,7 +75,8 @@ class SelectContext:
     runner passes one that caches them by (weights sha256, dataset digest) in the run's cache, so
     that ``localisation`` and ``localisation-difull`` (and later runs with the same cache)
     classify the test set once; None computes them here (:func:`predict_logits`, batches of
-    :data:`POOL_BATCH`). ``progress``: whether a long selection may show a progress bar.
+    :data:`~attrib_bench.evaluation.INFERENCE_BATCH`). ``progress``: whether a long selection
+    may show a progress bar.
     """
 
     device: torch.device = torch.device("cpu")
@@ -89,7 +87,8 @@ class SelectContext:
         """(N, K) float logits of ``model`` on every image of ``dataset``, on the CPU."""
         if self.predict is not None:
             return self.predict(model, dataset)
-        return predict_logits(model, dataset, POOL_BATCH, self.device, progress=self.progress)
+        return predict_logits(model, dataset, INFERENCE_BATCH, self.device,
+                              progress=self.progress)
 
 
 @dataclass
@@ -100,7 +99,6 @@ class EvalContext:
     explain: Explainer
     make_method: Callable[[nn.Module], Any]
     device: torch.device
-    batch_size: int = 64
     seed: int = 0
 
 

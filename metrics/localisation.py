@@ -42,8 +42,14 @@ from torch import nn
 from attrib_bench.checks import check_images
 from attrib_bench.data import GridDataset, ImageSet, compose_grids
 from attrib_bench.errors import InputShapeError, MetricError
-from attrib_bench.evaluation import predict_logits
-from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, make_rows, typed_hparams
+from attrib_bench.metrics.base import (
+    EvalContext,
+    Metric,
+    SampleSet,
+    SelectContext,
+    make_rows,
+    typed_hparams,
+)
 from attrib_bench.models import protocols
 from attrib_bench.registry import register_metric
 
@@ -108,30 +114,28 @@ class Localisation(Metric):
     """Grid localisation (eq. 11): the share of positive attribution inside the explained cell.
 
     Hyper-parameters: ``n`` grid side (2, 3, 4), ``num_grids`` grids to draw (``n_samples``
-    replaces it), ``seed`` of the grid sampling, ``batch_size`` images per forward when computing
-    the pool logits (None: the runner's batch size). Rows: one per (grid, cell): ``sample`` grid
-    id, ``key`` cell index k (str), ``stat`` "score", ``value`` in [0, 1] (NaN for a non-finite
-    map), plus ``target`` (int, the cell's class).
+    replaces it), ``seed`` of the grid sampling. The pool is ranked by the model's logits on the
+    whole dataset, from :meth:`SelectContext.logits` (the runner caches them per model weights
+    and dataset, so that both grid localisations and later runs pay one pass). Rows: one per
+    (grid, cell): ``sample`` grid id, ``key`` cell index k (str), ``stat`` "score", ``value`` in
+    [0, 1] (NaN for a non-finite map), plus ``target`` (int, the cell's class).
     """
 
     name: ClassVar[str] = "localisation"
     description: ClassVar[str] = "share of positive attribution in the explained cell of a grid"
     directions: ClassVar[dict[str, str]] = {"score": "higher"}
 
-    def __init__(self, *, n: GridSize = 3, num_grids: int = 500, seed: int = 42,
-                 batch_size: int | None = None) -> None:
+    def __init__(self, *, n: GridSize = 3, num_grids: int = 500, seed: int = 42) -> None:
         values = typed_hparams(f"metric {self.name!r}", Localisation, {
-            "n": n, "num_grids": num_grids, "seed": seed, "batch_size": batch_size})
-        for label, low in (("num_grids", 0), ("batch_size", 1)):
-            if values[label] is not None and values[label] < low:
-                raise MetricError(f"metric {self.name!r}: {label} must be an int >= {low}, "
-                                  f"got {values[label]!r}")
+            "n": n, "num_grids": num_grids, "seed": seed})
+        if values["num_grids"] < 0:
+            raise MetricError(f"metric {self.name!r}: num_grids must be an int >= 0, "
+                              f"got {values['num_grids']!r}")
         super().__init__(**values)
-        self.n, self.num_grids, self.seed, self.batch_size = (
-            values["n"], values["num_grids"], values["seed"], values["batch_size"])
+        self.n, self.num_grids, self.seed = values["n"], values["num_grids"], values["seed"]
 
     def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
-               device: torch.device, batch_size: int) -> SampleSet:
+               ctx: SelectContext) -> SampleSet:
         """The grids: pool logits of ``model`` on all of ``dataset``, then the authors' sampling.
 
         Raises :class:`MetricError` when the pool allows fewer grids than requested.
@@ -141,7 +145,7 @@ class Localisation(Metric):
         if n * n >= dataset.num_classes:
             raise MetricError(f"metric {self.name!r}: a {n}x{n} grid needs more than {n * n} "
                               f"classes, {dataset.name} has {dataset.num_classes}: use a smaller n")
-        logits = predict_logits(model, dataset, self.batch_size or batch_size, device)
+        logits = ctx.logits(model, dataset)
         kind = protocols.probability(model)
         grids = GridDataset(dataset, logits, n=n, num_grids=requested, seed=self.seed,
                             probability=kind)
@@ -163,25 +167,25 @@ class Localisation(Metric):
                 "correct": int(correct.sum()), "images": len(dataset), "probability": kind}
         return SampleSet(ids=np.arange(len(grids), dtype=np.int64), fetch=fetch, info=info)
 
-    def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, targets: torch.Tensor,
+    def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, target: torch.Tensor,
                  samples: np.ndarray) -> pd.DataFrame:
-        """Rows for grids ``inputs`` (b, 3, n·H, n·W) with cell classes ``targets`` (b, n²).
+        """Rows for grids ``inputs`` (b, 3, n·H, n·W) with cell classes ``target`` (b, n²).
 
         Each grid is repeated n² times, one copy per cell with that cell's class as target, and
         the whole (b·n², 3, n·H, n·W) batch goes to ``ctx.explain`` in one call.
         """
         n, nn_ = self.n, self.n * self.n
         b = inputs.shape[0]
-        if targets.shape != (b, nn_):
-            raise InputShapeError(f"metric {self.name!r}: targets must have shape ({b}, {nn_}) "
-                                  f"for {n}x{n} grids, got {tuple(targets.shape)}")
+        if target.shape != (b, nn_):
+            raise InputShapeError(f"metric {self.name!r}: target must have shape ({b}, {nn_}) "
+                                  f"for {n}x{n} grids, got {tuple(target.shape)}")
         repeated = inputs[:, None].expand(b, nn_, *inputs.shape[1:]).reshape(b * nn_,
                                                                              *inputs.shape[1:])
-        maps = ctx.explain(repeated, targets.reshape(-1))
+        maps = ctx.explain(repeated, target.reshape(-1))
         scores = localisation_scores(maps.reshape(b, nn_, *maps.shape[-2:]), n)
         rows = make_rows(np.asarray(samples)[:, None], np.arange(nn_)[None, :],
                          scores.cpu().numpy(), stat="score")
-        rows["target"] = targets.reshape(-1).cpu().numpy().astype(np.int64)
+        rows["target"] = target.reshape(-1).cpu().numpy().astype(np.int64)
         return rows
 
 

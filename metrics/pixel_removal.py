@@ -13,13 +13,20 @@ the defaults: 0.25·1024 / 128 = 2 exactly). When the division is not exact, eve
 removes k pixels, so the last point has ``steps``·k removed pixels rather than exactly
 ``fraction``·H·W (the ``removed`` column says how many); more than H·W is an error.
 
-**What a removed pixel becomes.** For a CoDA-Net (a model with the ``encoded_input`` capability
-of :mod:`attrib_bench.models.protocols`, ``encode`` and ``forward_encoded``) a removed pixel is 0
-in **all six** encoded channels [r, g, b, 1−r, 1−g, 1−b]
-(the authors' choice; "black" would be [0, 0, 0, 1, 1, 1]), whatever ``baseline`` says; the
-SampleSet info records the effective baseline ("encoded-zero"). Other models get ``baseline``:
+**What a removed pixel becomes** is the ``baseline``'s fill; :data:`FILLS` maps each name to
+the function that builds it and says whether it fills in the model's encoded input space.
+``baseline`` None (the default) is the model's own: "encoded-zero" for a model with the
+``encoded_input`` capability of :mod:`attrib_bench.models.protocols` (the CoDA-Nets: the paper's
+protocol), "black" for any other. A baseline that is set is used on every model; the SampleSet
+info records the resolved one (``effective_baseline``).
 
-- ``black``: 0 in every RGB channel.
+- ``encoded-zero``: 0 in **all six** encoded channels [r, g, b, 1−r, 1−g, 1−b] of a CoDA-Net
+  (the authors' choice): the inputs go through the model's ``encode``, are filled there and
+  scored by its ``forward_encoded``. Only for models with the ``encoded_input`` capability;
+  :meth:`PixelRemoval.select` refuses it for others.
+- ``black``: 0 in every RGB channel, scored by the model's own forward (on a CoDA-Net that is
+  [0, 0, 0, 1, 1, 1] after its encoding, another curve than encoded-zero's). This and the
+  baselines below fill in RGB space, on every model.
 - ``mean``: the per-channel mean of the dataset given to :meth:`PixelRemoval.select` (all of its
   images), or the ``mean`` hyper-parameter if set; evaluated without a select, CIFAR-10's
   training-set mean :data:`CIFAR10_MEAN`.
@@ -51,6 +58,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
@@ -66,6 +74,7 @@ from attrib_bench.metrics.base import (
     EvalContext,
     Metric,
     SampleSet,
+    SelectContext,
     make_rows,
     typed_hparams,
 )
@@ -77,10 +86,10 @@ Order = Literal["least-first", "most-first"]
 ORDERS: tuple[str, ...] = get_args(Order)
 #: The ``order`` hyper-parameter: one order, or both.
 OrderChoice = Literal["least-first", "most-first", "both"]
-Baseline = Literal["black", "mean", "blur", "road"]
+#: What a removed pixel becomes (:data:`FILLS`); the ``baseline`` hyper-parameter, None: the
+#: model's own (:meth:`PixelRemoval.effective_baseline`).
+Baseline = Literal["encoded-zero", "black", "mean", "blur", "road"]
 BASELINES: tuple[str, ...] = get_args(Baseline)
-#: What :func:`removal_curves` scores: a probability (:data:`protocols.PROBABILITIES`) or the logit.
-SCORES: tuple[str, ...] = (*protocols.PROBABILITIES, "logit")
 STATS: tuple[str, ...] = ("prob", "logit")
 
 #: CIFAR-10 training-set per-channel mean (RGB in [0, 1]); the ``mean`` baseline without select.
@@ -308,6 +317,72 @@ def road_fill(samples: torch.Tensor, noise: float, seed: int, tol: float = ROAD_
     return fill
 
 
+# ----------------------------------------------------------------------------- the baselines
+
+
+@dataclass(frozen=True)
+class FillSettings:
+    """What a baseline's fill may use besides the batch: ``mean`` the ``mean`` baseline's
+    per-channel value (C,) in [0, 1] image units, ``sigma`` the blur's Gaussian std in px,
+    ``road_noise`` ROAD's noise std in [0, 1] image units, ``seed`` ROAD's noise seed."""
+
+    mean: tuple[float, ...]
+    sigma: float
+    road_noise: float
+    seed: int
+
+
+#: ``build(inputs (B, C, H, W) in the fill's input space, sample ids (B,), settings) -> Fill``.
+FillBuilder = Callable[[torch.Tensor, np.ndarray, FillSettings], Fill]
+
+
+@dataclass(frozen=True)
+class FillSpec:
+    """A baseline: ``build`` makes its :data:`Fill` for a batch; ``encoded`` True: it fills in
+    the model's encoded input space (``encode``, fill, ``forward_encoded``: the model needs the
+    ``encoded_input`` capability), False: in RGB, scored by the model's own forward."""
+
+    build: FillBuilder
+    encoded: bool = False
+
+
+def zero_builder(inputs: torch.Tensor, samples: np.ndarray, settings: FillSettings) -> Fill:
+    """0 in every channel of the input space (black in RGB; encoded-zero in a CoDA-Net's)."""
+    return constant_fill(0.0)
+
+
+def mean_builder(inputs: torch.Tensor, samples: np.ndarray, settings: FillSettings) -> Fill:
+    """``settings.mean`` per channel; one MetricError line if it has another channel count."""
+    mean = torch.tensor(settings.mean, dtype=inputs.dtype)
+    if mean.numel() != inputs.shape[1]:
+        raise MetricError(f"metric 'pixel-removal': mean has {mean.numel()} values but the "
+                          f"inputs have {inputs.shape[1]} channels: give one per channel")
+    return constant_fill(mean.to(inputs.device))
+
+
+def blur_builder(inputs: torch.Tensor, samples: np.ndarray, settings: FillSettings) -> Fill:
+    """The batch blurred by :func:`gaussian_blur` of std ``settings.sigma`` px."""
+    return image_fill(gaussian_blur(inputs, settings.sigma))
+
+
+def road_builder(inputs: torch.Tensor, samples: np.ndarray, settings: FillSettings) -> Fill:
+    """:func:`road_fill` with the batch's sample ids, ``settings.road_noise`` and ``seed``."""
+    ids = torch.as_tensor(np.asarray(samples, dtype=np.int64), device=inputs.device)
+    return road_fill(ids, settings.road_noise, settings.seed)
+
+
+#: Baseline name → how its fill is built and in which input space (see the module docstring).
+FILLS: dict[str, FillSpec] = {
+    "encoded-zero": FillSpec(zero_builder, encoded=True),
+    "black": FillSpec(zero_builder),
+    "mean": FillSpec(mean_builder),
+    "blur": FillSpec(blur_builder),
+    "road": FillSpec(road_builder),
+}
+#: The baselines every model takes (they fill in RGB space).
+RGB_BASELINES: tuple[str, ...] = tuple(name for name, spec in FILLS.items() if not spec.encoded)
+
+
 # ----------------------------------------------------------------------------- curves
 
 
@@ -323,13 +398,12 @@ def removal_curves(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torc
     ``targets`` (B,) long. Step s of order v removes the first s·``pixels`` pixels of that order
     (:func:`removal_ranks`), which take ``fill``'s values (default 0 in every channel). Every
     (order, image, step) input is built in chunks of ``max_batch`` and run in one forward each,
-    under ``torch.inference_mode``. ``score``: "sigmoid" or "softmax" (the target's probability,
-    by :func:`attrib_bench.models.protocols.to_probability` over the float64 logits), or "logit".
-    Images whose map has a NaN or inf get NaN curves and cost no forward.
+    under ``torch.inference_mode``. ``score``: "sigmoid" or "softmax" (the target's probability)
+    or "logit", by :func:`attrib_bench.models.protocols.scores` over the float64 logits (None is
+    refused: a forward function declares no probability). Images whose map has a NaN or inf get
+    NaN curves and cost no forward.
     """
-    if score not in SCORES:
-        raise MetricError(f"removal_curves: score must be one of {', '.join(SCORES)}, got "
-                          f"{str(score)[:40]!r}")
+    score = protocols.resolve_score(score, None, "removal_curves", MetricError)
     fill = fill or constant_fill(0.0)
     v, (b, _, h, w) = len(orders), inputs.shape
     points = steps + 1
@@ -358,10 +432,7 @@ def removal_curves(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torc
             logits = forward(x).double()
             target = targets.index_select(0, image)[:, None]
             logit_flat[pair] = logits.gather(1, target)[:, 0]
-            if score == "logit":
-                score_flat[pair] = logit_flat[pair]
-            else:
-                score_flat[pair] = protocols.to_probability(logits, score).gather(1, target)[:, 0]
+            score_flat[pair] = protocols.scores(logits, score).gather(1, target)[:, 0]
     logits_out[:, good] = logit_flat.cpu().view(v, len(good), points)
     scores_out[:, good] = score_flat.cpu().view(v, len(good), points)
     return logits_out, scores_out
@@ -388,8 +459,10 @@ class PixelRemoval(Metric):
     Hyper-parameters: ``order`` "least-first" (the paper), "most-first" or "both" (default);
     ``fraction`` of the pixels removed in all (0.25) in ``steps`` steps (128; k pixels per step,
     see the module docstring); ``num_images`` (1024, the first in dataset order, ground-truth
-    targets); ``baseline`` for non-CoDA models "black" (default), "mean", "blur" (Gaussian std
-    ``sigma`` px, 2.0) or "road" (noise std ``road_noise``, 0.01, in [0, 1] image units;
+    targets); ``baseline`` (:data:`FILLS`, see the module docstring) None (default: the model's
+    own, "encoded-zero" for a model with the ``encoded_input`` capability such as the CoDA-Nets,
+    "black" for others), "encoded-zero" (such models only), "black", "mean", "blur" (Gaussian
+    std ``sigma`` px, 2.0) or "road" (noise std ``road_noise``, 0.01, in [0, 1] image units;
     ``seed`` None: the run's seed); ``mean`` (C,) overrides the dataset mean; ``score`` None (the
     model's declared probability: sigmoid for CoDA-Nets, softmax for the ResNet-56 and models
     that declare none), "sigmoid" or "softmax" for every model; ``max_batch`` (order, image,
@@ -411,7 +484,7 @@ class PixelRemoval(Metric):
     }
 
     def __init__(self, *, order: OrderChoice = "both", fraction: float = 0.25, steps: int = 128,
-                 num_images: int = 1024, baseline: Baseline = "black", sigma: float = 2.0,
+                 num_images: int = 1024, baseline: Baseline | None = None, sigma: float = 2.0,
                  road_noise: float = 0.01, mean: list[float] | None = None,
                  score: Probability | None = None, max_batch: int = 256,
                  seed: int | None = None) -> None:
@@ -440,10 +513,22 @@ class PixelRemoval(Metric):
         return ORDERS if order == "both" else (order,)
 
     def effective_baseline(self, model: object) -> str:
-        """What a removed pixel becomes for ``model``: "encoded-zero" for CoDA-Nets."""
-        if protocols.has(model, "encoded_input"):
-            return "encoded-zero"
-        return self.hparams["baseline"]
+        """The baseline (a key of :data:`FILLS`) used on ``model``: ``baseline`` if set, else
+        "encoded-zero" for a model with the ``encoded_input`` capability, "black" for others.
+
+        Raises one MetricError line for an encoded baseline on a model without that capability.
+        """
+        encoded = protocols.has(model, "encoded_input")
+        baseline = self.hparams["baseline"]
+        if baseline is None:
+            return "encoded-zero" if encoded else "black"
+        if FILLS[baseline].encoded and not encoded:
+            choices = f"{', '.join(RGB_BASELINES[:-1])} or {RGB_BASELINES[-1]}"
+            raise MetricError(f"metric 'pixel-removal': baseline {baseline} needs a model with "
+                              f"an encoded input (encode and forward_encoded, as the CoDA-Nets "
+                              f"have), which {type(model).__name__} lacks: use baseline "
+                              f"{choices}, or None (the model's own)")
+        return baseline
 
     def effective_probability(self, model: object) -> Probability:
         """The ``prob`` rows' score for ``model``: ``score`` if set, else its declared one."""
@@ -454,13 +539,18 @@ class PixelRemoval(Metric):
         return self.hparams["mean"] or self._dataset_mean or list(CIFAR10_MEAN)
 
     def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
-               device: torch.device, batch_size: int) -> SampleSet:
-        """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
+               ctx: SelectContext) -> SampleSet:
+        """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets.
+
+        Resolves the baseline first (:meth:`effective_baseline`: an encoded baseline on a model
+        without an encoded input fails here, before any work). ``ctx`` is not needed: nothing
+        is classified.
+        """
+        baseline = self.effective_baseline(model)
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
         ids = np.arange(min(wanted, len(dataset)), dtype=np.int64)
         height, width = dataset.image_size
         k = pixels_per_step(height, width, self.hparams["fraction"], self.hparams["steps"])
-        baseline = self.effective_baseline(model)
         info: dict[str, Any] = {"requested": wanted, "selected": len(ids),
                                 "targets": "ground truth", "effective_baseline": baseline,
                                 "probability": self.effective_probability(model),
@@ -485,29 +575,24 @@ class PixelRemoval(Metric):
 
         return SampleSet(ids, fetch, info)
 
-    def _fill(self, inputs: torch.Tensor, samples: np.ndarray, seed: int) -> Fill:
-        baseline = self.hparams["baseline"]
-        if baseline == "black":
-            return constant_fill(0.0)
-        if baseline == "mean":
-            mean = torch.tensor(self.channel_mean(), dtype=inputs.dtype)
-            if mean.numel() != inputs.shape[1]:
-                raise MetricError(f"metric 'pixel-removal': mean has {mean.numel()} values but "
-                                  f"the inputs have {inputs.shape[1]} channels")
-            return constant_fill(mean.to(inputs.device))
-        if baseline == "blur":
-            return image_fill(gaussian_blur(inputs, float(self.hparams["sigma"])))
-        ids = torch.as_tensor(np.asarray(samples, dtype=np.int64), device=inputs.device)
-        return road_fill(ids, float(self.hparams["road_noise"]), seed)
+    def fill_settings(self, run_seed: int) -> FillSettings:
+        """The hyper-parameters the fills use; ROAD's seed is ``seed``, else ``run_seed``."""
+        seed = run_seed if self.hparams["seed"] is None else self.hparams["seed"]
+        return FillSettings(mean=tuple(self.channel_mean()), sigma=float(self.hparams["sigma"]),
+                            road_noise=float(self.hparams["road_noise"]), seed=int(seed))
 
-    def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, targets: torch.Tensor,
+    def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, target: torch.Tensor,
                  samples: np.ndarray) -> pd.DataFrame:
-        """Rows for one batch: orders × images × (steps + 1) × 2 stats, plus ``removed``."""
+        """Rows for one batch: orders × images × (steps + 1) × 2 stats, plus ``removed``.
+
+        ``inputs`` (B, 3, H, W) RGB in [0, 1], ``target`` (B,) class indices, ``samples`` (B,)
+        ids; the baseline's fill (:data:`FILLS`) works in RGB or the model's encoded space.
+        """
         steps = self.hparams["steps"]
         if len(inputs) == 0:
             return _empty_rows()
-        inputs, targets = inputs.to(ctx.device), targets.to(ctx.device).long()
-        maps = ctx.explain(inputs, targets)
+        inputs, target = inputs.to(ctx.device), target.to(ctx.device).long()
+        maps = ctx.explain(inputs, target)
         _, _, height, width = inputs.shape
         if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (len(inputs), height, width):
             got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
@@ -515,14 +600,13 @@ class PixelRemoval(Metric):
                               f"{width}) from the method, got {got}")
         k = pixels_per_step(height, width, self.hparams["fraction"], steps)
         model = ctx.model
-        if protocols.has(model, "encoded_input"):
-            forward, space, fill = model.forward_encoded, model.encode(inputs), constant_fill(0.0)
-        else:
-            seed = ctx.seed if self.hparams["seed"] is None else self.hparams["seed"]
-            forward, space, fill = model, inputs, self._fill(inputs, samples, seed)
+        spec = FILLS[self.effective_baseline(model)]
+        forward = model.forward_encoded if spec.encoded else model
+        space = (model.encode(inputs) if spec.encoded else inputs).detach()
+        fill = spec.build(space, samples, self.fill_settings(ctx.seed))
         with eval_mode(model):
             logits, probs = removal_curves(
-                forward, space.detach(), maps.to(inputs.device), targets, steps=steps, pixels=k,
+                forward, space, maps.to(inputs.device), target, steps=steps, pixels=k,
                 orders=self.orders, fill=fill, score=self.effective_probability(model),
                 max_batch=self.hparams["max_batch"])
         values = np.stack([probs.numpy(), logits.numpy()], axis=-1)  # (V, B, S+1, 2)

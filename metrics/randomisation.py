@@ -59,6 +59,7 @@ from attrib_bench.metrics.base import (
     EvalContext,
     Metric,
     SampleSet,
+    SelectContext,
     make_rows,
     typed_hparams,
 )
@@ -269,7 +270,7 @@ class Randomisation(Metric):
         return MODES if modes == "both" else (modes,)
 
     def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
-               device: torch.device, batch_size: int) -> SampleSet:
+               ctx: SelectContext) -> SampleSet:
         """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
         ids = np.arange(min(wanted, len(dataset)), dtype=np.int64)
@@ -279,7 +280,7 @@ class Randomisation(Metric):
             return dataset.float_images(index), dataset.labels[index]
 
         if self.hparams["layers"] is not None and len(ids):  # named layers: checked up front
-            self.layers_to_randomise(model, fetch(ids[:1])[0].to(device))
+            self.layers_to_randomise(model, fetch(ids[:1])[0].to(ctx.device))
         return SampleSet(ids, fetch, {"requested": wanted, "selected": len(ids),
                                       "targets": "ground truth"})
 
@@ -306,13 +307,13 @@ class Randomisation(Metric):
         wanted = set(chosen)
         return [(i, n) for i, n in enumerate(names) if n in wanted]
 
-    def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, targets: torch.Tensor,
+    def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, target: torch.Tensor,
                  samples: np.ndarray) -> pd.DataFrame:
         """Rows for one batch: 3 stats × layers × modes per image, plus ``layer_index``."""
         if len(inputs) == 0:
             return _empty_rows()
-        inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
-        original = ctx.explain(inputs, targets)
+        inputs, target = inputs.to(ctx.device), target.to(ctx.device)
+        original = ctx.explain(inputs, target)
         layers = self.layers_to_randomise(ctx.model, inputs[:1])
         index_of = {n: i for i, n in layers}
         seed = ctx.seed if self.hparams["seed"] is None else self.hparams["seed"]
@@ -320,7 +321,7 @@ class Randomisation(Metric):
         for mode in self.modes:
             for name, randomised in randomised_models(ctx.model, [n for _, n in layers], mode,
                                                       seed):
-                maps = ctx.make_method(randomised).attribute(inputs, targets)
+                maps = ctx.make_method(randomised).attribute(inputs, target)
                 for stat, values in similarities(original, maps).items():
                     rows = make_rows(samples, name, values.cpu().numpy(), variant=mode, stat=stat)
                     rows["layer_index"] = np.int64(index_of[name])

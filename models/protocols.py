@@ -14,7 +14,7 @@ metric applies to a model's output.
                           the output space the model was trained in (sigmoid for the BCE-trained
                           CoDA-Nets, softmax for cross-entropy models). Absent: "softmax" (the
                           usual classifier). Pixel removal, RISE and LIME score the target with
-                          it (:func:`probability`, :func:`to_probability`).
+                          it (:func:`probability`, :func:`to_probability`, :func:`scores`).
 ``contributions``         ``contributions(x, target) -> (B, C', H, W)``: model-inherent
                           contribution maps that sum to the target logit minus the model's bias
                           (CoDA-Nets: W0→L(x) ⊙ x on the encoded input). Method ``inherent``.
@@ -24,12 +24,18 @@ metric applies to a model's output.
 ``forward_head``          with ``forward_head(forward_features(x)) == forward(x)``: timm's split,
                           which the DiFull grid needs (each cell's features computed alone).
 ``encode``                ``encode(x) -> (B, C', H, W)`` and ``forward_encoded(z) -> (B, K)``: an
-``forward_encoded``       input space of the model's own in which pixel removal zeroes a pixel
-                          (the CoDA-Nets' six channels; "encoded-zero").
+``forward_encoded``       input space of the model's own, in which pixel removal's
+                          "encoded-zero" baseline zeroes a pixel (the CoDA-Nets' six channels;
+                          their default baseline).
 ``temperature``           a float: the CoDA-Nets' logit temperature T (the T-series figures).
 ========================  ======================================================================
 
 Methods and metrics ask through the functions here, never by their own ``hasattr``.
+
+**Scores.** What a perturbation method or metric follows for the target class is a
+:data:`Score`: a probability ("sigmoid", "softmax") or the raw "logit". :func:`resolve_score`
+turns a ``score`` setting (None: the model's own :func:`probability`) into one, and
+:func:`scores` computes it; RISE, LIME and pixel removal all go through these two.
 """
 
 from __future__ import annotations
@@ -38,10 +44,14 @@ from typing import Any, Literal
 
 import torch
 
-from attrib_bench.errors import ModelOutputError
+from attrib_bench.errors import ModelOutputError, SettingError
 
 Probability = Literal["sigmoid", "softmax"]
 PROBABILITIES: tuple[str, ...] = ("sigmoid", "softmax")
+#: How a target is scored: a probability (:data:`PROBABILITIES`) or the raw logit.
+Score = Literal["sigmoid", "softmax", "logit"]
+#: The :data:`Score` values in the order error messages list them.
+SCORES: tuple[str, ...] = ("softmax", "sigmoid", "logit")
 
 #: capability → the attributes that make it (all must be present) and what it is for.
 CAPABILITIES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -84,6 +94,31 @@ def probability(model: object) -> Probability:
 def to_probability(logits: torch.Tensor, kind: str) -> torch.Tensor:
     """Logits (N, K) → probabilities (N, K) by ``kind`` ("sigmoid" or "softmax")."""
     return logits.sigmoid() if kind == "sigmoid" else logits.softmax(dim=1)
+
+
+def scores(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """Logits (N, K) → scores (N, K) by ``kind`` (a :data:`Score`): the logits themselves (the
+    same tensor) for "logit", else the probabilities of :func:`to_probability`."""
+    return logits if kind == "logit" else to_probability(logits, kind)
+
+
+def resolve_score(score: object, model: object, owner: str,
+                  error: type[Exception] = SettingError) -> Score:
+    """A ``score`` setting checked: one of :data:`SCORES`, or None for ``model``'s own
+    :func:`probability` ("sigmoid" for the BCE-trained CoDA-Nets, "softmax" when undeclared).
+
+    ``owner`` starts the message ("method 'rise'"); ``error`` is the class raised for a value
+    outside :data:`SCORES` (one line naming the choices), e.g. MethodError for a method,
+    MetricError for a metric. ``model`` None: there is no model to ask (a caller that has only
+    a forward function), so None is refused too.
+    """
+    if score is None and model is not None:
+        return probability(model)
+    if not isinstance(score, str) or score not in SCORES:
+        shown = repr(score) if len(repr(score)) <= 40 else repr(score)[:37] + "..."
+        fix = ", or None for the model's own probability" if model is not None else ""
+        raise error(f"{owner}: score must be one of {', '.join(SCORES)}{fix}, got {shown}")
+    return score  # type: ignore[return-value]
 
 
 def probability_label(kind: str) -> str:

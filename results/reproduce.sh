@@ -5,8 +5,10 @@
 #   gradient/      inherent, grad, ixg, deeplift, gradcam (one or two backward passes per map)
 #   intgrad/       intgrad (20 forward + backward passes per map)
 #   perturbation/  occ5, occ9, rise, lime (hundreds to thousands of forwards per image)
-# then the qualitative maps, every figure and the HTML report. Each run resumes where a killed
-# one stopped: re-run this script with the same settings. Settings (environment variables):
+# then the qualitative maps, every figure and the HTML report. The runs share one cache
+# ($OUT/cache): each model classifies the test set once for the grid selection, not once per run.
+# Each run resumes where a killed one stopped: re-run this script with the same settings.
+# Settings (environment variables):
 #   GRIDS / IMAGES                  localisation grids / pixel-removal images, gradient methods
 #   INTGRAD_GRIDS / INTGRAD_IMAGES  the same for Integrated Gradients
 #   PERTURB_GRIDS / PERTURB_IMAGES  the same for the perturbation methods
@@ -38,15 +40,15 @@ RISE_MASKS=${RISE_MASKS:-6000}
 LIME_SAMPLES=${LIME_SAMPLES:-256}
 
 "$AB" run --model "$MODELS" --method inherent,grad,ixg,deeplift,gradcam \
-    --metric localisation,pixel-removal --device "$DEVICE" --out "$OUT/gradient" \
+    --metric localisation,pixel-removal --device "$DEVICE" --out "$OUT/gradient" --cache "$OUT/cache" \
     --set localisation.num_grids="$GRIDS" --set pixel-removal.num_images="$IMAGES"
 
 "$AB" run --model "$MODELS" --method intgrad \
-    --metric localisation,pixel-removal --device "$DEVICE" --out "$OUT/intgrad" \
+    --metric localisation,pixel-removal --device "$DEVICE" --out "$OUT/intgrad" --cache "$OUT/cache" \
     --set localisation.num_grids="$INTGRAD_GRIDS" --set pixel-removal.num_images="$INTGRAD_IMAGES"
 
 "$AB" run --model "$PERTURB_MODELS" --method occ5,occ9,rise,lime \
-    --metric localisation,pixel-removal --device "$DEVICE" --out "$OUT/perturbation" \
+    --metric localisation,pixel-removal --device "$DEVICE" --out "$OUT/perturbation" --cache "$OUT/cache" \
     --set localisation.num_grids="$PERTURB_GRIDS" --set pixel-removal.num_images="$PERTURB_IMAGES" \
     --set rise.n_masks="$RISE_MASKS" --set lime.num_samples="$LIME_SAMPLES"
 

@@ -1,11 +1,23 @@
 """The benchmark runner: model × method × metric sweeps with tidy tables, a cache and resume.
 
-``run(models, methods, metrics, ...)`` (and ``attrib-bench run``) evaluates every (model, method,
-metric) part in chunks of ``batch_size`` samples. Each chunk's rows are written atomically to
-``DIR/parts/<model>/<method>/<metric>/chunk-NNNNN.parquet``; a re-run of the same command skips
-the chunks that exist, so a killed run resumes with no lost and no duplicated rows. At the end
-the parts are gathered into ``DIR/results.parquet`` (+ ``results.csv``), ``DIR/summary.csv`` and
-``DIR/manifest.json``. Maps go through the attribution cache (``DIR/cache``).
+``run(models, methods, metrics, ...)`` (and ``attrib-bench run``) reads **plan → execute →
+gather → summarise**:
+
+1. *plan* (:func:`plan_run`): every name, setting, model, (model, metric) sample set and
+   (model, method, metric) part is built and checked before anything is written, into
+   :class:`~attrib_bench.runners.jobs.PartJob` s;
+2. *execute*: the chunks (``chunk_size`` samples each) without a verified file go to an
+   executor (:class:`~attrib_bench.runners.jobs.LocalExecutor`, or Dask:
+   :mod:`attrib_bench.runners.distributed`), which writes each chunk's rows atomically to
+   ``DIR/parts/<model>/<method>/<metric>/chunk-NNNNN-<sha256>.parquet`` and returns what it
+   cost; a re-run of the same command skips the verified chunks, so a killed run resumes with no
+   lost and no duplicated rows;
+3. *gather* the parts into ``DIR/results.parquet`` (+ ``results.csv``);
+4. *summarise* into ``DIR/summary.csv`` and ``DIR/manifest.json``.
+
+Maps go through the attribution cache and whole-dataset logits (sample selection) through the
+pool-logits cache, both in ``DIR/cache`` unless ``cache=`` names a folder that several runs share
+(:mod:`attrib_bench.runners.cache`).
 
 Rows are long format: ``model, method, metric, sample, key, variant, stat, value`` plus metric
 columns (e.g. ``target``), a ``flag`` ("nonfinite" where the method produced NaN/inf, else "")
@@ -14,18 +26,18 @@ and the config columns ``dataset, seed, method_config, metric_config``.
 
 from __future__ import annotations
 
-import difflib
-import hashlib
+import inspect
 import io
 import json
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
+import warnings
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,17 +46,28 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from attrib_bench import evaluation, hparams
+from attrib_bench import evaluation
 from attrib_bench.data import ImageSet, get_dataset
-from attrib_bench.errors import MetricError, NotApplicableError, RunError, SettingError
-from attrib_bench.evaluation import eval_mode, ieee_float32, resolve_device
-from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, Metric, SampleSet
+from attrib_bench.errors import MetricError, NotApplicableError, RunError
+from attrib_bench.evaluation import count_parameters, eval_mode, resolve_device
+from attrib_bench.metrics.base import ROW_COLUMNS, Metric, SampleSet, SelectContext
 from attrib_bench.models.protocols import check_logits
 from attrib_bench.provenance import describe_hardware, git_commit
-from attrib_bench.registry import METHODS, METRICS, create_method, create_metric, create_model
-from attrib_bench.runners.cache import AttributionCache, cached_explainer, model_digest
+from attrib_bench.registry import create_metric, create_model
+from attrib_bench.runners.cache import CacheStats, PoolLogits, model_digest
+from attrib_bench.runners.jobs import (
+    ChunkResult,
+    Executor,
+    LocalExecutor,
+    Part,
+    PartJob,
+    RunConfig,
+    build_method,
+    pending_chunks,
+    verified_chunk,
+)
+from attrib_bench.runners.settings import check_executor, run_config, split_names
 from attrib_bench.runners.storage import Store
 
 #: Leading columns of the results table, in order (metric-specific columns follow ``value``).
@@ -54,221 +77,17 @@ BOOTSTRAP_RESAMPLES = 2000
 RUN_FILE = "run.json"
 
 
-@dataclass
-class RunConfig:
-    """What a run computes; a resumed run must match it (``device`` and ``out`` may differ)."""
-
-    models: list[str]
-    methods: list[str]
-    metrics: list[str]
-    n_samples: int | None = None
-    batch_size: int = 32
-    seed: int = 0
-    dataset: str = "cifar10"
-    split: str = "test"
-    checkpoint: str | None = None
-    method_hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
-    metric_hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: methods/metrics were "all": a part that does not apply is skipped, not an error
-    all_methods: bool = False
-    all_metrics: bool = False
-
-    def identity(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
-
-
-def _slug(name: str) -> str:
-    """A file-system-safe folder name for a model, method or metric name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"
-
-
-def _split_names(value: str | Iterable[str] | Mapping[str, Any]) -> list[str]:
-    """Names from "a,b" or an iterable, in order, each once (``grad,grad`` is ``grad``)."""
-    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
-    return list(dict.fromkeys(n for n in names if n))
-
-
-# ----------------------------------------------------------------------------- one part
-
-
-@dataclass
-class Part:
-    """One (model, method, metric) cell of the sweep and where its chunks live in ``store``.
-
-    A chunk is the parquet file ``chunk-NNNNN-<sha256>.parquet``: its name carries the sha256 of
-    its bytes, so a truncated or altered file (one flipped bit) is detected before it is read,
-    reported, deleted and recomputed. One atomic rename writes file and checksum together.
-    """
-
-    model: str
-    method: str
-    metric: str
-    store: Store
-
-    @property
-    def folder(self) -> str:
-        return self.store.path("parts", _slug(self.model), _slug(self.method), _slug(self.metric))
-
-    def chunk_files(self, index: int) -> list[str]:
-        """Files of chunk ``index`` (normally none or one; older unchecked names included)."""
-        return self.store.glob("parts", _slug(self.model), _slug(self.method),
-                               _slug(self.metric), f"chunk-{index:05d}*.parquet")
-
-    def chunk_path(self, index: int, digest: str) -> str:
-        return f"{self.folder}/chunk-{index:05d}-{digest}.parquet"
-
-    def write_chunk(self, index: int, rows: pd.DataFrame) -> str:
-        """Write ``rows`` as chunk ``index``, atomically, named by their sha256; the path."""
-        buffer = io.BytesIO()
-        rows.to_parquet(buffer, index=False)
-        data = buffer.getvalue()
-        path = self.chunk_path(index, hashlib.sha256(data).hexdigest())
-        self.store.write(path, lambda tmp: tmp.write_bytes(data))
-        return path
-
-    def state(self, index: int, expected: ChunkIdentity | None = None
-              ) -> tuple[bool, list[str]]:
-        """(done, corrupt): whether chunk ``index`` has a verified file, and the files that
-        failed their checksum or, given ``expected``, hold other samples or another method or
-        metric configuration (a chunk copied from another run); those are deleted here, so that
-        the chunk is recomputed."""
-        done, corrupt = False, []
-        for path in self.chunk_files(index):
-            data = None if done else verified_chunk(self.store, path)
-            if data is not None and (expected is None or expected.matches(data)):
-                done = True
-                continue
-            self.store.remove(path)  # corrupt, unchecked (older name) or a second copy
-            corrupt.append(path)
-        return done, corrupt
-
-    def done(self, index: int, expected: ChunkIdentity | None = None) -> bool:
-        """Whether chunk ``index`` is written and its checksum holds (a bad file is deleted)."""
-        return self.state(index, expected)[0]
-
-
-@dataclass(frozen=True)
-class ChunkIdentity:
-    """What a chunk of this run must hold: its sample ids and the method and metric configs."""
-
-    ids: tuple[int, ...]
-    method_config: str
-    metric_config: str
-
-    def matches(self, data: bytes) -> bool:
-        """Whether the chunk file's bytes hold exactly these samples under these configs."""
-        try:
-            rows = pd.read_parquet(io.BytesIO(data),
-                                   columns=["sample", "method_config", "metric_config"])
-        except Exception:  # noqa: BLE001 - unreadable despite its checksum: not this run's
-            return False
-        return (set(rows["sample"].tolist()) == set(self.ids)
-                and set(rows["method_config"]) == {self.method_config}
-                and set(rows["metric_config"]) == {self.metric_config})
-
-
-_CHUNK_NAME = re.compile(r"chunk-\d{5}-([0-9a-f]{64})\.parquet$")
-
-
-def verified_chunk(store: Store, path: str) -> bytes | None:
-    """The bytes of a chunk file if their sha256 is the one in its name, else None."""
-    match = _CHUNK_NAME.search(path)
-    if match is None:
-        return None
-    try:
-        data = store.read_bytes(path)
-    except OSError:
-        return None
-    return data if hashlib.sha256(data).hexdigest() == match.group(1) else None
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def _finish_rows(rows: pd.DataFrame, part: Part, config: RunConfig,
-                 method_config: dict[str, Any], metric_config: dict[str, Any]) -> pd.DataFrame:
-    """Add the id, flag and config columns to a metric's rows; fixed column order."""
-    missing = [c for c in ROW_COLUMNS if c not in rows.columns]
-    if missing:
-        raise RunError(f"metric {part.metric!r} returned rows without columns {missing}: "
-                       f"rows need {', '.join(ROW_COLUMNS)} (use metrics.base.make_rows)")
-    rows = rows.copy()
-    rows.insert(0, "model", part.model)
-    rows.insert(1, "method", part.method)
-    rows.insert(2, "metric", part.metric)
-    rows["value"] = rows["value"].astype("float64")
-    rows["flag"] = np.where(np.isfinite(rows["value"].to_numpy()), "", "nonfinite")
-    rows["dataset"] = config.dataset
-    rows["seed"] = config.seed
-    rows["method_config"] = _json(method_config)
-    rows["metric_config"] = _json(metric_config)
-    rows["sample"] = rows["sample"].astype("int64")
-    for column in ("key", "variant", "stat"):
-        rows[column] = rows[column].astype(str)
-    return rows
-
-
-def chunk_identity(ids: np.ndarray, method_config: dict[str, Any],
-                   metric_config: dict[str, Any]) -> ChunkIdentity:
-    """The :class:`ChunkIdentity` a chunk of ``ids`` written with these configs has."""
-    return ChunkIdentity(tuple(int(i) for i in ids), _json(method_config), _json(metric_config))
-
-
-def chunk_ids(samples: SampleSet, batch_size: int) -> list[np.ndarray]:
-    """The sample ids of each chunk (the unit that is written, resumed and distributed)."""
-    return [samples.ids[i:i + batch_size] for i in range(0, len(samples.ids), batch_size)]
-
-
-def evaluate_chunk(part: Part, index: int, ids: np.ndarray, metric: Metric,
-                   samples: SampleSet, ctx: EvalContext, config: RunConfig,
-                   method_config: dict[str, Any], metric_config: dict[str, Any]) -> float:
-    """Evaluate one chunk and write its rows atomically; returns the seconds spent."""
-    start = time.perf_counter()
-    inputs, targets = samples.fetch(ids)
-    inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
-    with ieee_float32(ctx.device):  # a GPU gives the CPU's numbers (no TF32 convolutions)
-        rows = metric.evaluate(ctx, inputs, targets, ids)
-    rows = _finish_rows(rows, part, config, method_config, metric_config)
-    elapsed = time.perf_counter() - start
-    rows["seconds"] = elapsed / max(len(rows), 1)  # per-row share: sums to wall time
-    part.write_chunk(index, rows)
-    return elapsed
-
-
-def _evaluate_part(part: Part, metric: Metric, samples: SampleSet, ctx: EvalContext,
-                   config: RunConfig, method_config: dict[str, Any],
-                   metric_config: dict[str, Any], progress: bool) -> tuple[float, list[str]]:
-    """Evaluate the missing chunks of one part in this process.
-
-    Returns the seconds spent and the chunk files that failed their checksum (recomputed).
-    """
-    chunks = chunk_ids(samples, config.batch_size)
-    todo, corrupt = [], []
-    for i in range(len(chunks)):
-        done, bad = part.state(i, chunk_identity(chunks[i], method_config, metric_config))
-        corrupt += bad
-        if not done:
-            todo.append(i)
-    seconds = 0.0
-    done_samples = len(samples.ids) - sum(len(chunks[i]) for i in todo)
-    with tqdm(total=len(samples.ids), initial=done_samples, unit="sample", disable=not progress,
-              desc=f"{part.model} · {part.method} · {part.metric}", dynamic_ncols=True,
-              leave=True) as bar:
-        for index in todo:
-            seconds += evaluate_chunk(part, index, chunks[index], metric, samples, ctx, config,
-                                      method_config, metric_config)
-            bar.update(len(chunks[index]))
-    return seconds, corrupt
-
-
 def _report_corrupt(store: Store, paths: list[str]) -> None:
     """One stderr line per chunk file that failed its checksum (it is recomputed)."""
     for path in paths:
-        shown = path[len(store.root):].lstrip("/") if path.startswith(store.root) else path
-        print(f"warning: {shown} failed its checksum or is not this run's (corrupt, truncated, "
-              "unchecked or copied from another run): deleted; its chunk is recomputed",
-              file=sys.stderr)
+        print(f"warning: {_inside(store, path)} failed its checksum or is not this run's "
+              "(corrupt, truncated, unchecked or copied from another run): deleted; its chunk "
+              "is recomputed", file=sys.stderr)
+
+
+def _inside(store: Store, path: str) -> str:
+    """``path`` relative to the store's folder (as the manifest lists it)."""
+    return path[len(store.root):].lstrip("/") if path.startswith(store.root) else path
 
 
 # ----------------------------------------------------------------------------- summary
@@ -312,7 +131,7 @@ def summarise(results: pd.DataFrame, metrics: Mapping[str, Metric], seed: int = 
     return pd.DataFrame(out)
 
 
-# ----------------------------------------------------------------------------- the sweep
+# ----------------------------------------------------------------------------- run folders
 
 
 def _versions() -> dict[str, str]:
@@ -339,6 +158,8 @@ def _prepare_out(out: Store, identity: dict[str, Any], overwrite: bool) -> None:
             previous = json.loads(out.read_text(run_file))
         except ValueError:
             previous = {}
+        if "batch_size" in previous and "chunk_size" not in previous:  # before the rename
+            previous["chunk_size"] = previous.pop("batch_size")
         nothing_done = not out.glob("parts", "*", "*", "*", "chunk-*.parquet")
         if previous != identity:
             if not overwrite and not nothing_done:  # a run that wrote no chunk loses nothing
@@ -354,112 +175,30 @@ def _prepare_out(out: Store, identity: dict[str, Any], overwrite: bool) -> None:
     out.write_text(run_file, json.dumps(identity, indent=1))
 
 
-def _load_model(name: str, model: nn.Module | None, checkpoint: str | None,
-                device: torch.device) -> nn.Module:
-    if model is None:
-        from attrib_bench.models.zoo import checkpoint_kwargs
+def _check_out(out: str | Path | None, flag: str = "--out", kind: str = "output"
+               ) -> Store | None:
+    """The output (or cache) store, checked before any work: a local folder must be creatable.
 
-        model = create_model(name, pretrained=checkpoint is None, checkpoint=checkpoint,
-                             **checkpoint_kwargs(name, checkpoint))
-    return model.to(device).eval()
+    A local folder is made absolute, so that workers in another directory find it too."""
+    if out is None:
+        return None
+    try:
+        store = Store(out)
+    except (ValueError, ImportError) as exc:
+        raise RunError(f"{flag} {str(out)[:200]!r} is not a folder or fsspec URL that can be "
+                       f"used here ({exc}): pass a local folder") from None
+    if store.local:
+        path = Path(store.root)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+            what = "is not a folder" if not path.is_dir() else "is not writable"
+            raise RunError(f"cannot create the {kind} folder {str(out)[:200]!r}: "
+                           f"{path} {what}; pass {flag} a folder you can write")
+        store = Store(store.root)
+    return store
 
-
-def _method_names(requested: list[str], model: nn.Module) -> list[str]:
-    """``["all"]`` → the registered methods that apply to ``model``, else ``requested``."""
-    if requested == ["all"]:
-        from attrib_bench.methods.base import applicable_methods
-
-        return applicable_methods(model)
-    return requested
-
-
-def _build_method(name: str, model: nn.Module, hparams: Mapping[str, Any], seed: int) -> Any:
-    """Build method ``name`` on ``model`` from its settings; ``seed`` fills an unset seed."""
-    config = resolve_method(name, hparams, seed)
-    method = create_method(name, model, **config)
-    method.allow_nonfinite = True  # NaN maps become flagged rows, not a stopped run
-    return method
-
-
-def resolve_method(name: str, given: Mapping[str, Any], seed: int, *,
-                   from_text: bool = False) -> dict[str, Any]:
-    """Method ``name``'s full configuration (defaults included, types checked); the run's
-    ``seed`` where the method has a seed and it is not set."""
-    factory = METHODS.get(name).factory
-    config = hparams.resolve(f"method {name!r}", factory, given, from_text=from_text)
-    if "seed" in hparams.hparams_of(factory) and "seed" not in given:
-        config["seed"] = seed
-    return config
-
-
-def resolve_metric(name: str, given: Mapping[str, Any], *, from_text: bool = False
-                   ) -> dict[str, Any]:
-    """Metric ``name``'s full configuration (defaults included, types checked)."""
-    return hparams.resolve(f"metric {name!r}", METRICS.get(name).factory, given,
-                           from_text=from_text)
-
-
-def parse_settings(settings: Iterable[str], methods: list[str], metrics: list[str]
-                   ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
-    """``["rise.n_masks=500", "pixel-removal.baseline=road"]`` → (method, metric) settings as
-    text, split by the selected ``methods`` and ``metrics``; a NAME that is neither, or an item
-    not of the form NAME.KEY=VALUE, is one :class:`SettingError` line with the close matches."""
-    method_settings: dict[str, dict[str, str]] = {}
-    metric_settings: dict[str, dict[str, str]] = {}
-    for item in settings:
-        name, eq, text = item.partition("=")
-        name, dot, key = name.rpartition(".")
-        if not (dot and eq and name and key):
-            raise SettingError(f"--set {item!r}: use NAME.KEY=VALUE, e.g. rise.n_masks=500")
-        if name in metrics:
-            metric_settings.setdefault(name, {})[key] = text
-        elif name in methods:
-            method_settings.setdefault(name, {})[key] = text
-        else:
-            raise SettingError(_not_selected(name, methods, metrics, f"--set {item!r}"))
-    return method_settings, metric_settings
-
-
-def _not_selected(name: str, methods: list[str], metrics: list[str], what: str) -> str:
-    """The one line for a setting whose NAME is not a selected method or metric."""
-    selected = [*methods, *metrics]
-    close = difflib.get_close_matches(name, selected, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}?" if close else (
-        f"this run has {', '.join(selected)}")
-    registered = name in METHODS or name in METRICS
-    why = "is not selected in this run (add it to --method/--metric)" if registered else \
-        "is not a selected method or metric"
-    return f"{what}: {name!r} {why}: {hint}"
-
-
-@dataclass
-class PartJob:
-    """Everything needed to evaluate one part's chunks, in this process or on a worker."""
-
-    part: Part
-    metric: Metric
-    samples: SampleSet
-    model: nn.Module  # the metric's view of the model
-    model_hash: str
-    method_name: str
-    hparams: dict[str, Any]  # the method's full configuration
-    method_id: dict[str, Any]
-    metric_config: dict[str, Any]
-
-    def context(self, config: RunConfig, device: torch.device, cache: AttributionCache,
-                method: Any = None) -> EvalContext:
-        """The metric's context: the (cached) explainer and how to rebuild the method."""
-        if method is None:
-            method = _build_method(self.method_name, self.model, self.hparams, config.seed)
-        return EvalContext(
-            model=self.model, device=device, batch_size=config.batch_size, seed=config.seed,
-            explain=cached_explainer(method, cache, self.model_hash, self.method_id),
-            make_method=lambda m, n=self.method_name, h=self.hparams: _build_method(
-                n, m, h, config.seed))
-
-
-#: ``run(executor=...)``: in this process (no Dask import), or Dask tasks.
-EXECUTORS = ("local", "dask")
+# ----------------------------------------------------------------------------- the sweep
 
 
 def run(models: str | Iterable[str] | Mapping[str, nn.Module],
@@ -467,9 +206,10 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
         metrics: str | Iterable[str] = "all",
         *,
         n_samples: int | None = None,
-        batch_size: int = 32,
+        chunk_size: int = 32,
         device: str = "cpu",
         out: str | Path | None = None,
+        cache: str | Path | None = None,
         seed: int = 0,
         checkpoint: str | None = None,
         overwrite: bool = False,
@@ -483,19 +223,24 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
         executor: str = "local",
         scheduler: str | None = None,
         workers: int | None = None,
-        client: Any = None) -> pd.DataFrame:
+        client: Any = None,
+        batch_size: int | None = None) -> pd.DataFrame:
     """Run the sweep and return every row (the table written to ``out/results.parquet``).
 
     ``models``: registered names (a list or "a,b"), or a mapping name → ``nn.Module`` for a
     user's own models; ``methods``/``metrics``: names or "all"; ``n_samples`` shrinks each metric's
-    default sample count; ``dataset``: a registered dataset name or an :class:`ImageSet`;
-    ``*_hparams``: per-name hyper-parameters as Python values, ``settings``: the same as
-    ``"NAME.KEY=VALUE"`` text (the CLI's ``--set``), parsed to each hyper-parameter's declared
-    type (:mod:`attrib_bench.hparams`). ``out``: a folder or an fsspec URL (``memory://``,
-    ``s3://``…); None uses a temporary folder. ``executor="dask"`` runs each (model, method,
+    default sample count; ``chunk_size``: samples per chunk, the unit that is written, resumed
+    and distributed (methods batch their own forwards, ``max_batch``); ``dataset``: a registered
+    dataset name or an :class:`ImageSet`; ``*_hparams``: per-name hyper-parameters as Python
+    values, ``settings``: the same as ``"NAME.KEY=VALUE"`` text (the CLI's ``--set``), parsed to
+    each hyper-parameter's declared type (:mod:`attrib_bench.hparams`). ``out``: a folder or an
+    fsspec URL (``memory://``, ``s3://``…); None uses a temporary folder. ``cache``: the cache
+    folder (attribution maps, pool logits; default ``out/cache``): runs that share one reuse
+    each other's maps and sample-selection logits. ``executor="dask"`` runs each (model, method,
     metric, chunk) as a Dask task: on ``client`` (a ``distributed.Client``), on the cluster at
     ``scheduler`` ("tcp://host:8786"), or on a new ``LocalCluster`` of ``workers`` processes;
-    see :mod:`attrib_bench.runners.distributed`.
+    see :mod:`attrib_bench.runners.distributed`. ``batch_size``: the former name of
+    ``chunk_size`` (deprecated; a FutureWarning).
 
     **Fail fast.** Before the first chunk runs (and before anything is written), every name,
     setting, model, (model, metric) sample set and (model, method, metric) part is built and
@@ -508,104 +253,103 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
     checks and returns an empty table (nothing is computed or written); the plan is in
     ``run.last_plan``.
     """
-    if executor not in EXECUTORS:
-        raise RunError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
-    if executor == "local" and (scheduler is not None or workers is not None
-                                or client is not None):
-        raise RunError("--scheduler and --workers need --executor dask")
-    if scheduler is not None and workers is not None:
-        raise RunError("--scheduler uses an existing cluster and --workers starts a local one: "
-                       "pass one of them")
-    if workers is not None and (isinstance(workers, bool) or workers < 1):
-        raise RunError(f"--workers must be >= 1, got {workers}")
+    if batch_size is not None:
+        warnings.warn("run(batch_size=...) is now chunk_size= (samples per chunk); batch_size "
+                      "will be removed in the next release", FutureWarning, stacklevel=2)
+        chunk_size = batch_size
+    check_executor(executor, scheduler, workers, client)
     given_models = dict(models) if isinstance(models, Mapping) else {}
-    metric_names = _split_names(metrics)
-    all_metrics = metric_names == ["all"]
-    if all_metrics:
-        metric_names = METRICS.names()
-    for name in metric_names:
-        METRICS.get(name)  # unknown names fail here, with close matches
-    method_names = _split_names(methods)
-    all_methods = method_names == ["all"]
-    for name in method_names:
-        if name != "all":
-            METHODS.get(name)
-    model_names = _split_names(models)
-    if checkpoint is not None and len(model_names) != 1:
-        raise RunError("--checkpoint applies to one model: run one --model per checkpoint")
-    if n_samples is not None and (isinstance(n_samples, bool) or n_samples < 1):
-        raise RunError(f"--n-samples must be >= 1, got {n_samples}")
-    if isinstance(batch_size, bool) or batch_size < 1:
-        raise RunError(f"--batch-size must be >= 1, got {batch_size}")
-    selected_methods = METHODS.names() if all_methods else method_names
-    text_methods, text_metrics = parse_settings(settings, selected_methods, metric_names)
-    for kind, given, names in (("method_hparams", method_hparams, selected_methods),
-                               ("metric_hparams", metric_hparams, metric_names)):
-        for name in given or {}:
-            if name not in names:
-                raise SettingError(_not_selected(name, selected_methods, metric_names, kind))
-    method_configs = {name: _merge_text(resolve_method, name, resolve_method(
-        name, (method_hparams or {}).get(name, {}), seed), text_methods.get(name, {}), seed)
-        for name in selected_methods}
-    metric_configs = {name: _merge_text(resolve_metric, name, resolve_metric(
-        name, (metric_hparams or {}).get(name, {})), text_metrics.get(name, {}))
-        for name in metric_names}
-    out_store = _check_out(out)
     dataset_name = dataset.name if isinstance(dataset, ImageSet) else str(dataset)
-    config = RunConfig(model_names, selected_methods, metric_names, n_samples, batch_size, seed,
-                       dataset_name, "test", checkpoint, method_configs, metric_configs,
-                       all_methods, all_metrics)
+    config = run_config(split_names(models), methods, metrics, n_samples=n_samples,
+                        chunk_size=chunk_size, seed=seed, dataset=dataset_name,
+                        checkpoint=checkpoint, method_hparams=method_hparams,
+                        metric_hparams=metric_hparams, settings=settings)
+    out_store = _check_out(out)
+    cache_store = _check_out(cache, "--cache", "cache")
     torch_device = resolve_device(device)
-    runner = None
-    if executor == "dask" and not dry_run:
-        from attrib_bench.runners.distributed import DaskRunner
-
-        runner = DaskRunner(client=client, scheduler=scheduler, workers=workers,
-                            progress=progress)
+    images = (dataset if isinstance(dataset, ImageSet)
+              else get_dataset(dataset, config.split, root=data_root))
+    runner = _executor(executor, client, scheduler, workers, progress) if not dry_run else None
     try:
-        if out_store is None:
-            with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
-                return _run(config, Store(tmp), torch_device, overwrite, dataset, data_root,
-                            given_models, progress, runner, dry_run)
-        return _run(config, out_store, torch_device, overwrite, dataset, data_root,
-                    given_models, progress, runner, dry_run)
+        with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
+            out_store = out_store or Store(tmp)
+            cache_store = cache_store or out_store.child("cache")
+            plan = plan_run(config, out_store, cache_store, torch_device, images, given_models,
+                            progress)
+            run.last_plan = plan  # type: ignore[attr-defined]
+            if runner is None:
+                return pd.DataFrame(columns=[*ID_COLUMNS, *ROW_COLUMNS[1:]])
+            return _run(config, plan, out_store, torch_device, overwrite, runner)
     finally:
         if runner is not None:
             runner.close()
 
 
-def _merge_text(resolver: Any, name: str, config: dict[str, Any], text: Mapping[str, str],
-                *args: Any) -> dict[str, Any]:
-    """``config`` with the ``--set`` values in ``text`` parsed to their declared types."""
-    if not text:
-        return config
-    parsed = resolver(name, text, *args, from_text=True)
-    return {**config, **{key: parsed[key] for key in text}}
+def _executor(name: str, client: Any, scheduler: str | None, workers: int | None,
+              progress: bool) -> Executor:
+    """The executor ``name`` ("local" or "dask"; Dask is imported only when asked for)."""
+    if name == "dask":
+        from attrib_bench.runners.distributed import DaskExecutor
+
+        return DaskExecutor(client=client, scheduler=scheduler, workers=workers,
+                            progress=progress)
+    return LocalExecutor(progress)
 
 
-def _check_out(out: str | Path | None) -> Store | None:
-    """The output store, checked before any work: a local folder must be creatable."""
-    if out is None:
-        return None
+def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwrite: bool,
+         executor: Executor) -> pd.DataFrame:
+    """Execute ``plan``'s missing chunks, then gather and summarise (see the module doc)."""
+    if not plan.jobs:
+        reasons = "; ".join(f"{s['method']} on {s['model']}: {s['reason']}"
+                            for s in plan.skipped[:3])
+        raise RunError(f"no (model, method, metric) part applies: {reasons or 'nothing selected'}")
     try:
-        store = Store(out)
-    except (ValueError, ImportError) as exc:
-        raise RunError(f"--out {str(out)[:200]!r} is not a folder or fsspec URL that can be "
-                       f"used here ({exc}): pass a local folder") from None
-    if store.local:
-        path = Path(store.root)
-        while not path.exists() and path != path.parent:
-            path = path.parent
-        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-            what = "is not a folder" if not path.is_dir() else "is not writable"
-            raise RunError(f"cannot create the output folder {str(out)[:200]!r}: {path} {what}; "
-                           "pass --out a folder you can write")
-    return store
+        _prepare_out(out, {**config.identity(), "model_hashes": plan.hashes}, overwrite)
+    except OSError as exc:
+        raise RunError(f"cannot write the output folder {out.url[:200]!r}: "
+                       f"{exc.strerror or exc}; pass --out a folder you can write") from None
+    plan.pool.flush()
+    started = time.perf_counter()
+    todo, corrupt = pending_chunks(plan.jobs)
+    _report_corrupt(out, corrupt)
+    done = executor.evaluate(todo, device)
+    results = _gather(out, config, [job.part for job in plan.jobs])
+    timings = (results.groupby(list(ID_COLUMNS), sort=False)["seconds"].sum().round(3)
+               .reset_index().to_dict("records"))
+    results = results.drop(columns="seconds")
+    summary = summarise(results, plan.metrics, config.seed)
+    _write_tables(out, results, summary)
+    manifest = {"config": config.identity(), "parts": _part_seconds(plan.jobs, done),
+                "skipped": plan.skipped, "samples": plan.samples,
+                "corrupt_chunks": [_inside(out, p) for p in corrupt],
+                "executor": executor.describe(),
+                **_manifest_extras(results, plan, done, device, time.perf_counter() - started),
+                "models": {name: _model_info(model, plan.hashes[name])
+                           for name, model in plan.models.items()},
+                "seconds_per_part_all_runs": timings}
+    out.write_text(out.path("manifest.json"), json.dumps(manifest, indent=1, default=str))
+    flagged = int((results["flag"] != "").sum()) if len(results) else 0
+    if flagged:
+        print(f"warning: {flagged} rows have non-finite values (flag 'nonfinite'); "
+              "they are kept in results and left out of the summary", file=sys.stderr)
+    return results
+
+
+def _part_seconds(jobs: list[PartJob], done: list[ChunkResult]) -> list[dict[str, Any]]:
+    """Per part, the seconds its chunks took in this run (0 for a part that was complete)."""
+    seconds: dict[tuple[str, str, str], float] = defaultdict(float)
+    for result in done:
+        seconds[result.key] += result.seconds
+    return [{"model": job.part.model, "method": job.part.method, "metric": job.part.metric,
+             "seconds_this_run": round(seconds[job.part.key], 3)} for job in jobs]
 
 
 @dataclass
 class Plan:
-    """What a run will evaluate, built and checked before anything is written."""
+    """What a run will evaluate, built and checked before anything is written.
+
+    ``pool``: the whole-dataset logits the selections used (flushed to the cache once the run
+    folder is checked; a dry run writes nothing)."""
 
     models: dict[str, nn.Module]
     hashes: dict[str, str]
@@ -613,6 +357,7 @@ class Plan:
     jobs: list[PartJob]
     samples: dict[str, dict[str, Any]]
     skipped: list[dict[str, str]]
+    pool: PoolLogits
 
 
 def _skip(skipped: list[dict[str, str]], model: str, method: str, metric: str,
@@ -624,12 +369,35 @@ def _skip(skipped: list[dict[str, str]], model: str, method: str, metric: str,
 
 def _first_sample(samples: SampleSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample's input (1, 3, H, W) and one target class (1,), for the checks."""
-    inputs, targets = samples.fetch(samples.ids[:1])
-    return inputs.to(device), targets.reshape(len(targets), -1)[:, 0].long().to(device)
+    inputs, target = samples.fetch(samples.ids[:1])
+    return inputs.to(device), target.reshape(len(target), -1)[:, 0].long().to(device)
 
 
-def plan_run(config: RunConfig, out: Store, device: torch.device, images: ImageSet,
-             given_models: Mapping[str, nn.Module]) -> Plan:
+def _load_model(name: str, model: nn.Module | None, checkpoint: str | None,
+                device: torch.device) -> nn.Module:
+    if model is None:
+        from attrib_bench.models.zoo import checkpoint_kwargs
+
+        model = create_model(name, pretrained=checkpoint is None, checkpoint=checkpoint,
+                             **checkpoint_kwargs(name, checkpoint))
+    return model.to(device).eval()
+
+
+def _select(name: str, metric: Metric, model: nn.Module, images: ImageSet,
+            n_samples: int | None, ctx: SelectContext) -> SampleSet:
+    """``metric.select``; a metric written for the old (device, batch_size) contract is one
+    line naming the fix."""
+    if len(inspect.signature(metric.select).parameters) == 5:
+        raise MetricError(f"metric {name!r}: select(model, dataset, n_samples, device, "
+                          "batch_size) is the old contract; take (model, dataset, n_samples, "
+                          "ctx) and use ctx.device (and ctx.logits(model, dataset) for a "
+                          "whole-dataset pass)")
+    return metric.select(model, images, n_samples, ctx)
+
+
+def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
+             images: ImageSet, given_models: Mapping[str, nn.Module],
+             progress: bool = False) -> Plan:
     """Build and check every (model, method, metric) part; nothing is written.
 
     Raises one line for what a user named and cannot run; records (and prints) what ``all``
@@ -640,6 +408,9 @@ def plan_run(config: RunConfig, out: Store, device: torch.device, images: ImageS
     loaded = {name: _load_model(name, given_models.get(name), config.checkpoint, device)
               for name in config.models}
     hashes = {name: model_digest(model) for name, model in loaded.items()}
+    pool = PoolLogits(cache.child("logits"), device, progress=progress,
+                      hashes={id(model): hashes[name] for name, model in loaded.items()})
+    select_ctx = SelectContext(device, pool.predict, progress)
     for model in loaded.values():
         x = images.float_images(slice(0, 1)).to(device)
         with torch.inference_mode(), eval_mode(model):
@@ -658,14 +429,14 @@ def plan_run(config: RunConfig, out: Store, device: torch.device, images: ImageS
                 _skip(skipped, model_name, "*", metric_name, str(exc))
                 continue
             t0 = time.perf_counter()
-            samples = metric.select(model, images, config.n_samples, device, config.batch_size)
+            samples = _select(metric_name, metric, model, images, config.n_samples, select_ctx)
             samples_info[f"{model_name}/{metric_name}"] = {
                 "n": len(samples), "seconds": round(time.perf_counter() - t0, 3), **samples.info}
             example = _first_sample(samples, device) if len(samples) else None
             for method_name in config.methods:
                 method_config = config.method_hparams[method_name]
                 try:
-                    method = _build_method(method_name, view, method_config, config.seed)
+                    method = build_method(method_name, view, method_config)
                     if example is not None and callable(getattr(method, "preflight", None)):
                         with eval_mode(view):
                             method.preflight(*example)
@@ -675,78 +446,21 @@ def plan_run(config: RunConfig, out: Store, device: torch.device, images: ImageS
                     continue
                 jobs.append(PartJob(
                     Part(model_name, method_name, metric_name, out), metric, samples, view,
-                    hashes[model_name], method_name, method_config,
+                    hashes[model_name], method_config,
                     {"name": method_name, "config": method_config, "view": metric.model_view,
                      "class": type(method).__qualname__},
                     {"name": metric_name, **config.metric_hparams[metric_name],
-                     "n_samples": config.n_samples}))
+                     "n_samples": config.n_samples},
+                    config.dataset, config.seed, config.chunk_size, cache))
     if not config.all_methods:  # a named method must apply to at least one model
-        planned = {job.method_name for job in jobs}
+        planned = {job.method for job in jobs}
         for name, exc in refused.items():
             if name not in planned:
                 raise exc
     for item in skipped:
         print(f"skipped: {item['model']} · {item['method']} · {item['metric']}: "
               f"{item['reason']}", file=sys.stderr)
-    return Plan(loaded, hashes, metrics, jobs, samples_info, skipped)
-
-
-def _run(config: RunConfig, out: Store, device: torch.device, overwrite: bool,
-         dataset: str | ImageSet, data_root: str | Path | None,
-         given_models: Mapping[str, nn.Module], progress: bool, runner: Any,
-         dry_run: bool = False) -> pd.DataFrame:
-    images = (dataset if isinstance(dataset, ImageSet)
-              else get_dataset(dataset, config.split, root=data_root))
-    plan = plan_run(config, out, device, images, given_models)
-    run.last_plan = plan  # type: ignore[attr-defined]
-    if dry_run:
-        return pd.DataFrame(columns=[*ID_COLUMNS, *ROW_COLUMNS[1:]])
-    if not plan.jobs:
-        reasons = "; ".join(f"{s['method']} on {s['model']}: {s['reason']}"
-                            for s in plan.skipped[:3])
-        raise RunError(f"no (model, method, metric) part applies: {reasons or 'nothing selected'}")
-    try:
-        _prepare_out(out, {**config.identity(), "model_hashes": plan.hashes}, overwrite)
-    except OSError as exc:
-        raise RunError(f"cannot write the output folder {out.url[:200]!r}: "
-                       f"{exc.strerror or exc}; pass --out a folder you can write") from None
-    cache = AttributionCache(out.child("cache"))
-    started = time.perf_counter()
-    manifest: dict[str, Any] = {"config": config.identity(), "parts": [],
-                                "skipped": plan.skipped, "samples": plan.samples,
-                                "corrupt_chunks": []}
-    if runner is not None:
-        parts, corrupt = runner.evaluate(plan.jobs, config, device, out, cache)
-        manifest["parts"], manifest["corrupt_chunks"] = parts, corrupt
-        manifest["executor"] = runner.describe()
-    else:
-        for job in plan.jobs:
-            seconds, corrupt = _evaluate_part(job.part, job.metric, job.samples,
-                                              job.context(config, device, cache), config,
-                                              job.method_id, job.metric_config, progress)
-            manifest["corrupt_chunks"] += corrupt
-            manifest["parts"].append({"model": job.part.model, "method": job.part.method,
-                                      "metric": job.part.metric,
-                                      "seconds_this_run": round(seconds, 3)})
-    _report_corrupt(out, manifest["corrupt_chunks"])
-    manifest["corrupt_chunks"] = [p[len(out.root):].lstrip("/") for p in
-                                  manifest["corrupt_chunks"]]
-    results = _gather(out, config, [job.part for job in plan.jobs])
-    timings = (results.groupby(list(ID_COLUMNS), sort=False)["seconds"].sum().round(3)
-               .reset_index().to_dict("records"))
-    results = results.drop(columns="seconds")
-    summary = summarise(results, plan.metrics, config.seed)
-    _write_tables(out, results, summary)
-    manifest.update(_manifest_extras(results, cache, device, time.perf_counter() - started))
-    manifest["models"] = {name: _model_info(model, plan.hashes[name])
-                          for name, model in plan.models.items()}
-    manifest["seconds_per_part_all_runs"] = timings
-    out.write_text(out.path("manifest.json"), json.dumps(manifest, indent=1, default=str))
-    flagged = int((results["flag"] != "").sum()) if len(results) else 0
-    if flagged:
-        print(f"warning: {flagged} rows have non-finite values (flag 'nonfinite'); "
-              "they are kept in results and left out of the summary", file=sys.stderr)
-    return results
+    return Plan(loaded, hashes, metrics, jobs, samples_info, skipped, pool)
 
 
 def _gather(out: Store, config: RunConfig, parts: list[Part]) -> pd.DataFrame:
@@ -757,8 +471,7 @@ def _gather(out: Store, config: RunConfig, parts: list[Part]) -> pd.DataFrame:
     """
     frames = []
     for part in parts:
-        for path in out.glob("parts", _slug(part.model), _slug(part.method),
-                             _slug(part.metric), "chunk-*.parquet"):
+        for path in part.chunk_files():
             data = verified_chunk(out, path)
             if data is None:
                 out.remove(path)
@@ -790,8 +503,6 @@ def _write_tables(out: Store, results: pd.DataFrame, summary: pd.DataFrame) -> N
 
 def _model_info(model: nn.Module, digest: str) -> dict[str, Any]:
     """What plots and reports need to know about a model: class, size, temperature, weights."""
-    from attrib_bench.evaluation import count_parameters
-
     temperature = getattr(model, "temperature", None)
     return {"class": type(model).__qualname__,
             "parameters": count_parameters(model),
@@ -799,8 +510,9 @@ def _model_info(model: nn.Module, digest: str) -> dict[str, Any]:
             "sha256": digest}
 
 
-def _manifest_extras(results: pd.DataFrame, cache: AttributionCache, device: torch.device,
-                     seconds: float) -> dict[str, Any]:
+def _manifest_extras(results: pd.DataFrame, plan: Plan, done: list[ChunkResult],
+                     device: torch.device, seconds: float) -> dict[str, Any]:
+    maps = sum((r.cache for r in done), CacheStats())
     return {
         "versions": _versions(),
         "git_commit": git_commit(),
@@ -811,5 +523,8 @@ def _manifest_extras(results: pd.DataFrame, cache: AttributionCache, device: tor
         "wall_seconds_this_run": round(seconds, 3),
         "rows": len(results),
         "rows_nonfinite": int((results["flag"] != "").sum()),
-        "cache": {"hits": cache.hits, "misses": cache.misses, "corrupt": cache.corrupt},
+        "cache": maps.as_dict(),
+        "pool_logits_cache": {**plan.pool.stats.as_dict(),
+                              "seconds": round(plan.pool.seconds, 3)},
+        "cache_folder": plan.jobs[0].cache.url if plan.jobs and plan.jobs[0].cache else None,
     }

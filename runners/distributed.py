@@ -12,34 +12,27 @@ chunks into the tables as an in-process run does.
 Why this gives identical tables and survives failures: a chunk's rows depend only on its sample
 ids and the seed, never on where or when it ran; a chunk file appears whole or not at all; a task
 whose worker dies is rerun elsewhere by the scheduler (and ``retries`` reruns a task that raised
-for a transient reason), and a rerun overwrites the same file, so rows are never duplicated;
-a resumed run submits only the chunks whose files are missing.
+for a transient reason), and a rerun first looks for the file of an earlier attempt, so rows are
+never duplicated; a resumed run submits only the chunks whose files are missing. The executor
+returns each chunk's :class:`~attrib_bench.runners.jobs.ChunkResult` (seconds, cache counts,
+worker, peak memory); the runner sums them.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from attrib_bench.errors import AttribBenchError, RunError
 from attrib_bench.perf import WORKER_ENV, peak_rss_mb, retain_freed_memory
 from attrib_bench.registry import PLUGIN_MODULES, load_plugins
-from attrib_bench.runners.benchmark import (
-    Part,
-    PartJob,
-    RunConfig,
-    chunk_identity,
-    chunk_ids,
-    evaluate_chunk,
-)
-from attrib_bench.runners.cache import AttributionCache
-from attrib_bench.runners.storage import Store
+from attrib_bench.runners.cache import CacheStats
+from attrib_bench.runners.jobs import ChunkJob, ChunkResult, evaluate_chunk
 
 #: Reruns of a task that raised (a worker that died is rescheduled by Dask without counting).
 TASK_RETRIES = 2
@@ -67,16 +60,15 @@ def _import_distributed() -> Any:
     return distributed
 
 
-def run_chunk(job: PartJob, model: Payload, samples: Payload, index: int,
-              ids: np.ndarray, config: RunConfig, device: str, threads: int | None,
-              plugins: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A Dask task: evaluate one chunk of one part and write its rows (skips a written chunk).
+def run_chunk(chunk: ChunkJob, model: Payload, samples: Payload, device: str,
+              threads: int | None, plugins: tuple[str, ...] = ()) -> ChunkResult:
+    """A Dask task: evaluate one chunk and write its rows (skips a chunk already written).
 
-    ``model`` and ``samples`` arrive separately from ``job`` so that they are scattered once
-    per worker instead of shipped with every task. ``plugins``: the client's ``--plugin``
-    modules, imported here too so that the worker's registry knows their methods by name
-    (they must be importable on the worker: installed, on its PYTHONPATH, or sent with
-    ``Client.upload_file``).
+    ``chunk`` carries its part's method and metric configuration; ``model`` and ``samples``
+    arrive separately so that they are scattered once per worker instead of shipped with every
+    task. ``plugins``: the client's ``--plugin`` modules, imported here too so that the worker's
+    registry knows their methods by name (they must be importable on the worker: installed, on
+    its PYTHONPATH, or sent with ``Client.upload_file``).
     """
     for module in plugins:
         if module not in PLUGIN_MODULES:
@@ -86,19 +78,16 @@ def run_chunk(job: PartJob, model: Payload, samples: Payload, index: int,
     # workers with OMP_NUM_THREADS=1. Unless told, a task gets cores / the worker's task slots.
     torch.set_num_threads(threads or _default_threads())
     worker = str(getattr(_this_worker(), "address", "local"))
-    if job.part.done(index, chunk_identity(ids, job.method_id, job.metric_config)):
+    job = chunk.job
+    if job.part.done(chunk.index, job.identity(chunk.ids)):
         # a rerun after the first attempt wrote its file
-        return {"index": index, "seconds": 0.0, "hits": 0, "misses": 0, "corrupt": 0,
-                "worker": worker, "peak_rss_mb": peak_rss_mb()}
+        return ChunkResult(chunk.key, chunk.index, None, len(chunk.ids), 0.0, CacheStats(),
+                           worker, peak_rss_mb())
     torch_device = torch.device(device)
-    job = copy.copy(job)
-    job.model, job.samples = model.value.to(torch_device), samples.value
-    cache = AttributionCache(job.part.store.child("cache"))
-    seconds = evaluate_chunk(job.part, index, ids, job.metric, job.samples,
-                             job.context(config, torch_device, cache), config, job.method_id,
-                             job.metric_config)
-    return {"index": index, "seconds": seconds, "hits": cache.hits, "misses": cache.misses,
-            "corrupt": cache.corrupt, "worker": worker, "peak_rss_mb": peak_rss_mb()}
+    result = evaluate_chunk(chunk, torch_device, model=model.value.to(torch_device),
+                            samples=samples.value)
+    result.worker, result.peak_rss_mb = worker, peak_rss_mb()
+    return result
 
 
 def _this_worker() -> Any:
@@ -134,8 +123,9 @@ def local_cluster(workers: int) -> Any:
                                         processes=True, dashboard_address=":0")
 
 
-class DaskRunner:
-    """Evaluates a sweep's part jobs as Dask tasks; owns the client it creates (``close``)."""
+class DaskExecutor:
+    """Evaluates chunk jobs as Dask tasks (the :class:`~attrib_bench.runners.jobs.Executor`
+    interface); owns the client and cluster it creates (``close``)."""
 
     def __init__(self, *, client: Any = None, scheduler: str | None = None,
                  workers: int | None = None, progress: bool = True) -> None:
@@ -145,6 +135,8 @@ class DaskRunner:
         self.threads: int | None = None
         self.tasks = 0
         self.peak_rss_mb: dict[str, float] = {}
+        #: id(model or sample set) → (the object, its scattered future): sent once
+        self._futures: dict[int, tuple[Any, Any]] = {}
         if client is not None:
             self.client = client
         elif scheduler is not None:
@@ -176,71 +168,49 @@ class DaskRunner:
             thing.close()
         self._owned = []
 
-    def evaluate(self, jobs: list[PartJob], config: RunConfig, device: torch.device,
-                 out: Store, cache: AttributionCache
-                 ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Run every missing chunk of ``jobs`` on the cluster.
-
-        Returns per-part seconds (manifest) and the chunk files that failed their checksum
-        (deleted and recomputed)."""
+    def evaluate(self, chunks: Sequence[ChunkJob], device: torch.device) -> list[ChunkResult]:
+        """Run ``chunks`` on the cluster, one task each; their results as they complete."""
         distributed = _import_distributed()
-        if out.local:  # workers may run in another directory: an absolute path
-            out = Store(os.path.abspath(out.root))
-        scattered: dict[int, Any] = {}
-
-        def shipped(thing: Any) -> Any:
-            """A future of ``thing`` on the workers; one per object, sent once."""
-            if id(thing) not in scattered:
-                payload = thing
-                if isinstance(thing, torch.nn.Module) and device.type != "cpu":
-                    payload = copy.deepcopy(thing).cpu()  # moved to the device on the worker
-                scattered[id(thing)] = self.client.scatter(Payload(payload), broadcast=True,
-                                                           hash=False)
-            return scattered[id(thing)]
-
-        futures, sizes, corrupt = [], {}, []
-        seconds: dict[tuple[str, str, str], float] = defaultdict(float)
-        for job in jobs:
-            part = Part(job.part.model, job.part.method, job.part.metric, out)
-            light = copy.copy(job)
-            light.part, light.model, light.samples = part, None, None  # sent separately
-            model, samples = shipped(job.model), shipped(job.samples)
-            key = (part.model, part.method, part.metric)
-            seconds[key] += 0.0
-            for index, ids in enumerate(chunk_ids(job.samples, config.batch_size)):
-                done, bad = part.state(index, chunk_identity(ids, job.method_id,
-                                                             job.metric_config))
-                corrupt += bad
-                if done:
-                    continue
-                future = self.client.submit(
-                    run_chunk, light, model, samples, index, ids, config, str(device),
-                    self.threads, tuple(PLUGIN_MODULES),
-                    key=f"attrib-bench-{'/'.join(key)}/{index}-{id(self):x}", pure=False,
-                    retries=TASK_RETRIES)
-                futures.append(future)
-                sizes[future.key] = (key, len(ids))
+        futures = [self._submit(chunk, device) for chunk in chunks]
         self.tasks += len(futures)
-        total = sum(size for _, size in sizes.values())
-        with tqdm(total=total, unit="sample", disable=not self.progress, dynamic_ncols=True,
-                  desc=f"dask · {len(futures)} tasks") as bar:
+        results = []
+        with tqdm(total=sum(len(c.ids) for c in chunks), unit="sample", dynamic_ncols=True,
+                  disable=not self.progress, desc=f"dask · {len(futures)} tasks") as bar:
             for future in distributed.as_completed(futures):
-                try:
-                    result = future.result()
-                except AttribBenchError:
-                    raise
-                except distributed.KilledWorker as exc:
-                    raise RunError(f"Dask task {future.key} killed its workers repeatedly "
-                                   f"({exc}): it may run out of memory; lower --batch-size") \
-                        from None
-                key, size = sizes[future.key]
-                seconds[key] += result["seconds"]
-                cache.hits += result["hits"]
-                cache.misses += result["misses"]
-                cache.corrupt += result["corrupt"]
-                worker = result["worker"]
-                self.peak_rss_mb[worker] = max(self.peak_rss_mb.get(worker, 0.0),
-                                               result["peak_rss_mb"])
-                bar.update(size)
-        return [{"model": m, "method": meth, "metric": metric, "seconds_this_run": round(s, 3)}
-                for (m, meth, metric), s in seconds.items()], corrupt
+                result = self._result(future, distributed)
+                self.peak_rss_mb[result.worker] = max(self.peak_rss_mb.get(result.worker, 0.0),
+                                                      result.peak_rss_mb or 0.0)
+                results.append(result)
+                bar.update(result.samples)
+        return results
+
+    def _submit(self, chunk: ChunkJob, device: torch.device) -> Any:
+        """One task for ``chunk``; its model and samples are scattered once per object."""
+        job = chunk.job
+        light = ChunkJob(job.shipped(), chunk.index, chunk.ids)
+        return self.client.submit(
+            run_chunk, light, self._scattered(job.model, device),
+            self._scattered(job.samples, device), str(device), self.threads,
+            tuple(PLUGIN_MODULES), key=f"attrib-bench-{'/'.join(chunk.key)}/{chunk.index}-"
+            f"{id(self):x}", pure=False, retries=TASK_RETRIES)
+
+    def _scattered(self, thing: Any, device: torch.device) -> Any:
+        """A future of ``thing`` on every worker (a model travels on the CPU)."""
+        if id(thing) not in self._futures:
+            payload = thing
+            if isinstance(thing, torch.nn.Module) and device.type != "cpu":
+                payload = copy.deepcopy(thing).cpu()  # moved to the device on the worker
+            self._futures[id(thing)] = (thing, self.client.scatter(
+                Payload(payload), broadcast=True, hash=False))
+        return self._futures[id(thing)][1]
+
+    @staticmethod
+    def _result(future: Any, distributed: Any) -> ChunkResult:
+        """A task's result; a task that killed its workers is one line naming the fix."""
+        try:
+            return future.result()
+        except AttribBenchError:
+            raise
+        except distributed.KilledWorker as exc:
+            raise RunError(f"Dask task {future.key} killed its workers repeatedly ({exc}): it "
+                           "may run out of memory; lower --chunk-size") from None

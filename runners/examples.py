@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +23,11 @@ from torch import nn
 from attrib_bench.data import ImageSet
 from attrib_bench.errors import NotApplicableError, PlotError
 from attrib_bench.evaluation import predict_logits
-from attrib_bench.runners.benchmark import _build_method, _method_names, _slug
-from attrib_bench.runners.storage import atomic_write
+from attrib_bench.metrics.base import SelectContext
+from attrib_bench.registry import applicable_methods
+from attrib_bench.runners.jobs import build_method
+from attrib_bench.runners.settings import resolve_method
+from attrib_bench.runners.storage import atomic_write, slug
 
 
 @dataclass
@@ -82,19 +86,19 @@ def compute_examples(model: nn.Module, name: str, dataset: ImageSet,
     inputs, targets = images.to(device), labels.to(device)
     names = dataset.class_names
     found = Examples(name, images.numpy(), [names[t] for t in labels.tolist()])
-    for method_name in _method_names(list(methods), model):
+    chosen = applicable_methods(model) if list(methods) == ["all"] else list(methods)
+    for method_name in chosen:
         try:
-            method = _build_method(method_name, model, {}, seed)
+            method = _default_method(method_name, model, seed)
         except NotApplicableError:  # e.g. inherent on ResNet-56: one method list for all models
             continue
-        method.allow_nonfinite = False
         found.maps[method_name] = method.attribute(inputs, targets).detach().float().cpu().numpy()
     try:
-        explain = _build_method(grid_method, model, {}, seed)
+        explain = _default_method(grid_method, model, seed)
     except NotApplicableError:
         return found
     pool = _head(dataset, GRID_POOL)  # one grid needs only a few confident images per class
-    samples = Localisation(n=grid_n).select(model, pool, 1, device, 500)
+    samples = Localisation(n=grid_n).select(model, pool, 1, SelectContext(device))
     grid, cells = samples.fetch(samples.ids[:1])  # on the CPU
     cells = cells.reshape(-1)
     found.grid = grid[0].numpy()
@@ -105,9 +109,14 @@ def compute_examples(model: nn.Module, name: str, dataset: ImageSet,
     return found
 
 
+def _default_method(name: str, model: nn.Module, seed: int) -> Any:
+    """Method ``name`` on ``model`` with its default configuration and ``seed``."""
+    return build_method(name, model, resolve_method(name, {}, seed))
+
+
 def examples_file(results_dir: str | Path, model: str) -> Path:
     """Where a run folder keeps the examples of ``model``: ``examples/<model>.safetensors``."""
-    return Path(results_dir) / "examples" / f"{_slug(model)}.safetensors"
+    return Path(results_dir) / "examples" / f"{slug(model)}.safetensors"
 
 
 def save_examples(examples: Examples, path: str | Path) -> Path:

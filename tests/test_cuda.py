@@ -14,7 +14,7 @@ computes in IEEE float32 (:func:`attrib_bench.evaluation.ieee_float32`); TF32 wo
   (``create_model("xs-coda", pretrained=False)``, seeded, T = 10, a 5-layer plan so that the CPU
   reference stays cheap) and a tiny CIFAR ResNet (ResNet-8, the class of ``resnet56``, random
   batch-norm statistics, registered for the test as ``smoke-resnet8``); pairs the runner skips
-  (the method's ``requires``, :func:`attrib_bench.methods.base.applicable_methods`) are skipped.
+  (the method's ``requires``, :func:`attrib_bench.registry.applicable_methods`) are skipped.
   Two 32×32 images (CPU targets, device inputs) and one 3×3 grid of 96×96 repeated per class as
   the localisation metric does (device targets): the maps are on the inputs' device, in their
   dtype, finite, and equal to the CPU maps; the ReLU-gradient maps of the ResNet are also
@@ -64,8 +64,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from attrib_bench.data import ImageSet, compose_grids
-from attrib_bench.methods.base import applicable_methods
-from attrib_bench.registry import METHODS, MODELS, create_method, create_model, list_methods
+from attrib_bench.registry import (
+    METHODS,
+    MODELS,
+    applicable_methods,
+    create_method,
+    create_model,
+    list_methods,
+)
 
 SMOKE = os.environ.get("ATTRIB_BENCH_SMOKE_DEVICE", "").strip()
 DEVICE = torch.device(SMOKE or "cuda")
@@ -394,6 +400,7 @@ def run_models(models):
 def synthetic(run_models) -> ImageSet:
     """16 px images optimised for each tiny model (CoDA's first), kept only where both models'
     decisions are clear by MARGIN: the same grids and samples on every device."""
+    from attrib_bench.metrics.base import SelectContext
     from attrib_bench.metrics.localisation import Localisation
 
     parts = [_optimised_images(run_models[name], per_class=2, size=16, seed=i)
@@ -406,7 +413,7 @@ def synthetic(run_models) -> ImageSet:
             keep &= _stable(model(images.float() / 255), labels)
     data = ImageSet(images[keep], labels[keep], tuple(f"c{i}" for i in range(10)), "smoke")
     for model in run_models.values():  # raises if the pool allows fewer than 2 grids
-        Localisation(n=2).select(model, data, RUN_HPARAMS["n_samples"], torch.device("cpu"), 64)
+        Localisation(n=2).select(model, data, RUN_HPARAMS["n_samples"], SelectContext())
     return data
 
 
@@ -418,7 +425,7 @@ RUN_HPARAMS = {
     "methods": ",".join(RUN_METHODS),
     "metrics": "all",
     "n_samples": 2,
-    "batch_size": 2,
+    "chunk_size": 2,
     "seed": 0,
     "progress": False,
     "method_hparams": CHEAP,

@@ -54,7 +54,7 @@ def _sweep(module, out, **kw):
     torch.manual_seed(0)
     models = {"lin": module.toy_model(), "res": CifarResNet(1).eval()}
     return run(models, "grad,ixg,gradcam", "toy-mass", dataset=module.toy_data(), out=out,
-               n_samples=12, batch_size=3, progress=False, **kw)
+               n_samples=12, chunk_size=3, progress=False, **kw)
 
 
 def test_two_worker_cluster_gives_the_in_process_table(shipped, tmp_path, cluster):
@@ -78,7 +78,7 @@ def test_killed_worker_mid_sweep_leaves_a_complete_table_without_duplicates(
 
     def sweep() -> None:
         try:
-            result["table"] = _run(shipped, out, n_samples=24, batch_size=2, executor="dask",
+            result["table"] = _run(shipped, out, n_samples=24, chunk_size=2, executor="dask",
                                    client=cluster, metric_hparams=slow)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             result["error"] = exc
@@ -97,18 +97,18 @@ def test_killed_worker_mid_sweep_leaves_a_complete_table_without_duplicates(
     table = result["table"]
     assert len(table) == 2 * 24 * 2
     assert not table.duplicated(ROW_KEYS).any()
-    expected = _run(shipped, tmp_path / "clean", n_samples=24, batch_size=2, metric_hparams=slow)
+    expected = _run(shipped, tmp_path / "clean", n_samples=24, chunk_size=2, metric_hparams=slow)
     pd.testing.assert_frame_equal(_sorted(table), _sorted(expected))
     cluster.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
 
 
 def test_resumed_dask_run_submits_only_the_missing_chunks(shipped, tmp_path, cluster):
     out = tmp_path / "run"
-    first = _run(shipped, out, n_samples=12, batch_size=3, executor="dask", client=cluster)
+    first = _run(shipped, out, n_samples=12, chunk_size=3, executor="dask", client=cluster)
     for chunk in sorted(out.glob("parts/*/grad/*/chunk-*.parquet"))[:2]:
         chunk.unlink()
     (out / "results.parquet").unlink()
-    again = _run(shipped, out, n_samples=12, batch_size=3, executor="dask", client=cluster)
+    again = _run(shipped, out, n_samples=12, chunk_size=3, executor="dask", client=cluster)
     assert json.loads((out / "manifest.json").read_text())["executor"]["tasks"] == 2
     pd.testing.assert_frame_equal(again, first)
 
@@ -147,8 +147,8 @@ def test_plugin_methods_reach_the_workers(shipped, tmp_path, cluster, monkeypatc
 
 def test_memory_url_output_in_process_and_on_threads(toy, tmp_path):  # noqa: F811
     """fsspec output (the object-store code path) on memory://, in-process and on 2 threads."""
-    local = _run(toy, tmp_path / "local", n_samples=8, batch_size=3)
-    in_memory = _run(toy, "memory://attrib-bench-test/here", n_samples=8, batch_size=3)
+    local = _run(toy, tmp_path / "local", n_samples=8, chunk_size=3)
+    in_memory = _run(toy, "memory://attrib-bench-test/here", n_samples=8, chunk_size=3)
     pd.testing.assert_frame_equal(in_memory, local)
     fs = fsspec.filesystem("memory")
     assert fs.exists("/attrib-bench-test/here/summary.csv")
@@ -157,9 +157,9 @@ def test_memory_url_output_in_process_and_on_threads(toy, tmp_path):  # noqa: F8
     with distributed.Client(processes=False, n_workers=2, threads_per_worker=1,
                             dashboard_address=":0") as threads:
         on_threads = _run(toy, "memory://attrib-bench-test/threads", n_samples=8,
-                          batch_size=3, executor="dask", client=threads)
+                          chunk_size=3, executor="dask", client=threads)
     pd.testing.assert_frame_equal(_sorted(on_threads), _sorted(local))
-    resumed = _run(toy, "memory://attrib-bench-test/here", n_samples=8, batch_size=3)
+    resumed = _run(toy, "memory://attrib-bench-test/here", n_samples=8, chunk_size=3)
     pd.testing.assert_frame_equal(resumed, local)
     fs.rm("/attrib-bench-test", recursive=True)
 

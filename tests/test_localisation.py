@@ -23,8 +23,7 @@ from attrib_bench.data import (
 from attrib_bench.errors import AttribBenchError, MetricError, SettingError
 from attrib_bench.evaluation import predict_logits
 from attrib_bench.hparams import hparams_of, resolve
-from attrib_bench.methods.base import applicable_methods
-from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext
+from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, SelectContext
 from attrib_bench.metrics.localisation import (
     DisconnectedGrid,
     Localisation,
@@ -36,9 +35,16 @@ from attrib_bench.metrics.localisation import (
 from attrib_bench.models import protocols
 from attrib_bench.models.coda_net import build_coda
 from attrib_bench.models.resnet_cifar import resnet56
-from attrib_bench.registry import METRICS, create_method, create_metric, create_model
+from attrib_bench.registry import (
+    METRICS,
+    applicable_methods,
+    create_method,
+    create_metric,
+    create_model,
+)
 
 CPU = torch.device("cpu")
+SELECT = SelectContext(CPU)
 
 
 def _context(explain, model: nn.Module | None = None) -> EvalContext:
@@ -135,7 +141,7 @@ def _oracle(n: int):
 
 def test_oracle_scores_exactly_one_end_to_end():
     data, metric = _synthetic(), Localisation(n=3, num_grids=4)
-    samples = metric.select(LabelReader(), data, None, CPU, batch_size=64)
+    samples = metric.select(LabelReader(), data, None, SELECT)
     inputs, targets = samples.fetch(samples.ids)
     calls = []
     oracle = _oracle(3)
@@ -236,7 +242,7 @@ def test_cell_layout_is_column_first(n):
 
 def test_select_returns_the_grids_sample_grids_draws():
     data = _synthetic()
-    samples = Localisation(n=3, num_grids=500, seed=7).select(LabelReader(), data, 5, CPU, 32)
+    samples = Localisation(n=3, num_grids=500, seed=7).select(LabelReader(), data, 5, SELECT)
     indices, classes = sample_grids(predict_logits(LabelReader(), data, progress=False),
                                     data.labels, n=3, num_grids=5, seed=7)
     assert samples.ids.tolist() == list(range(5))
@@ -266,12 +272,12 @@ def test_too_few_grids_error_says_how_many_and_the_fix():
     pool = int(((logits.argmax(1) == data.labels) & (target.sigmoid() > 0.5)).sum())
     assert 0 < possible < 500
     with pytest.raises(MetricError) as info:
-        Localisation().select(LabelReader(), data, None, CPU, 32)
+        Localisation().select(LabelReader(), data, None, SELECT)
     message = str(info.value)
     assert "\n" not in message and isinstance(info.value, AttribBenchError)
     assert f"only {possible} 3x3 grids" in message and f"({pool} correctly classified" in message
     assert f"--n-samples {possible}" in message and "500 requested" in message
-    assert len(Localisation().select(LabelReader(), data, possible, CPU, 32)) == possible
+    assert len(Localisation().select(LabelReader(), data, possible, SELECT)) == possible
 
 
 def test_hparams_are_checked_and_registered():
@@ -281,8 +287,7 @@ def test_hparams_are_checked_and_registered():
         entry = METRICS.get(name)
         assert "hparams" not in entry.metadata
         specs = hparams_of(entry.factory)
-        assert {k: s.default for k, s in specs.items()} == {"n": 3, "num_grids": 500, "seed": 42,
-                                                            "batch_size": None}
+        assert {k: s.default for k, s in specs.items()} == {"n": 3, "num_grids": 500, "seed": 42}
         assert specs["n"].type_name == "2 | 3 | 4"
     with pytest.raises(SettingError, match=re.escape("n must be 2 | 3 | 4, got 5")):
         Localisation(n=5)
@@ -292,14 +297,14 @@ def test_hparams_are_checked_and_registered():
         resolve("metric 'localisation-difull'", LocalisationDiFull, {"grid": 3})
     with pytest.raises(MetricError, match="num_grids"):
         Localisation(num_grids=-1)
-    with pytest.raises(MetricError, match="batch_size"):
+    with pytest.raises(TypeError, match="batch_size"):  # gone: the pool pass has its own batch
         Localisation(batch_size=0)
     metric = LocalisationDiFull(n=np.int64(2), num_grids=np.int32(7), seed=np.int64(1))
-    assert metric.hparams == {"n": 2, "num_grids": 7, "seed": 1, "batch_size": None}
+    assert metric.hparams == {"n": 2, "num_grids": 7, "seed": 1}
     assert (metric.n, metric.num_grids, metric.seed) == (2, 7, 1)
     assert all(type(v) is int for v in (metric.n, metric.num_grids, metric.seed))
     with pytest.raises(MetricError, match="needs more than 16 classes"):
-        Localisation(n=4).select(LabelReader(), _synthetic(num=20), 1, CPU, 32)
+        Localisation(n=4).select(LabelReader(), _synthetic(num=20), 1, SELECT)
 
 
 # ----------------------------------------------------------------------------- DiFull
@@ -441,7 +446,7 @@ def test_gradcam_sees_the_reassembled_feature_map():
 def test_difull_metric_end_to_end_with_inherent():
     data = _synthetic(num=200, size=8)
     metric = LocalisationDiFull(n=2)
-    samples = metric.select(LabelReader(), data, 3, CPU, 64)
+    samples = metric.select(LabelReader(), data, 3, SELECT)
     view = metric.prepare_model(_tiny_coda().float())
     explain = create_method("inherent", view).attribute
     inputs, targets = samples.fetch(samples.ids)
@@ -457,7 +462,7 @@ def test_difull_metric_end_to_end_with_inherent():
 def test_real_cifar10_grids_are_correct_confident_and_distinct(data_root, weights_root):
     data = load_cifar10("test", root=data_root).subset(100)
     model = create_model("resnet56", pretrained=True, weights_root=weights_root)
-    samples = Localisation().select(model, data, 2, CPU, 100)
+    samples = Localisation().select(model, data, 2, SELECT)
     inputs, targets = samples.fetch(samples.ids)
     assert inputs.shape == (2, 3, 96, 96)
     with torch.inference_mode():

@@ -21,7 +21,6 @@ from attrib_bench.errors import (
     TargetError,
 )
 from attrib_bench.methods import LIME, RISE, GradCAM
-from attrib_bench.methods.base import score_outputs
 from attrib_bench.models import protocols
 from attrib_bench.registry import METHODS, create_method
 
@@ -235,13 +234,6 @@ def test_rise_with_the_default_score_explains_the_declared_probability():
     softmax = create_method("rise", model, score="softmax", **hparams).attribute(x, t)
     torch.testing.assert_close(default, sigmoid, rtol=0, atol=0)
     assert not torch.allclose(default, softmax)
-
-
-def test_score_outputs():
-    logits = torch.randn(4, 5)
-    assert score_outputs(logits, "logit") is logits
-    torch.testing.assert_close(score_outputs(logits, "softmax"), logits.softmax(1))
-    torch.testing.assert_close(score_outputs(logits, "sigmoid"), logits.sigmoid())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,12 +24,17 @@ from attrib_bench.errors import (
     NotApplicableError,
     TargetError,
 )
-from attrib_bench.methods.base import applicable_methods, requirements
 from attrib_bench.methods.rise import rise_masks
 from attrib_bench.models.coda_net import build_coda
 from attrib_bench.models.dau import explanation_mode
 from attrib_bench.models.resnet_cifar import CifarResNet
-from attrib_bench.registry import METHODS, create_method, load_plugins
+from attrib_bench.registry import (
+    METHODS,
+    applicable_methods,
+    create_method,
+    load_plugins,
+    requirements,
+)
 
 #: Cheap settings for the expensive methods (the defaults are checked by the metadata test).
 CHEAP = {"rise": {"n_masks": 48}, "lime": {"num_samples": 24}, "intgrad": {"n_steps": 5}}
@@ -204,6 +209,17 @@ def test_inherent_on_a_resnet_is_one_line_naming_the_methods_that_apply():
     _one_line(info.value, "inherent", "CifarResNet", "contributions", "gradcam", "rise")
     assert "inherent" not in applicable_methods(_resnet())
     assert set(applicable_methods(_coda())) == set(METHODS.names())
+
+
+def test_inherent_built_directly_names_the_listing_instead():
+    """The class cannot ask the registry (an import cycle): its line points to the listing."""
+    from attrib_bench.methods import Inherent
+
+    with pytest.raises(NotApplicableError) as info:
+        Inherent(_resnet())
+    _one_line(info.value, "inherent", "CifarResNet", "model.contributions",
+              "`attrib-bench list methods`")
+    assert "methods that apply" not in str(info.value)
 
 
 def test_gradcam_on_a_model_without_a_conv_needs_layer():
@@ -436,6 +452,7 @@ def test_each_method_has_a_description_and_typed_hparams_from_its_signature(name
         assert type_name(spec.annotation) != "any", (name, key)
         assert spec.default == bound.get(key, parameters[key].default), (name, key)
     assert set(requirements(entry.factory)) <= {"contributions"}
+    assert entry.metadata["label"] and entry.metadata["colour"].startswith("#")  # for figures
 
 
 def _listing_blocks(output: str) -> dict[str, str]:

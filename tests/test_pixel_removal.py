@@ -1,6 +1,6 @@
 """Pixel removal: agreement with Quantus, known answers on linear models, the probability each
-model declares, the CoDA-Net's removed pixel, every baseline against a reference, chunking, NaN
-maps, hyper-parameters, the AUC."""
+model declares, the CoDA-Net's removed pixel and each model's default baseline, every baseline
+against a reference, chunking, NaN maps, hyper-parameters, the AUC."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from torch import nn
 from attrib_bench.data import ImageSet
 from attrib_bench.errors import AttribBenchError, MetricError, SettingError
 from attrib_bench.hparams import hparams_of, resolve
-from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext
+from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, SelectContext
 from attrib_bench.metrics.pixel_removal import (
+    BASELINES,
     CIFAR10_MEAN,
+    FILLS,
     ROAD_KERNEL,
     PixelRemoval,
     constant_fill,
@@ -31,6 +33,8 @@ from attrib_bench.models.resnet_cifar import CifarResNet, resnet56
 from attrib_bench.registry import METRICS, create_metric
 
 CPU = torch.device("cpu")
+#: What the runner gives :meth:`PixelRemoval.select` (it needs none of it).
+SELECT = SelectContext(CPU)
 
 
 class Linear(nn.Module):
@@ -168,7 +172,7 @@ def test_prob_rows_are_the_declared_probability_unless_score_is_set(declared, sc
     metric = PixelRemoval(order="least-first", steps=4, score=score)
     rows = metric.evaluate(context(model, maps), x, y, np.arange(2))
     data = ImageSet((x * 255).to(torch.uint8), y, tuple("abcd"), "toy")
-    assert metric.select(model, data, None, CPU, 2).info["probability"] == expected
+    assert metric.select(model, data, None, SELECT).info["probability"] == expected
     hand = hand_probabilities(model, x, y, maps, 4, expected)
     for i in range(2):
         np.testing.assert_allclose(curve(rows, i, "least-first", "prob"), hand[i], rtol=1e-5,
@@ -203,8 +207,8 @@ def test_resnet_gets_softmax_and_coda_net_sigmoid():
         np.testing.assert_allclose(curve(rows, i, "most-first", "prob"),
                                    1 / (1 + np.exp(-logit)), rtol=1e-12)
     data = ImageSet((x * 255).to(torch.uint8), y, tuple("abcd"), "toy")
-    assert PixelRemoval(steps=4).select(coda, data, None, CPU, 2).info["probability"] == "sigmoid"
-    assert PixelRemoval(steps=4).select(resnet, data, None, CPU, 2).info["probability"] == "softmax"
+    assert PixelRemoval(steps=4).select(coda, data, None, SELECT).info["probability"] == "sigmoid"
+    assert PixelRemoval(steps=4).select(resnet, data, None, SELECT).info["probability"] == "softmax"
 
 
 def test_removal_curves_scores_through_the_one_helper_and_refuses_others():
@@ -217,8 +221,10 @@ def test_removal_curves_scores_through_the_one_helper_and_refuses_others():
     with torch.no_grad():
         full = model(x).double().softmax(dim=1).gather(1, y[:, None])[:, 0]
     torch.testing.assert_close(soft[0, :, 0], full)
-    with pytest.raises(MetricError, match="score must be one of sigmoid, softmax, logit"):
+    with pytest.raises(MetricError, match="score must be one of softmax, sigmoid, logit, got"):
         removal_curves(model, x, maps, y, steps=2, pixels=3, score="prob")
+    with pytest.raises(MetricError, match="^removal_curves: score must be"):  # no model to ask
+        removal_curves(model, x, maps, y, steps=2, pixels=3, score=None)
 
 
 # ----------------------------------------------------------------------------- CoDA-Net
@@ -232,6 +238,8 @@ def tiny_coda() -> CoDANet:
 
 
 def test_coda_removed_pixels_are_zero_in_all_six_encoded_channels() -> None:
+    """The default baseline (None) on a CoDA-Net is encoded-zero: the encoded input, with every
+    removed pixel 0 in all six channels, goes through forward_encoded."""
     model = tiny_coda()
     seen: list[torch.Tensor] = []
     original = model.forward_encoded
@@ -243,7 +251,7 @@ def test_coda_removed_pixels_are_zero_in_all_six_encoded_channels() -> None:
     model.forward_encoded = spy
     x, y = images(2)
     maps = torch.randn(2, 8, 8)
-    metric = PixelRemoval(order="least-first", steps=4, baseline="mean", max_batch=3)
+    metric = PixelRemoval(order="least-first", steps=4, max_batch=3)
     rows = metric.evaluate(context(model, maps), x, y, np.array([10, 11]))
     got = torch.cat(seen)  # (2 images × 5 steps, 6, H, W), image-major
     assert got.shape == (10, 6, 8, 8)
@@ -258,10 +266,92 @@ def test_coda_removed_pixels_are_zero_in_all_six_encoded_channels() -> None:
     np.testing.assert_allclose(curve(rows, 10, "least-first", "logit")[0], full[0, y[0]],
                                rtol=1e-6)
     data = ImageSet((x * 255).to(torch.uint8), y, tuple("abcd"), "toy")
-    info = metric.select(model, data, None, CPU, 2).info
+    info = metric.select(model, data, None, SELECT).info
     assert info["effective_baseline"] == "encoded-zero"
-    plain = PixelRemoval(steps=4).select(Linear(), data, None, CPU, 2).info
+    plain = PixelRemoval(steps=4).select(Linear(), data, None, SELECT).info
     assert plain["effective_baseline"] == "black"
+
+
+def test_explicit_black_on_a_coda_net_is_rgb_black_through_its_forward() -> None:
+    """A set baseline is honoured on a CoDA-Net: "black" zeroes removed pixels in RGB and the
+    model's own forward encodes them as [0, 0, 0, 1, 1, 1], so the curve is the hand-made
+    RGB-black one, another than encoded-zero's (which never calls the forward)."""
+    model = tiny_coda()
+    seen: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    x, y = images(2, seed=3)
+    x = x * 0.5 + 0.25  # no exact zeros in the input
+    maps = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(4))
+    black = PixelRemoval(order="least-first", steps=4, baseline="black")
+    rows = black.evaluate(context(model, maps), x, y, np.arange(2))
+    got = torch.cat(seen)
+    assert got.shape == (2 * 5, 3, 8, 8)  # RGB inputs, through forward
+    removed = removal_ranks(maps, "least-first")[:, None, :] < (torch.arange(5) * 4)[None, :, None]
+    torch.testing.assert_close(got, x.repeat_interleave(5, dim=0) * ~removed.view(10, 1, 8, 8),
+                               rtol=0, atol=0)
+    hand = hand_probabilities(model, x, y, maps, 4, "sigmoid")
+    seen.clear()
+    encoded = PixelRemoval(order="least-first", steps=4, baseline="encoded-zero")
+    zero_rows = encoded.evaluate(context(model, maps), x, y, np.arange(2))
+    assert not seen  # encoded-zero scores through forward_encoded
+    for i in range(2):
+        prob = curve(rows, i, "least-first", "prob")
+        np.testing.assert_allclose(prob, hand[i], rtol=1e-5, atol=1e-7)
+        zero = curve(zero_rows, i, "least-first", "prob")
+        assert prob[0] == pytest.approx(zero[0], rel=1e-6)  # nothing removed yet: the same
+        assert not np.allclose(prob[1:], zero[1:], rtol=1e-4, atol=0)
+    data = ImageSet((x * 255).to(torch.uint8), y, tuple("abcd"), "toy")
+    assert black.select(model, data, None, SELECT).info["effective_baseline"] == "black"
+
+
+def test_encoded_zero_on_a_model_without_an_encoded_input_fails_at_select() -> None:
+    """One MetricError line naming the fix, from select before anything runs (and from evaluate
+    when there was no select)."""
+    model = Linear(size=8)
+    model.seen = []
+    x, y = images(2)
+    data = ImageSet((x * 255).to(torch.uint8), y, tuple("abcd"), "toy")
+    metric = PixelRemoval(steps=4, baseline="encoded-zero")
+    with pytest.raises(MetricError) as info:
+        metric.select(model, data, None, SELECT)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("metric 'pixel-removal': baseline "
+                                                       "encoded-zero needs")
+    assert "Linear" in message and "use baseline black, mean, blur or road, or None" in message
+    with pytest.raises(MetricError, match="use baseline black, mean, blur or road"):
+        metric.evaluate(context(model), x, y, np.arange(2))
+    assert model.seen == []  # no forward
+
+
+def test_baseline_none_resolves_per_model_and_a_set_one_is_honoured_everywhere() -> None:
+    """None: encoded-zero for a model with the encoded_input capability (CoDA-Nets), black for
+    others; every RGB baseline is used as set on both kinds; the table covers every name."""
+    coda, plain = tiny_coda(), Linear(size=8)
+    assert PixelRemoval().effective_baseline(coda) == "encoded-zero"
+    assert PixelRemoval().effective_baseline(plain) == "black"
+    assert PixelRemoval().effective_baseline(resnet56()) == "black"
+    assert PixelRemoval(baseline="encoded-zero").effective_baseline(coda) == "encoded-zero"
+    for baseline in ("black", "mean", "blur", "road"):
+        metric = PixelRemoval(baseline=baseline)
+        assert metric.effective_baseline(coda) == metric.effective_baseline(plain) == baseline
+    assert list(FILLS) == list(BASELINES)
+    assert [name for name, spec in FILLS.items() if spec.encoded] == ["encoded-zero"]
+    x, y = images(2)
+    data = ImageSet((x * 255).to(torch.uint8), y, tuple("abcd"), "toy")
+    info = PixelRemoval(steps=4, baseline="mean").select(coda, data, None, SELECT).info
+    assert info["effective_baseline"] == "mean" and len(info["mean"]) == 3
+
+
+def test_default_rows_equal_the_models_own_baseline_set_explicitly() -> None:
+    """The default (None) gives exactly the rows of encoded-zero on a CoDA-Net and of black on
+    another model: results for the default settings are those of the explicit protocol."""
+    x, y = images(2, seed=5)
+    maps = torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(7))
+    for model, own in ((tiny_coda(), "encoded-zero"), (Linear(size=8), "black")):
+        default = PixelRemoval(steps=4).evaluate(context(model, maps), x, y, np.arange(2))
+        explicit = PixelRemoval(steps=4, baseline=own).evaluate(context(model, maps), x, y,
+                                                                 np.arange(2))
+        pd.testing.assert_frame_equal(default, explicit, check_exact=True)
 
 
 # ----------------------------------------------------------------------------- steps, chunks
@@ -360,7 +450,7 @@ def test_mean_baseline_uses_the_dataset_mean() -> None:
     x = data.float_images(slice(0, 2))
     maps = torch.randn(2, 8, 8)
     metric = PixelRemoval(order="least-first", steps=4, baseline="mean", num_images=2)
-    info = metric.select(Linear(), data, None, CPU, 2).info
+    info = metric.select(Linear(), data, None, SELECT).info
     np.testing.assert_allclose(info["mean"], expected.numpy(), rtol=1e-12)
     seen, removed = removed_inputs("mean", x, maps, metric=metric)
     check_kept(seen, removed, x)
@@ -515,7 +605,7 @@ def test_hyper_parameters_come_typed_from_the_signature() -> None:
     specs = hparams_of(entry.factory)
     defaults = {k: s.default for k, s in specs.items()}
     assert defaults == {"order": "both", "fraction": 0.25, "steps": 128, "num_images": 1024,
-                        "baseline": "black", "sigma": 2.0, "road_noise": 0.01, "mean": None,
+                        "baseline": None, "sigma": 2.0, "road_noise": 0.01, "mean": None,
                         "score": None, "max_batch": 256, "seed": None}
     assert PixelRemoval().hparams == defaults
     assert specs["score"].type_name == "'sigmoid' | 'softmax' | None"

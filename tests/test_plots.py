@@ -25,13 +25,15 @@ from attrib_bench.plots import (
     load_runs,
     localisation_figure,
     method_colours,
+    method_label,
     method_sheet,
     pixel_removal_figure,
     plot_results,
     randomisation_figure,
     temperature_figure,
 )
-from attrib_bench.registry import create_metric
+from attrib_bench.registry import METHODS as METHOD_REGISTRY
+from attrib_bench.registry import create_metric, register_method
 from attrib_bench.runners.benchmark import summarise
 from attrib_bench.runners.examples import Examples, load_examples, save_examples
 
@@ -123,6 +125,42 @@ def test_colours_are_fixed_per_method_whatever_else_is_present():
     assert list(mixed) == ["inherent", "rise", "alpha", "zeta"]  # paper order, then a-z
 
 
+def test_built_in_labels_and_colours_come_from_the_registry():
+    for name in ("inherent", "ixg", "occ5"):
+        entry = METHOD_REGISTRY.get(name)
+        assert method_label(name) == entry.metadata["label"]
+        assert method_colours([name])[name] == entry.metadata["colour"]
+    assert method_label("inherent") == "Inherent (W·x)" and method_label("unknown") == "unknown"
+
+
+@pytest.fixture()
+def registered_mine():
+    """"mine" registered by a user, with its own label and colour, for one test."""
+
+    @register_method("mine", label="Mine", colour="#123456")
+    def mine(model, inputs, target):
+        """A user's method."""
+        return inputs.sum(1)
+
+    yield
+    METHOD_REGISTRY.remove("mine")
+
+
+def test_a_registered_methods_label_and_colour_reach_the_figures(run_dir, registered_mine):
+    assert method_label("mine") == "Mine"
+    assert method_colours(["zeta", "mine", "ixg"]) == {
+        "ixg": METHOD_REGISTRY.get("ixg").metadata["colour"], "mine": "#123456",
+        "zeta": "#637939"}  # an unregistered name still gets the first spare colour
+    fig = localisation_figure(load_run(run_dir).results)
+    ax = fig.axes[0]
+    assert _texts(ax.get_xticklabels()) == ["Inherent (W·x)", "IxG", "Mine"]
+    assert np.allclose(ax.patches[2].get_facecolor(), to_rgba("#123456"))
+    rng = np.random.default_rng(3)
+    sheet = method_sheet(rng.random((1, 3, 8, 8)), {"mine": rng.standard_normal((1, 8, 8))},
+                         ["cat"])
+    assert [ax.get_title() for ax in sheet.axes] == ["input", "Mine"]
+
+
 def test_localisation_boxes_per_model_in_fixed_order_with_reference_lines(run_dir):
     tables = load_run(run_dir)
     fig = localisation_figure(tables.results)
@@ -205,6 +243,18 @@ def test_temperature_series_plots_the_summary_means_against_t(run_dir):
     assert _texts(fig.legends[0].get_texts()) == ["Inherent (W·x)", "IxG", "mine"]
     with pytest.raises(PlotError, match="two or more T"):
         temperature_figure(tables.summary, {"toy-t10": 10.0})
+
+
+def test_temperatures_come_from_the_manifest_only(run_dir):
+    """Not from a model's name: "toy-t10" without a recorded T has none, and the recorded T
+    orders the panels."""
+    tables = load_run(run_dir)
+    assert tables.temperatures() == {"toy-t10": 10.0, "toy-t1000": 1000.0}
+    del tables.manifest["models"]["toy-t10"]["temperature"]
+    assert tables.temperatures() == {"toy-t1000": 1000.0}
+    swapped = {"models": {"toy-t10": {"temperature": 100.0}, "toy-t1000": {"temperature": 1.0}}}
+    fig = localisation_figure(tables.results, manifest=swapped)
+    assert [ax.get_title().splitlines()[0] for ax in fig.axes] == ["toy-t1000", "toy-t10"]
 
 
 def test_randomisation_curves_follow_the_layers_top_first(run_dir):

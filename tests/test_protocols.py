@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 
 import pytest
 import torch
 from torch import nn
 
-from attrib_bench.errors import ModelOutputError
+from attrib_bench.errors import MetricError, ModelOutputError, SettingError
 from attrib_bench.hparams import convert, hparams_of, resolve
 from attrib_bench.metrics.base import Metric
 from attrib_bench.models import protocols
@@ -77,6 +78,38 @@ def test_a_bad_probability_declaration_is_one_line():
     with pytest.raises(ModelOutputError) as info:
         protocols.probability(model)
     assert "\n" not in str(info.value) and "'sigmoid' or 'softmax'" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def test_scores_are_the_logits_or_their_probability():
+    """The one scoring helper RISE, LIME and pixel removal use (moved from methods/base)."""
+    logits = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    assert protocols.scores(logits, "logit") is logits
+    torch.testing.assert_close(protocols.scores(logits, "softmax"), logits.softmax(1))
+    torch.testing.assert_close(protocols.scores(logits, "sigmoid"), logits.sigmoid())
+    assert set(protocols.SCORES) == {*protocols.PROBABILITIES, "logit"}
+    assert set(protocols.SCORES) == set(typing.get_args(protocols.Score))
+
+
+def test_resolve_score_none_is_the_models_probability_and_others_are_one_line():
+    declared = nn.Linear(2, 2)
+    declared.probability = "sigmoid"
+    assert protocols.resolve_score(None, declared, "method 'rise'") == "sigmoid"
+    assert protocols.resolve_score(None, nn.Linear(2, 2), "method 'rise'") == "softmax"
+    for score in protocols.SCORES:
+        assert protocols.resolve_score(score, declared, "method 'rise'") == score
+    for bad in ("prob", 1, "x" * 100):
+        with pytest.raises(SettingError) as info:  # the default class
+            protocols.resolve_score(bad, declared, "method 'rise'")
+        message = str(info.value)
+        assert "\n" not in message and len(message) < 160
+        assert message.startswith("method 'rise': score must be one of softmax, sigmoid, logit, "
+                                  "or None for the model's own probability, got ")
+    with pytest.raises(MetricError, match="^removal_curves: score must be one of softmax, "
+                                          "sigmoid, logit, got None$"):
+        protocols.resolve_score(None, None, "removal_curves", MetricError)  # no model to ask
 
 
 # ----------------------------------------------------------------------------- forward checks

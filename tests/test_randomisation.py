@@ -22,7 +22,7 @@ from attrib_bench.data import ImageSet
 from attrib_bench.errors import AttribBenchError, MetricError, SettingError
 from attrib_bench.hparams import hparams_of, resolve
 from attrib_bench.methods.base import function_method
-from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext
+from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, SelectContext
 from attrib_bench.metrics.randomisation import (
     STATS,
     Randomisation,
@@ -265,11 +265,11 @@ def test_layer_selection_by_name_runs_top_first():
 def test_select_first_images_with_ground_truth():
     images = torch.arange(5 * 3 * 8 * 8, dtype=torch.int64).remainder(256).to(torch.uint8)
     data = ImageSet(images.view(5, 3, 8, 8), torch.tensor([4, 3, 2, 1, 0]), tuple("abcde"), "t")
-    samples = Randomisation(num_images=3).select(None, data, None, torch.device("cpu"), 2)
+    samples = Randomisation(num_images=3).select(None, data, None, SelectContext())
     assert samples.ids.tolist() == [0, 1, 2]
     x, t = samples.fetch(np.array([1, 2]))
     assert t.tolist() == [3, 2] and torch.equal(x, data.float_images(torch.tensor([1, 2])))
-    assert len(Randomisation().select(None, data, 10, torch.device("cpu"), 2)) == 5
+    assert len(Randomisation().select(None, data, 10, SelectContext())) == 5
 
 
 def test_registered_with_typed_hparams_from_the_signature():

@@ -32,7 +32,8 @@ from attrib_bench.errors import (
     SettingError,
 )
 from attrib_bench.registry import METHODS, create_method, load_plugins, register_method
-from attrib_bench.runners.benchmark import Part, run
+from attrib_bench.runners.benchmark import run
+from attrib_bench.runners.jobs import Part
 from attrib_bench.runners.storage import Store
 
 CASES = Path(__file__).resolve().parents[2] / "shared" / "cases"
@@ -54,7 +55,7 @@ def _model() -> nn.Module:
 def _run(out: Path | None, methods: str = "grad", settings: tuple[str, ...] = (), **kw):
     return run({"toy": kw.pop("model", None) or _model()}, methods, kw.pop("metrics",
                "pixel-removal"), dataset=_data(), out=out, progress=False,
-               settings=[*CHEAP, *settings], batch_size=kw.pop("batch_size", 2), **kw)
+               settings=[*CHEAP, *settings], chunk_size=kw.pop("chunk_size", 2), **kw)
 
 
 # ----------------------------------------------------------------------------- typed settings
@@ -163,7 +164,7 @@ class ReusedReLU(nn.Module):
 def test_method_all_skips_what_does_not_apply_with_reasons(tmp_path, capsys):
     out = tmp_path / "all"
     rows = run({"toy": ReusedReLU().eval()}, "all", "pixel-removal", dataset=_data(),
-               out=out, progress=False, batch_size=6,
+               out=out, progress=False, chunk_size=6,
                settings=[*CHEAP, "rise.n_masks=8", "lime.num_samples=8", "intgrad.n_steps=2"])
     skipped = json.loads((out / "manifest.json").read_text())["skipped"]
     reasons = {s["method"]: s["reason"] for s in skipped}
@@ -207,7 +208,7 @@ def test_dry_run_checks_everything_and_writes_nothing(tmp_path):
     out = tmp_path / "dry"
     rows = _run(out, methods="grad,ixg", dry_run=True)
     assert rows.empty and not out.exists()
-    assert [job.method_name for job in run.last_plan.jobs] == ["grad", "ixg"]
+    assert [job.method for job in run.last_plan.jobs] == ["grad", "ixg"]
 
 
 def test_output_folder_that_cannot_be_created_is_one_line(tmp_path):
@@ -310,12 +311,12 @@ def test_a_chunk_with_an_old_unchecked_name_is_recomputed(tmp_path):
 
 
 def test_a_chunk_copied_from_another_run_is_not_trusted(tmp_path):
-    clean = _run(tmp_path / "a", batch_size=3)
-    _run(tmp_path / "b", settings=("grad.abs=true",), batch_size=3)
+    clean = _run(tmp_path / "a", chunk_size=3)
+    _run(tmp_path / "b", settings=("grad.abs=true",), chunk_size=3)
     mine, theirs = _chunks(tmp_path / "a")[1], _chunks(tmp_path / "b")[1]
     mine.unlink()
     (mine.parent / theirs.name).write_bytes(theirs.read_bytes())  # intact, but abs=True rows
-    again = _run(tmp_path / "a", batch_size=3)
+    again = _run(tmp_path / "a", chunk_size=3)
     pd.testing.assert_frame_equal(again, clean)
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert [Path(p).name for p in manifest["corrupt_chunks"]] == [theirs.name]

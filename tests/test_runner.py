@@ -45,16 +45,16 @@ TOY = textwrap.dedent('''
         def __init__(self, num_images=10, delay=0.0):
             super().__init__(num_images=num_images, delay=delay)
 
-        def select(self, model, dataset, n_samples, device, batch_size):
+        def select(self, model, dataset, n_samples, ctx):
             ids = np.arange(n_samples or self.hparams["num_images"])
             def fetch(i):
                 return dataset.float_images(torch.as_tensor(i)), dataset.labels[torch.as_tensor(i)]
 
             return SampleSet(ids, fetch, {"images": len(ids)})
 
-        def evaluate(self, ctx, inputs, targets, samples):
+        def evaluate(self, ctx, inputs, target, samples):
             time.sleep(self.hparams["delay"])
-            maps = ctx.explain(inputs, targets).flatten(1)
+            maps = ctx.explain(inputs, target).flatten(1)
             rows = [make_rows(samples, "all", maps.sum(1).numpy(), stat="total"),
                     make_rows(samples, "all", maps.max(1).values.numpy(), stat="max")]
             import pandas as pd
@@ -91,7 +91,7 @@ def toy(tmp_path, monkeypatch):
 
 def _run(toy, out, **kw):
     kw.setdefault("n_samples", 10)
-    kw.setdefault("batch_size", 4)
+    kw.setdefault("chunk_size", 4)
     return run({"lin": toy.toy_model()}, kw.pop("methods", "grad,ixg"), "toy-mass",
                dataset=toy.toy_data(), out=out, progress=False, **kw)
 
@@ -176,7 +176,7 @@ def test_nan_maps_are_flagged_and_the_run_continues(toy, tmp_path):
 
     METHODS.register("nan-first")(nan_first)
     try:
-        results = _run(toy, tmp_path / "run", methods="nan-first", batch_size=4)
+        results = _run(toy, tmp_path / "run", methods="nan-first", chunk_size=4)
     finally:
         METHODS.remove("nan-first")
     flagged = results[results["flag"] == "nonfinite"]
@@ -217,7 +217,7 @@ SCRIPT = textwrap.dedent('''
     import toy_bench
     from attrib_bench.runners.benchmark import run
     run({{"lin": toy_bench.toy_model()}}, "grad,ixg", "toy-mass", dataset=toy_bench.toy_data(),
-        out=sys.argv[1], n_samples=40, batch_size=4, progress=False,
+        out=sys.argv[1], n_samples=40, chunk_size=4, progress=False,
         metric_hparams={{"toy-mass": {{"delay": float(sys.argv[2])}}}})
 ''')
 
@@ -270,7 +270,7 @@ def test_readme_metric_example_registers_and_runs(toy, tmp_path):
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
     try:
         results = run({"lin": toy.toy_model()}, "ixg", "map-mass", dataset=toy.toy_data(),
-                      out=tmp_path / "r", n_samples=5, batch_size=2, progress=False)
+                      out=tmp_path / "r", n_samples=5, chunk_size=2, progress=False)
     finally:
         METRICS.remove("map-mass")
     assert len(results) == 5 and results["value"].between(0, 1).all()

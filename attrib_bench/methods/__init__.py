@@ -9,7 +9,6 @@ from attrib_bench.methods import gradcam, gradients, inherent, lime, occlusion, 
 from attrib_bench.methods.base import (
     AttributionMethod,
     FunctionMethod,
-    applicable_methods,
     eval_mode,
     function_method,
 )
@@ -19,6 +18,7 @@ from attrib_bench.methods.inherent import Inherent
 from attrib_bench.methods.lime import LIME
 from attrib_bench.methods.occlusion import Occlusion
 from attrib_bench.methods.rise import RISE, rise_masks
+from attrib_bench.registry import applicable_methods  # re-exported: it lives with the registry
 
 __all__ = [
     "LIME",

@@ -21,10 +21,11 @@ every device.
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import contextvars
 import inspect
-from collections.abc import Callable
-from typing import Any, ClassVar, Literal, NamedTuple, final
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, NamedTuple, final
 
 import torch
 from torch import nn
@@ -33,51 +34,13 @@ from attrib_bench.checks import check_images, check_range
 from attrib_bench.errors import InputShapeError, MethodError, NotApplicableError, TargetError
 from attrib_bench.evaluation import eval_mode, ieee_float32
 from attrib_bench.models import protocols
-from attrib_bench.registry import METHODS
-
-#: How a perturbation method scores a model output for the target class: a probability
-#: ("sigmoid", "softmax") or the raw logit; ``None`` in a method's settings means the model's own
-#: probability (:func:`attrib_bench.models.protocols.probability`).
-Score = Literal["sigmoid", "softmax", "logit"]
-SCORES: tuple[str, ...] = ("softmax", "sigmoid", "logit")
 
 #: Images per forward (or forward + backward) unless a method is told otherwise.
 DEFAULT_MAX_BATCH = 64
 
-
-def requirements(factory: Callable[..., Any]) -> tuple[str, ...]:
-    """The model attributes a registered method factory needs (its class's ``requires``)."""
-    while isinstance(factory, functools.partial):
-        factory = factory.func
-    return tuple(getattr(factory, "requires", ()))
-
-
-def applicable_methods(model: object) -> list[str]:
-    """Registered method names whose required model attributes ``model`` has."""
-    return [n for n in METHODS.names()
-            if all(hasattr(model, attr) for attr in requirements(METHODS.get(n).factory))]
-
-
-def score_outputs(logits: torch.Tensor, score: str) -> torch.Tensor:
-    """Logits (N, K) → scores (N, K): the logits for "logit", else the probabilities.
-
-    "sigmoid" / "softmax" go through :func:`attrib_bench.models.protocols.to_probability`, the
-    one place that turns logits into probabilities (pixel removal uses it too).
-    """
-    return logits if score == "logit" else protocols.to_probability(logits, score)
-
-
-def resolve_score(score: object, model: object, method: str) -> str:
-    """A method's ``score`` setting: one of :data:`SCORES`, or ``None`` for the model's own
-    probability (:func:`attrib_bench.models.protocols.probability`: "sigmoid" for a model that
-    declares ``probability = "sigmoid"``, as the CoDA-Nets do; "softmax" when undeclared)."""
-    if score is None:
-        return protocols.probability(model)
-    if not isinstance(score, str) or score not in SCORES:
-        shown = repr(score) if len(repr(score)) <= 40 else repr(score)[:37] + "..."
-        raise MethodError(f"method {method!r}: score must be one of {', '.join(SCORES)}, or None "
-                          f"for the model's own probability, got {shown}")
-    return score
+#: The fix a method built directly names when it does not apply to a model; built by name, the
+#: registry replaces it with the list of the methods that do apply.
+LISTING_HINT = "`attrib-bench list methods` shows the methods"
 
 
 _DTYPE_CASTS = {torch.float32: "float()", torch.float64: "double()", torch.float16: "half()",
@@ -95,6 +58,24 @@ def model_dtype(model: object) -> torch.dtype | None:
         return None
     dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
     return dtypes.pop() if len(dtypes) == 1 else None
+
+
+#: Whether :meth:`AttributionMethod.attribute` returns non-finite maps instead of raising
+#: (set for a block by :func:`keep_nonfinite_maps`; per thread and task, as contextvars are).
+_KEEP_NONFINITE: contextvars.ContextVar[bool] = contextvars.ContextVar("keep_nonfinite",
+                                                                        default=False)
+
+
+@contextlib.contextmanager
+def keep_nonfinite_maps() -> Iterator[None]:
+    """In this block, a NaN/inf map is returned (the caller flags it) instead of raising
+    :class:`MethodError`. The benchmark runner evaluates every chunk in it, so that one image's
+    NaN map becomes flagged rows, not a stopped run; the methods themselves are not modified."""
+    token = _KEEP_NONFINITE.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_NONFINITE.reset(token)
 
 
 class SharedImages(NamedTuple):
@@ -143,8 +124,8 @@ class AttributionMethod:
     name: ClassVar[str] = "method"
     requires: ClassVar[tuple[str, ...]] = ()
     needs_grad: ClassVar[bool] = True
-    #: False: a NaN/inf map raises :class:`MethodError`; the benchmark runner sets True, keeps the
-    #: map and flags the rows it produces instead of stopping a long run.
+    #: False: a NaN/inf map raises :class:`MethodError` (unless inside :func:`keep_nonfinite_maps`,
+    #: as the benchmark runner's chunks are); True on an instance keeps it.
     allow_nonfinite: bool = False
 
     def __init__(self, model: nn.Module, *, max_batch: int = DEFAULT_MAX_BATCH,
@@ -167,11 +148,16 @@ class AttributionMethod:
             self._require(attr)
 
     def _require(self, attr: str, fix: str = "") -> None:
-        """Raise :class:`NotApplicableError` unless the model has ``attr``."""
+        """Raise :class:`NotApplicableError` unless the model has ``attr``.
+
+        The line does not list the methods that do apply: this module cannot ask the registry
+        (it would be an import cycle); it names :data:`LISTING_HINT`, which
+        :meth:`attrib_bench.registry.MethodRegistry.create` replaces with that list when the
+        method is built by name.
+        """
         if hasattr(self.model, attr):
             return
-        others = [n for n in applicable_methods(self.model) if n != self.name]
-        fix = fix or f"methods that apply to it: {', '.join(others) or 'none'}"
+        fix = fix or LISTING_HINT
         raise NotApplicableError(f"method {self.name!r} does not apply to "
                                  f"{type(self.model).__name__}: it needs model.{attr}; {fix}")
 
@@ -284,7 +270,8 @@ class AttributionMethod:
         maps = maps.detach().to(device=inputs.device, dtype=inputs.dtype)
         if maps.is_inference():
             maps = maps.clone()  # a normal tensor: callers may modify it in place
-        if not self.allow_nonfinite and not torch.isfinite(maps).all():
+        keep = self.allow_nonfinite or _KEEP_NONFINITE.get()
+        if not keep and not torch.isfinite(maps).all():
             bad = (~torch.isfinite(maps)).flatten(1).any(1).nonzero().flatten().tolist()
             raise MethodError(f"method {self.name!r} produced NaN or inf for images {bad[:5]}: "
                               "check that the model's logits are finite on these inputs")

@@ -91,7 +91,7 @@ def default_layer(model: nn.Module) -> tuple[nn.Module, str] | None:
     return (convs[-1], "the last nn.Conv2d") if convs else None
 
 
-@register_method("gradcam", family="gradient")
+@register_method("gradcam", family="gradient", label="GradCAM", colour="#2ca02c")
 class GradCAM(AttributionMethod):
     """GradCAM on a convolutional layer, ReLU, upsampled to the input size (captum LayerGradCam).
 

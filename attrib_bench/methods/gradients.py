@@ -28,7 +28,7 @@ def _leaf(inputs: torch.Tensor) -> torch.Tensor:
     return inputs.detach().requires_grad_(True)
 
 
-@register_method("grad", family="gradient")
+@register_method("grad", family="gradient", label="Grad", colour="#7f7f7f")
 class Grad(AttributionMethod):
     """Gradient of the target logit w.r.t. the RGB input (captum Saliency, signed by default)."""
 
@@ -46,7 +46,7 @@ class Grad(AttributionMethod):
         return self._captum.attribute(_leaf(inputs), target=target, abs=self.abs)
 
 
-@register_method("ixg", family="gradient")
+@register_method("ixg", family="gradient", label="IxG", colour="#1f77b4")
 class InputXGradient(AttributionMethod):
     """Input × gradient of the target logit on the RGB input (captum InputXGradient)."""
 
@@ -63,7 +63,7 @@ class InputXGradient(AttributionMethod):
         return self._captum.attribute(_leaf(inputs), target=target)
 
 
-@register_method("intgrad", family="gradient")
+@register_method("intgrad", family="gradient", label="IntGrad", colour="#17becf")
 class IntegratedGradients(AttributionMethod):
     """Integrated gradients from a black image, 20 steps (captum IntegratedGradients).
 
@@ -94,7 +94,7 @@ class IntegratedGradients(AttributionMethod):
                                       internal_batch_size=self.max_batch)
 
 
-@register_method("deeplift", family="gradient")
+@register_method("deeplift", family="gradient", label="DeepLIFT", colour="#9467bd")
 class DeepLift(AttributionMethod):
     """DeepLIFT (rescale rule) against a black image (captum DeepLift); IxG on a CoDA-Net.
 

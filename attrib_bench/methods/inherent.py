@@ -9,7 +9,7 @@ from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
 from attrib_bench.registry import register_method
 
 
-@register_method("inherent", family="model-inherent")
+@register_method("inherent", family="model-inherent", label="Inherent (W·x)", colour="#d62728")
 class Inherent(AttributionMethod):
     """The model-inherent linear contributions W0→L ⊙ x of a CoDA-Net (one backward, exact).
 

@@ -27,11 +27,10 @@ from attrib_bench.errors import MethodError
 from attrib_bench.methods.base import (
     DEFAULT_MAX_BATCH,
     AttributionMethod,
-    Score,
-    resolve_score,
-    score_outputs,
     shared_images,
 )
+from attrib_bench.models import protocols
+from attrib_bench.models.protocols import Score
 from attrib_bench.registry import register_method
 
 
@@ -48,7 +47,7 @@ def _no_progress_bar() -> Iterator[None]:
         lime_image.tqdm = saved
 
 
-@register_method("lime", family="perturbation", stochastic=True)
+@register_method("lime", family="perturbation", stochastic=True, label="LIME", colour="#393b79")
 class LIME(AttributionMethod):
     """LIME on quickshift superpixels, 256 samples (lime package); signed superpixel weights.
 
@@ -83,7 +82,7 @@ class LIME(AttributionMethod):
             raise MethodError(f"method 'lime': ratio must be in [0, 1], got {ratio!r}")
         self.num_samples = num_samples
         self.segmentation = {"kernel_size": kernel_size, "max_dist": max_dist, "ratio": ratio}
-        self.score = resolve_score(score, model, self.name)
+        self.score = protocols.resolve_score(score, model, f"method {self.name!r}", MethodError)
         self.top3_mask = bool(top3_mask)
         self.hide_color = hide_color
         self.kernel_width = float(kernel_width)
@@ -107,7 +106,7 @@ class LIME(AttributionMethod):
 
         def classifier(batch: np.ndarray) -> np.ndarray:
             x = torch.from_numpy(batch).to(device=device, dtype=dtype).permute(0, 3, 1, 2)
-            scores = score_outputs(self.model(x), self.score)
+            scores = protocols.scores(self.model(x), self.score)
             if not torch.isfinite(scores).all():  # the package's ridge fit would fail on them
                 raise MethodError(f"method {self.name!r} got NaN or inf scores from the model: "
                                   "check that the model's logits are finite on these inputs")

@@ -33,7 +33,7 @@ def window_cover(length: int, size: int, stride: int, device: torch.device,
     return ((pixels >= starts) & (pixels < starts + size)).to(dtype)
 
 
-@register_method("occlusion", family="perturbation")
+@register_method("occlusion", family="perturbation", label="Occlusion", colour="#8c564b")
 class Occlusion(AttributionMethod):
     """Sliding black K×K patch, stride s: mean logit drop over the patches covering each pixel.
 
@@ -103,9 +103,9 @@ METHODS.add(
     "occ5", functools.partial(Occlusion, patch_size=4, stride=2),
     description="Occlusion-5 as in the paper: black 4×4 patches (the authors' code's effective "
                 "size for K=5), stride 2",
-    family="perturbation")
+    family="perturbation", label="Occ5", colour="#ff7f0e")
 METHODS.add(
     "occ9", functools.partial(Occlusion, patch_size=8, stride=2),
     description="Occlusion-9 as in the paper: black 8×8 patches (the authors' code's effective "
                 "size for K=9), stride 2",
-    family="perturbation")
+    family="perturbation", label="Occ9", colour="#bcbd22")

@@ -21,11 +21,10 @@ from attrib_bench.errors import MethodError
 from attrib_bench.methods.base import (
     DEFAULT_MAX_BATCH,
     AttributionMethod,
-    Score,
-    resolve_score,
-    score_outputs,
     shared_images,
 )
+from attrib_bench.models import protocols
+from attrib_bench.models.protocols import Score
 from attrib_bench.registry import register_method
 
 _MASK_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
@@ -90,7 +89,7 @@ def _draw_masks(n_masks: int, grid: int, p1: float, h: int, w: int, seed: int,
     return masks
 
 
-@register_method("rise", family="perturbation", stochastic=True)
+@register_method("rise", family="perturbation", stochastic=True, label="RISE", colour="#e377c2")
 class RISE(AttributionMethod):
     """RISE: mean of random smooth masks weighted by the target's score (6000 masks, s=6, p=0.1).
 
@@ -116,7 +115,7 @@ class RISE(AttributionMethod):
         if not 0.0 < p1 <= 1.0:
             raise MethodError(f"method 'rise': p1 must be in (0, 1], got {p1!r}")
         self.n_masks, self.grid, self.p1 = n_masks, grid, float(p1)
-        self.score = resolve_score(score, model, self.name)
+        self.score = protocols.resolve_score(score, model, f"method {self.name!r}", MethodError)
 
     def masks(self, size: tuple[int, int], device: torch.device | str = "cpu",
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -140,7 +139,7 @@ class RISE(AttributionMethod):
             for j in range(0, self.n_masks, per):
                 m = masks[j:j + per]
                 masked = (x[:, None] * m[None, :, None]).view(-1, c, h, w)  # image-major
-                scores = score_outputs(self.model(masked), self.score)
+                scores = protocols.scores(self.model(masked), self.score)
                 scores = scores.view(len(x), len(m), -1).gather(
                     2, wanted[:, None, :].expand(-1, len(m), -1))  # (images, masks, R)
                 saliency[i:i + per_forward] += torch.einsum("nmr,mp->nrp", scores,

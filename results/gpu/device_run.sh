@@ -126,7 +126,7 @@ sweep() {  # sweep FOLDER METHODS: one run, stopped (resumably) at the protocol'
     fi
     # shellcheck disable=SC2086
     timeout -k 10 "$left" "${AB[@]}" run --model "$NAME" --method "$2" --metric "$METRICS" \
-        --device "$DEVICE" --data-root "$DATA" --out "$WORK/runs/$1" --batch-size "$RUN_BATCH" \
+        --device "$DEVICE" --data-root "$DATA" --out "$WORK/runs/$1" --chunk-size "$RUN_BATCH" \
         --quiet ${N_SAMPLES:+--n-samples "$N_SAMPLES"} | tail -n 40
 }
 protocol() {

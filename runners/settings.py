@@ -1,0 +1,147 @@
+"""What a run was asked for, checked and resolved before anything is built: names, settings,
+sizes and the executor's options, into one :class:`~attrib_bench.runners.jobs.RunConfig`.
+
+Every check here is one :class:`~attrib_bench.errors.AttribBenchError` line naming the fix;
+hyper-parameters are parsed and checked against their factories' declared types
+(:mod:`attrib_bench.hparams`), so the config holds each method's and metric's full resolved
+configuration (defaults and the run's seed included).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from attrib_bench import hparams
+from attrib_bench.errors import RunError, SettingError
+from attrib_bench.registry import METHODS, METRICS
+from attrib_bench.runners.jobs import RunConfig
+
+#: ``run(executor=...)``: in this process (no Dask import), or Dask tasks.
+EXECUTORS = ("local", "dask")
+
+
+def split_names(value: str | Iterable[str] | Mapping[str, Any]) -> list[str]:
+    """Names from "a,b" or an iterable, in order, each once (``grad,grad`` is ``grad``)."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def resolve_method(name: str, given: Mapping[str, Any], seed: int, *,
+                   from_text: bool = False) -> dict[str, Any]:
+    """Method ``name``'s full configuration (defaults included, types checked); the run's
+    ``seed`` where the method has a seed and it is not set."""
+    factory = METHODS.get(name).factory
+    config = hparams.resolve(f"method {name!r}", factory, given, from_text=from_text)
+    if "seed" in hparams.hparams_of(factory) and "seed" not in given:
+        config["seed"] = seed
+    return config
+
+
+def resolve_metric(name: str, given: Mapping[str, Any], *, from_text: bool = False
+                   ) -> dict[str, Any]:
+    """Metric ``name``'s full configuration (defaults included, types checked)."""
+    return hparams.resolve(f"metric {name!r}", METRICS.get(name).factory, given,
+                           from_text=from_text)
+
+
+def parse_settings(settings: Iterable[str], methods: list[str], metrics: list[str]
+                   ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """``["rise.n_masks=500", "pixel-removal.baseline=road"]`` → (method, metric) settings as
+    text, split by the selected ``methods`` and ``metrics``; a NAME that is neither, or an item
+    not of the form NAME.KEY=VALUE, is one :class:`SettingError` line with the close matches."""
+    method_settings: dict[str, dict[str, str]] = {}
+    metric_settings: dict[str, dict[str, str]] = {}
+    for item in settings:
+        name, eq, text = item.partition("=")
+        name, dot, key = name.rpartition(".")
+        if not (dot and eq and name and key):
+            raise SettingError(f"--set {item!r}: use NAME.KEY=VALUE, e.g. rise.n_masks=500")
+        if name in metrics:
+            metric_settings.setdefault(name, {})[key] = text
+        elif name in methods:
+            method_settings.setdefault(name, {})[key] = text
+        else:
+            raise SettingError(not_selected(name, methods, metrics, f"--set {item!r}"))
+    return method_settings, metric_settings
+
+
+def not_selected(name: str, methods: list[str], metrics: list[str], what: str) -> str:
+    """The one line for a setting whose NAME is not a selected method or metric."""
+    selected = [*methods, *metrics]
+    close = difflib.get_close_matches(name, selected, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else (
+        f"this run has {', '.join(selected)}")
+    registered = name in METHODS or name in METRICS
+    why = "is not selected in this run (add it to --method/--metric)" if registered else \
+        "is not a selected method or metric"
+    return f"{what}: {name!r} {why}: {hint}"
+
+
+def _merge_text(resolver: Any, name: str, config: dict[str, Any], text: Mapping[str, str],
+                *args: Any) -> dict[str, Any]:
+    """``config`` with the ``--set`` values in ``text`` parsed to their declared types."""
+    if not text:
+        return config
+    parsed = resolver(name, text, *args, from_text=True)
+    return {**config, **{key: parsed[key] for key in text}}
+
+
+def check_executor(executor: str, scheduler: str | None, workers: int | None,
+                   client: Any) -> None:
+    """The executor options make sense together (one line naming the fix if not)."""
+    if executor not in EXECUTORS:
+        raise RunError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    if executor == "local" and (scheduler is not None or workers is not None
+                                or client is not None):
+        raise RunError("--scheduler and --workers need --executor dask")
+    if scheduler is not None and workers is not None:
+        raise RunError("--scheduler uses an existing cluster and --workers starts a local one: "
+                       "pass one of them")
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise RunError(f"--workers must be >= 1, got {workers}")
+
+
+def run_config(models: list[str], methods: str | Iterable[str], metrics: str | Iterable[str],
+               *, n_samples: int | None, chunk_size: int, seed: int, dataset: str,
+               checkpoint: str | None,
+               method_hparams: Mapping[str, Mapping[str, Any]] | None,
+               metric_hparams: Mapping[str, Mapping[str, Any]] | None,
+               settings: Iterable[str]) -> RunConfig:
+    """The run's :class:`RunConfig`: names checked (unknown ones with close matches), sizes
+    checked, every selected method's and metric's configuration resolved (``*_hparams`` as
+    Python values, ``settings`` as NAME.KEY=VALUE text, the latter parsed to declared types)."""
+    metric_names = split_names(metrics)
+    all_metrics = metric_names == ["all"]
+    if all_metrics:
+        metric_names = METRICS.names()
+    for name in metric_names:
+        METRICS.get(name)  # unknown names fail here, with close matches
+    method_names = split_names(methods)
+    all_methods = method_names == ["all"]
+    for name in method_names:
+        if name != "all":
+            METHODS.get(name)
+    if checkpoint is not None and len(models) != 1:
+        raise RunError("--checkpoint applies to one model: run one --model per checkpoint")
+    if n_samples is not None and (isinstance(n_samples, bool) or n_samples < 1):
+        raise RunError(f"--n-samples must be >= 1, got {n_samples}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise RunError(f"--chunk-size must be an int >= 1, got {chunk_size!r}")
+    selected_methods = METHODS.names() if all_methods else method_names
+    text_methods, text_metrics = parse_settings(settings, selected_methods, metric_names)
+    for kind, given, names in (("method_hparams", method_hparams, selected_methods),
+                               ("metric_hparams", metric_hparams, metric_names)):
+        for name in given or {}:
+            if name not in names:
+                raise SettingError(not_selected(name, selected_methods, metric_names, kind))
+    method_configs = {name: _merge_text(resolve_method, name, resolve_method(
+        name, (method_hparams or {}).get(name, {}), seed), text_methods.get(name, {}), seed)
+        for name in selected_methods}
+    metric_configs = {name: _merge_text(resolve_metric, name, resolve_metric(
+        name, (metric_hparams or {}).get(name, {})), text_metrics.get(name, {}))
+        for name in metric_names}
+    return RunConfig(models, selected_methods, metric_names, n_samples, chunk_size, seed,
+                     dataset, "test", checkpoint, method_configs, metric_configs,
+                     all_methods, all_metrics)

@@ -1,0 +1,109 @@
+"""Sample selection paid once: the pool logits (a model's logits on the whole test set, which the
+grid localisations rank) are cached by (weights, dataset) and shared between metrics and runs,
+and computed at the inference batch whatever the run's chunk size (issue 17, point 5)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from test_localisation import LabelReader, _synthetic
+
+from attrib_bench.evaluation import INFERENCE_BATCH
+from attrib_bench.metrics.base import SelectContext
+from attrib_bench.metrics.localisation import Localisation
+from attrib_bench.runners import cache as cache_module
+from attrib_bench.runners.benchmark import run
+from attrib_bench.runners.cache import PoolLogits
+
+
+def _localise(out, cache, **kw):
+    return run({"reader": LabelReader()}, "grad", "localisation", dataset=_synthetic(),
+               out=out, cache=cache, n_samples=3, progress=False,
+               metric_hparams={"localisation": {"n": 2}}, **kw)
+
+
+def _manifest(out) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_second_run_with_the_same_cache_does_no_pool_pass(tmp_path, monkeypatch):
+    batches: list[int] = []
+    real = cache_module.predict_logits
+
+    def spy(model, images, batch_size, *args, **kwargs):
+        batches.append(batch_size)
+        return real(model, images, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "predict_logits", spy)
+    shared = tmp_path / "cache"
+    first = _localise(tmp_path / "a", shared, chunk_size=1)
+    # one pass over the 300 images, at the inference batch, not the chunk size of 1
+    assert batches == [INFERENCE_BATCH]
+    assert _manifest(tmp_path / "a")["pool_logits_cache"]["misses"] == 1
+    assert list((shared / "logits").rglob("*.safetensors"))
+    second = _localise(tmp_path / "b", shared, chunk_size=2)
+    assert batches == [INFERENCE_BATCH]  # no second pass
+    pool = _manifest(tmp_path / "b")["pool_logits_cache"]
+    assert (pool["hits"], pool["misses"], pool["seconds"]) == (1, 0, 0.0)
+    keys = ["model", "method", "metric", "sample", "key", "variant", "stat", "value"]
+    assert first[keys].equals(second[keys])
+
+
+def test_localisation_and_difull_share_one_pass():
+    data, model = _synthetic(), LabelReader()
+    pool = PoolLogits(None, torch.device("cpu"))
+    ctx = SelectContext(torch.device("cpu"), pool.predict)
+    a = Localisation(n=2).select(model, data, 4, ctx)
+    b = Localisation(n=2).select(model, data, 4, ctx)
+    assert (pool.stats.misses, pool.stats.hits) == (1, 1)
+    assert a.ids.tolist() == b.ids.tolist()
+    # the cached logits are the plain ones: the same grids as an uncached selection
+    plain = Localisation(n=2).select(model, data, 4, SelectContext())
+    assert torch.equal(a.fetch(a.ids)[1], plain.fetch(plain.ids)[1])
+
+
+def test_a_corrupt_pool_entry_is_recomputed(tmp_path):
+    shared = tmp_path / "cache"
+    _localise(tmp_path / "a", shared)
+    entry = next((shared / "logits").rglob("*.safetensors"))
+    data = bytearray(entry.read_bytes())
+    data[-1] ^= 0xFF
+    entry.write_bytes(bytes(data))
+    _localise(tmp_path / "b", shared)
+    pool = _manifest(tmp_path / "b")["pool_logits_cache"]
+    assert (pool["corrupt"], pool["misses"]) == (1, 1)
+
+
+def test_dry_run_reads_but_does_not_write_the_pool_cache(tmp_path):
+    shared = tmp_path / "cache"
+    _localise(tmp_path / "dry", shared, dry_run=True)
+    assert not shared.exists() and not (tmp_path / "dry").exists()
+
+
+def test_batch_size_is_a_deprecated_alias_of_chunk_size(tmp_path):
+    with pytest.warns(FutureWarning, match="chunk_size"):
+        old = _localise(tmp_path / "old", None, batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new = _localise(tmp_path / "new", None, chunk_size=2)
+    assert old.equals(new)
+    assert _manifest(tmp_path / "old")["config"]["chunk_size"] == 2
+
+
+def test_cli_batch_size_flag_still_works_with_a_warning(tmp_path):
+    from click.testing import CliRunner
+
+    from attrib_bench.cli import cli
+
+    both = CliRunner().invoke(cli, ["run", "--model", "resnet56", "--batch-size", "2",
+                                    "--chunk-size", "3", "--out", str(tmp_path / "x")])
+    assert both.exit_code == 2 and "old name of --chunk-size" in both.output
+    old = CliRunner().invoke(cli, ["run", "--model", "resnet56", "--batch-size", "2",
+                                   "--set", "broken", "--out", str(tmp_path / "x")])
+    assert "--batch-size is now --chunk-size" in old.output
+    assert old.exit_code == 1 and "NAME.KEY=VALUE" in old.output  # then the run goes on
+    shown = CliRunner().invoke(cli, ["run", "--help"]).output
+    assert "--chunk-size" in shown and "--batch-size" not in shown

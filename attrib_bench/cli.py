@@ -324,8 +324,9 @@ def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None,
             click.echo(f"{job.part.model} · {job.part.method} · {job.part.metric}: "
                        f"{len(job.samples)} samples; method {json.dumps(job.method_config)}; "
                        f"metric {json.dumps(job.metric_config, default=str)}")
+        kept = f"; the selection's pool logits are cached in {cache_dir}" if cache_dir else ""
         click.echo(f"dry run: {len(plan.jobs)} parts checked, {len(plan.skipped)} skipped; "
-                   "nothing was computed or written")
+                   f"nothing was computed or written to {out_dir}{kept}")
         return
     manifest = json.loads(Path(out_dir, "manifest.json").read_text()) \
         if "://" not in out_dir else {"skipped": []}

@@ -14,6 +14,7 @@ import functools
 import importlib
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from attrib_bench.errors import (
 from attrib_bench.hparams import convert, hparams_of
 
 Patterns = str | Iterable[str]
+#: A method's figure colour: "#rgb" or "#rrggbb".
+_HEX_COLOUR = re.compile(r"#(?:[0-9a-fA-F]{3}){1,2}")
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ class MethodRegistry(Registry):
         register = super().register(name, **kwargs)
 
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            self._check_figure_metadata(name or factory.__name__, kwargs)
             if inspect.isfunction(factory):
                 from attrib_bench.methods.base import function_method
 
@@ -184,7 +188,25 @@ class MethodRegistry(Registry):
 
     def add(self, name: str, factory: Callable[..., Any], **kwargs: Any) -> None:
         """Register ``factory(model, **hparams) -> method`` as is (no function wrapping)."""
+        self._check_figure_metadata(name, kwargs)
         Registry.register(self, name, **kwargs)(factory)
+
+    def _check_figure_metadata(self, name: str, metadata: dict[str, Any]) -> None:
+        """``label`` a non-empty str no other method uses, ``colour`` a hex colour: checked when
+        the method is registered, not when a figure is drawn (a bad colour would stop ``plot``
+        with a matplotlib traceback; two equal labels make one legend entry ambiguous)."""
+        label, colour = metadata.get("label"), metadata.get("colour")
+        if label is not None:
+            if not isinstance(label, str) or not label.strip():
+                raise ValueError(f"method {name!r}: label must be a non-empty str, got {label!r}")
+            for other, entry in self._entries.items():
+                if other != name and entry.metadata.get("label") == label:
+                    raise ValueError(f"method {name!r}: label {label!r} is already method "
+                                     f"{other!r}'s: choose another label")
+        if colour is not None and not (isinstance(colour, str)
+                                       and _HEX_COLOUR.fullmatch(colour)):
+            raise ValueError(f"method {name!r}: colour must be a hex colour such as '#1f77b4', "
+                             f"got {str(colour)[:40]!r}")
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Build the method; an unknown hyper-parameter raises one :class:`MethodError` line.

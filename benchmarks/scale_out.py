@@ -3,7 +3,7 @@
 Run on demand (never in CI):
 
     python benchmarks/scale_out.py [--model xs-coda-sq-t1000] [--methods grad,ixg,gradcam]
-                                   [--metric pixel-removal] [--n 32] [--batch-size 4]
+                                   [--metric pixel-removal] [--n 32] [--chunk-size 4]
                                    [--workers 1,2] [--noop-tasks 200] [--json PATH]
 
 Each configuration runs the sweep from scratch into its own temporary folder (no cache reuse)
@@ -47,7 +47,7 @@ def noop(*_: Any) -> None:
 def sweep(args: argparse.Namespace, out: str, **executor: Any) -> tuple[float, pd.DataFrame]:
     start = time.perf_counter()
     table = run(args.model, args.methods, args.metric, n_samples=args.n,
-                batch_size=args.batch_size, out=out, progress=False, **executor)
+                chunk_size=args.chunk_size, out=out, progress=False, **executor)
     return time.perf_counter() - start, table.sort_values(KEYS, ignore_index=True)
 
 
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--methods", default="grad,ixg,gradcam")
     parser.add_argument("--metric", default="pixel-removal")
     parser.add_argument("--n", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--chunk-size", type=int, default=4)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--noop-tasks", type=int, default=200)
     parser.add_argument("--json", default=None)
@@ -69,7 +69,7 @@ def main() -> None:
     print(f"hardware: {describe_hardware(__import__('torch').device('cpu'))}, {cores} cores; "
           f"commit {git_commit()}")
     print(f"sweep: {args.model} × {args.methods} × {args.metric}, n={args.n}, "
-          f"batch {args.batch_size}")
+          f"chunks of {args.chunk_size}")
     rows: list[dict[str, Any]] = []
     per_task = float("nan")
     with tempfile.TemporaryDirectory(prefix="scale-out-") as folder:

@@ -162,7 +162,7 @@ class Localisation(Metric):
         def fetch(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             return grids.batch(torch.as_tensor(np.asarray(ids), dtype=torch.long))
 
-        info = {"grids": len(grids), "n": n, "seed": self.seed, "requested": requested,
+        info = {"grids": len(grids), "grid_size": n, "seed": self.seed, "requested": requested,
                 "cell_size": list(dataset.image_size), "pool": pool,
                 "correct": int(correct.sum()), "images": len(dataset), "probability": kind}
         return SampleSet(ids=np.arange(len(grids), dtype=np.int64), fetch=fetch, info=info)

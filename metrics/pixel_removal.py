@@ -429,7 +429,10 @@ def removal_curves(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torc
             removed = removed.view(-1, h, w)
             x = inputs.index_select(0, image)
             x = torch.where(removed[:, None], fill(x, removed, image), x)
-            logits = forward(x).double()
+            output = forward(x)
+            if start == 0:  # logits (n, K), not probabilities or a tuple: one line if not
+                protocols.check_logits(output, len(x), getattr(forward, "__self__", forward))
+            logits = output.double()
             target = targets.index_select(0, image)[:, None]
             logit_flat[pair] = logits.gather(1, target)[:, 0]
             score_flat[pair] = protocols.scores(logits, score).gather(1, target)[:, 0]

@@ -249,10 +249,13 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
     does not apply is skipped with its reason (manifest ``skipped``, stderr), and so is a named
     method on the models it does not apply to (``inherent`` on a ResNet beside a CoDA-Net); a
     named method that applies to none of the models, or a named metric that does not apply,
-    stops the run in one line. ``dry_run=True`` stops after these
-    checks and returns an empty table (nothing is computed or written); the plan is in
-    ``run.last_plan``.
+    stops the run in one line. ``dry_run=True`` stops after these checks and returns an empty
+    table: no chunk is computed and nothing is written to ``out``; the plan is in
+    ``run.last_plan``. The checks select the samples, which for the grid localisations means one
+    pass over the test set: with an explicit ``cache``, a dry run stores those pool logits there
+    (a cache, not the run's output), so the real run does not pay the pass again.
     """
+    started = time.perf_counter()
     if batch_size is not None:
         warnings.warn("run(batch_size=...) is now chunk_size= (samples per chunk); batch_size "
                       "will be removed in the next release", FutureWarning, stacklevel=2)
@@ -277,9 +280,11 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
             plan = plan_run(config, out_store, cache_store, torch_device, images, given_models,
                             progress)
             run.last_plan = plan  # type: ignore[attr-defined]
-            if runner is None:
+            if runner is None:  # a dry run
+                if cache is not None:
+                    plan.pool.flush()
                 return pd.DataFrame(columns=[*ID_COLUMNS, *ROW_COLUMNS[1:]])
-            return _run(config, plan, out_store, torch_device, overwrite, runner)
+            return _run(config, plan, out_store, torch_device, overwrite, runner, started)
     finally:
         if runner is not None:
             runner.close()
@@ -297,8 +302,12 @@ def _executor(name: str, client: Any, scheduler: str | None, workers: int | None
 
 
 def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwrite: bool,
-         executor: Executor) -> pd.DataFrame:
-    """Execute ``plan``'s missing chunks, then gather and summarise (see the module doc)."""
+         executor: Executor, started: float) -> pd.DataFrame:
+    """Execute ``plan``'s missing chunks, then gather and summarise (see the module doc).
+
+    ``started``: ``time.perf_counter()`` when :func:`run` began (the manifest's wall time
+    includes loading the models and selecting the samples)."""
+    planned = time.perf_counter()
     if not plan.jobs:
         reasons = "; ".join(f"{s['method']} on {s['model']}: {s['reason']}"
                             for s in plan.skipped[:3])
@@ -309,7 +318,6 @@ def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwr
         raise RunError(f"cannot write the output folder {out.url[:200]!r}: "
                        f"{exc.strerror or exc}; pass --out a folder you can write") from None
     plan.pool.flush()
-    started = time.perf_counter()
     todo, corrupt = pending_chunks(plan.jobs)
     _report_corrupt(out, corrupt)
     done = executor.evaluate(todo, device)
@@ -324,6 +332,7 @@ def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwr
                 "corrupt_chunks": [_inside(out, p) for p in corrupt],
                 "executor": executor.describe(),
                 **_manifest_extras(results, plan, done, device, time.perf_counter() - started),
+                "plan_seconds_this_run": round(planned - started, 3),
                 "models": {name: _model_info(model, plan.hashes[name])
                            for name, model in plan.models.items()},
                 "seconds_per_part_all_runs": timings}
@@ -385,9 +394,10 @@ def _load_model(name: str, model: nn.Module | None, checkpoint: str | None,
 
 def _select(name: str, metric: Metric, model: nn.Module, images: ImageSet,
             n_samples: int | None, ctx: SelectContext) -> SampleSet:
-    """``metric.select``; a metric written for the old (device, batch_size) contract is one
-    line naming the fix."""
-    if len(inspect.signature(metric.select).parameters) == 5:
+    """``metric.select``; a metric written for the old (device, batch_size) contract (or any
+    other number of parameters) is one line naming the fix."""
+    parameters = list(inspect.signature(metric.select).parameters)
+    if len(parameters) != 4 or parameters[-1] in ("device", "batch_size"):
         raise MetricError(f"metric {name!r}: select(model, dataset, n_samples, device, "
                           "batch_size) is the old contract; take (model, dataset, n_samples, "
                           "ctx) and use ctx.device (and ctx.logits(model, dataset) for a "
@@ -430,8 +440,8 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
                 continue
             t0 = time.perf_counter()
             samples = _select(metric_name, metric, model, images, config.n_samples, select_ctx)
-            samples_info[f"{model_name}/{metric_name}"] = {
-                "n": len(samples), "seconds": round(time.perf_counter() - t0, 3), **samples.info}
+            samples_info[f"{model_name}/{metric_name}"] = {  # the count wins over info's keys
+                **samples.info, "n": len(samples), "seconds": round(time.perf_counter() - t0, 3)}
             example = _first_sample(samples, device) if len(samples) else None
             for method_name in config.methods:
                 method_config = config.method_hparams[method_name]

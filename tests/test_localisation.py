@@ -246,7 +246,7 @@ def test_select_returns_the_grids_sample_grids_draws():
     indices, classes = sample_grids(predict_logits(LabelReader(), data, progress=False),
                                     data.labels, n=3, num_grids=5, seed=7)
     assert samples.ids.tolist() == list(range(5))
-    assert samples.info["grids"] == 5 and samples.info["n"] == 3
+    assert samples.info["grids"] == 5 and samples.info["grid_size"] == 3
     inputs, targets = samples.fetch(np.array([3, 1]))
     assert torch.equal(targets, classes[[3, 1]])
     assert torch.equal(inputs, compose_grids(data.images[indices[[3, 1]]]).float() / 255)

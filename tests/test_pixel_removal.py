@@ -671,3 +671,13 @@ def test_rows_name_the_probability_they_hold():
     model.probability = "sigmoid"
     rows = PixelRemoval(steps=4).evaluate(ctx, x, t, np.arange(2))
     assert set(rows.loc[rows["stat"] == "prob", "probability"]) == {"sigmoid"}
+
+
+def test_a_model_that_returns_probabilities_is_refused_not_scored():
+    """A final softmax would make the 'logit' rows probabilities: one line, not a curve."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4), nn.Softmax(dim=1)).eval()
+    x, t = torch.rand(2, 3, 8, 8), torch.tensor([1, 2])
+    ctx = EvalContext(model=model, explain=lambda i, tt: i.sum(1), make_method=None,
+                      device=torch.device("cpu"))
+    with pytest.raises(AttribBenchError, match="returns probabilities"):
+        PixelRemoval(steps=4).evaluate(ctx, x, t, np.arange(2))

@@ -133,6 +133,17 @@ def test_built_in_labels_and_colours_come_from_the_registry():
     assert method_label("inherent") == "Inherent (W·x)" and method_label("unknown") == "unknown"
 
 
+def test_a_bad_colour_or_a_taken_label_is_refused_at_registration():
+    def mine(model, inputs, target):
+        return inputs.sum(1)
+
+    with pytest.raises(ValueError, match="hex colour such as '#1f77b4', got 'notacolour'"):
+        register_method("bad-colour", colour="notacolour")(mine)
+    with pytest.raises(ValueError, match="label 'Grad' is already method 'grad''s"):
+        register_method("grad-again", label="Grad")(mine)
+    assert "bad-colour" not in METHOD_REGISTRY and "grad-again" not in METHOD_REGISTRY
+
+
 @pytest.fixture()
 def registered_mine():
     """"mine" registered by a user, with its own label and colour, for one test."""

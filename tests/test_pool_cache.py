@@ -77,10 +77,24 @@ def test_a_corrupt_pool_entry_is_recomputed(tmp_path):
     assert (pool["corrupt"], pool["misses"]) == (1, 1)
 
 
-def test_dry_run_reads_but_does_not_write_the_pool_cache(tmp_path):
+def test_dry_run_writes_nothing_but_an_explicit_cache_keeps_its_pool_pass(tmp_path):
+    _localise(tmp_path / "dry", None, dry_run=True)
+    assert not (tmp_path / "dry").exists()
     shared = tmp_path / "cache"
     _localise(tmp_path / "dry", shared, dry_run=True)
-    assert not shared.exists() and not (tmp_path / "dry").exists()
+    assert not (tmp_path / "dry").exists()
+    assert [p.parent.parent.name for p in shared.rglob("*.safetensors")] == ["logits"]
+    _localise(tmp_path / "real", shared)  # the real run reuses the dry run's pass
+    pool = _manifest(tmp_path / "real")["pool_logits_cache"]
+    assert (pool["hits"], pool["misses"]) == (1, 0)
+
+
+def test_manifest_counts_samples_and_times_the_whole_run(tmp_path):
+    _localise(tmp_path / "a", None)
+    manifest = _manifest(tmp_path / "a")
+    info = manifest["samples"]["reader/localisation"]
+    assert (info["n"], info["grids"], info["grid_size"]) == (3, 3, 2)
+    assert manifest["wall_seconds_this_run"] >= manifest["plan_seconds_this_run"] > 0
 
 
 def test_batch_size_is_a_deprecated_alias_of_chunk_size(tmp_path):
@@ -107,3 +121,23 @@ def test_cli_batch_size_flag_still_works_with_a_warning(tmp_path):
     assert old.exit_code == 1 and "NAME.KEY=VALUE" in old.output  # then the run goes on
     shown = CliRunner().invoke(cli, ["run", "--help"]).output
     assert "--chunk-size" in shown and "--batch-size" not in shown
+
+
+@pytest.mark.parametrize("params", ["model, dataset, n_samples, device, batch_size",
+                                    "model, dataset, n_samples, device"])
+def test_a_metric_with_the_old_select_contract_is_one_line(tmp_path, params):
+    from attrib_bench.errors import MetricError
+    from attrib_bench.metrics.base import Metric
+    from attrib_bench.registry import METRICS, register_metric
+
+    namespace: dict = {}
+    exec(f"def select(self, {params}):\n    raise AssertionError('not called')", namespace)
+    register_metric("old-contract")(type("Old", (Metric,), {"select": namespace["select"]}))
+    try:
+        with pytest.raises(MetricError, match="old contract; take .model, dataset, n_samples, "
+                                              "ctx. and use ctx.device"):
+            run({"reader": LabelReader()}, "grad", "old-contract", dataset=_synthetic(),
+                out=tmp_path / "x", progress=False)
+    finally:
+        METRICS.remove("old-contract")
+    assert not (tmp_path / "x").exists()

@@ -45,13 +45,19 @@ class Entry:
 
 
 class Registry:
-    """Names to factories for one kind of thing ("model", "method" or "metric")."""
+    """Names to factories for one kind of thing ("model", "method", "metric" or "dataset").
+
+    Besides names, a registry may resolve a **prefix** family: ``register_prefix("torchvision",
+    factory)`` makes ``get("torchvision:resnet50")`` an entry whose factory is
+    ``factory("resnet50", ...)`` — models by a library's own name, without registering each.
+    """
 
     def __init__(self, kind: str, builtins: str | None = None, typed: bool = False) -> None:
         self.kind = kind
         #: check keyword arguments against the factory's type hints (methods, metrics)
         self.typed = typed
         self._entries: dict[str, Entry] = {}
+        self._prefixes: dict[str, Entry] = {}
         self._builtins = builtins  # module whose import registers the built-in entries
 
     def _load_builtins(self) -> None:
@@ -106,18 +112,41 @@ class Registry:
             and not any(fnmatch.fnmatchcase(n, p) for p in excluded)
         )
 
+    def register_prefix(self, prefix: str, factory: Callable[..., Any], description: str = "",
+                        **metadata: Any) -> None:
+        """Resolve ``"PREFIX:NAME"`` to ``factory(NAME, *args, **kwargs)`` (see the class doc).
+
+        The entry's metadata holds ``prefix`` and ``arch`` (NAME) besides ``metadata``.
+        """
+        if not prefix.isidentifier():
+            raise ValueError(f"{self.kind} prefix must be an identifier, got {prefix!r}")
+        self._prefixes[prefix] = Entry(f"{prefix}:", factory, description, dict(metadata))
+
+    def prefixes(self) -> dict[str, Entry]:
+        """Registered prefixes → their entries (e.g. "torchvision", "timm" for models)."""
+        self._load_builtins()
+        return dict(self._prefixes)
+
     def get(self, name: str) -> Entry:
         """The entry for ``name``; an unknown name raises one line listing close matches."""
         self._load_builtins()
-        try:
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else "none is close"
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}: {hint} "
-                f"(`attrib-bench list {self.kind}s` shows all {len(self._entries)})"
-            ) from None
+        prefix, colon, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if colon and prefix in self._prefixes:
+            family = self._prefixes[prefix]
+            if not rest:
+                raise UnknownNameError(f"{self.kind} {name!r}: name one after the prefix, e.g. "
+                                       f"{prefix}:resnet50")
+            return Entry(name, functools.partial(family.factory, rest), family.description,
+                         {**family.metadata, "prefix": prefix, "arch": rest})
+        close = difflib.get_close_matches(str(name), self._entries, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "none is close"
+        families = (f"; or PREFIX:NAME with prefix {', '.join(sorted(self._prefixes))}"
+                    if self._prefixes else "")
+        raise UnknownNameError(
+            f"unknown {self.kind} {name!r}: {hint} "
+            f"(`attrib-bench list {self.kind}s` shows all {len(self._entries)}{families})")
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the factory registered under ``name``.
@@ -135,7 +164,10 @@ class Registry:
 
     def __contains__(self, name: object) -> bool:
         self._load_builtins()
-        return name in self._entries
+        if name in self._entries:
+            return True
+        prefix, colon, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
+        return bool(colon and rest and prefix in self._prefixes)
 
     def __len__(self) -> int:
         self._load_builtins()
@@ -252,10 +284,13 @@ class MethodRegistry(Registry):
 MODELS = Registry("model", builtins="attrib_bench.models")
 METHODS = MethodRegistry("method", builtins="attrib_bench.methods", typed=True)
 METRICS = Registry("metric", builtins="attrib_bench.metrics", typed=True)
+#: Datasets: ``factory(split="test", root=None, download=False, **options) -> image set``.
+DATASETS = Registry("dataset", builtins="attrib_bench.datasets", typed=True)
 
 register_model = MODELS.register
 register_method = METHODS.register
 register_metric = METRICS.register
+register_dataset = DATASETS.register
 
 
 def list_models(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
@@ -271,6 +306,11 @@ def list_methods(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
 def list_metrics(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
     """Registered metric names matching ``pattern``."""
     return METRICS.names(pattern, exclude)
+
+
+def list_datasets(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
+    """Registered dataset names matching ``pattern``."""
+    return DATASETS.names(pattern, exclude)
 
 
 def applicable_methods(model: object) -> list[str]:

@@ -80,13 +80,16 @@ CONFIGS: dict[str, CoDAConfig] = {
         paddings=(3,) + (1,) * 8,
         num_classes=100, image_size=240, dataset="imagenet100", temperature=1e5,
     ),
+    # XL: the paper's XL-CoDA-SQ on TinyImageNet (Table 1: T = 6400; 54.4 % top-1, 58.4 % with
+    # augmentation). T, the class count, the 64 px input and SQ are the paper's; the layer plan
+    # (widths, ranks, kernels, strides) is our approximation sized to the supplement's ~62 M.
     "xl": CoDAConfig(  # approximation: M-like plan with L's wider ranks, for 64 px; ~62.9 M
         out_channels=(32, 32, 64, 64, 64, 128, 128, 128, 200),
         ranks=(64,) * 3 + (128,) * 3 + (128,) * 3,
         kernels=(3,) * 8 + (1,),
         strides=(1, 1, 2, 1, 1, 2, 1, 1, 1),
         paddings=(1,) * 8 + (0,),
-        num_classes=200, image_size=64, dataset="tinyimagenet", temperature=1e4, exact=False,
+        num_classes=200, image_size=64, dataset="tinyimagenet", temperature=6400.0, exact=False,
     ),
     "xs": CoDAConfig(  # ours: half width, half rank of S; trains on a 2-core CPU
         out_channels=(8, 8, 16, 16, 16, 32, 32, 32, 10),

@@ -113,9 +113,13 @@ def _finish(model: nn.Module, name: str, pretrained: bool, checkpoint: str | Pat
         if cfg is None:
             with_weights = ", ".join(n for n in MODELS.names() if MODELS.get(n).metadata.get(
                 "pretrained_cfg")) or "none yet"
+            data = MODELS.get(name).metadata.get("dataset", "cifar10") if name in MODELS \
+                else "cifar10"
+            flags = "" if data == "cifar10" else f" --dataset {data} --data-root DIR"
             raise CheckpointError(
                 f"{name} has no pretrained weights (zoo entries with weights: {with_weights}): "
-                f"train one with `attrib-bench train --model {name}` or pass --checkpoint PATH"
+                f"pass --checkpoint FILE{flags}, or train one with `attrib-bench train --model "
+                f"{name}{flags}`"
             )
         load_pretrained(model, cfg, weights_root, download)
     return model.eval()
@@ -153,6 +157,8 @@ for _size, _config in CONFIGS.items():
         description=_CODA_DESCRIPTIONS[_size],
         family="coda",
         dataset=_config.dataset,
+        num_classes=_config.num_classes,
+        image_size=_config.image_size,
         exact_config=_config.exact,
         paper_params_m=PAPER_PARAMS_M.get(_size),
     )

@@ -1,10 +1,10 @@
 """attrib-bench: benchmark attribution methods on image classifiers (CoDA-Nets and baselines).
 
 The public API: the registries (``create_model``, ``list_models``, ``register_model`` and the same
-for methods and metrics), the data helpers, and the errors users may catch.
+for methods, metrics and datasets), the data helpers, and the errors users may catch.
 """
 
-from attrib_bench.data import GridDataset, ImageSet, get_dataset, load_cifar10
+from attrib_bench.data import FileImageSet, GridDataset, ImageSet, get_dataset, load_cifar10
 from attrib_bench.errors import AttribBenchError
 from attrib_bench.registry import (
     create_method,
@@ -33,6 +33,7 @@ def run(*args, **kwargs):  # noqa: ANN002, ANN003 - the signature is runners.ben
 
 __all__ = [
     "AttribBenchError",
+    "FileImageSet",
     "GridDataset",
     "ImageSet",
     "create_method",

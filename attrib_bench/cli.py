@@ -11,7 +11,7 @@ import click
 import torch
 
 from attrib_bench.errors import AttribBenchError
-from attrib_bench.registry import METHODS, METRICS, MODELS, Registry, load_plugins
+from attrib_bench.registry import DATASETS, METHODS, METRICS, MODELS, Registry, load_plugins
 
 
 class _Group(click.Group):
@@ -71,12 +71,14 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", type=click.Choice(["models", "methods", "metrics", "all"]), default="all")
+@click.argument("kind", type=click.Choice(["models", "methods", "metrics", "datasets", "all"]),
+                default="all")
 @click.argument("pattern", default="*")
 @click.option("-v", "--verbose", is_flag=True, help="Models: parameter counts, weights, datasets.")
 def list_cmd(kind: str, pattern: str, verbose: bool) -> None:
     """List registered names matching PATTERN (fnmatch wildcards, e.g. '*coda*')."""
-    registries: dict[str, Registry] = {"models": MODELS, "methods": METHODS, "metrics": METRICS}
+    registries: dict[str, Registry] = {"models": MODELS, "methods": METHODS, "metrics": METRICS,
+                                       "datasets": DATASETS}
     for key, registry in registries.items():
         if kind not in (key, "all"):
             continue
@@ -86,9 +88,31 @@ def list_cmd(kind: str, pattern: str, verbose: bool) -> None:
             _print_table(_model_rows(names))
         elif key in ("methods", "metrics"):  # hyper-parameters from the signatures
             _print_hparams(registry, names)
+        elif key == "datasets":
+            _print_table(_dataset_rows(names))
         else:
             _print_table([("name", "description")]
                          + [(n, registry.get(n).description) for n in names])
+        if key == "models":  # library families: PREFIX:NAME (models/library.py)
+            for prefix, entry in registry.prefixes().items():
+                click.echo(f"  {prefix}:NAME  {entry.description}")
+
+
+def _dataset_rows(names: list[str]) -> list[tuple[str, ...]]:
+    """One row per dataset: image size and classes (at the default options; "-": as many as
+    the folders), evaluation split, options with their defaults, description."""
+    from attrib_bench.data import dataset_options
+
+    rows = [("name", "size", "classes", "eval", "options", "description")]
+    for name in names:
+        entry = DATASETS.get(name)
+        size = entry.metadata.get("image_size")
+        classes = entry.metadata.get("num_classes")
+        options = ", ".join(f"{k}={v}" for k, v in dataset_options(name).items())
+        rows.append((name, "x".join(map(str, size)) if size else "-",
+                     str(classes) if classes else "-", entry.metadata.get("eval_split", "test"),
+                     options or "-", entry.description))
+    return rows
 
 
 def _print_hparams(registry: Registry, names: list[str]) -> None:
@@ -104,35 +128,69 @@ def _print_hparams(registry: Registry, names: list[str]) -> None:
                        f"{spec.default!r}")
 
 
+def _dataset_flags(command: Any) -> Any:
+    """Add ``--dataset NAME`` and the repeatable ``--dataset-option KEY=VALUE`` to a command."""
+    command = click.option(
+        "--dataset-option", "dataset_option_items", multiple=True, metavar="KEY=VALUE",
+        help="A dataset option, e.g. image_size=32 for imagefolder (repeatable; "
+             "`attrib-bench list datasets` shows each dataset's).")(command)
+    return click.option(
+        "--dataset", "dataset", default="cifar10", show_default=True,
+        help="Registered dataset (`attrib-bench list datasets`), read from --data-root.")(command)
+
+
+def _dataset_options(name: str, items: tuple[str, ...]) -> dict[str, Any]:
+    """``--dataset-option KEY=VALUE`` items as dataset ``name``'s full options, each value parsed
+    to its declared type (:func:`attrib_bench.data.dataset_options`); one line if one is bad."""
+    from attrib_bench.data import dataset_options
+    from attrib_bench.errors import SettingError
+
+    given: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not (eq and key.strip()):
+            raise SettingError(f"--dataset-option {item!r}: use KEY=VALUE, e.g. image_size=224")
+        given[key.strip()] = value
+    return dataset_options(name, given, from_text=True)
+
+
+_DATA_ROOT_HELP = ("The dataset's folder (default: $ATTRIB_BENCH_DATA, else ../shared/data): "
+                   "CIFAR-10's parent, tiny-imagenet-200's parent, an image folder, ImageNet's "
+                   "root.")
+
+
 @cli.command("eval")
 @click.option("--model", "model_name", required=True, help="Registered model name.")
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default=None,
+              help="Split to evaluate (default: the dataset's evaluation split, test or val).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Only the first N images (dataset order).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="CIFAR-10 folder (default: $ATTRIB_BENCH_DATA, else ../shared/data).")
+@_dataset_flags
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help=_DATA_ROOT_HELP)
 @click.option("--download", is_flag=True, help="Download the dataset if it is missing.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Weights file (.safetensors or torch) instead of the zoo's.")
 @click.option("--weights-root", type=click.Path(file_okay=False), default=None,
               help="Zoo weights folder (default: $ATTRIB_BENCH_WEIGHTS, else ../shared/weights).")
-def eval_cmd(model_name: str, split: str, limit: int | None, batch_size: int, device: str,
-             data_root: str | None, download: bool, checkpoint: str | None,
-             weights_root: str | None) -> None:
-    """Top-1 accuracy of MODEL on CIFAR-10."""
-    from attrib_bench.data import load_cifar10
+def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: int, device: str,
+             dataset: str, dataset_option_items: tuple[str, ...], data_root: str | None,
+             download: bool, checkpoint: str | None, weights_root: str | None) -> None:
+    """Top-1 accuracy of MODEL on a dataset (CIFAR-10's test split by default)."""
+    from attrib_bench.data import evaluation_split, get_dataset
     from attrib_bench.evaluation import predict_logits, resolve_device, top1_accuracy
     from attrib_bench.registry import create_model
 
+    options = _dataset_options(dataset, dataset_option_items)  # a bad name fails first
     torch_device = resolve_device(device)
     from attrib_bench.models.zoo import checkpoint_kwargs
 
     model = create_model(model_name, pretrained=checkpoint is None, checkpoint=checkpoint,
                          **checkpoint_kwargs(model_name, checkpoint),
                          weights_root=weights_root)
-    images = load_cifar10(split, root=data_root, download=download).subset(limit)
+    images = get_dataset(dataset, split or evaluation_split(dataset), root=data_root,
+                         download=download, **options).subset(limit)
     start = time.perf_counter()
     logits = predict_logits(model, images, batch_size, torch_device)
     seconds = time.perf_counter() - start
@@ -181,8 +239,10 @@ def eval_cmd(model_name: str, split: str, limit: int | None, batch_size: int, de
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt.")
 @click.option("--stop-after", type=click.IntRange(min=1), default=None,
               help="Stop after this many epochs in this call (resume later).")
+@_dataset_flags
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="CIFAR-10 folder, or a folder packed by `python -m attrib_bench.packed`.")
+              help=_DATA_ROOT_HELP[:-1] + "; for CIFAR-10 also a folder packed by `python -m "
+                   "attrib_bench.packed`.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Train on the first N training images only (smoke tests).")
 @click.option("--test-limit", type=click.IntRange(min=1), default=None,
@@ -193,12 +253,13 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
               time_budget: float | None, eval_every: int, amp: str, tf32: bool,
               channels_last: bool, compile_model: bool, lambda_reg: float, seed: int,
               device: str, out_dir: str | None, resume: bool, stop_after: int | None,
-              data_root: str | None, limit: int | None, test_limit: int | None,
-              quiet: bool) -> None:
-    """Train MODEL on CIFAR-10 (the authors' recipe by default); export safetensors + sidecar."""
+              dataset: str, dataset_option_items: tuple[str, ...], data_root: str | None,
+              limit: int | None, test_limit: int | None, quiet: bool) -> None:
+    """Train MODEL on a dataset's train split, evaluating on its evaluation split (CIFAR-10 and
+    the authors' recipe by default); export safetensors + sidecar."""
     from pathlib import Path
 
-    from attrib_bench.data import load_cifar10
+    from attrib_bench.data import evaluation_split, get_dataset
     from attrib_bench.evaluation import resolve_device
     from attrib_bench.registry import MODELS
     from attrib_bench.runners.train import (
@@ -214,6 +275,7 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     if lambda_reg > 0 and entry.metadata.get("family") != "coda":
         raise click.UsageError(f"--lambda needs a CoDA-Net (a model with a linear map "
                                f"W0→L(x)); {model_name} is not one")
+    options = _dataset_options(dataset, dataset_option_items)  # and bad datasets here
     torch_device = resolve_device(device)
     config = TrainConfig(model=model_name, temperature=temperature, norm=norm, epochs=epochs,
                          batch_size=batch_size, lr=lr, lr_scaling=lr_scaling,
@@ -225,8 +287,9 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     run_dir = Path(out_dir or f"runs/train/{model_name}-{norm}-t{temperature:g}")
     if resume and not (run_dir / "checkpoint.pt").exists():
         click.echo(f"--resume: {run_dir} has no checkpoint.pt yet; starting a new run", err=True)
-    train_set = load_cifar10("train", root=data_root).subset(limit)
-    test_set = load_cifar10("test", root=data_root).subset(test_limit)
+    train_set = get_dataset(dataset, "train", root=data_root, **options).subset(limit)
+    test_set = get_dataset(dataset, evaluation_split(dataset), root=data_root,
+                           **options).subset(test_limit)
     model = train(config, train_set, test_set, run_dir, torch_device, resume=resume,
                   stop_after_epochs=stop_after, started_at=started_at, bars=not quiet)
     status = training_status(run_dir)
@@ -281,8 +344,8 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
 @click.option("--set", "settings", multiple=True, metavar="NAME.KEY=VALUE",
               help="A method or metric hyper-parameter, e.g. rise.n_masks=500 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace a run with another config in --out.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="CIFAR-10 folder (default: $ATTRIB_BENCH_DATA, else ../shared/data).")
+@_dataset_flags
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help=_DATA_ROOT_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--dry-run", is_flag=True,
               help="Build and check every model, method, metric and setting, print the plan, "
@@ -298,10 +361,12 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
 def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None,
             chunk_size: int | None, old_batch_size: int | None, device: str, out_dir: str,
             cache_dir: str | None, seed: int, checkpoint: str | None,
-            settings: tuple[str, ...], overwrite: bool, data_root: str | None,
+            settings: tuple[str, ...], overwrite: bool, dataset: str,
+            dataset_option_items: tuple[str, ...], data_root: str | None,
             quiet: bool, dry_run: bool, executor: str, scheduler: str | None,
             workers: int | None) -> None:
-    """Benchmark METHODs on MODELs under METRICs; writes tidy tables to OUT."""
+    """Benchmark METHODs on MODELs under METRICs on a dataset's evaluation split (CIFAR-10's
+    test by default); writes tidy tables to OUT."""
     import json
 
     import pandas as pd
@@ -316,8 +381,10 @@ def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None,
         chunk_size = old_batch_size
     run(models, methods, metrics, n_samples=n_samples, chunk_size=chunk_size or 32,
         device=device, out=out_dir, cache=cache_dir, seed=seed, checkpoint=checkpoint,
-        overwrite=overwrite, data_root=data_root, settings=settings, progress=not quiet,
-        dry_run=dry_run, executor=executor, scheduler=scheduler, workers=workers)
+        overwrite=overwrite, dataset=dataset,
+        dataset_options=_dataset_options(dataset, dataset_option_items), data_root=data_root,
+        settings=settings, progress=not quiet, dry_run=dry_run, executor=executor,
+        scheduler=scheduler, workers=workers)
     if dry_run:
         plan = run.last_plan  # type: ignore[attr-defined]
         for job in plan.jobs:
@@ -385,18 +452,22 @@ def report_cmd(results_dirs: tuple[str, ...], out_file: str | None) -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Weights file instead of the zoo's.")
-@click.option("--data-root", type=click.Path(file_okay=False), default=None,
-              help="CIFAR-10 folder (default: $ATTRIB_BENCH_DATA, else ../shared/data).")
+@_dataset_flags
+@click.option("--data-root", type=click.Path(file_okay=False), default=None, help=_DATA_ROOT_HELP)
 def examples_cmd(model_name: str, methods: str, results_dir: str, count: int, seed: int,
-                 device: str, checkpoint: str | None, data_root: str | None) -> None:
-    """Compute the maps of the qualitative sheets (Fig. 7, Fig. 8) for one model."""
-    from attrib_bench.data import get_dataset
+                 device: str, checkpoint: str | None, dataset: str,
+                 dataset_option_items: tuple[str, ...], data_root: str | None) -> None:
+    """Compute the maps of the qualitative sheets (Fig. 7, Fig. 8) for one model, on a
+    dataset's evaluation split (CIFAR-10's test by default)."""
+    from attrib_bench.data import evaluation_split, get_dataset
     from attrib_bench.evaluation import resolve_device
     from attrib_bench.registry import create_model
     from attrib_bench.runners.examples import compute_examples, examples_file, save_examples
 
+    options = _dataset_options(dataset, dataset_option_items)
     model = create_model(model_name, pretrained=checkpoint is None, checkpoint=checkpoint)
-    examples = compute_examples(model, model_name, get_dataset("cifar10", "test", root=data_root),
+    images = get_dataset(dataset, evaluation_split(dataset), root=data_root, **options)
+    examples = compute_examples(model, model_name, images,
                                 [m.strip() for m in methods.split(",") if m.strip()], count,
                                 seed=seed, device=resolve_device(device))
     click.echo(str(save_examples(examples, examples_file(results_dir, model_name))))

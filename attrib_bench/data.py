@@ -1,27 +1,45 @@
-"""Datasets as uint8 tensors, and the n x n multi-image grids of the CoDA-Nets localisation metric.
+"""Datasets by name, CIFAR-10, and the n x n multi-image grids of the CoDA-Nets localisation metric.
 
-Images are decoded once into an :class:`ImageSet` (uint8, (N, 3, H, W)) and converted to float
-in [0, 1] only when a batch is needed. :class:`GridDataset` reproduces the grid sampling of the
+:func:`get_dataset` loads any dataset registered in :data:`attrib_bench.registry.DATASETS`
+(built-ins in :mod:`attrib_bench.datasets`: cifar10, tinyimagenet, imagefolder, imagenet) as an
+image set: an :class:`ImageSet` decoded once into memory (uint8, (N, 3, H, W)), or a
+:class:`FileImageSet` that decodes the files a batch needs; either becomes float in [0, 1] only
+when a batch is needed. :class:`GridDataset` reproduces the grid sampling of the
 CoDA-Nets authors' code (paper eq. 11): n*n confidently and correctly classified images of distinct
 classes, most confident first, drawn with ``np.random.RandomState(seed)``.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from attrib_bench.cifar10 import read_cifar10
-from attrib_bench.errors import DataNotFoundError, InputShapeError
-from attrib_bench.imageset import DATA_ENV_VAR, SPLITS, ImageSet, resolve_data_root
+from attrib_bench.errors import DataNotFoundError, InputShapeError, SettingError
+from attrib_bench.hparams import accepts_any, hparams_of, resolve
+from attrib_bench.imageset import (
+    DATA_ENV_VAR,
+    SPLITS,
+    BaseImageSet,
+    FileImageSet,
+    ImageSet,
+    resolve_data_root,
+)
+from attrib_bench.registry import DATASETS
 
 #: Re-exported: ``from attrib_bench.data import ImageSet`` is the documented spelling.
-__all__ = ["DATA_ENV_VAR", "SPLITS", "GridDataset", "ImageSet", "cell_slices", "class_pools",
-           "compose_grids", "get_dataset", "load_cifar10", "resolve_data_root", "sample_grids"]
+__all__ = ["DATA_ENV_VAR", "SPLITS", "BaseImageSet", "FileImageSet", "GridDataset", "ImageSet",
+           "cell_slices", "class_pools", "compose_grids", "dataset_options", "evaluation_split",
+           "get_dataset", "load_cifar10", "resolve_data_root", "sample_grids"]
+
+#: The parameters every dataset factory has; its other keyword parameters are its options.
+COMMON_PARAMETERS = ("split", "root", "download")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -54,18 +72,47 @@ def _load_cifar10_cached(split: str, root: str, download: bool) -> ImageSet:
     return read_cifar10(split, root, download)
 
 
-_LOADERS: dict[str, Callable[..., ImageSet]] = {"cifar10": load_cifar10}
-
-
 def get_dataset(name: str, split: str = "test", root: str | Path | None = None,
-                download: bool = False) -> ImageSet:
-    """Load dataset ``name`` (currently only "cifar10") as an :class:`ImageSet`."""
-    loader = _LOADERS.get(name.lower())
-    if loader is None:
-        raise DataNotFoundError(
-            f"unknown dataset {name!r}: use one of {', '.join(sorted(_LOADERS))}"
-        )
-    return loader(split=split, root=root, download=download)
+                download: bool = False, **options: Any) -> BaseImageSet:
+    """Split ``split`` of the dataset registered as ``name`` (``attrib-bench list datasets``).
+
+    ``options`` are the dataset's own (e.g. ``image_size=224`` for imagefolder), checked against
+    its factory's signature (:func:`dataset_options`). An unknown name is one
+    :class:`~attrib_bench.errors.UnknownNameError` line with the close matches.
+    """
+    factory = DATASETS.get(name).factory
+    return factory(split=split, root=root, download=download,
+                   **dataset_options(name, options))
+
+
+def dataset_options(name: str, given: Mapping[str, Any] | None = None, *,
+                    from_text: bool = False) -> dict[str, Any]:
+    """Dataset ``name``'s full options: each keyword parameter of its factory other than
+    :data:`COMMON_PARAMETERS`, at its default unless ``given`` (as values, or as text from
+    ``--dataset-option KEY=VALUE`` when ``from_text``), checked against its declared type.
+
+    An unknown or common key is one :class:`~attrib_bench.errors.SettingError` line.
+    """
+    given = dict(given or {})
+    factory = DATASETS.get(name).factory
+    options = [key for key in hparams_of(factory) if key not in COMMON_PARAMETERS]
+    for key in given:
+        if key in COMMON_PARAMETERS:
+            flag = "--data-root" if key == "root" else f"--{key}"
+            raise SettingError(f"dataset {name!r}: {key} is not an option: use {flag}")
+        if key not in options and not accepts_any(factory):
+            close = difflib.get_close_matches(key, options, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else "none is close"
+            raise SettingError(f"dataset {name!r} has no option {key!r}: {hint} (it has "
+                               f"{', '.join(options) or 'none'})")
+    config = resolve(f"dataset {name!r}", factory, given, from_text=from_text)
+    return {key: value for key, value in config.items() if key not in COMMON_PARAMETERS}
+
+
+def evaluation_split(name: str) -> str:
+    """The split dataset ``name`` is evaluated on (its ``eval_split`` metadata; default
+    "test"): CIFAR-10's test, TinyImageNet's and ImageNet's val."""
+    return str(DATASETS.get(name).metadata.get("eval_split", "test"))
 
 
 # ----------------------------------------------------------------------------- grids
@@ -201,7 +248,8 @@ def _confident(logits: torch.Tensor, labels: torch.Tensor, probability: str = "s
 
 
 class GridDataset(torch.utils.data.Dataset):
-    """n x n multi-image grids for the localisation metric, built from an :class:`ImageSet`.
+    """n x n multi-image grids for the localisation metric, built from an image set (in memory
+    or file-backed: only the grids' cells are decoded).
 
     ``logits`` (N, K) are a model's outputs on ``image_set``; grids are drawn by
     :func:`sample_grids`. ``indices`` and ``classes`` are int64 (G, n*n); item i is
@@ -209,7 +257,7 @@ class GridDataset(torch.utils.data.Dataset):
     pool of confident images runs out (then ``exhausted`` is True).
     """
 
-    def __init__(self, image_set: ImageSet, logits: torch.Tensor, n: int = 3,
+    def __init__(self, image_set: BaseImageSet, logits: torch.Tensor, n: int = 3,
                  num_grids: int = 500, seed: int = 42, probability: str = "sigmoid") -> None:
         if isinstance(logits, torch.Tensor) and logits.dim() == 2:
             if logits.shape[0] != len(image_set):
@@ -243,7 +291,7 @@ class GridDataset(torch.utils.data.Dataset):
         idx = self.indices[index]
         if idx.dim() == 1:  # a scalar index: keep the batch dimension
             idx = idx[None]
-        cells = self.image_set.images[idx]  # (B, n*n, C, H, W) uint8
+        cells = self.image_set.uint8(idx)  # (B, n*n, C, H, W) uint8
         grids = compose_grids(cells).float().div_(255.0)
         return grids, self.classes[index].reshape(idx.shape)
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from attrib_bench.data import ImageSet
 from attrib_bench.errors import AttribBenchError
+from attrib_bench.imageset import BaseImageSet
 
 
 def resolve_device(name: str = "cpu") -> torch.device:
@@ -106,21 +106,24 @@ INFERENCE_BATCH = 500
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: ImageSet, batch_size: int = INFERENCE_BATCH,
-                   device: str | torch.device = "cpu", progress: bool = True) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: BaseImageSet, batch_size: int = INFERENCE_BATCH,
+                   device: str | torch.device = "cpu", progress: bool = True,
+                   workers: int | None = None) -> torch.Tensor:
     """Logits (N, K) of ``model`` on every image of ``images``, in dataset order, on the CPU.
 
-    Images travel as uint8 and become float in [0, 1] on ``device``, batch by batch; the logits
-    stay there until the end (one transfer, no host sync per batch). On a GPU in IEEE float32
-    (:func:`ieee_float32`).
+    Images travel as uint8 (:meth:`~attrib_bench.imageset.BaseImageSet.batches`) and become
+    float in [0, 1] on ``device``, batch by batch; the logits stay there until the end (one
+    transfer, no host sync per batch). On a GPU in IEEE float32 (:func:`ieee_float32`).
+    ``workers``: processes decoding a file-backed set (None:
+    :func:`~attrib_bench.imageset.default_decode_workers`); an in-memory set ignores it.
     """
     device = torch.device(device)
     model = model.to(device).eval()
     outputs = []
     with ieee_float32(device), tqdm(total=len(images), desc=f"eval {images.name}", unit="img",
                                     disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, len(images), batch_size):
-            batch = images.images[start:start + batch_size].to(device, non_blocking=True)
+        for batch, _ in images.batches(batch_size, workers):
+            batch = batch.to(device, non_blocking=True)
             outputs.append(model(batch.float().div_(255)).float())
             bar.update(len(batch))
     return torch.cat(outputs).cpu()

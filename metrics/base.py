@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attrib_bench.data import ImageSet
+from attrib_bench.data import BaseImageSet
 from attrib_bench.evaluation import INFERENCE_BATCH, predict_logits
 from attrib_bench.hparams import convert, hparams_of
 
@@ -64,7 +64,7 @@ class SampleSet:
 
 
 #: ``predict(model, dataset) -> logits (N, K)`` on the CPU, every image in dataset order.
-Predict = Callable[[nn.Module, ImageSet], torch.Tensor]
+Predict = Callable[[nn.Module, BaseImageSet], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class SelectContext:
     predict: Predict | None = None
     progress: bool = False
 
-    def logits(self, model: nn.Module, dataset: ImageSet) -> torch.Tensor:
+    def logits(self, model: nn.Module, dataset: BaseImageSet) -> torch.Tensor:
         """(N, K) float logits of ``model`` on every image of ``dataset``, on the CPU."""
         if self.predict is not None:
             return self.predict(model, dataset)
@@ -157,7 +157,7 @@ class Metric:
         """The model the metric explains (default: ``model``; DiFull wraps it). Called once."""
         return model
 
-    def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
+    def select(self, model: nn.Module, dataset: BaseImageSet, n_samples: int | None,
                ctx: SelectContext) -> SampleSet:
         """The samples to evaluate (deterministic; ``n_samples`` None: the paper's number).
 

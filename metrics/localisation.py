@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from attrib_bench.checks import check_images
-from attrib_bench.data import GridDataset, ImageSet, compose_grids
+from attrib_bench.data import BaseImageSet, GridDataset, compose_grids
 from attrib_bench.errors import InputShapeError, MetricError
 from attrib_bench.metrics.base import (
     EvalContext,
@@ -134,7 +134,7 @@ class Localisation(Metric):
         super().__init__(**values)
         self.n, self.num_grids, self.seed = values["n"], values["num_grids"], values["seed"]
 
-    def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
+    def select(self, model: nn.Module, dataset: BaseImageSet, n_samples: int | None,
                ctx: SelectContext) -> SampleSet:
         """The grids: pool logits of ``model`` on all of ``dataset``, then the authors' sampling.
 

@@ -67,9 +67,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrib_bench.data import ImageSet
+from attrib_bench.data import BaseImageSet
 from attrib_bench.errors import MetricError
-from attrib_bench.evaluation import eval_mode
+from attrib_bench.evaluation import INFERENCE_BATCH, eval_mode
 from attrib_bench.metrics.base import (
     EvalContext,
     Metric,
@@ -113,6 +113,17 @@ Fill = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------- ranking, steps
+
+
+def channel_means(dataset: BaseImageSet, batch_size: int = INFERENCE_BATCH) -> list[float]:
+    """Per-channel mean of every pixel of ``dataset`` in [0, 1]: (C,) floats, summed exactly in
+    float64 over uint8 batches (one pass; a file-backed set is decoded batch by batch)."""
+    sums = torch.zeros(dataset.channels, dtype=torch.float64)
+    for batch, _ in dataset.batches(batch_size, workers=None):
+        sums += batch.sum(dim=(0, 2, 3), dtype=torch.float64)
+    height, width = dataset.image_size
+    count = len(dataset) * height * width * 255.0
+    return (sums / max(count, 1.0)).tolist()
 
 
 def pixels_per_step(height: int, width: int, fraction: float, steps: int) -> int:
@@ -541,7 +552,7 @@ class PixelRemoval(Metric):
         """The ``mean`` baseline's value: the hparam, else select's dataset, else CIFAR-10's."""
         return self.hparams["mean"] or self._dataset_mean or list(CIFAR10_MEAN)
 
-    def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
+    def select(self, model: nn.Module, dataset: BaseImageSet, n_samples: int | None,
                ctx: SelectContext) -> SampleSet:
         """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets.
 
@@ -561,12 +572,10 @@ class PixelRemoval(Metric):
                                 "max_removed": self.hparams["steps"] * k,
                                 "image_pixels": height * width}
         if baseline == "mean" and self.hparams["mean"] is None:
-            sums = dataset.images.sum(dim=(0, 2, 3), dtype=torch.float64)
-            count = len(dataset) * height * width * 255.0
-            self._dataset_mean = (sums / max(count, 1.0)).tolist()
+            self._dataset_mean = channel_means(dataset)
         if baseline == "mean":
             info["mean"] = self.channel_mean()
-            channels = dataset.images.shape[1]
+            channels = dataset.channels
             if len(info["mean"]) != channels:
                 raise MetricError(f"metric 'pixel-removal': mean has {len(info['mean'])} values "
                                   f"but {dataset.name} has {channels} channels: give one per "

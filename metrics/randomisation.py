@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrib_bench.data import ImageSet
+from attrib_bench.data import BaseImageSet
 from attrib_bench.errors import InputShapeError, MetricError
 from attrib_bench.evaluation import forward_with_hooks
 from attrib_bench.metrics.base import (
@@ -269,7 +269,7 @@ class Randomisation(Metric):
         modes = self.hparams["modes"]
         return MODES if modes == "both" else (modes,)
 
-    def select(self, model: nn.Module, dataset: ImageSet, n_samples: int | None,
+    def select(self, model: nn.Module, dataset: BaseImageSet, n_samples: int | None,
                ctx: SelectContext) -> SampleSet:
         """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from attrib_bench import evaluation
-from attrib_bench.data import ImageSet, get_dataset
+from attrib_bench.data import BaseImageSet, get_dataset
 from attrib_bench.errors import MetricError, NotApplicableError, RunError
 from attrib_bench.evaluation import count_parameters, eval_mode, resolve_device
 from attrib_bench.metrics.base import ROW_COLUMNS, Metric, SampleSet, SelectContext
@@ -160,6 +160,7 @@ def _prepare_out(out: Store, identity: dict[str, Any], overwrite: bool) -> None:
             previous = {}
         if "batch_size" in previous and "chunk_size" not in previous:  # before the rename
             previous["chunk_size"] = previous.pop("batch_size")
+        previous.setdefault("dataset_options", {})  # runs from before dataset options
         nothing_done = not out.glob("parts", "*", "*", "*", "chunk-*.parquet")
         if previous != identity:
             if not overwrite and not nothing_done:  # a run that wrote no chunk loses nothing
@@ -213,8 +214,9 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
         seed: int = 0,
         checkpoint: str | None = None,
         overwrite: bool = False,
-        dataset: str | ImageSet = "cifar10",
+        dataset: str | BaseImageSet = "cifar10",
         data_root: str | Path | None = None,
+        dataset_options: Mapping[str, Any] | None = None,
         method_hparams: Mapping[str, Mapping[str, Any]] | None = None,
         metric_hparams: Mapping[str, Mapping[str, Any]] | None = None,
         settings: Iterable[str] = (),
@@ -231,10 +233,15 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
     user's own models; ``methods``/``metrics``: names or "all"; ``n_samples`` shrinks each metric's
     default sample count; ``chunk_size``: samples per chunk, the unit that is written, resumed
     and distributed (methods batch their own forwards, ``max_batch``); ``dataset``: a registered
-    dataset name or an :class:`ImageSet`; ``*_hparams``: per-name hyper-parameters as Python
-    values, ``settings``: the same as ``"NAME.KEY=VALUE"`` text (the CLI's ``--set``), parsed to
-    each hyper-parameter's declared type (:mod:`attrib_bench.hparams`). ``out``: a folder or an
-    fsspec URL (``memory://``, ``s3://``…); None uses a temporary folder. ``cache``: the cache
+    dataset name (``attrib-bench list datasets``; read from ``data_root``, its evaluation split:
+    CIFAR-10's test, TinyImageNet's and ImageNet's val) or an image set (an
+    :class:`~attrib_bench.imageset.ImageSet` or :class:`~attrib_bench.imageset.FileImageSet`);
+    ``dataset_options``: the named dataset's options as Python values (e.g. imagefolder's
+    ``{"image_size": 32}``), resolved with their defaults into the config; ``*_hparams``:
+    per-name hyper-parameters as Python values, ``settings``: the same as ``"NAME.KEY=VALUE"``
+    text (the CLI's ``--set``), parsed to each hyper-parameter's declared type
+    (:mod:`attrib_bench.hparams`). ``out``: a folder or an fsspec URL (``memory://``,
+    ``s3://``…); None uses a temporary folder. ``cache``: the cache
     folder (attribution maps, pool logits; default ``out/cache``): runs that share one reuse
     each other's maps and sample-selection logits. ``executor="dask"`` runs each (model, method,
     metric, chunk) as a Dask task: on ``client`` (a ``distributed.Client``), on the cluster at
@@ -262,16 +269,17 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
         chunk_size = batch_size
     check_executor(executor, scheduler, workers, client)
     given_models = dict(models) if isinstance(models, Mapping) else {}
-    dataset_name = dataset.name if isinstance(dataset, ImageSet) else str(dataset)
     config = run_config(split_names(models), methods, metrics, n_samples=n_samples,
-                        chunk_size=chunk_size, seed=seed, dataset=dataset_name,
+                        chunk_size=chunk_size, seed=seed, dataset=dataset,
                         checkpoint=checkpoint, method_hparams=method_hparams,
-                        metric_hparams=metric_hparams, settings=settings)
+                        metric_hparams=metric_hparams, settings=settings,
+                        dataset_options=dataset_options)
     out_store = _check_out(out)
     cache_store = _check_out(cache, "--cache", "cache")
     torch_device = resolve_device(device)
-    images = (dataset if isinstance(dataset, ImageSet)
-              else get_dataset(dataset, config.split, root=data_root))
+    images = (dataset if isinstance(dataset, BaseImageSet)
+              else get_dataset(config.dataset, config.split, root=data_root,
+                               **config.dataset_options))
     runner = _executor(executor, client, scheduler, workers, progress) if not dry_run else None
     try:
         with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
@@ -392,7 +400,7 @@ def _load_model(name: str, model: nn.Module | None, checkpoint: str | None,
     return model.to(device).eval()
 
 
-def _select(name: str, metric: Metric, model: nn.Module, images: ImageSet,
+def _select(name: str, metric: Metric, model: nn.Module, images: BaseImageSet,
             n_samples: int | None, ctx: SelectContext) -> SampleSet:
     """``metric.select``; a metric written for the old (device, batch_size) contract (or any
     other number of parameters) is one line naming the fix."""
@@ -406,7 +414,7 @@ def _select(name: str, metric: Metric, model: nn.Module, images: ImageSet,
 
 
 def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
-             images: ImageSet, given_models: Mapping[str, nn.Module],
+             images: BaseImageSet, given_models: Mapping[str, nn.Module],
              progress: bool = False) -> Plan:
     """Build and check every (model, method, metric) part; nothing is written.
 
@@ -421,10 +429,10 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
     pool = PoolLogits(cache.child("logits"), device, progress=progress,
                       hashes={id(model): hashes[name] for name, model in loaded.items()})
     select_ctx = SelectContext(device, pool.predict, progress)
-    for model in loaded.values():
+    for name, model in loaded.items():
         x = images.float_images(slice(0, 1)).to(device)
         with torch.inference_mode(), eval_mode(model):
-            check_logits(model(x), 1, model)
+            check_classes(name, check_logits(model(x), 1, model), images)
     skipped: list[dict[str, str]] = []
     refused: dict[str, NotApplicableError] = {}
     jobs: list[PartJob] = []
@@ -473,6 +481,18 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
     return Plan(loaded, hashes, metrics, jobs, samples_info, skipped, pool)
 
 
+def check_classes(name: str, logits: torch.Tensor, images: BaseImageSet) -> None:
+    """One :class:`RunError` line unless the model's K (``logits`` (B, K)) is the dataset's
+    class count: a target index would name another class (a 1000-class ImageNet model on
+    CIFAR-10's 10 classes)."""
+    k, n = int(logits.shape[1]), images.num_classes
+    if k != n:
+        raise RunError(f"{name} has {k} classes, {images.name} has {n}: use a model for {n} "
+                       f"classes (torchvision:/timm: models take --checkpoint FILE with a "
+                       f"{n}-class head, or num_classes={n} from Python) or a dataset with {k} "
+                       "classes")
+
+
 def _gather(out: Store, config: RunConfig, parts: list[Part]) -> pd.DataFrame:
     """Every verified chunk of this run's ``parts``, in (model, method, metric, sample) order.
 
@@ -514,10 +534,14 @@ def _write_tables(out: Store, results: pd.DataFrame, summary: pd.DataFrame) -> N
 def _model_info(model: nn.Module, digest: str) -> dict[str, Any]:
     """What plots and reports need to know about a model: class, size, temperature, weights."""
     temperature = getattr(model, "temperature", None)
-    return {"class": type(model).__qualname__,
+    info = {"class": type(model).__qualname__,
             "parameters": count_parameters(model),
             "temperature": float(temperature) if isinstance(temperature, (int, float)) else None,
             "sha256": digest}
+    checkpoint_sha256 = getattr(model, "checkpoint_sha256", None)
+    if checkpoint_sha256:  # a library model's weights file (torchvision:/timm: --checkpoint)
+        info["checkpoint_sha256"] = checkpoint_sha256
+    return info
 
 
 def _manifest_extras(results: pd.DataFrame, plan: Plan, done: list[ChunkResult],

@@ -28,22 +28,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
 
-from attrib_bench.data import ImageSet
 from attrib_bench.evaluation import INFERENCE_BATCH, predict_logits
+from attrib_bench.imageset import BaseImageSet, tensor_digest
 from attrib_bench.runners.storage import Store, atomic_write
 
 __all__ = ["AttributionCache", "CacheStats", "PoolLogits", "atomic_write", "cached_explainer",
            "model_digest", "tensor_digest"]
-
-
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    """sha256 over the dtypes, shapes and bytes of ``tensors`` (on any device)."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        data = tensor.detach().contiguous().cpu()
-        digest.update(f"{data.dtype}{tuple(data.shape)}".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
 
 
 def model_digest(model: nn.Module) -> str:
@@ -159,16 +149,18 @@ class PoolLogits:
         """Hits (in memory or in the cache folder), misses (passes computed), corrupt entries."""
         return CacheStats(self._hits + self.cache.hits, self._computed, self.cache.corrupt)
 
-    def key(self, model: nn.Module, dataset: ImageSet) -> str:
-        """sha256 of the model's weights hash, the dataset's name and its images and labels."""
+    def key(self, model: nn.Module, dataset: BaseImageSet) -> str:
+        """sha256 of the model's weights hash, the dataset's name and its content digest
+        (:meth:`~attrib_bench.imageset.BaseImageSet.digest`: images and labels in memory, or
+        each file's path, size, mtime and label), computed once per dataset object."""
         model_hash = self.hashes.get(id(model)) or model_digest(model)
         data = self._datasets.get(id(dataset))
         if data is None:
-            data = self._datasets[id(dataset)] = tensor_digest(dataset.images, dataset.labels)
+            data = self._datasets[id(dataset)] = dataset.digest()
         text = json.dumps({"model": model_hash, "dataset": dataset.name, "data": data})
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def predict(self, model: nn.Module, dataset: ImageSet) -> torch.Tensor:
+    def predict(self, model: nn.Module, dataset: BaseImageSet) -> torch.Tensor:
         """The logits (N, K) of ``model`` on every image of ``dataset``, on the CPU."""
         key = self.key(model, dataset)
         if key in self._memory:

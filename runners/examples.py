@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from attrib_bench.data import ImageSet
+from attrib_bench.data import BaseImageSet
 from attrib_bench.errors import NotApplicableError, PlotError
 from attrib_bench.evaluation import predict_logits
 from attrib_bench.metrics.base import SelectContext
@@ -51,17 +51,11 @@ class Examples:
 GRID_POOL = 2000
 
 
-def _head(dataset: ImageSet, count: int) -> ImageSet:
-    """The first ``count`` images of ``dataset``."""
-    return ImageSet(dataset.images[:count], dataset.labels[:count], dataset.class_names,
-                    dataset.name)
-
-
-def pick_images(model: nn.Module, dataset: ImageSet, count: int, device: torch.device
+def pick_images(model: nn.Module, dataset: BaseImageSet, count: int, device: torch.device
                 ) -> np.ndarray:
     """Indices of the first correctly classified test image of each of the first ``count``
     classes (dataset order), so the sheet shows distinct, fairly explained classes."""
-    head = _head(dataset, 50 * count)  # enough for every class on CIFAR-sized sets
+    head = dataset.subset(50 * count)  # enough for every class on CIFAR-sized sets
     predicted = predict_logits(model, head, device=device, progress=False).argmax(1)
     chosen: dict[int, int] = {}
     for index in torch.nonzero(predicted == head.labels).flatten().tolist():
@@ -69,7 +63,7 @@ def pick_images(model: nn.Module, dataset: ImageSet, count: int, device: torch.d
     return np.array([chosen[c] for c in sorted(chosen)[:count]], dtype=np.int64)
 
 
-def compute_examples(model: nn.Module, name: str, dataset: ImageSet,
+def compute_examples(model: nn.Module, name: str, dataset: BaseImageSet,
                      methods: Iterable[str] = ("all",), count: int = 6, grid_n: int = 3,
                      grid_method: str = "inherent", seed: int = 0,
                      device: str | torch.device = "cpu") -> Examples:
@@ -97,7 +91,7 @@ def compute_examples(model: nn.Module, name: str, dataset: ImageSet,
         explain = _default_method(grid_method, model, seed)
     except NotApplicableError:
         return found
-    pool = _head(dataset, GRID_POOL)  # one grid needs only a few confident images per class
+    pool = dataset.subset(GRID_POOL)  # one grid needs only a few confident images per class
     samples = Localisation(n=grid_n).select(model, pool, 1, SelectContext(device))
     grid, cells = samples.fetch(samples.ids[:1])  # on the CPU
     cells = cells.reshape(-1)

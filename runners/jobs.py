@@ -59,6 +59,8 @@ class RunConfig:
     #: methods/metrics were "all": a part that does not apply is skipped, not an error
     all_methods: bool = False
     all_metrics: bool = False
+    #: the dataset's options, resolved (defaults included), e.g. imagefolder's image_size
+    dataset_options: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))

@@ -14,7 +14,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from attrib_bench import hparams
+from attrib_bench.data import dataset_options as resolve_dataset_options
+from attrib_bench.data import evaluation_split
 from attrib_bench.errors import RunError, SettingError
+from attrib_bench.imageset import BaseImageSet
 from attrib_bench.registry import METHODS, METRICS
 from attrib_bench.runners.jobs import RunConfig
 
@@ -103,15 +106,36 @@ def check_executor(executor: str, scheduler: str | None, workers: int | None,
         raise RunError(f"--workers must be >= 1, got {workers}")
 
 
+def resolve_dataset(dataset: str | BaseImageSet, options: Mapping[str, Any] | None = None
+                    ) -> tuple[str, str, dict[str, Any]]:
+    """(name, split, full options) of a run's dataset.
+
+    A registered name: its evaluation split (metadata ``eval_split``: CIFAR-10's test,
+    TinyImageNet's val) and its options resolved against the factory
+    (:func:`attrib_bench.data.dataset_options`; an unknown name or option is one line). An image
+    set given as is: its ``name``, split "test" and no options (it is already built).
+    """
+    if isinstance(dataset, BaseImageSet):
+        if options:
+            raise RunError(f"dataset options {sorted(options)} apply to a dataset given by name, "
+                           f"not to the image set {dataset.name!r}: build the set with them")
+        return dataset.name, "test", {}
+    name = str(dataset)
+    return name, evaluation_split(name), resolve_dataset_options(name, options)
+
+
 def run_config(models: list[str], methods: str | Iterable[str], metrics: str | Iterable[str],
-               *, n_samples: int | None, chunk_size: int, seed: int, dataset: str,
-               checkpoint: str | None,
+               *, n_samples: int | None, chunk_size: int, seed: int,
+               dataset: str | BaseImageSet, checkpoint: str | None,
                method_hparams: Mapping[str, Mapping[str, Any]] | None,
                metric_hparams: Mapping[str, Mapping[str, Any]] | None,
-               settings: Iterable[str]) -> RunConfig:
+               settings: Iterable[str],
+               dataset_options: Mapping[str, Any] | None = None) -> RunConfig:
     """The run's :class:`RunConfig`: names checked (unknown ones with close matches), sizes
     checked, every selected method's and metric's configuration resolved (``*_hparams`` as
-    Python values, ``settings`` as NAME.KEY=VALUE text, the latter parsed to declared types)."""
+    Python values, ``settings`` as NAME.KEY=VALUE text, the latter parsed to declared types),
+    and the dataset's name, evaluation split and options (:func:`resolve_dataset`)."""
+    dataset_name, split, options = resolve_dataset(dataset, dataset_options)
     metric_names = split_names(metrics)
     all_metrics = metric_names == ["all"]
     if all_metrics:
@@ -143,5 +167,5 @@ def run_config(models: list[str], methods: str | Iterable[str], metrics: str | I
         name, (metric_hparams or {}).get(name, {})), text_metrics.get(name, {}))
         for name in metric_names}
     return RunConfig(models, selected_methods, metric_names, n_samples, chunk_size, seed,
-                     dataset, "test", checkpoint, method_configs, metric_configs,
-                     all_methods, all_metrics)
+                     dataset_name, split, checkpoint, method_configs, metric_configs,
+                     all_methods, all_metrics, options)

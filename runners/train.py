@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from attrib_bench.data import ImageSet
+from attrib_bench.data import BaseImageSet, ImageSet
 from attrib_bench.errors import CheckpointError, TrainError
 from attrib_bench.evaluation import predict_logits, set_tf32, top1_accuracy
 from attrib_bench.perf import retain_freed_memory
@@ -318,7 +318,7 @@ class BudgetPlan:
 
 
 def _probe_step_seconds(model: nn.Module, config: TrainConfig, device: torch.device, step,
-                        images: torch.Tensor, labels: torch.Tensor,
+                        images: torch.Tensor | _DecodedBatches, labels: torch.Tensor,
                         seconds: float, out_dir: Path) -> tuple[float, int, float]:
     """(seconds per step, steps run, seconds per checkpoint): two warm-up steps (compilation,
     cuDNN autotuning), then at least 3 timed steps and ``seconds``; then one checkpoint written
@@ -341,7 +341,31 @@ def _probe_step_seconds(model: nn.Module, config: TrainConfig, device: torch.dev
     return per_step, timed + 2, checkpoint_s
 
 
-def _time_eval(model: nn.Module, test_set: ImageSet | None, device: torch.device) -> float:
+class _DecodedBatches:
+    """``images[idx]`` of a file-backed training set: the files ``idx`` selects, decoded in this
+    process and moved to ``device`` (no prefetch: slower than an in-memory set, but memory holds
+    one batch, not the set)."""
+
+    def __init__(self, train_set: BaseImageSet, device: torch.device) -> None:
+        self.train_set, self.device = train_set, device
+
+    def __len__(self) -> int:
+        return len(self.train_set)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.train_set.uint8(idx.cpu()).to(self.device)
+
+
+def training_images(train_set: BaseImageSet, device: torch.device
+                    ) -> torch.Tensor | _DecodedBatches:
+    """What the training loop indexes with a batch's indices: an in-memory set's uint8
+    (N, C, H, W) moved to ``device`` once, else a :class:`_DecodedBatches` view of the files."""
+    if isinstance(train_set, ImageSet):
+        return train_set.images.to(device)
+    return _DecodedBatches(train_set, device)
+
+
+def _time_eval(model: nn.Module, test_set: BaseImageSet | None, device: torch.device) -> float:
     """Seconds for one evaluation of ``test_set``, extrapolated from its first images."""
     if test_set is None:
         return 0.0
@@ -377,8 +401,9 @@ def plan_budget(config: TrainConfig, steps_per_epoch: int, step_s: float, eval_s
     return plan
 
 
-def train(config: TrainConfig, train_set: ImageSet, test_set: ImageSet | None, out_dir: str | Path,
-          device: str | torch.device = "cpu", resume: bool = False, progress: bool = True,
+def train(config: TrainConfig, train_set: BaseImageSet, test_set: BaseImageSet | None,
+          out_dir: str | Path, device: str | torch.device = "cpu", resume: bool = False,
+          progress: bool = True,
           stop_after_epochs: int | None = None, started_at: float | None = None,
           bars: bool = True) -> nn.Module:
     """Train ``config.model`` on ``train_set``; evaluate on ``test_set`` every ``eval_every`` epochs
@@ -407,7 +432,7 @@ def train(config: TrainConfig, train_set: ImageSet, test_set: ImageSet | None, o
     if device.type == "cpu":
         retain_freed_memory()
     step_fn = make_train_step(model, config, device)
-    images = train_set.images.to(device)
+    images = training_images(train_set, device)
     labels = train_set.labels.to(device)
     steps_per_epoch = len(images) // config.batch_size  # drop the last partial batch
     if steps_per_epoch < 1:

@@ -522,11 +522,13 @@ def test_runner_metrics_match_cpu(run_models, synthetic, tmp_path):
 def test_cli_run_on_the_device(synthetic, registered, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from attrib_bench import data
     from attrib_bench.cli import cli
+    from attrib_bench.registry import DATASETS
 
     # The CLI reads datasets by name: serve the synthetic set as "cifar10" for this test.
-    monkeypatch.setitem(data._LOADERS, "cifar10", lambda **_: synthetic)
+    cifar10 = DATASETS.get("cifar10")
+    monkeypatch.setitem(DATASETS._entries, "cifar10",
+                        dataclasses.replace(cifar10, factory=lambda **_: synthetic))
     out = tmp_path / "cli"
     result = CliRunner().invoke(cli, [
         "run", "--model", f"smoke-coda,{RESNET}", "--method", "ixg,gradcam,rise",

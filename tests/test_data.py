@@ -21,7 +21,7 @@ from attrib_bench.data import (
     resolve_data_root,
     sample_grids,
 )
-from attrib_bench.errors import DataNotFoundError, InputShapeError
+from attrib_bench.errors import DataNotFoundError, InputShapeError, UnknownNameError
 
 K = 10
 
@@ -400,8 +400,9 @@ def test_bad_split_and_unknown_dataset():
     with pytest.raises(DataNotFoundError, match="train, test") as info:
         load_cifar10("validation")
     assert "\n" not in str(info.value)
-    with pytest.raises(DataNotFoundError, match="cifar10"):
-        get_dataset("imagenet")
+    with pytest.raises(UnknownNameError, match="did you mean cifar10") as info:
+        get_dataset("cifar100")
+    assert "\n" not in str(info.value) and "attrib-bench list datasets" in str(info.value)
 
 
 # ----------------------------------------------------------------------------- real CIFAR-10

@@ -1,7 +1,7 @@
 """The prepared GPU call, rehearsed on the CPU: results/gpu/device_run.sh then unpack.py.
 
 The same script that runs on the H200 (results/gpu/README.md) runs here with DEVICE=cpu, a tiny
-CoDA-Net, a tiny packed dataset, an 8-second training budget and n = 2: it must leave exactly the
+CoDA-Net, a tiny packed dataset, a 15-second training budget and n = 2: it must leave exactly the
 documented $OUT files, and unpack.py must turn them into a zoo entry that `attrib-bench eval`
 loads by name.
 """
@@ -53,7 +53,7 @@ def test_cpu_rehearsal_produces_the_documented_out_and_a_loadable_zoo_entry(tmp_
     env = {**os.environ, "OUT": str(out), "WORK": str(work), "DEVICE": "cpu",
            "MODEL": "xs-coda", "T": "10", "NAME": NAME, "DATA": str(data),
            "WHEELS": str(tmp_path / "no-wheels"), "RESUME": str(tmp_path / "no-resume"),
-           "PY": sys.executable, "STAGES": "probe,train,eval,protocol", "TRAIN_BUDGET": "8",
+           "PY": sys.executable, "STAGES": "probe,train,eval,protocol", "TRAIN_BUDGET": "15",
            "BATCH": "16", "LR": "2e-3", "WARMUP": "0.5", "PROBE_SECONDS": "0.2",
            "PROBE_ARGS": "--no-compile --precisions fp32", "PROTOCOL_BUDGET": "120",
            "N_SAMPLES": "2", "RUN_BATCH": "2", "GRADIENT_METHODS": "inherent,ixg",
@@ -70,7 +70,7 @@ def test_cpu_rehearsal_produces_the_documented_out_and_a_loadable_zoo_entry(tmp_
         stages = {row["stage"]: int(row["rc"]) for row in csv.DictReader(handle)}
     assert stages == {"probe": 0, "train": 0, "zoo": 0, "eval": 0, "protocol": 0}
     sidecar = json.loads((out / f"{NAME}.json").read_text())
-    assert sidecar["plan"]["budget_s"] == 8.0
+    assert sidecar["plan"]["budget_s"] == 15.0
     assert sidecar["steps"] == sidecar["plan"]["planned_steps"]  # the schedule completed
     assert json.loads((out / "probe.json").read_text())["chosen"].startswith("--amp")
 

@@ -52,7 +52,7 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
 def _sweep(module, out, **kw):
     """The toy sweep plus a small ResNet with GradCAM (hooks on the worker's copy)."""
     torch.manual_seed(0)
-    models = {"lin": module.toy_model(), "res": CifarResNet(1).eval()}
+    models = {"lin": module.toy_model(), "res": CifarResNet(1, num_classes=3).eval()}
     return run(models, "grad,ixg,gradcam", "toy-mass", dataset=module.toy_data(), out=out,
                n_samples=12, chunk_size=3, progress=False, **kw)
 

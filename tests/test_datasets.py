@@ -281,6 +281,20 @@ def test_cli_bad_dataset_option_is_one_line(folder_root):
         assert len(lines) == 1 and fragment in lines[0], result.output
 
 
+def test_train_refuses_a_model_built_for_other_data_in_one_line(folder_root, tmp_path):
+    """xl-coda (TinyImageNet: 200 classes, 64 px) on 3 classes at 32 px: the fix is named
+    before any step runs."""
+    result = CliRunner().invoke(cli, ["train", "--model", "xl-coda", "--dataset", "imagefolder",
+                                      "--dataset-option", "image_size=32",
+                                      "--dataset-option", "resize=32",
+                                      "--data-root", str(folder_root), "--epochs", "1",
+                                      "--out", str(tmp_path / "t")])
+    assert result.exit_code == 2, result.output
+    assert ("xl-coda is built for 200 classes at 64 px, imagefolder has 3 classes at 32x32 px: "
+            "pass --dataset tinyimagenet --data-root DIR (its own data)") in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "t" / "checkpoint.pt").exists()
+
+
 def _tiny_model():
     from attrib_bench.models.resnet_cifar import CifarResNet
 

@@ -186,29 +186,24 @@ def _tiny_val(folder: Path, label_of: dict[str, int]) -> tuple[list[str], list[i
 
 def find_classes(folder: Path) -> list[str]:
     """The class names of an ImageFolder tree: its sub-folders' names, sorted (torchvision's
-    ``find_classes``; hidden folders count, as there)."""
+    own ``find_classes``; hidden folders count, as there)."""
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
 
 
 def scan_images(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
-    """(files relative to ``folder``, labels): every image under ``folder/<class>/`` (nested
-    folders included, links followed), class by class in ``classes`` order, then by path
-    (torchvision's ``make_dataset``). A class without an image is one line."""
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        found = 0
-        for directory, _, names in sorted(os.walk(folder / name, followlinks=True)):
-            relative = Path(directory).relative_to(folder).as_posix()
-            for file in sorted(names):
-                if file.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(f"{relative}/{file}")
-                    labels.append(label)
-                    found += 1
-        if not found:
-            raise DataNotFoundError(f"class folder {folder / name} has no image (looked for "
-                                    f"{', '.join(IMAGE_EXTENSIONS)} in any case): add images or "
-                                    "remove the folder")
-    return files, labels
+    """(files relative to ``folder``, labels): every image under ``folder/<class>/``, class by
+    class in ``classes`` order, then by path — torchvision's own ``make_dataset`` (nested
+    folders included, links followed). A class without an image is one line."""
+    from torchvision.datasets.folder import make_dataset
+
+    try:
+        found = make_dataset(str(folder), {name: i for i, name in enumerate(classes)},
+                             extensions=IMAGE_EXTENSIONS)
+    except FileNotFoundError as exc:  # a class folder without images
+        raise DataNotFoundError(f"{folder}: {' '.join(str(exc).split())[:200]}: add images or "
+                                "remove the folder") from None
+    return ([Path(path).relative_to(folder).as_posix() for path, _ in found],
+            [label for _, label in found])
 
 
 def split_folder(root: Path, split: str) -> Path:

@@ -247,9 +247,9 @@ class ResizeCrop:
     filter widens with the scale factor), then the centre ``size`` x ``size`` crop at
     ``round((H - size) / 2)``, ``round((W - size) / 2)``.
 
-    The sizes and offsets are torchvision's ``Resize(resize)`` + ``CenterCrop(size)`` on a PIL
-    image (torchvision/transforms/functional.py, ``_compute_resized_output_size`` and
-    ``center_crop``), so the pixels are the same.
+    Resampling and cropping are torchvision's own (``transforms.functional.resize`` and
+    ``center_crop`` on the PIL image), so the pixels are those of ``Resize(resize)`` +
+    ``CenterCrop(size)``.
     """
 
     size: int = 224
@@ -275,14 +275,12 @@ class ResizeCrop:
         return int(self.resize * width / height), self.resize
 
     def __call__(self, image: Any, path: str = "") -> Any:
-        from PIL import Image
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as tvf
 
         width, height = self.resized_size(*image.size)
-        if (width, height) != image.size:
-            image = image.resize((width, height), Image.BILINEAR)
-        top = int(round((height - self.size) / 2.0))
-        left = int(round((width - self.size) / 2.0))
-        return image.crop((left, top, left + self.size, top + self.size))
+        image = tvf.resize(image, [height, width], InterpolationMode.BILINEAR, antialias=True)
+        return tvf.center_crop(image, [self.size, self.size])
 
     def settings(self) -> dict[str, Any]:
         return {"transform": "resize-centre-crop", "image_size": self.size,

@@ -188,7 +188,7 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
 
     model = create_model(model_name, pretrained=checkpoint is None, checkpoint=checkpoint,
                          **checkpoint_kwargs(model_name, checkpoint),
-                         weights_root=weights_root)
+                         **({"weights_root": weights_root} if weights_root else {}))
     images = get_dataset(dataset, split or evaluation_split(dataset), root=data_root,
                          download=download, **options).subset(limit)
     start = time.perf_counter()
@@ -262,6 +262,7 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     from attrib_bench.data import evaluation_split, get_dataset
     from attrib_bench.evaluation import resolve_device
     from attrib_bench.registry import MODELS
+    from attrib_bench.runners.settings import check_model_fits
     from attrib_bench.runners.train import (
         TrainConfig,
         export,
@@ -290,7 +291,7 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     train_set = get_dataset(dataset, "train", root=data_root, **options).subset(limit)
     test_set = get_dataset(dataset, evaluation_split(dataset), root=data_root,
                            **options).subset(test_limit)
-    _check_fits(model_name, entry.metadata, train_set, dataset)
+    check_model_fits(model_name, entry.metadata, train_set, dataset)
     model = train(config, train_set, test_set, run_dir, torch_device, resume=resume,
                   stop_after_epochs=stop_after, started_at=started_at, bars=not quiet)
     status = training_status(run_dir)
@@ -315,21 +316,6 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     click.echo(f"{name}: test top-1 {shown} after {extra['epochs_trained']:g} epochs "
                f"({status['step']} steps) in {seconds:.1f} s; weights "
                f"{run_dir / sidecar['file']} (sha256 {sidecar['sha256'][:12]}…)")
-
-
-def _check_fits(name: str, metadata: dict[str, Any], images: Any, dataset: str) -> None:
-    """One line unless the model's declared class count and input size (registry metadata,
-    e.g. xl-coda: 200 classes, 64 px) are the dataset's; models that declare none pass."""
-    classes, size = metadata.get("num_classes"), metadata.get("image_size")
-    height, width = images.image_size
-    fits = ((classes is None or classes == images.num_classes)
-            and (size is None or (height, width) == (size, size)))
-    if not fits:
-        own = metadata.get("dataset")
-        fix = (f"pass --dataset {own} --data-root DIR (its own data)" if own and own != dataset
-               else "pick a model built for this data")
-        raise click.UsageError(f"{name} is built for {classes} classes at {size} px, {dataset} "
-                               f"has {images.num_classes} classes at {height}x{width} px: {fix}")
 
 
 @cli.command("run")

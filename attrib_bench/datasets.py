@@ -74,8 +74,15 @@ def cifar10(split: str = "test", root: str | Path | None = None,
 # ----------------------------------------------------------------------------- TinyImageNet
 
 
+#: TinyImageNet's localisation protocol: 250 grids (the CoDA-Nets paper's number for
+#: TinyImageNet, where CIFAR-10 has 500), drawn by the same rule as CIFAR-10's; see
+#: :func:`tinyimagenet`.
+TINY_PROTOCOL = {"localisation": {"num_grids": 250}, "localisation-difull": {"num_grids": 250}}
+
+
 @register_dataset("tinyimagenet", image_size=(64, 64), num_classes=200, eval_split="val",
-                  splits=("train", "val", "test"), source="Le & Yang 2015 (CS231n)")
+                  splits=("train", "val", "test"), source="Le & Yang 2015 (CS231n)",
+                  protocol=TINY_PROTOCOL)
 def tinyimagenet(split: str = "test", root: str | Path | None = None,
                  download: bool = False) -> ImageSet:
     """TinyImageNet-200: 64x64 RGB, 200 classes, 100 000 train / 10 000 val images.
@@ -89,6 +96,15 @@ def tinyimagenet(split: str = "test", root: str | Path | None = None,
     no labels and are not read. Decoded with PIL into one uint8 (N, 3, 64, 64) tensor (greyscale
     images as RGB), cached per process like CIFAR-10; a missing file is one
     :class:`DataNotFoundError` line naming the layout.
+
+    Protocol (registry metadata ``protocol``; a run's own ``--set`` wins): localisation and its
+    DiFull variant draw **250 grids** of 3×3 64 px images (192×192 px), by CIFAR-10's rule on
+    the val split: correctly classified images with sigmoid(logit) > 0.5, ranked by logit within
+    their class, 9 distinct classes per grid, numpy seed 42. The paper says "250" for
+    TinyImageNet where it says 500 for CIFAR-10; CIFAR-10's 500 is a grid count, and the val
+    split has only 50 images per class, so 250 is read as 250 grids (2250 images of the 10 000),
+    not as 250 images per class. Pixel removal: the first 1024 val images in ``val_annotations``
+    order, as CIFAR-10's first 1024 test images (its default).
     """
     _check_split("TinyImageNet", split, ("train", "val", "test"))
     if download:

@@ -57,7 +57,7 @@ class HParam:
         return f"{self.name}: {self.type_name} = {self.default!r}"
 
 
-def _unwrap(factory: Callable[..., Any]) -> tuple[Callable[..., Any], dict[str, Any]]:
+def unwrap(factory: Callable[..., Any]) -> tuple[Callable[..., Any], dict[str, Any]]:
     """The function or class behind ``functools.partial`` layers, and the keywords they bind."""
     bound: dict[str, Any] = {}
     while isinstance(factory, functools.partial):
@@ -83,7 +83,7 @@ def hparams_of(factory: Callable[..., Any]) -> dict[str, HParam]:
     function's keyword parameters after (model, inputs, target), plus ``max_batch`` and ``seed``;
     ``functools.partial`` presets (``occ5``) show their bound values as defaults.
     """
-    target, bound = _unwrap(factory)
+    target, bound = unwrap(factory)
     found: dict[str, HParam] = {}
     sources = [target]
     function = getattr(target, "function", None)  # a registered plain function's class
@@ -105,7 +105,7 @@ def hparams_of(factory: Callable[..., Any]) -> dict[str, HParam]:
 
 def accepts_any(factory: Callable[..., Any]) -> bool:
     """Whether ``factory`` takes ``**kwargs`` (then unknown keys cannot be refused up front)."""
-    target, _ = _unwrap(factory)
+    target, _ = unwrap(factory)
     try:
         parameters = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):

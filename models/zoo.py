@@ -125,7 +125,8 @@ def _finish(model: nn.Module, name: str, pretrained: bool, checkpoint: str | Pat
     return model.eval()
 
 
-@register_model("resnet56", pretrained_cfg=RESNET56_CIFAR10, family="resnet", dataset="cifar10")
+@register_model("resnet56", pretrained_cfg=RESNET56_CIFAR10, family="resnet", dataset="cifar10",
+                num_classes=10, image_size=32)
 def _resnet56(pretrained: bool = False, checkpoint: str | Path | None = None,
               weights_root: str | Path | None = None, download: bool = False,
               sha256: str | None = None) -> nn.Module:
@@ -183,7 +184,8 @@ def _register_trained(name: str, size: str, temperature: float, norm: str,
     MODELS.add(name, partial(_trained_factory, name),
                description=f"{size.upper()}-CoDA-{norm.upper()}, T={temperature:g}, trained here: "
                f"{measured} on the CIFAR-10 test set",
-               family="coda", dataset=cfg.dataset, pretrained_cfg=cfg)
+               family="coda", dataset=cfg.dataset, num_classes=CONFIGS[size].num_classes,
+               image_size=CONFIGS[size].image_size, pretrained_cfg=cfg)
 
 
 XS_RECIPE = "--epochs 6 --batch-size 32 --lr 1e-3 --schedule cosine --warmup-epochs 0.2"

@@ -54,7 +54,7 @@ from attrib_bench.evaluation import count_parameters, eval_mode, resolve_device
 from attrib_bench.metrics.base import ROW_COLUMNS, Metric, SampleSet, SelectContext
 from attrib_bench.models.protocols import check_logits
 from attrib_bench.provenance import describe_hardware, git_commit
-from attrib_bench.registry import create_metric, create_model
+from attrib_bench.registry import MODELS, create_metric, create_model
 from attrib_bench.runners.cache import CacheStats, PoolLogits, model_digest
 from attrib_bench.runners.jobs import (
     ChunkResult,
@@ -67,7 +67,12 @@ from attrib_bench.runners.jobs import (
     pending_chunks,
     verified_chunk,
 )
-from attrib_bench.runners.settings import check_executor, run_config, split_names
+from attrib_bench.runners.settings import (
+    check_executor,
+    check_model_fits,
+    run_config,
+    split_names,
+)
 from attrib_bench.runners.storage import Store
 
 #: Leading columns of the results table, in order (metric-specific columns follow ``value``).
@@ -269,17 +274,22 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
         chunk_size = batch_size
     check_executor(executor, scheduler, workers, client)
     given_models = dict(models) if isinstance(models, Mapping) else {}
-    config = run_config(split_names(models), methods, metrics, n_samples=n_samples,
-                        chunk_size=chunk_size, seed=seed, dataset=dataset,
-                        checkpoint=checkpoint, method_hparams=method_hparams,
-                        metric_hparams=metric_hparams, settings=settings,
-                        dataset_options=dataset_options)
+    def configure(image_size: tuple[int, int] | None = None) -> RunConfig:
+        return run_config(split_names(models), methods, metrics, n_samples=n_samples,
+                          chunk_size=chunk_size, seed=seed, dataset=dataset,
+                          checkpoint=checkpoint, method_hparams=method_hparams,
+                          metric_hparams=metric_hparams, settings=settings,
+                          dataset_options=dataset_options, image_size=image_size)
+
+    config = configure()
     out_store = _check_out(out)
     cache_store = _check_out(cache, "--cache", "cache")
     torch_device = resolve_device(device)
     images = (dataset if isinstance(dataset, BaseImageSet)
               else get_dataset(config.dataset, config.split, root=data_root,
                                **config.dataset_options))
+    if config.defaults_from_data["image_size"] != list(images.image_size):
+        config = configure(images.image_size)  # the metadata did not say (or said otherwise)
     runner = _executor(executor, client, scheduler, workers, progress) if not dry_run else None
     try:
         with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
@@ -335,7 +345,8 @@ def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwr
     results = results.drop(columns="seconds")
     summary = summarise(results, plan.metrics, config.seed)
     _write_tables(out, results, summary)
-    manifest = {"config": config.identity(), "parts": _part_seconds(plan.jobs, done),
+    manifest = {"config": config.identity(), "defaults_from_data": config.defaults_from_data,
+                "parts": _part_seconds(plan.jobs, done),
                 "skipped": plan.skipped, "samples": plan.samples,
                 "corrupt_chunks": [_inside(out, p) for p in corrupt],
                 "executor": executor.describe(),
@@ -423,6 +434,9 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
     """
     metrics = {name: create_metric(name, **config.metric_hparams[name])
                for name in config.metrics}
+    for name in config.models:  # before any weights are read
+        if name not in given_models:
+            check_model_fits(name, MODELS.get(name).metadata, images, config.dataset)
     loaded = {name: _load_model(name, given_models.get(name), config.checkpoint, device)
               for name in config.models}
     hashes = {name: model_digest(model) for name, model in loaded.items()}

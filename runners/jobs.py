@@ -61,9 +61,17 @@ class RunConfig:
     all_metrics: bool = False
     #: the dataset's options, resolved (defaults included), e.g. imagefolder's image_size
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    #: where the data set defaults (a record for the manifest, not part of the identity: the
+    #: values are in ``method_hparams``/``metric_hparams``): {"image_size": [H, W], "methods":
+    #: {name: {key: value}} from the image size, "metrics": {name: {key: value}} from the
+    #: dataset's protocol}
+    defaults_from_data: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
+        """The config as JSON values, without the ``defaults_from_data`` record."""
+        values = asdict(self)
+        values.pop("defaults_from_data")
+        return json.loads(json.dumps(values, sort_keys=True, default=str))
 
 
 def _json(value: Any) -> str:

@@ -18,7 +18,7 @@ from attrib_bench.data import dataset_options as resolve_dataset_options
 from attrib_bench.data import evaluation_split
 from attrib_bench.errors import RunError, SettingError
 from attrib_bench.imageset import BaseImageSet
-from attrib_bench.registry import METHODS, METRICS
+from attrib_bench.registry import DATASETS, METHODS, METRICS
 from attrib_bench.runners.jobs import RunConfig
 
 #: ``run(executor=...)``: in this process (no Dask import), or Dask tasks.
@@ -40,6 +40,60 @@ def resolve_method(name: str, given: Mapping[str, Any], seed: int, *,
     if "seed" in hparams.hparams_of(factory) and "seed" not in given:
         config["seed"] = seed
     return config
+
+
+def image_size_defaults(name: str, image_size: tuple[int, int] | None) -> dict[str, Any]:
+    """Method ``name``'s defaults at ``image_size`` (H, W) of one dataset image: its class's
+    :meth:`~attrib_bench.methods.base.AttributionMethod.image_size_defaults` applied to its
+    factory's defaults (a preset's included), only the values that differ from those defaults
+    (so a 32 px run's configuration is exactly the defaults'); {} for an unknown size or a
+    method without any."""
+    factory = METHODS.get(name).factory
+    hook = getattr(hparams.unwrap(factory)[0], "image_size_defaults", None)
+    if image_size is None or hook is None:
+        return {}
+    defaults = hparams.resolve(f"method {name!r}", factory, {})
+    sized = hook(defaults, (int(image_size[0]), int(image_size[1])))
+    return {key: value for key, value in sized.items() if value != defaults.get(key)}
+
+
+def protocol_defaults(dataset: str | BaseImageSet, metric: str) -> dict[str, Any]:
+    """The dataset's protocol for ``metric``: its registry metadata ``protocol[metric]`` (e.g.
+    TinyImageNet's 250 localisation grids); {} for an image set given as is."""
+    if isinstance(dataset, BaseImageSet):
+        return {}
+    return dict(DATASETS.get(str(dataset)).metadata.get("protocol", {}).get(metric, {}))
+
+
+def dataset_image_size(dataset: str | BaseImageSet, options: Mapping[str, Any]
+                       ) -> tuple[int, int] | None:
+    """(H, W) of one image of ``dataset`` before it is loaded: an image set's own size, else
+    the ``image_size`` option (imagefolder, imagenet), else the registry's ``image_size``
+    metadata; None if the dataset declares none (its methods keep their 32 px defaults)."""
+    if isinstance(dataset, BaseImageSet):
+        return dataset.image_size
+    size = options.get("image_size", DATASETS.get(str(dataset)).metadata.get("image_size"))
+    if size is None:
+        return None
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def check_model_fits(name: str, metadata: Mapping[str, Any], images: BaseImageSet,
+                     dataset: str) -> None:
+    """One :class:`RunError` line unless the model's declared class count and input size
+    (registry metadata ``num_classes``, ``image_size``; e.g. xl-coda: 200 classes at 64 px) are
+    those of ``images``; a model that declares neither (a library model, a user's module) passes.
+    The line names the model's own dataset when it declares one."""
+    classes, size = metadata.get("num_classes"), metadata.get("image_size")
+    height, width = images.image_size
+    fits = ((classes is None or classes == images.num_classes)
+            and (size is None or (height, width) == (size, size)))
+    if not fits:
+        own = metadata.get("dataset")
+        fix = (f"pass --dataset {own} --data-root DIR (its own data)" if own and own != dataset
+               else "pick a model built for this data")
+        raise RunError(f"{name} is built for {classes} classes at {size} px, {dataset} has "
+                       f"{images.num_classes} classes at {height}x{width} px: {fix}")
 
 
 def resolve_metric(name: str, given: Mapping[str, Any], *, from_text: bool = False
@@ -130,12 +184,22 @@ def run_config(models: list[str], methods: str | Iterable[str], metrics: str | I
                method_hparams: Mapping[str, Mapping[str, Any]] | None,
                metric_hparams: Mapping[str, Mapping[str, Any]] | None,
                settings: Iterable[str],
-               dataset_options: Mapping[str, Any] | None = None) -> RunConfig:
+               dataset_options: Mapping[str, Any] | None = None,
+               image_size: tuple[int, int] | None = None) -> RunConfig:
     """The run's :class:`RunConfig`: names checked (unknown ones with close matches), sizes
     checked, every selected method's and metric's configuration resolved (``*_hparams`` as
     Python values, ``settings`` as NAME.KEY=VALUE text, the latter parsed to declared types),
-    and the dataset's name, evaluation split and options (:func:`resolve_dataset`)."""
+    and the dataset's name, evaluation split and options (:func:`resolve_dataset`).
+
+    Where the run sets nothing, two defaults come from the data: a method's size-dependent
+    hyper-parameters at the dataset's image size (``image_size``, else
+    :func:`dataset_image_size`; :func:`image_size_defaults`: occlusion patches, LIME's
+    quickshift kernel), and a metric's settings from the dataset's protocol
+    (:func:`protocol_defaults`: TinyImageNet's 250 grids). Both are recorded in
+    ``defaults_from_data``."""
     dataset_name, split, options = resolve_dataset(dataset, dataset_options)
+    if image_size is None:
+        image_size = dataset_image_size(dataset, options)
     metric_names = split_names(metrics)
     all_metrics = metric_names == ["all"]
     if all_metrics:
@@ -160,12 +224,26 @@ def run_config(models: list[str], methods: str | Iterable[str], metrics: str | I
         for name in given or {}:
             if name not in names:
                 raise SettingError(not_selected(name, selected_methods, metric_names, kind))
-    method_configs = {name: _merge_text(resolve_method, name, resolve_method(
-        name, (method_hparams or {}).get(name, {}), seed), text_methods.get(name, {}), seed)
-        for name in selected_methods}
-    metric_configs = {name: _merge_text(resolve_metric, name, resolve_metric(
-        name, (metric_hparams or {}).get(name, {})), text_metrics.get(name, {}))
-        for name in metric_names}
+    from_data: dict[str, Any] = {"image_size": list(image_size) if image_size else None,
+                                 "methods": {}, "metrics": {}}
+    method_configs = {}
+    for name in selected_methods:
+        given = dict((method_hparams or {}).get(name, {}))
+        sized = {key: value for key, value in image_size_defaults(name, image_size).items()
+                 if key not in given and key not in text_methods.get(name, {})}
+        if sized:
+            from_data["methods"][name] = sized
+        method_configs[name] = _merge_text(resolve_method, name, resolve_method(
+            name, {**sized, **given}, seed), text_methods.get(name, {}), seed)
+    metric_configs = {}
+    for name in metric_names:
+        given = dict((metric_hparams or {}).get(name, {}))
+        protocol = {key: value for key, value in protocol_defaults(dataset, name).items()
+                    if key not in given and key not in text_metrics.get(name, {})}
+        if protocol:
+            from_data["metrics"][name] = protocol
+        metric_configs[name] = _merge_text(resolve_metric, name, resolve_metric(
+            name, {**protocol, **given}), text_metrics.get(name, {}))
     return RunConfig(models, selected_methods, metric_names, n_samples, chunk_size, seed,
                      dataset_name, split, checkpoint, method_configs, metric_configs,
-                     all_methods, all_metrics, options)
+                     all_methods, all_metrics, options, from_data)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple, final
 
 import torch
@@ -37,6 +37,10 @@ from attrib_bench.models import protocols
 
 #: Images per forward (or forward + backward) unless a method is told otherwise.
 DEFAULT_MAX_BATCH = 64
+#: The image side (px) the built-in defaults are set for: CIFAR-10's 32 px, the paper's. Methods
+#: whose defaults depend on the image size scale them from here
+#: (:meth:`AttributionMethod.image_size_defaults`).
+REFERENCE_SIDE = 32
 
 #: The fix a method built directly names when it does not apply to a model; built by name, the
 #: registry replaces it with the list of the methods that do apply.
@@ -127,6 +131,18 @@ class AttributionMethod:
     #: False: a NaN/inf map raises :class:`MethodError` (unless inside :func:`keep_nonfinite_maps`,
     #: as the benchmark runner's chunks are); True on an instance keeps it.
     allow_nonfinite: bool = False
+
+    @classmethod
+    def image_size_defaults(cls, defaults: Mapping[str, Any], image_size: tuple[int, int]
+                            ) -> dict[str, Any]:
+        """Defaults that depend on the image size: {} here (most methods have none).
+
+        ``defaults``: the factory's defaults (a preset's bound values included), set for
+        :data:`REFERENCE_SIDE`-px images; ``image_size`` (H, W) of one dataset image in pixels (a
+        grid's cell, not the grid). The runner applies the returned values where the run does not
+        set them and records them in the manifest (``defaults_from_data``).
+        """
+        return {}
 
     def __init__(self, model: nn.Module, *, max_batch: int = DEFAULT_MAX_BATCH,
                  seed: int = 0) -> None:

@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from attrib_bench.errors import MethodError
-from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod, shared_images
+from attrib_bench.methods.base import (
+    DEFAULT_MAX_BATCH,
+    REFERENCE_SIDE,
+    AttributionMethod,
+    shared_images,
+)
 from attrib_bench.registry import METHODS, register_method
 
 
@@ -41,11 +48,25 @@ class Occlusion(AttributionMethod):
     ``baseline``: the RGB value of the patch (0: black, as in the paper). Costs
     U · (1 + positions) forward images, U the number of distinct images in the batch (a
     repeated image is occluded once for all its targets), positions = (ceil((H − K)/s) + 1)²,
-    batched by ``max_batch``. The defaults are ``occ5``'s.
+    batched by ``max_batch``. The defaults are ``occ5``'s, for 32 px images; on larger images
+    the runner scales patch and stride with the image side (:meth:`image_size_defaults`).
     """
 
     name = "occlusion"
     needs_grad = False
+
+    @classmethod
+    def image_size_defaults(cls, defaults: Mapping[str, Any], image_size: tuple[int, int]
+                            ) -> dict[str, Any]:
+        """Patch and stride scaled by side / 32 (side = min(H, W)), rounded, at least 1.
+
+        The paper's patches are a fixed share of a 32 px CIFAR-10 image (occ5: 4 px = 1/8 of
+        the side, occ9: 8 px = 1/4, stride 2 = 1/16), so the same share of a larger image:
+        occ5 8/4 and occ9 16/4 at 64 px, occ5 28/14 and occ9 56/14 at 224 px (patch/stride).
+        Images smaller than 32 px keep the 32 px values.
+        """
+        scale = max(min(image_size) / REFERENCE_SIDE, 1.0)
+        return {key: max(1, round(defaults[key] * scale)) for key in ("patch_size", "stride")}
 
     def __init__(self, model: nn.Module, *, patch_size: int = 4, stride: int = 2,
                  baseline: float = 0.0, max_batch: int = DEFAULT_MAX_BATCH,

@@ -7,6 +7,11 @@ N random masks: a binary s×s grid with keep probability p1, upsampled bilinearl
 aligned, mirrored at the border), computed as two small interpolation matrices. The masks depend
 only on (N, s, p1, H, W, seed) and are drawn on the CPU from ``seed``, so they are the same on
 every device; they are built once and kept in a small cache.
+
+Image size: the s×s grid is relative to the input, so the defaults (s = 6, p1 = 0.1, 6000
+masks, the CoDA-Nets authors' CIFAR-10 setting) need no rescaling: a mask cell is 1/6 of the
+input's side at 32, 64 or 224 px, and on an n×n localisation grid 1/6 of the grid. They are kept
+at every size (no :meth:`~attrib_bench.methods.base.AttributionMethod.image_size_defaults`).
 """
 
 from __future__ import annotations

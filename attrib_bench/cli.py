@@ -202,8 +202,9 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
 
 @cli.command("train")
 @click.option("--model", "model_name", default="xs-coda", show_default=True)
-@click.option("--temperature", type=float, default=1000.0, show_default=True,
-              help="CoDA-Net logit temperature T.")
+@click.option("--temperature", type=float, default=None,
+              help="CoDA-Net logit temperature T (default: the model's own: 1000 for XS/S/M, "
+                   "6400 for XL, 1e5 for L).")
 @click.option("--norm", type=click.Choice(["sq", "l2"]), default="sq", show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True,
               help="Epochs (with --time-budget: at most this many).")
@@ -285,6 +286,7 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
                          eval_every=eval_every, amp=amp, tf32=tf32, channels_last=channels_last,
                          compile=compile_model, lambda_reg=lambda_reg)
     config.check()
+    temperature = config.temperature  # the model's own when not given
     run_dir = Path(out_dir or f"runs/train/{model_name}-{norm}-t{temperature:g}")
     if resume and not (run_dir / "checkpoint.pt").exists():
         click.echo(f"--resume: {run_dir} has no checkpoint.pt yet; starting a new run", err=True)

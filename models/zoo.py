@@ -160,6 +160,7 @@ for _size, _config in CONFIGS.items():
         dataset=_config.dataset,
         num_classes=_config.num_classes,
         image_size=_config.image_size,
+        temperature=_config.temperature,
         exact_config=_config.exact,
         paper_params_m=PAPER_PARAMS_M.get(_size),
     )
@@ -185,7 +186,7 @@ def _register_trained(name: str, size: str, temperature: float, norm: str,
                description=f"{size.upper()}-CoDA-{norm.upper()}, T={temperature:g}, trained here: "
                f"{measured} on the CIFAR-10 test set",
                family="coda", dataset=cfg.dataset, num_classes=CONFIGS[size].num_classes,
-               image_size=CONFIGS[size].image_size, pretrained_cfg=cfg)
+               image_size=CONFIGS[size].image_size, temperature=temperature, pretrained_cfg=cfg)
 
 
 XS_RECIPE = "--epochs 6 --batch-size 32 --lr 1e-3 --schedule cosine --warmup-epochs 0.2"

@@ -436,7 +436,10 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
                for name in config.metrics}
     for name in config.models:  # before any weights are read
         if name not in given_models:
-            check_model_fits(name, MODELS.get(name).metadata, images, config.dataset)
+            metadata = MODELS.get(name).metadata
+            check_model_fits(name, metadata, images, config.dataset, needs_weights=(
+                config.checkpoint is None and metadata.get("family") == "coda"
+                and not metadata.get("pretrained_cfg")))
     loaded = {name: _load_model(name, given_models.get(name), config.checkpoint, device)
               for name in config.models}
     hashes = {name: model_digest(model) for name, model in loaded.items()}

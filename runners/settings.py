@@ -79,11 +79,13 @@ def dataset_image_size(dataset: str | BaseImageSet, options: Mapping[str, Any]
 
 
 def check_model_fits(name: str, metadata: Mapping[str, Any], images: BaseImageSet,
-                     dataset: str) -> None:
+                     dataset: str, *, needs_weights: bool = False) -> None:
     """One :class:`RunError` line unless the model's declared class count and input size
     (registry metadata ``num_classes``, ``image_size``; e.g. xl-coda: 200 classes at 64 px) are
     those of ``images``; a model that declares neither (a library model, a user's module) passes.
-    The line names the model's own dataset when it declares one."""
+    The line names the model's own dataset when it declares one, and with ``needs_weights``
+    (a run of a model without weights and without ``--checkpoint``) the checkpoint to pass or
+    the command that trains one."""
     classes, size = metadata.get("num_classes"), metadata.get("image_size")
     height, width = images.image_size
     fits = ((classes is None or classes == images.num_classes)
@@ -92,6 +94,10 @@ def check_model_fits(name: str, metadata: Mapping[str, Any], images: BaseImageSe
         own = metadata.get("dataset")
         fix = (f"pass --dataset {own} --data-root DIR (its own data)" if own and own != dataset
                else "pick a model built for this data")
+        if needs_weights and own and own != dataset:
+            fix = (f"pass --dataset {own} --data-root DIR --checkpoint FILE (its own data; it "
+                   f"has no weights: `attrib-bench train --model {name} --dataset {own} "
+                   "--data-root DIR` trains one)")
         raise RunError(f"{name} is built for {classes} classes at {size} px, {dataset} has "
                        f"{images.num_classes} classes at {height}x{width} px: {fix}")
 

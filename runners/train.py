@@ -70,7 +70,9 @@ class TrainConfig:
     """
 
     model: str = "xs-coda"
-    temperature: float = 1000.0
+    #: CoDA-Net logit temperature T; None: the model's own (registry metadata ``temperature``:
+    #: 1000 for XS/S/M, 6400 for XL, 1e5 for L), resolved when the config is made
+    temperature: float | None = None
     norm: str = "sq"
     epochs: int = 200
     batch_size: int = 16
@@ -98,6 +100,13 @@ class TrainConfig:
         """``lr`` scaled to ``batch_size`` by ``lr_scaling``."""
         ratio = self.batch_size / self.lr_reference_batch
         return self.lr * {"none": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[self.lr_scaling]
+
+    def __post_init__(self) -> None:
+        if self.temperature is None:
+            from attrib_bench.registry import MODELS
+
+            own = MODELS.get(self.model).metadata.get("temperature", 1000.0)
+            object.__setattr__(self, "temperature", float(own))
 
     def check(self) -> None:
         """One-line :class:`TrainError` for settings that cannot work together."""

@@ -201,10 +201,10 @@ def test_cli_run_without_weights_names_the_fix(tmp_path):
     result = CliRunner().invoke(cli, ["run", "--model", "xl-coda", "--method", "grad",
                                       "--out", str(tmp_path / "x")])
     assert result.exit_code == 1
-    assert "no pretrained weights" in result.output
-    assert ("pass --checkpoint FILE --dataset tinyimagenet --data-root DIR, or train one with "
-            "`attrib-bench train --model xl-coda --dataset tinyimagenet --data-root DIR`"
-            in result.output)
+    assert ("xl-coda is built for 200 classes at 64 px, cifar10 has 10 classes at 32x32 px: "
+            "pass --dataset tinyimagenet --data-root DIR --checkpoint FILE (its own data; it has "
+            "no weights: `attrib-bench train --model xl-coda --dataset tinyimagenet --data-root "
+            "DIR` trains one)") in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 

@@ -307,3 +307,12 @@ def test_checkpoint_sidecar_gives_the_trained_temperature(tmp_path):
         model = create_model(name, checkpoint=path, **checkpoint_kwargs(name, path))
         assert model.temperature == 10.0
     assert oct(path.stat().st_mode & 0o777) == "0o644"
+
+
+def test_the_temperature_defaults_to_the_models_own():
+    """`train --model xl-coda` trains the paper's T = 6400 (Table 1), not the S models' 1000."""
+    assert TrainConfig(model="xl-coda").temperature == 6400.0
+    assert TrainConfig(model="l-coda").temperature == 1e5
+    assert TrainConfig(model="xs-coda").temperature == 1000.0
+    assert TrainConfig(model="resnet56").temperature == 1000.0  # not a CoDA-Net: unused
+    assert TrainConfig(model="xl-coda", temperature=50.0).temperature == 50.0

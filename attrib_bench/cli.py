@@ -100,18 +100,22 @@ def list_cmd(kind: str, pattern: str, verbose: bool) -> None:
 
 def _dataset_rows(names: list[str]) -> list[tuple[str, ...]]:
     """One row per dataset: image size and classes (at the default options; "-": as many as
-    the folders), evaluation split, options with their defaults, description."""
+    the folders), evaluation split, options with their defaults, the protocol's metric settings
+    (metadata ``protocol``, e.g. TinyImageNet's localisation.num_grids=250), description."""
     from attrib_bench.data import dataset_options
 
-    rows = [("name", "size", "classes", "eval", "options", "description")]
+    rows = [("name", "size", "classes", "eval", "options", "protocol", "description")]
     for name in names:
         entry = DATASETS.get(name)
         size = entry.metadata.get("image_size")
         classes = entry.metadata.get("num_classes")
         options = ", ".join(f"{k}={v}" for k, v in dataset_options(name).items())
+        protocol = ", ".join(f"{metric}.{key}={value}" for metric, settings in
+                             entry.metadata.get("protocol", {}).items()
+                             for key, value in settings.items())
         rows.append((name, "x".join(map(str, size)) if size else "-",
                      str(classes) if classes else "-", entry.metadata.get("eval_split", "test"),
-                     options or "-", entry.description))
+                     options or "-", protocol or "-", entry.description))
     return rows
 
 

@@ -4,7 +4,9 @@
 Each is a factory ``f(split="test", root=None, download=False, **options) -> image set``
 registered with :func:`~attrib_bench.registry.register_dataset` and its metadata:
 ``image_size`` (H, W) at the default options, ``num_classes`` (None: as many as the folders),
-``eval_split`` (the split a benchmark run and ``eval`` use), ``splits`` and ``source``. Importing
+``eval_split`` (the split a benchmark run and ``eval`` use), ``splits``, ``source`` and, where the
+dataset has its own evaluation protocol, ``protocol`` ({metric: {setting: value}}: the defaults a
+run uses for that metric unless it sets them, e.g. TinyImageNet's 250 localisation grids). Importing
 this module registers them; the registry imports it on its first dataset lookup.
 
 CIFAR-10 and TinyImageNet are small enough to be decoded into memory once per process

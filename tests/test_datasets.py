@@ -265,6 +265,7 @@ def test_cli_lists_the_datasets():
     rows = {line.split()[0]: line for line in result.output.splitlines()[2:]}
     assert set(rows) == {"cifar10", "imagefolder", "imagenet", "tinyimagenet"}
     assert "64x64" in rows["tinyimagenet"] and "200" in rows["tinyimagenet"]
+    assert "localisation.num_grids=250" in rows["tinyimagenet"]
     assert "image_size=224, resize=256" in rows["imagefolder"]
     assert "datasets (4):" in CliRunner().invoke(cli, ["list"]).output
 

@@ -1,7 +1,7 @@
 """Settings that come from the data (issue 18, points 3 and 4): method defaults scaled with the
 image size (occlusion patches, LIME's quickshift kernel), the dataset's protocol (TinyImageNet's
 250 grids), both recorded in the manifest; a run that refuses a model built for other data; and
-the TinyImageNet path end to end on a generated tree (train, eval, run, plot)."""
+the TinyImageNet and ImageFolder paths end to end on generated trees (train, eval, run, plot)."""
 
 from __future__ import annotations
 
@@ -170,6 +170,23 @@ COLOURS = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9], [0.9,
                         [0.9, 0.1, 0.9], [0.1, 0.9, 0.9]])
 
 
+def _paint(path: Path, k: int, rng: np.random.RandomState) -> None:
+    """A 64 px JPEG in class k's colour with a little noise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = COLOURS[k].numpy() * 255 + rng.randint(-20, 21, (64, 64, 3))
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, "JPEG", quality=95)
+
+
+def _colour_folder_tree(tmp_path: Path) -> Path:
+    """The same classes in an ImageFolder layout: DIR/{train,val}/<class>/*.jpg."""
+    rng = np.random.RandomState(1)
+    for k in range(len(COLOURS)):
+        for split, count in (("train", 2), ("val", 3)):
+            for i in range(count):
+                _paint(tmp_path / "folder" / split / f"colour{k}" / f"{i}.jpg", k, rng)
+    return tmp_path / "folder"
+
+
 @pytest.fixture()
 def colour_tiny_root(tmp_path: Path) -> Path:
     """A TinyImageNet tree whose 6 classes are colours: 2 train and 3 val 64 px images per
@@ -182,9 +199,7 @@ def colour_tiny_root(tmp_path: Path) -> Path:
     rng = np.random.RandomState(0)
 
     def paint(path: Path, k: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pixels = COLOURS[k].numpy() * 255 + rng.randint(-20, 21, (64, 64, 3))
-        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, "JPEG", quality=95)
+        _paint(path, k, rng)
 
     lines = []
     for k, wnid in enumerate(wnids):
@@ -198,13 +213,18 @@ def colour_tiny_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_tinyimagenet_train_eval_run_and_plot_end_to_end(colour_tiny_root, tmp_path):
+@pytest.mark.parametrize("layout", ["tinyimagenet", "imagefolder"])
+def test_train_eval_run_and_plot_end_to_end(layout, colour_tiny_root, tmp_path):
     """`train` a few steps, `eval`, `run` localisation (2x2 grids of 64 px images) and pixel
-    removal, then `plot`, all through the CLI on the generated tree."""
+    removal, then `plot`, all through the CLI on a generated tree of each layout."""
     MODELS.add("colour-net", lambda pretrained=False, checkpoint=None: MeanColourNet(COLOURS),
                dataset="tinyimagenet", num_classes=len(COLOURS), image_size=64)
     try:
-        root = ["--dataset", "tinyimagenet", "--data-root", str(colour_tiny_root)]
+        root = (["--dataset", "tinyimagenet", "--data-root", str(colour_tiny_root)]
+                if layout == "tinyimagenet" else
+                ["--dataset", "imagefolder", "--dataset-option", "image_size=64",
+                 "--dataset-option", "resize=64", "--data-root",
+                 str(_colour_folder_tree(tmp_path))])
         runner = CliRunner()
         trained = runner.invoke(cli, ["train", "--model", "colour-net", *root, "--epochs", "1",
                                       "--batch-size", "4", "--lr", "1e-4", "--quiet",
@@ -223,7 +243,8 @@ def test_tinyimagenet_train_eval_run_and_plot_end_to_end(colour_tiny_root, tmp_p
         assert ran.exit_code == 0, ran.output + repr(ran.exception)
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["config"]["split"] == "val"
-        assert manifest["config"]["metric_hparams"]["localisation"]["num_grids"] == 250
+        grids = 250 if layout == "tinyimagenet" else 500  # the dataset's protocol, else 500
+        assert manifest["config"]["metric_hparams"]["localisation"]["num_grids"] == grids
         assert manifest["defaults_from_data"]["methods"]["occ5"] == {"patch_size": 8,
                                                                      "stride": 4}
         assert manifest["samples"]["colour-net/localisation"]["cell_size"] == [64, 64]

@@ -291,7 +291,10 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
                          compile=compile_model, lambda_reg=lambda_reg)
     config.check()
     temperature = config.temperature  # the model's own when not given
-    run_dir = Path(out_dir or f"runs/train/{model_name}-{norm}-t{temperature:g}")
+    # a CoDA-Net's export names its norm and T (xs-coda-sq-t1000); other models their name
+    name = (f"{model_name}-{norm}-t{temperature:g}" if entry.metadata.get("family") == "coda"
+            else model_name)
+    run_dir = Path(out_dir or f"runs/train/{name}")
     if resume and not (run_dir / "checkpoint.pt").exists():
         click.echo(f"--resume: {run_dir} has no checkpoint.pt yet; starting a new run", err=True)
     train_set = get_dataset(dataset, "train", root=data_root, **options).subset(limit)
@@ -305,7 +308,6 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
         click.echo(f"stopped after epoch {status['epochs']} (step {status['step']}/"
                    f"{status['planned_steps']}); continue with --resume --out {run_dir}")
         return
-    name = f"{model_name}-{norm}-t{temperature:g}"
     plan_path = run_dir / "plan.json"
     steps_per_epoch = len(train_set) // batch_size
     extra = {"steps": status["step"], "train_data": train_set.name, "test_data": test_set.name,

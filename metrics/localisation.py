@@ -275,17 +275,24 @@ class DisconnectedGrid(nn.Module):
 
 
 class DisconnectedContributionsGrid(DisconnectedGrid):
-    """A :class:`DisconnectedGrid` around a model with ``contributions`` (a CoDA-Net)."""
+    """A :class:`DisconnectedGrid` around a model with ``contributions`` (a CoDA-Net, a B-cos
+    network)."""
 
     def contributions(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Each cell's own contribution map for the grid's ``target`` (B,), placed in the grid.
 
-        (B, 3, n·H, n·W) → (B, C', n·H, n·W) (C' = 6 for a CoDA-Net). Because the head sums the
-        cells' evidence, the map sums to the grid's logit − b0.
+        (B, 3, n·H, n·W) → (B, C', n·H, n·W) (C' = 6 for CoDA-Nets and B-cos networks). A head
+        that sums the positions' evidence (a CoDA-Net: Σ / T + b0) makes the grid's logit − bias
+        the sum of the cells' logits − bias; a head that averages them (a B-cos network: 1×1
+        classifier, average pool, logit bias; ``model.head_pooling == "mean"``) makes it their
+        mean, so each cell's map is divided by n². Either way the map sums to the grid's logit
+        minus the model's bias.
         """
         check_images(x)
         nn_ = self.n * self.n
         cells = split_cells(x, self.n)
         target = torch.as_tensor(target, device=x.device).long().reshape(-1)
         maps = self.model.contributions(cells, target.repeat_interleave(nn_))
+        if getattr(self.model, "head_pooling", "sum") == "mean":
+            maps = maps / nn_
         return compose_grids(maps.reshape(x.shape[0], nn_, *maps.shape[1:]))

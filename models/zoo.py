@@ -19,6 +19,7 @@ from torch import nn
 
 from attrib_bench.checkpoints import load_into, read_state_dict, resolve_weights_root, sha256_file
 from attrib_bench.errors import CheckpointError
+from attrib_bench.models.bcos_net import BCOS_CONFIGS
 from attrib_bench.models.coda_net import CONFIGS, PAPER_PARAMS_M, build_coda
 from attrib_bench.models.resnet_cifar import resnet56
 from attrib_bench.registry import MODELS, register_model
@@ -163,6 +164,29 @@ for _size, _config in CONFIGS.items():
         temperature=_config.temperature,
         exact_config=_config.exact,
         paper_params_m=PAPER_PARAMS_M.get(_size),
+    )
+
+
+def _bcos_factory(name: str, pretrained: bool = False, checkpoint: str | Path | None = None,
+                  weights_root: str | Path | None = None, download: bool = False,
+                  sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    from attrib_bench.models.bcos_net import bcos_model
+
+    return _finish(bcos_model(name, **kwargs), name, pretrained, checkpoint, None, weights_root,
+                   download, sha256)
+
+
+for _name in BCOS_CONFIGS:
+    MODELS.add(
+        _name,
+        partial(_bcos_factory, _name),
+        description=f"B-cos ResNet-20 (Böhle et al. CVPR 2022 / TPAMI 2024), the bcos package's "
+                    f"CIFAR-10 config {BCOS_CONFIGS[_name]} (b=2, max-out 2, uncentred BN "
+                    "without bias), RGB→6-channel encoding inside; needs attrib-bench[bcos]",
+        family="bcos",
+        dataset="cifar10",
+        num_classes=10,
+        image_size=32,
     )
 
 

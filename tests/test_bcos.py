@@ -1,0 +1,128 @@
+"""B-cos networks through the authors' ``bcos`` package (issue 19): the registered model, its
+inherent maps against the package's own explanation, completeness in float64 and float32, the
+capabilities the metrics use (GradCAM layer, features/head split, DiFull grid), all on random
+weights with non-trivial batch-norm statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+pytest.importorskip("bcos")
+
+from attrib_bench.cli import cli  # noqa: E402
+from attrib_bench.metrics.localisation import DisconnectedGrid  # noqa: E402
+from attrib_bench.models import protocols  # noqa: E402
+from attrib_bench.registry import create_method, create_model  # noqa: E402
+
+
+def _model(dtype: torch.dtype = torch.float32):
+    """bcos-resnet20 with random weights and random running statistics in its batch norms
+    (so that the norms are not identities), in eval mode."""
+    torch.manual_seed(0)
+    model = create_model("bcos-resnet20")
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "running_var") and module.running_var is not None:
+                module.running_var.uniform_(0.5, 2.0)
+            if hasattr(module, "running_mean") and module.running_mean is not None:
+                module.running_mean.uniform_(-0.2, 0.2)
+    return model.to(dtype).eval()
+
+
+def _images(b: int, dtype: torch.dtype = torch.float32, size: int = 32) -> torch.Tensor:
+    return torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=dtype)
+
+
+def test_listed_with_its_capabilities():
+    result = CliRunner().invoke(cli, ["list", "models"])
+    assert result.exit_code == 0 and "bcos-resnet20" in result.output
+    model = _model()
+    assert protocols.capabilities(model) == ["probability", "contributions", "gradcam_layer",
+                                             "features_head", "encoded_input"]
+    assert protocols.probability(model) == "sigmoid"
+    assert model.gradcam_layer is model.net.layer3
+    assert sum(p.numel() for p in model.parameters()) == 543_440  # the package's config
+
+
+def test_encoding_is_the_packages_add_inverse_inside_the_model():
+    model, x = _model(), _images(2)
+    z = model.encode(x)
+    torch.testing.assert_close(z, torch.cat([x, 1 - x], dim=1), rtol=0, atol=0)
+    torch.testing.assert_close(model(x), model.net(z), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+def test_inherent_maps_are_complete(dtype, rtol):
+    """Σ W(x) ⊙ x_enc = target logit − logit bias (−log 9), through the `inherent` method."""
+    model, x = _model(dtype), _images(4, dtype)
+    target = torch.tensor([0, 3, 7, 9])
+    assert model.logit_bias == pytest.approx(-torch.log(torch.tensor(9.0)).item())
+    maps = create_method("inherent", model).attribute(x, target)  # (B, H, W), channels summed
+    logits = model(x).gather(1, target[:, None])[:, 0].detach()
+    torch.testing.assert_close(maps.sum((1, 2)), logits - model.logit_bias,
+                               rtol=max(rtol, 1e-9), atol=3e-7 if dtype == torch.float32 else 0)
+    # random weights give evidence of 1e-5 to 1e-3 beside the bias's 2.2, below float32's
+    # resolution of the logit: without the bias the logit is the evidence itself
+    model.net.logit_layer.logit_bias = None
+    assert model.logit_bias == 0.0
+    logits = model(x).gather(1, target[:, None])[:, 0].detach()
+    torch.testing.assert_close(maps.sum((1, 2)), logits, rtol=rtol, atol=0)
+
+
+def test_inherent_equals_the_packages_own_explanation():
+    """`inherent` vs `model.explain(...)["contribution_map"]` of the bcos package, per image and
+    class, to 1e-5."""
+    model, x = _model(), _images(3)
+    target = torch.tensor([2, 5, 8])
+    ours = create_method("inherent", model).attribute(x, target)
+    for i in range(3):
+        with pytest.warns(UserWarning, match="require grad"):
+            theirs = model.net.explain(model.encode(x[i:i + 1]), idx=int(target[i]))
+        assert theirs["explained_class_idx"] == int(target[i])
+        torch.testing.assert_close(ours[i], theirs["contribution_map"][0].detach(), rtol=0,
+                                   atol=1e-5)
+
+
+def test_batched_contributions_equal_one_image_at_a_time():
+    model, x = _model(torch.float64), _images(4, torch.float64)
+    target = torch.tensor([1, 1, 6, 0])
+    batched = model.contributions(x, target)
+    for i in range(4):
+        single = model.contributions(x[i:i + 1], target[i:i + 1])
+        torch.testing.assert_close(batched[i:i + 1], single, rtol=1e-12, atol=1e-12)
+
+
+def test_contributions_refuse_training_mode():
+    from attrib_bench.errors import MethodError
+
+    model = _model().train()
+    with pytest.raises(MethodError, match="eval mode"):
+        model.contributions(_images(1), torch.tensor([0]))
+
+
+def test_features_head_split_is_the_forward():
+    model, x = _model(torch.float64), _images(2, torch.float64)
+    features = model.forward_features(x)
+    assert features.shape == (2, 64, 8, 8)
+    torch.testing.assert_close(model.forward_head(features), model(x), rtol=0, atol=0)
+
+
+def test_difull_grid_maps_sum_to_the_grid_logit():
+    """On the disconnected 2×2 grid the head averages the cells' evidence: each cell's map is
+    divided by 4, and the grid map sums to the grid logit − bias."""
+    model = _model(torch.float64)
+    grid = DisconnectedGrid(model, 2)
+    x = _images(2, torch.float64, size=64)
+    target = torch.tensor([4, 1])
+    maps = grid.contributions(x, target)
+    assert maps.shape == (2, 6, 64, 64)
+    logits = grid(x).gather(1, target[:, None])[:, 0].detach()
+    torch.testing.assert_close(maps.sum((1, 2, 3)), logits - model.logit_bias, rtol=1e-9, atol=0)
+
+
+def test_gradcam_finds_the_last_stage():
+    model, x = _model(), _images(2)
+    maps = create_method("gradcam", model).attribute(x, torch.tensor([0, 1]))
+    assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all()

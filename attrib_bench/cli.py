@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -184,17 +185,26 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
     """Top-1 accuracy of MODEL on a dataset (CIFAR-10's test split by default)."""
     from attrib_bench.data import evaluation_split, get_dataset
     from attrib_bench.evaluation import predict_logits, resolve_device, top1_accuracy
-    from attrib_bench.registry import create_model
+    from attrib_bench.registry import MODELS, create_model
+    from attrib_bench.runners.settings import check_model_fits
 
-    options = _dataset_options(dataset, dataset_option_items)  # a bad name fails first
+    MODELS.get(model_name)  # an unknown name fails first, before any data is read
+    options = _dataset_options(dataset, dataset_option_items)  # then a bad dataset
     torch_device = resolve_device(device)
     from attrib_bench.models.zoo import checkpoint_kwargs
 
+    images = get_dataset(dataset, split or evaluation_split(dataset), root=data_root,
+                         download=download, **options).subset(limit)
+    check_model_fits(model_name, MODELS.get(model_name).metadata, images, dataset)
     model = create_model(model_name, pretrained=checkpoint is None, checkpoint=checkpoint,
                          **checkpoint_kwargs(model_name, checkpoint),
                          **({"weights_root": weights_root} if weights_root else {}))
-    images = get_dataset(dataset, split or evaluation_split(dataset), root=data_root,
-                         download=download, **options).subset(limit)
+    with torch.no_grad():  # one image first: a head of another size stops before the pass
+        k = int(model.eval()(images.float_images(slice(0, 1))).shape[-1])
+    if k != images.num_classes:
+        raise click.UsageError(f"{model_name} outputs {k} classes, {images.name} has "
+                               f"{images.num_classes}: pass a model (or --checkpoint) with a "
+                               f"{images.num_classes}-class head, or its own --dataset")
     start = time.perf_counter()
     logits = predict_logits(model, images, batch_size, torch_device)
     seconds = time.perf_counter() - start
@@ -268,6 +278,7 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     from attrib_bench.evaluation import resolve_device
     from attrib_bench.registry import MODELS
     from attrib_bench.runners.settings import check_model_fits
+    from attrib_bench.runners.storage import slug
     from attrib_bench.runners.train import (
         TrainConfig,
         export,
@@ -293,7 +304,7 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     temperature = config.temperature  # the model's own when not given
     # a CoDA-Net's export names its norm and T (xs-coda-sq-t1000); other models their name
     name = (f"{model_name}-{norm}-t{temperature:g}" if entry.metadata.get("family") == "coda"
-            else model_name)
+            else slug(model_name))  # torchvision:resnet18 → a file name without ":"
     run_dir = Path(out_dir or f"runs/train/{name}")
     if resume and not (run_dir / "checkpoint.pt").exists():
         click.echo(f"--resume: {run_dir} has no checkpoint.pt yet; starting a new run", err=True)
@@ -301,6 +312,10 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     test_set = get_dataset(dataset, evaluation_split(dataset), root=data_root,
                            **options).subset(test_limit)
     check_model_fits(model_name, entry.metadata, train_set, dataset)
+    if entry.metadata.get("family") == "library" and "num_classes" not in config.model_kwargs:
+        # a library model's head gets the dataset's classes (random init, as the rest)
+        config = dataclasses.replace(config, model_kwargs={**config.model_kwargs,
+                                                           "num_classes": train_set.num_classes})
     model = train(config, train_set, test_set, run_dir, torch_device, resume=resume,
                   stop_after_epochs=stop_after, started_at=started_at, bars=not quiet)
     status = training_status(run_dir)

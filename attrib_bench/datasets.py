@@ -101,8 +101,9 @@ def tinyimagenet(split: str = "test", root: str | Path | None = None,
 
     Protocol (registry metadata ``protocol``; a run's own ``--set`` wins): localisation and its
     DiFull variant draw **250 grids** of 3×3 64 px images (192×192 px), by CIFAR-10's rule on
-    the val split: correctly classified images with sigmoid(logit) > 0.5, ranked by logit within
-    their class, 9 distinct classes per grid, numpy seed 42. The paper says "250" for
+    the val split: correctly classified images whose target probability (the model's declared
+    one: sigmoid for the CoDA-Nets, softmax by default) is > 0.5, ranked within their class, 9
+    distinct classes per grid, numpy seed 42. The paper says "250" for
     TinyImageNet where it says 500 for CIFAR-10; CIFAR-10's 500 is a grid count, and the val
     split has only 50 images per class, so 250 is read as 250 grids (2250 images of the 10 000),
     not as 250 images per class. Pixel removal: the first 1024 val images in ``val_annotations``
@@ -211,12 +212,14 @@ def find_classes(folder: Path) -> list[str]:
 def scan_images(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
     """(files relative to ``folder``, labels): every image under ``folder/<class>/``, class by
     class in ``classes`` order, then by path — torchvision's own ``make_dataset`` (nested
-    folders included, links followed). A class without an image is one line."""
+    folders included, links followed). A class of ``classes`` that has no folder here (a class
+    of the tree that this split lacks) keeps its label and has no image; a class folder without
+    an image is one line."""
     from torchvision.datasets.folder import make_dataset
 
+    present = {name: i for i, name in enumerate(classes) if (folder / name).is_dir()}
     try:
-        found = make_dataset(str(folder), {name: i for i, name in enumerate(classes)},
-                             extensions=IMAGE_EXTENSIONS)
+        found = make_dataset(str(folder), present, extensions=IMAGE_EXTENSIONS)
     except FileNotFoundError as exc:  # a class folder without images
         raise DataNotFoundError(f"{folder}: {' '.join(str(exc).split())[:200]}: add images or "
                                 "remove the folder") from None
@@ -237,12 +240,31 @@ def split_folder(root: Path, split: str) -> Path:
     for name in (split, *EVAL_ALIASES.get(split, ())):
         if (root / name).is_dir():
             return root / name
-    present = [name for name in ("train", "val", "test") if (root / name).is_dir()]
+    present = split_folders(root)
     if present:
         raise DataNotFoundError(f"{root} has {', '.join(p + '/' for p in present)} but no "
                                 f"{split}/: add DIR/{split}/<class>/ or pass --data-root the "
                                 "folder of class folders itself")
+    if split == "train":
+        raise DataNotFoundError(f"{root} has no train/ folder: training needs "
+                                "DIR/train/<class>/ beside DIR/val/<class>/ (a single folder of "
+                                "classes would be evaluated on its own training images)")
     return root
+
+
+def split_folders(root: Path) -> list[str]:
+    """The split folders (train, val, test) an ImageFolder tree ``root`` has."""
+    return [name for name in ("train", "val", "test") if (root / name).is_dir()]
+
+
+def tree_classes(root: Path) -> list[str]:
+    """The classes of an ImageFolder tree: the union of its split folders' class folders,
+    sorted (so that every split labels a class alike even if one split lacks it), or
+    ``root``'s own class folders for a tree without splits."""
+    splits = split_folders(root)
+    if not splits:
+        return find_classes(root)
+    return sorted({name for split in splits for name in find_classes(root / split)})
 
 
 def _folder_set(folder: Path, classes: list[str], name: str, transform: ResizeCrop,
@@ -260,7 +282,9 @@ def imagefolder(split: str = "test", root: str | Path | None = None, download: b
     """Any class-per-folder tree (torchvision ImageFolder), resized and centre-cropped.
 
     ``root`` is ``DIR/<split>/<class>/*`` ("val" and "test" stand for each other) or, without
-    split folders, ``DIR/<class>/*`` itself. Class = sub-folder name, sorted; images: .jpg .jpeg
+    split folders, ``DIR/<class>/*`` itself (an evaluation split only: ``train`` needs its own
+    folder). Class = sub-folder name, sorted, over all the tree's splits (every split labels a
+    class alike; :func:`tree_classes`); images: .jpg .jpeg
     .png .bmp .webp in any case, nested folders included. Each image: shorter side to ``resize``
     px, centre ``image_size`` crop (:class:`~attrib_bench.imageset.ResizeCrop`, the standard
     ImageNet evaluation transform). Returns a file-backed set: nothing is decoded up front.
@@ -270,7 +294,7 @@ def imagefolder(split: str = "test", root: str | Path | None = None, download: b
     transform = ResizeCrop(image_size, resize)
     root_path = resolve_data_root(root)
     folder = split_folder(root_path, split)
-    classes = find_classes(folder)
+    classes = tree_classes(root_path)
     if not classes:
         raise DataNotFoundError(f"{folder} has no class folders: put the images in "
                                 f"{folder}/<class>/ or pass --data-root the tree's folder")
@@ -343,5 +367,6 @@ def imagenet(split: str = "test", root: str | Path | None = None, download: bool
                        imagenet_class_names(root_path, wnids))
 
 
-__all__ = ["IMAGE_EXTENSIONS", "cifar10", "find_classes", "imagefolder",
-           "imagenet", "imagenet_class_names", "scan_images", "split_folder", "tinyimagenet"]
+__all__ = ["IMAGE_EXTENSIONS", "cifar10", "find_classes", "imagefolder", "imagenet",
+           "imagenet_class_names", "scan_images", "split_folder", "split_folders",
+           "tinyimagenet", "tree_classes"]

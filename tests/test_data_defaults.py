@@ -158,9 +158,10 @@ def test_run_refuses_a_registered_model_built_for_other_data(tmp_path):
     with pytest.raises(RunError) as info:
         run("xs-coda", "grad", "pixel-removal", dataset=_pattern_set(64), n_samples=1,
             out=tmp_path / "run", progress=False)
-    assert str(info.value) == ("xs-coda is built for 10 classes at 32 px, pattern64 has 10 "
-                               "classes at 64x64 px: pass --dataset cifar10 --data-root DIR "
-                               "(its own data)")
+    assert str(info.value) == (
+        "xs-coda is built for 10 classes at 32 px, pattern64 has 10 classes at 64x64 px: pass "
+        "--dataset cifar10 --data-root DIR --checkpoint FILE (its own data; it has no weights: "
+        "`attrib-bench train --model xs-coda --dataset cifar10 --data-root DIR` trains one)")
     assert not (tmp_path / "run" / "parts").exists()
 
 

@@ -236,6 +236,82 @@ def test_split_folders_and_their_aliases(tmp_path, folder_root):
         _folder(folder_root, resize=20)
 
 
+def test_splits_share_one_class_map(tmp_path):
+    """train/{cat,dog,fish} and val/{dog,fish}: val labels dog 1 and fish 2, as train does."""
+    tree = tmp_path / "tree"
+    for split, names in (("train", ("cat", "dog", "fish")), ("val", ("dog", "fish"))):
+        for name in names:
+            _image(tree / split / name / "x.png", (40, 40), 1)
+    train = get_dataset("imagefolder", "train", tree, image_size=32, resize=36)
+    val = get_dataset("imagefolder", "val", tree, image_size=32, resize=36)
+    assert train.class_names == val.class_names == ("cat", "dog", "fish")
+    assert train.labels.tolist() == [0, 1, 2] and val.labels.tolist() == [1, 2]
+    assert val.num_classes == 3
+
+
+def test_a_tree_without_splits_is_no_train_split(folder_root):
+    """Training on DIR/<class>/ would evaluate on its own training images: one line."""
+    with pytest.raises(DataNotFoundError, match="has no train/ folder: training needs "
+                                                "DIR/train/<class>/") as info:
+        get_dataset("imagefolder", "train", folder_root)
+    assert "\n" not in str(info.value)
+    assert len(_folder(folder_root)) == 7  # evaluating on it is fine
+
+
+def _split_tree(folder_root: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    tree = tmp_path / "split-tree"
+    for split in ("train", "val"):
+        shutil.copytree(folder_root, tree / split)
+    return tree
+
+
+def test_train_gives_a_library_model_the_datasets_classes(folder_root, tmp_path):
+    """`train --model torchvision:resnet18` on 3 classes trains a 3-class head (random init),
+    exports it under a file name without ":", and `eval --checkpoint` reads it back."""
+    tree = _split_tree(folder_root, tmp_path)
+    data = ["--dataset", "imagefolder", "--dataset-option", "image_size=32",
+            "--dataset-option", "resize=36", "--data-root", str(tree)]
+    out = tmp_path / "train"
+    trained = CliRunner().invoke(cli, ["train", "--model", "torchvision:resnet18", *data,
+                                       "--epochs", "1", "--batch-size", "4", "--quiet",
+                                       "--out", str(out)])
+    assert trained.exit_code == 0, trained.output + repr(trained.exception)
+    weights = out / "torchvision_resnet18.safetensors"
+    assert weights.is_file()
+    evaluated = CliRunner().invoke(cli, ["eval", "--model", "torchvision:resnet18",
+                                         "--checkpoint", str(weights), *data])
+    assert evaluated.exit_code == 0, evaluated.output + repr(evaluated.exception)
+    assert "(7 images)" in evaluated.output
+
+
+def test_train_and_eval_refuse_a_head_of_another_size(folder_root, tmp_path):
+    """A plugin model with 5 outputs on 3 classes: one line each, before any step or pass."""
+    tree = _split_tree(folder_root, tmp_path)
+    MODELS.add("five-net", lambda pretrained=False, checkpoint=None: _tiny_model(5))
+    try:
+        data = ["--dataset", "imagefolder", "--dataset-option", "image_size=32",
+                "--dataset-option", "resize=36", "--data-root", str(tree)]
+        trained = CliRunner().invoke(cli, ["train", "--model", "five-net", *data, "--epochs",
+                                           "1", "--batch-size", "4", "--out",
+                                           str(tmp_path / "t")])
+        assert trained.exit_code == 1, trained.output
+        assert ("five-net outputs 5 classes, imagefolder-split-tree-train-32px has 3: build it "
+                "with num_classes=3") in trained.output
+        evaluated = CliRunner().invoke(cli, ["eval", "--model", "five-net", *data])
+        assert evaluated.exit_code == 2, evaluated.output
+        assert "five-net outputs 5 classes, imagefolder-split-tree-val-32px has 3" in \
+            evaluated.output
+    finally:
+        MODELS.remove("five-net")
+    declared = CliRunner().invoke(cli, ["eval", "--model", "resnet56", "--dataset",
+                                        "imagefolder", "--data-root", str(tree)])
+    assert declared.exit_code == 1, declared.output
+    assert ("resnet56 is built for 10 classes at 32 px, imagefolder has 3 classes at 224x224 "
+            "px: pass --dataset cifar10 --data-root DIR (its own data)") in declared.output
+
+
 def test_imagenet_layout_classes_and_names(tmp_path):
     root = tmp_path / "imagenet"
     for i, wnid in enumerate(WNIDS):
@@ -288,19 +364,19 @@ def test_train_refuses_a_model_built_for_other_data_in_one_line(folder_root, tmp
     result = CliRunner().invoke(cli, ["train", "--model", "xl-coda", "--dataset", "imagefolder",
                                       "--dataset-option", "image_size=32",
                                       "--dataset-option", "resize=32",
-                                      "--data-root", str(folder_root), "--epochs", "1",
-                                      "--out", str(tmp_path / "t")])
+                                      "--data-root", str(_split_tree(folder_root, tmp_path)),
+                                      "--epochs", "1", "--out", str(tmp_path / "t")])
     assert result.exit_code == 1, result.output
     assert ("xl-coda is built for 200 classes at 64 px, imagefolder has 3 classes at 32x32 px: "
             "pass --dataset tinyimagenet --data-root DIR (its own data)") in result.output
     assert "Traceback" not in result.output and not (tmp_path / "t" / "checkpoint.pt").exists()
 
 
-def _tiny_model():
+def _tiny_model(num_classes: int = 3):
     from attrib_bench.models.resnet_cifar import CifarResNet
 
     torch.manual_seed(0)
-    return CifarResNet(1, num_classes=3).eval()
+    return CifarResNet(1, num_classes=num_classes).eval()
 
 
 def test_run_on_a_file_backed_set(folder_root, tmp_path):

@@ -204,6 +204,14 @@ def test_gradcam_defaults_to_layer4(tv_resnet):
     assert method.layer is tv_resnet.model.layer4 and method.layer_name == "model.layer4"
 
 
+def test_gradcam_layer_paths_are_the_librarys_own(tv_resnet):
+    """`--set gradcam.layer=layer4.1` names torchvision's layer (inside the wrapper's
+    ``model``), and the wrapper's own path works too."""
+    inner = tv_resnet.model.layer4[1]
+    assert create_method("gradcam", tv_resnet, layer="layer4.1").layer is inner
+    assert create_method("gradcam", tv_resnet, layer="model.layer4.1").layer is inner
+
+
 def test_deeplift_refuses_torchvision_resnets_reused_relu(tv_resnet):
     x, target = _inputs(1)
     reused = "ReLU module 'model.layer1.0.relu'.* is called 2 times"

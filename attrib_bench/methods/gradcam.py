@@ -40,15 +40,25 @@ def _module_path(model: nn.Module, layer: nn.Module) -> str | None:
     return None
 
 
+#: Attributes under which a wrapper keeps the network it wraps (library models, B-cos).
+WRAPPED = ("model", "net")
+
+
 def resolve_layer(model: nn.Module, path: str, method: str = "gradcam") -> nn.Module:
     """The submodule at ``path`` (``"features.3"``); a wrong path is one :class:`MethodError`
-    line listing the model's convolutional layers (the first :data:`MAX_LISTED`)."""
-    try:
-        module = model.get_submodule(path)
-    except AttributeError:
-        module = None
-    if isinstance(module, nn.Module) and path:
-        return module
+    line listing the model's convolutional layers (the first :data:`MAX_LISTED`).
+
+    A path not found on ``model`` is tried inside the network a wrapper holds
+    (:data:`WRAPPED`: ``model.model`` of a torchvision/timm wrapper, ``model.net`` of a B-cos
+    one), so ``layer4.1`` names the library's own layer as in its documentation.
+    """
+    for prefix in ("", *(f"{name}." for name in WRAPPED)):
+        try:
+            module = model.get_submodule(prefix + path)
+        except AttributeError:
+            module = None
+        if isinstance(module, nn.Module) and path:
+            return module
     candidates = conv_layers(model)
     close = difflib.get_close_matches(path, [p for p, _ in model.named_modules() if p], n=3,
                                       cutoff=0.6)

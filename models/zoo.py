@@ -167,27 +167,36 @@ for _size, _config in CONFIGS.items():
     )
 
 
-def _bcos_factory(name: str, pretrained: bool = False, checkpoint: str | Path | None = None,
+def _bcos_factory(architecture: str, name: str | None = None, cfg: PretrainedCfg | None = None,
+                  pretrained: bool = False, checkpoint: str | Path | None = None,
                   weights_root: str | Path | None = None, download: bool = False,
                   sha256: str | None = None, **kwargs: Any) -> nn.Module:
+    """A B-cos network of ``architecture`` (a key of ``BCOS_CONFIGS``), registered as ``name``
+    (a trained zoo entry with weights ``cfg``) or as the architecture itself (no weights)."""
     from attrib_bench.models.bcos_net import bcos_model
 
-    return _finish(bcos_model(name, **kwargs), name, pretrained, checkpoint, None, weights_root,
-                   download, sha256)
+    return _finish(bcos_model(architecture, **kwargs), name or architecture, pretrained,
+                   checkpoint, cfg, weights_root, download, sha256)
+
+
+def _register_bcos(name: str, architecture: str, cfg: PretrainedCfg | None = None) -> None:
+    trained = "" if cfg is None else (
+        f", trained here: {'not measured' if cfg.accuracy is None else f'{cfg.accuracy:.2f} %'} "
+        "on the CIFAR-10 test set")
+    MODELS.add(
+        name,
+        partial(_bcos_factory, architecture, name, cfg),
+        description=f"B-cos ResNet-20 (Böhle et al. CVPR 2022 / TPAMI 2024), the bcos package's "
+                    f"CIFAR-10 config {BCOS_CONFIGS[architecture]} (b=2, no max-out, uncentred "
+                    f"BN without bias), RGB→6-channel encoding inside{trained}; needs "
+                    "attrib-bench[bcos]",
+        family="bcos", dataset="cifar10", num_classes=10, image_size=32,
+        **({} if cfg is None else {"pretrained_cfg": cfg}),
+    )
 
 
 for _name in BCOS_CONFIGS:
-    MODELS.add(
-        _name,
-        partial(_bcos_factory, _name),
-        description=f"B-cos ResNet-20 (Böhle et al. CVPR 2022 / TPAMI 2024), the bcos package's "
-                    f"CIFAR-10 config {BCOS_CONFIGS[_name]} (b=2, max-out 2, uncentred BN "
-                    "without bias), RGB→6-channel encoding inside; needs attrib-bench[bcos]",
-        family="bcos",
-        dataset="cifar10",
-        num_classes=10,
-        image_size=32,
-    )
+    _register_bcos(_name, _name)
 
 
 # Trained here and shipped inside the package (models/weights/): float16 storage, float32 compute.
@@ -295,8 +304,9 @@ def zoo_sidecar(weights: str | Path, name: str, dest_dir: str | Path, *,
 def register_zoo_folder(folder: str | Path, bundled: bool = False) -> list[str]:
     """Register every ``*.json`` sidecar with a ``"zoo"`` section in ``folder``; returns names.
 
-    A CoDA-Net sidecar (config model ``<size>-coda``) becomes ``build_coda(size, norm, T)`` with
-    the weights' sha256 checked at load. A name that is already registered is one line.
+    A CoDA-Net sidecar (config model ``<size>-coda``) becomes ``build_coda(size, norm, T)``, a
+    B-cos one (config model ``bcos-resnet20``) the package's network, with the weights' sha256
+    checked at load. A name that is already registered is one line.
     """
     folder = Path(folder)
     names = []
@@ -307,8 +317,9 @@ def register_zoo_folder(folder: str | Path, bundled: bool = False) -> list[str]:
             continue
         config = sidecar["config"]
         size = str(config["model"]).removesuffix("-coda")
-        if size not in CONFIGS:
-            raise CheckpointError(f"{path}: zoo sidecars describe CoDA-Nets, not {config['model']}")
+        if size not in CONFIGS and config["model"] not in BCOS_CONFIGS:
+            raise CheckpointError(f"{path}: zoo sidecars describe CoDA-Nets or B-cos networks, "
+                                  f"not {config['model']}")
         if zoo["name"] in MODELS.names():
             raise CheckpointError(f"{path}: model {zoo['name']!r} is already registered: rename "
                                   "the zoo entry or remove the folder from $ATTRIB_BENCH_ZOO")
@@ -317,7 +328,11 @@ def register_zoo_folder(folder: str | Path, bundled: bool = False) -> list[str]:
             accuracy=zoo.get("accuracy"), published_accuracy=zoo.get("published_accuracy"),
             provenance=zoo["provenance"], license=zoo.get("license", "MIT (attrib-bench)"),
             bundled=bundled, folder=None if bundled else str(folder.resolve()))
-        _register_trained(zoo["name"], size, float(config["temperature"]), config["norm"], cfg)
+        if config["model"] in BCOS_CONFIGS:
+            _register_bcos(zoo["name"], config["model"], cfg)
+        else:
+            _register_trained(zoo["name"], size, float(config["temperature"]), config["norm"],
+                              cfg)
         names.append(zoo["name"])
     return names
 

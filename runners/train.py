@@ -657,7 +657,9 @@ def export(model: nn.Module, config: TrainConfig, out_path: str | Path, *,
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    # floating tensors in ``dtype``; integer buffers (batch norm's num_batches_tracked) as they are
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in model.state_dict().items()}
     tmp = out_path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
     os.chmod(tmp, 0o644)  # safetensors writes 0600; weights are for sharing

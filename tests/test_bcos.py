@@ -43,7 +43,7 @@ def test_listed_with_its_capabilities():
                                              "features_head", "encoded_input"]
     assert protocols.probability(model) == "sigmoid"
     assert model.gradcam_layer is model.net.layer3
-    assert sum(p.numel() for p in model.parameters()) == 543_440  # the package's config
+    assert sum(p.numel() for p in model.parameters()) == 272_112  # the package's config
 
 
 def test_encoding_is_the_packages_add_inverse_inside_the_model():
@@ -126,3 +126,30 @@ def test_gradcam_finds_the_last_stage():
     model, x = _model(), _images(2)
     maps = create_method("gradcam", model).attribute(x, torch.tensor([0, 1]))
     assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all()
+
+
+def test_a_trained_bcos_model_joins_the_zoo(tmp_path):
+    """`train`'s export → `zoo_sidecar` → a zoo folder registers a B-cos entry whose weights
+    load with their sha256 checked (float16 storage, float32 compute)."""
+    from attrib_bench.models.zoo import register_zoo_folder, zoo_sidecar
+    from attrib_bench.registry import MODELS
+    from attrib_bench.runners.train import TrainConfig, export
+
+    model = _model()
+    exported = tmp_path / "train" / "bcos-resnet20.safetensors"
+    export(model, TrainConfig(model="bcos-resnet20"), exported, dataset="cifar10-train",
+           test_accuracy=12.5, epochs_done=1)
+    zoo_sidecar(exported, "bcos-resnet20-test-zoo", tmp_path / "zoo", accuracy=12.5,
+                provenance="a test")
+    try:
+        assert register_zoo_folder(tmp_path / "zoo") == ["bcos-resnet20-test-zoo"]
+        entry = MODELS.get("bcos-resnet20-test-zoo")
+        assert entry.metadata["family"] == "bcos" and entry.metadata["pretrained_cfg"].accuracy \
+            == 12.5
+        loaded = create_model("bcos-resnet20-test-zoo", pretrained=True)
+        for key, value in model.state_dict().items():
+            expected = value.half().float() if value.is_floating_point() else value
+            torch.testing.assert_close(loaded.state_dict()[key], expected, rtol=0, atol=0,
+                                       msg=key)
+    finally:
+        MODELS.remove("bcos-resnet20-test-zoo")

@@ -14,10 +14,11 @@ complete; logit bias −log 9; 272 112 parameters). No max-out and uncentred bat
 bias are the choices of the package's final ImageNet models (``bcos_final``); max-out 2 doubles
 every convolution and made a training step 5–8× slower on this 2-core CPU (batch 64: 1.5–1.7 s
 against 7–16 s, measured side by side). The package leaves the [r, g, b, 1−r, 1−g, 1−b]
-encoding to the data pipeline; :class:`BcosNet` applies it inside (the package's ``AddInverse``), so the toolkit's RGB [0, 1]
-input contract holds. The package's CIFAR-10 training recipe (its experiment parameters): Adam,
-lr 1e-3, batch 64, 100 epochs, cosine to 0, BCE on one-hot targets, random crop 32 (padding 4)
-and horizontal flip; ``attrib-bench train`` runs the same loss and augmentation.
+encoding to the data pipeline; :class:`BcosNet` applies it inside (the package's
+``AddInverse``), so the toolkit's RGB [0, 1] input contract holds. The package's CIFAR-10
+training recipe (its experiment parameters): Adam, lr 1e-3, batch 64, 100 epochs, cosine to 0,
+BCE on one-hot targets, random crop 32 (padding 4) and horizontal flip; ``attrib-bench train``
+runs the same loss and augmentation.
 """
 
 from __future__ import annotations

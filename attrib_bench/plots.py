@@ -13,6 +13,7 @@ the ``examples/*.safetensors`` files that ``attrib-bench examples`` writes
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
@@ -46,6 +49,18 @@ SUMMARY_COLUMNS: tuple[str, ...] = ("model", "method", "metric", "variant", "sta
                                     "ci_low", "ci_high", "n", "direction")
 PIXEL_ORDERS: dict[str, str] = {"least-first": "least important first (higher is better)",
                                 "most-first": "most important first (lower is better)"}
+_ORDER_SHORT: dict[str, str] = {"least-first": "least first ↑", "most-first": "most first ↓"}
+#: Line styles and markers, fixed per method (:func:`method_styles`).
+_LINE_STYLES: tuple[str, ...] = ("-", "--", "-.", ":")
+_MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")
+_MEAN_MARKER: dict[str, Any] = {"marker": "D", "markerfacecolor": "white",
+                                "markeredgecolor": "black", "markersize": 4}
+#: Panels per figure row before a grid wraps.
+MAX_COLUMNS = 3
+#: Seeded bootstrap resamples for the bands around mean curves (figures stay byte-identical).
+BAND_RESAMPLES = 1000
+#: Sideways shift between methods in the temperature figure, in decades of T.
+_DODGE_DECADES = 0.02
 
 
 # ----------------------------------------------------------------------------- reading
@@ -59,6 +74,8 @@ class RunTables:
     results: pd.DataFrame
     summary: pd.DataFrame
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: Each run folder's own manifest (folder → manifest), for per-run provenance and samples.
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def temperatures(self) -> dict[str, float]:
         """Model name → T for the models that have one (CoDA-Nets), from the manifest."""
@@ -102,7 +119,8 @@ def load_run(path: str | Path) -> RunTables:
     if not summary_file.is_file():
         raise PlotError(f"no summary.csv in {path}: re-run the same attrib-bench run command "
                         "(it rewrites the tables from the finished chunks)")
-    summary = pd.read_csv(summary_file, keep_default_na=False, na_values=[""])
+    summary = pd.read_csv(summary_file, keep_default_na=False, na_values=[""],
+                          dtype={"variant": str})
     summary["variant"] = summary["variant"].fillna("").astype(str)
     _require_columns(summary, SUMMARY_COLUMNS, summary_file)
     manifest_file = path / "manifest.json"
@@ -134,7 +152,8 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> RunTables:
     if len(tables) == 1:
         only = tables[0]
         return RunTables(Path(given[0]), only.results, only.summary,
-                         {**only.manifest, "runs": [str(only.path)]})
+                         {**only.manifest, "runs": [str(only.path)]},
+                         {str(only.path): only.manifest})
     keys = pd.concat([t.results[["model", "method", "metric"]].drop_duplicates().assign(
         run=str(t.path)) for t in tables])
     clash = keys[keys.duplicated(["model", "method", "metric"], keep=False)]
@@ -153,7 +172,8 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> RunTables:
         for key in ("hardware", "git_commit", "versions"):
             manifest.setdefault(key, t.manifest.get(key))
     return RunTables(Path(given[0]), pd.concat([t.results for t in tables], ignore_index=True),
-                     pd.concat([t.summary for t in tables], ignore_index=True), manifest)
+                     pd.concat([t.summary for t in tables], ignore_index=True), manifest,
+                     {str(t.path): t.manifest for t in tables})
 
 
 def _require_columns(table: pd.DataFrame, columns: Iterable[str], where: Path) -> None:
@@ -215,11 +235,106 @@ def method_label(name: str) -> str:
 def _ordered_models(names: Iterable[str], manifest: Mapping[str, Any] | None = None
                     ) -> list[str]:
     """Models in first-seen order (the run's order), the ones with a T in the manifest (the
-    CoDA-Nets) first, by T."""
+    CoDA-Nets) first, by T. Every figure uses this order for its panels."""
     names = list(dict.fromkeys(names))
     temperatures = model_temperatures(manifest, names)
     return sorted(names, key=lambda n: (n not in temperatures, temperatures.get(n, 0),
                                         names.index(n)))
+
+
+def method_styles(names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """A fixed line style and marker per method (by its place in :data:`METHOD_ORDER`, then the
+    others after it), so that curves that coincide stay distinguishable."""
+    ordered = ordered_methods(names)
+    extra = [m for m in ordered if m not in METHOD_ORDER]
+    styles = {}
+    for name in ordered:
+        k = (METHOD_ORDER.index(name) if name in METHOD_ORDER
+             else len(METHOD_ORDER) + extra.index(name))
+        styles[name] = {"linestyle": _LINE_STYLES[k % len(_LINE_STYLES)],
+                        "marker": _MARKERS[k % len(_MARKERS)]}
+    return styles
+
+
+def _panel_title(model: str, *details: str) -> str:
+    """Every panel's title: the model on the first line, then what the panel shows."""
+    return "\n".join([model, *details])
+
+
+def panel_grid(count: int, size: tuple[float, float], sharey: bool = False
+               ) -> tuple[Figure, list[plt.Axes]]:
+    """A figure with ``count`` panels of ``size`` inches in rows of at most
+    :data:`MAX_COLUMNS` (4 panels: 2 × 2), unused cells removed."""
+    columns = math.ceil(count / math.ceil(count / MAX_COLUMNS))
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows),
+                             squeeze=False, sharey=sharey, layout="constrained")
+    flat = list(axes.ravel())
+    for ax in flat[count:]:
+        fig.delaxes(ax)
+    return fig, flat[:count]
+
+
+def mean_band(values: np.ndarray, seed: int = 0, resamples: int = BAND_RESAMPLES,
+              level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over samples of ``values`` (n, k) and its seeded percentile-bootstrap CI: three
+    (k,) arrays (mean, low, high). Resampling counts are multinomial, so memory is O(B·(n+k))."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    means = counts @ values / n  # (B, k)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
+    return values.mean(axis=0), low, high
+
+
+@dataclass(frozen=True)
+class SampleGroup:
+    """Methods drawn together on the same samples: ``samples`` (ids) and each method's own n in
+    the run (``full``), so a panel can say how many it kept."""
+
+    methods: tuple[str, ...]
+    samples: frozenset[Any]
+    full: Mapping[str, int]
+
+    def select(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The rows of this group's methods on its samples."""
+        return rows[rows["method"].isin(self.methods) & rows["sample"].isin(self.samples)]
+
+    def note(self, unit: str, alone: bool = True) -> str:
+        """What the panel's n is, e.g. "8 images, shared by all 10 methods (runs: up to 32)"."""
+        n, most = len(self.samples), max(self.full[m] for m in self.methods)
+        if not alone:
+            return f"{n} {unit}, the ones {', '.join(map(method_label, self.methods))} share"
+        if most == n:
+            return f"{n} {unit} per method"
+        return f"{n} {unit}, shared by all {len(self.methods)} methods (runs: up to {most})"
+
+
+def sample_groups(rows: pd.DataFrame) -> list[SampleGroup]:
+    """Group the methods of ``rows`` (one model, one metric) so each group is compared on the
+    same samples: one group of all methods on the samples common to all of them, or, when they
+    share none, one group per distinct sample set (largest first)."""
+    sets = {m: frozenset(s) for m, s in rows.groupby("method")["sample"].unique().items()}
+    full = {m: len(s) for m, s in sets.items()}
+    common = frozenset.intersection(*sets.values())
+    if common:
+        return [SampleGroup(tuple(ordered_methods(sets)), common, full)]
+    by_set: dict[frozenset[Any], list[str]] = {}
+    for method in ordered_methods(sets):
+        by_set.setdefault(sets[method], []).append(method)
+    return [SampleGroup(tuple(methods), samples, full)
+            for samples, methods in sorted(by_set.items(), key=lambda kv: -len(kv[0]))]
+
+
+def _model_groups(rows: pd.DataFrame, manifest: Mapping[str, Any] | None
+                  ) -> list[tuple[str, SampleGroup, bool]]:
+    """(model, group, whether it is the model's only group), models in figure order."""
+    found = []
+    for model in _ordered_models(rows["model"], manifest):
+        groups = sample_groups(rows[rows["model"] == model])
+        found += [(model, group, len(groups) == 1) for group in groups]
+    return found
 
 
 # ----------------------------------------------------------------------------- Fig. 6
@@ -227,42 +342,39 @@ def _ordered_models(names: Iterable[str], manifest: Mapping[str, Any] | None = N
 
 def localisation_figure(results: pd.DataFrame, metric: str = "localisation",
                         manifest: Mapping[str, Any] | None = None) -> Figure:
-    """Box plots of the per-cell localisation scores, one panel per model (paper Fig. 6, left).
+    """Box plots (quartiles, whiskers, mean ◇) of the per-cell localisation scores, one panel per
+    model, in rows of at most :data:`MAX_COLUMNS` (paper Fig. 6, left).
 
-    Oracle (1) and Uniform (1/n²) are drawn as reference lines; each title gives the grid size
-    and the number of grids (the n behind the boxes). Models with a T in the run's ``manifest``
-    come first, by T; the others in the results' order.
+    Within a panel every method is drawn on the same grids (:func:`sample_groups`): methods run
+    on fewer grids are compared on the grids all share, and the title says how many. Oracle (1)
+    and Uniform (1/n²) are reference lines. Models with a T in ``manifest`` come first, by T.
     """
     rows = metric_rows(results, metric)
     n = int(_config_value(rows, "n") or round(np.sqrt(rows["key"].astype(int).max() + 1)))
-    models = _ordered_models(rows["model"], manifest)
     colours = method_colours(results["method"].unique())
-    width = max(4.0, 0.55 * rows["method"].nunique() + 1.5)
-    fig, axes = plt.subplots(1, len(models), figsize=(width * len(models), 4.2), sharey=True,
-                             squeeze=False, layout="constrained")
-    for ax, model in zip(axes[0], models, strict=True):
-        sub = rows[rows["model"] == model]
-        order = ordered_methods(sub["method"].unique())
+    panels = _model_groups(rows, manifest)
+    most = max(len(group.methods) for _, group, _ in panels)
+    fig, axes = panel_grid(len(panels), (max(3.6, 0.45 * most + 1.6), 3.8), sharey=True)
+    for ax, (model, group, alone) in zip(axes, panels, strict=True):
+        sub = group.select(rows[rows["model"] == model])
+        order = list(group.methods)
         sns.boxplot(data=sub, x="method", y="value", order=order, hue="method", hue_order=order,
                     palette=colours, legend=False, ax=ax, width=0.65, fliersize=1.5, saturation=1,
-                    linewidth=0.9)
+                    linewidth=0.9, showmeans=True, meanprops=_MEAN_MARKER)
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
         ax.axhline(1.0 / n**2, color="0.35", linestyle=":", linewidth=1.4)
-        grids = sub.groupby("method")["sample"].nunique()
-        same = grids.nunique() == 1
-        ax.set_xticks(range(len(order)), [method_label(m) if same else
-                                          f"{method_label(m)} ({grids[m]})" for m in order],
-                      rotation=40, ha="right")
-        ax.set_xlabel("" if same else "method (grids)")
-        ax.set_ylabel(f"localisation score (per cell, {n}×{n} grids)")
+        ax.set_xticks(range(len(order)), [method_label(m) for m in order], rotation=40,
+                      ha="right")
+        ax.set_xlabel("")
+        ax.set_ylabel("localisation score (per cell)")
         ax.set_ylim(-0.03, 1.06)
-        ax.set_title(f"{model}\n" + (f"{grids.iloc[0]} grids, {grids.iloc[0] * n * n} cells "
-                                      "per method" if same else "grids per method in brackets"),
-                     fontsize="medium")
+        ax.set_title(_panel_title(model, group.note("grids", alone)), fontsize="medium")
     handles = [Line2D([], [], color="black", linestyle="--", label="Oracle (1)"),
-               Line2D([], [], color="0.35", linestyle=":", label=f"Uniform (1/{n * n})")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False)
-    fig.suptitle("Grid localisation" + (" (DiFull)" if metric.endswith("difull") else ""))
+               Line2D([], [], color="0.35", linestyle=":", label=f"Uniform (1/{n * n})"),
+               Line2D([], [], linestyle="none", label="mean", **_MEAN_MARKER)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
+    fig.suptitle("Grid localisation" + (" (DiFull)" if metric.endswith("difull") else "")
+                  + f": share of positive attribution in the right cell of {n}×{n} grids")
     return fig
 
 
@@ -286,57 +398,113 @@ def removal_probability(manifest: Mapping[str, Any], model: str) -> str:
     return str(info.get("probability", "sigmoid"))
 
 
-def pixel_removal_figure(results: pd.DataFrame, summary: pd.DataFrame,
+def _curves(rows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Method → (x (k,), per-sample values (n, k)) of one panel's removal curves."""
+    found = {}
+    for method, sub in rows.groupby("method"):
+        table = sub.pivot_table(index="sample", columns="percent", values="value")
+        found[str(method)] = (table.columns.to_numpy(float), table.to_numpy(float))
+    return found
+
+
+def identical_curves(curves: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Method → the earlier method (plot order) whose curve(s) equal its own, for the methods
+    that would hide another (e.g. DeepLIFT = IxG on a CoDA-Net)."""
+    twins: dict[str, str] = {}
+    methods = ordered_methods(curves)
+    for i, method in enumerate(methods):
+        for earlier in methods[:i]:
+            a, b = curves[method], curves[earlier]
+            if earlier not in twins and a.shape == b.shape and np.allclose(a, b, rtol=1e-6,
+                                                                         atol=1e-9):
+                twins[method] = earlier
+                break
+    return twins
+
+
+def _markevery(k: int, count: int, points: int) -> tuple[int, int]:
+    """Sparse markers, staggered per method so coinciding curves show different markers."""
+    every = max(1, points // 8)
+    return (k * every // max(count, 1)) % every, every
+
+
+def pixel_removal_figure(results: pd.DataFrame, summary: pd.DataFrame | None = None,
                          manifest: Mapping[str, Any] | None = None,
                          stat: str = "prob") -> Figure:
-    """Mean target probability (or logit) against removed pixels, least- and most-important
-    first, one panel per (order, model); the legend gives each method's mean AUC (Fig. 6, right).
-    Each panel's y axis names the probability its model was scored with
-    (:func:`removal_probability`)."""
+    """Mean target probability (or logit) with a bootstrap 95 % band against removed pixels; one
+    row per model (per sample group), a column per order (paper Fig. 6, right).
+
+    Within a row every method is drawn on the same images (:func:`sample_groups`); the row's
+    legend (outside the axes) gives each method's mean AUC on those images per order, and
+    notes methods whose curves coincide. Each y axis names the probability its model was scored
+    with (:func:`removal_probability`). ``summary`` is not needed (kept for callers).
+    """
+    from attrib_bench.metrics.pixel_removal import curve_auc
+
     rows = metric_rows(results, "pixel-removal")
     rows = rows[rows["stat"] == stat]
     if rows.empty:
         raise PlotError(f"pixel-removal rows have no stat {stat!r}: use prob or logit")
     manifest = manifest or {}
     orders = [o for o in PIXEL_ORDERS if o in set(rows["variant"])]
-    models = _ordered_models(rows["model"], manifest)
-    colours = method_colours(results["method"].unique())
-    auc = summary[(summary["metric"] == "pixel-removal") & (summary["stat"] == f"{stat}-auc")]
-    auc = auc.set_index(["model", "method", "variant"])["mean"]
-    fig, axes = plt.subplots(len(orders), len(models), figsize=(5.2 * len(models),
-                             3.9 * len(orders)), squeeze=False, sharex=True, sharey="row",
-                             layout="constrained")
-    for i, order in enumerate(orders):
-        for j, model in enumerate(models):
-            ax = axes[i, j]
-            sub = rows[(rows["model"] == model) & (rows["variant"] == order)]
-            sub = sub.assign(percent=_pixel_fraction(sub, manifest, model))
-            curves = sub.groupby(["method", "percent"], sort=True)["value"].mean()
-            images = sub.groupby("method")["sample"].nunique()
-            same = images.nunique() == 1
-            for method in ordered_methods(sub["method"].unique()):
-                curve = curves.loc[method]
-                area = auc.get((model, method, order), np.nan)
-                ax.plot(curve.index, curve.to_numpy(), color=colours[method], linewidth=1.6,
-                        label=f"{method_label(method)}  {area:.3f}"
-                        + ("" if same else f"  (n={images[method]})"))
-            ax.set_title(f"{model}: {PIXEL_ORDERS[order]}\n" + (
-                f"{images.iloc[0]} images" if same else "images per method in the legend"),
-                fontsize="medium")
-            ax.set_ylabel(f"{probability_label(removal_probability(manifest, model))} (mean)"
-                          if stat == "prob" else f"target {stat} (mean)")
+    colours, styles = method_colours(results["method"].unique()), method_styles(rows["method"])
+    panels = _model_groups(rows, manifest)
+    fig, axes = plt.subplots(len(panels), len(orders), figsize=(4.4 * len(orders) + 3.0,
+                             3.3 * len(panels)), squeeze=False, layout="constrained")
+    for r, (model, group, alone) in enumerate(panels):
+        sub = group.select(rows[rows["model"] == model])
+        sub = sub.assign(percent=_pixel_fraction(sub, manifest, model))
+        per_order = {order: _curves(sub[sub["variant"] == order]) for order in orders}
+        twins = identical_curves({m: np.concatenate([per_order[o][m][1].mean(0) for o in orders])
+                                  for m in group.methods})
+        aucs: dict[str, list[str]] = {m: [] for m in group.methods}
+        for c, order in enumerate(orders):
+            ax = axes[r, c]
+            for k, method in enumerate(group.methods):
+                x, values = per_order[order][method]
+                mean, low, high = mean_band(values)
+                ax.fill_between(x, low, high, color=colours[method], linewidth=0,
+                                alpha=_band_alpha(len(group.methods)))
+                ax.plot(x, mean, color=colours[method], linewidth=1.5, markersize=3.5,
+                        markevery=_markevery(k, len(group.methods), len(x)),
+                        label=_twin_label(method, twins), **styles[method])
+                aucs[method].append(f"{curve_auc(values).mean():.3f}")
+            ax.set_title(_panel_title(model, PIXEL_ORDERS[order], group.note("images", alone)),
+                         fontsize="medium")
+            ax.set_ylabel((f"{probability_label(removal_probability(manifest, model))}"
+                           if stat == "prob" else f"target {stat}") + " (mean)")
             ax.set_xlabel("pixels removed (%)")
-            ax.legend(title="AUC", fontsize="small", title_fontsize="small", frameon=False,
-                      loc="best")
+            if stat == "prob":
+                ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
-    fig.suptitle("Pixel removal")
+        handles, labels = axes[r, 0].get_legend_handles_labels()
+        labels = [f"{label}  {' · '.join(aucs[m])}" for label, m in zip(labels, group.methods,
+                                                                         strict=True)]
+        title = "AUC (" + " · ".join(_ORDER_SHORT[o] for o in orders) + ")"
+        axes[r, -1].legend(handles, labels, title=title, fontsize="small",
+                           title_fontsize="small", frameon=False, loc="center left",
+                           bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle("Pixel removal: mean with bootstrap 95 % band; AUC on the panel's images")
     return fig
+
+
+def _band_alpha(count: int) -> float:
+    """Band opacity: fainter when many methods' bands overlap in one panel."""
+    return min(0.15, 0.8 / max(count, 1))
+
+
+def _twin_label(method: str, twins: Mapping[str, str]) -> str:
+    """A method's legend label, noting the method whose curve it repeats."""
+    label = method_label(method)
+    return f"{label} (= {method_label(twins[method])})" if method in twins else label
 
 
 def temperature_figure(summary: pd.DataFrame, temperatures: Mapping[str, float]) -> Figure:
     """Localisation and pixel-removal AUC against T (paper Fig. 6, bottom), mean ± 95 % CI.
 
-    One panel per available score; models without a T (e.g. ResNet-56) are left out.
+    One panel per available score; models without a T (e.g. ResNet-56) are left out. Methods
+    are dodged sideways a little so their error bars do not overlap; a method measured at one T
+    only is drawn as open markers and says so in the legend.
     """
     if len(set(temperatures.values())) < 2:
         raise PlotError("the temperature series needs CoDA-Nets at two or more T in one run: "
@@ -354,70 +522,123 @@ def temperature_figure(summary: pd.DataFrame, temperatures: Mapping[str, float])
         raise PlotError("no localisation or pixel-removal summary rows for the CoDA-Nets: "
                         "run --metric localisation,pixel-removal on them")
     colours = method_colours(summary["method"].unique())
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False,
-                             layout="constrained")
-    for ax, (label, sub) in zip(axes[0], panels, strict=True):
-        for method in ordered_methods(sub["method"].unique()):
+    methods = ordered_methods(pd.concat([sub for _, sub in panels])["method"].unique())
+    styles = method_styles(methods)
+    single = {m: sorted({t for _, sub in panels for t in sub.loc[sub["method"] == m, "T"]})
+              for m in methods}
+    offsets = _temperature_offsets(methods, single)
+    twins = identical_curves({m: np.concatenate([sub[sub["method"] == m].sort_values("T")[
+        "mean"].to_numpy(float) for _, sub in panels]) for m in methods})
+    fig, axes = panel_grid(len(panels), (4.4, 3.6))
+    for ax, (label, sub) in zip(axes, panels, strict=True):
+        for method in methods:
             line = sub[sub["method"] == method].sort_values("T")
+            if line.empty:
+                continue
             err = np.vstack([line["mean"] - line["ci_low"], line["ci_high"] - line["mean"]]
                             ).astype(float)
-            ax.errorbar(line["T"].to_numpy(float), line["mean"].to_numpy(float), yerr=err,
-                        color=colours[method], marker="o", markersize=4, capsize=3,
-                        linewidth=1.5, label=method_label(method))
+            dodge = 10 ** offsets[method]
+            alone = len(single[method]) == 1
+            ax.errorbar(line["T"].to_numpy(float) * dodge, line["mean"].to_numpy(float),
+                        yerr=err, color=colours[method], marker=styles[method]["marker"],
+                        markersize=4, capsize=2, linewidth=1.4,
+                        linestyle="none" if alone else styles[method]["linestyle"],
+                        markerfacecolor="white" if alone else colours[method],
+                        label=_twin_label(method, twins) + (
+                            f" (T = {single[method][0]:g} only)" if alone else ""))
+        ticks = sorted(set(rows["T"]))
         ax.set_xscale("log")
-        ax.set_xticks(sorted(set(rows["T"])), [f"{t:g}" for t in sorted(set(rows["T"]))])
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("temperature T")
         ax.set_ylabel(f"{label} (mean, 95 % CI)")
-        n = int(sub["n"].min())
-        ax.set_title(f"{label}\nn ≥ {n} per point", fontsize="medium")
+        low, high = int(sub["n"].min()), int(sub["n"].max())
+        ax.set_title(f"{label}\nn = {low}" + ("" if low == high else f"–{high}")
+                     + " per point", fontsize="medium")
         ax.grid(alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", frameon=False)
-    fig.suptitle("Temperature series")
+    handles, labels = {}, {}
+    for ax in axes:  # every method, even one missing from the first panel
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(text, handle)
+    labels = list(handles)
+    fig.legend(list(handles.values()), labels, loc="outside right center", frameon=False)
+    fig.suptitle("Temperature series (CoDA-Nets; methods shifted sideways to keep bars apart)")
     return fig
+
+
+def _temperature_offsets(methods: Sequence[str], temperatures: Mapping[str, Sequence[float]]
+                         ) -> dict[str, float]:
+    """Sideways shift (decades of T) per method: the series spread a little around each T, the
+    methods measured at one T only set apart to its right, one after another."""
+    series = [m for m in methods if len(temperatures[m]) > 1]
+    lone = [m for m in methods if len(temperatures[m]) <= 1]
+    offsets = {m: _DODGE_DECADES * (k - (len(series) - 1) / 2) for k, m in enumerate(series)}
+    start = _DODGE_DECADES * len(series) / 2 + 2 * _DODGE_DECADES
+    offsets.update({m: start + 1.5 * _DODGE_DECADES * k for k, m in enumerate(lone)})
+    return offsets
+
+
+def layer_label(name: str, position: int) -> str:
+    """A randomised layer as a tick label: its place from the top (1 = output) and its name with
+    indices marked, e.g. "layers.8" → "1 · layers #8", "layer3.8.conv2" → "layer3 #8 conv2"."""
+    pretty = " ".join(f"#{part}" if part.isdigit() else part for part in name.split("."))
+    return f"{position} · {pretty}"
 
 
 def randomisation_figure(results: pd.DataFrame, model: str,
                          stats: Sequence[str] = ("spearman_abs", "ssim")) -> Figure:
-    """Mean similarity to the original maps against the randomised layer (top first), per method;
-    one column per mode (cascading, independent), one row per similarity."""
+    """Mean similarity to the original maps (bootstrap 95 % band) against the randomised layer,
+    top first, per method; one column per mode (cascading, independent), one row per similarity.
+    The unrandomised model is the reference point at the left (similarity 1 by definition);
+    methods are drawn on the images they all share (:func:`sample_groups`)."""
     rows = metric_rows(results, "randomisation")
     rows = rows[(rows["model"] == model) & rows["stat"].isin(stats)]
     if rows.empty:
         raise PlotError(f"no randomisation rows for model {model!r} with stats {list(stats)}")
+    groups = sample_groups(rows)
+    if len(groups) == 1:  # every method on the images all share
+        rows = groups[0].select(rows)
+    shared = "" if len(groups) == 1 else ", not the same for every method"
     modes = [m for m in ("cascading", "independent") if m in set(rows["variant"])]
     stats = [s for s in stats if s in set(rows["stat"])]
-    colours = method_colours(results["method"].unique())
+    colours, styles = method_colours(results["method"].unique()), method_styles(rows["method"])
     layers = (rows[["key", "layer_index"]].drop_duplicates().sort_values("layer_index")
               if "layer_index" in rows else rows[["key"]].drop_duplicates())
-    position = {key: i for i, key in enumerate(layers["key"])}
+    position = {key: i + 1 for i, key in enumerate(layers["key"])}  # 0: the original model
+    ticks = ["unrandomised"] + [layer_label(str(k), i) for k, i in position.items()]
     names = {"spearman": "Spearman", "spearman_abs": "Spearman of |map|", "ssim": "SSIM"}
     fig, axes = plt.subplots(len(stats), len(modes),
-                             figsize=(max(5.0, 0.32 * len(position) + 2.5) * len(modes),
-                                      3.4 * len(stats) + 0.8),
+                             figsize=(max(5.0, 0.32 * len(position) + 2.8) * len(modes),
+                                      3.4 * len(stats) + 1.2),
                              squeeze=False, sharex=True, sharey="row", layout="constrained")
     for i, stat in enumerate(stats):
         for j, mode in enumerate(modes):
             ax = axes[i, j]
             sub = rows[(rows["stat"] == stat) & (rows["variant"] == mode)]
-            means = sub.groupby(["method", "key"])["value"].mean()
             for method in ordered_methods(sub["method"].unique()):
-                curve = means.loc[method]
-                x = [position[k] for k in curve.index]
-                order = np.argsort(x)
-                ax.plot(np.asarray(x)[order], curve.to_numpy()[order], marker="o",
-                        markersize=3, color=colours[method], label=method_label(method))
-            ax.set_title(f"{mode} ({sub['sample'].nunique()} images)", fontsize="medium")
-            ax.set_ylabel(names.get(stat, stat))
+                table = sub[sub["method"] == method].pivot_table(
+                    index="sample", columns="key", values="value")
+                table = table[sorted(table.columns, key=position.__getitem__)]
+                x = np.array([position[k] for k in table.columns])
+                mean, low, high = mean_band(table.to_numpy(float))
+                ax.fill_between(x, low, high, color=colours[method], linewidth=0,
+                                alpha=_band_alpha(sub["method"].nunique()))
+                ax.plot(x, mean, markersize=3, color=colours[method], label=method_label(method),
+                        **styles[method])
+            ax.plot([0], [1.0], marker="*", markersize=9, color="black", linestyle="none",
+                    label="unrandomised (1 by definition)")
+            ax.axhline(0.0, color="0.5", linewidth=0.8)
+            ax.set_title(f"{mode} randomisation ({sub['sample'].nunique()} images{shared})",
+                         fontsize="medium")
+            ax.set_ylabel(f"{names.get(stat, stat)} to the original map")
             ax.grid(alpha=0.3)
             if i == len(stats) - 1:
-                ax.set_xticks(range(len(position)), list(position), rotation=90,
-                              fontsize="x-small")
-                ax.set_xlabel("randomised layer (top first)")
+                ax.set_xticks(range(len(ticks)), ticks, rotation=90, fontsize="x-small")
+                ax.set_xlabel("randomised layer (1 = top, next to the output)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", frameon=False)
-    fig.suptitle(f"Parameter randomisation: {model}")
+    fig.suptitle(f"Parameter randomisation: {model} (mean, bootstrap 95 % band; lower means "
+                 "the maps follow the weights)")
     return fig
 
 
@@ -439,41 +660,54 @@ def _show_image(ax: plt.Axes, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
+def _map_colourbar(fig: Figure, axes: Sequence[plt.Axes]) -> None:
+    """One colour bar for maps that are each on their own symmetric scale: ± the map's max |v|."""
+    bar = fig.colorbar(ScalarMappable(Normalize(-1.0, 1.0), cmap="bwr"), ax=list(axes),
+                       location="right", shrink=0.7, aspect=30, ticks=[-1, 0, 1])
+    bar.ax.set_yticklabels(["−max |v|", "0", "+max |v|"], fontsize="small")
+    bar.set_label("each map on its own scale: red for, blue against", fontsize="small")
+
+
 def contribution_sheet(grid: np.ndarray, maps: np.ndarray, labels: Sequence[str],
                        title: str = "") -> Figure:
     """Fig. 7: a multi-image (3, nH, nW) and one map per cell's class (K, nH, nW) on the whole
-    grid, each map centred at zero with its own symmetric scale."""
+    grid, each map centred at zero with its own symmetric scale (one shared colour bar)."""
     k = len(maps)
     cols = min(k + 1, 5)
     rows = int(np.ceil((k + 1) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows), squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 0.8, 2.5 * rows), squeeze=False,
                              layout="constrained")
     flat = axes.ravel()
     _show_image(flat[0], grid)
-    flat[0].set_title("input", fontsize="small")
+    flat[0].set_title(f"input ({k} cells, {k} classes)", fontsize="small")
     for ax, heat, label in zip(flat[1:], maps, labels, strict=False):
         _show_map(ax, heat)
         ax.set_title(f"evidence for {label}", fontsize="small")
     for ax in flat[k + 1:]:
         ax.axis("off")
+    _map_colourbar(fig, flat)
     fig.suptitle(title or "Per-class contribution maps on a multi-image")
     return fig
 
 
 def method_sheet(images: np.ndarray, maps: Mapping[str, np.ndarray], labels: Sequence[str],
-                 title: str = "") -> Figure:
-    """Fig. 8: rows = images (N, 3, H, W), columns = input then each method's map (N, H, W)."""
+                 title: str = "", label_kind: str = "true class") -> Figure:
+    """Fig. 8: rows = images (N, 3, H, W), columns = input then each method's map (N, H, W).
+
+    Each row says its class and what it is (``label_kind``, e.g. "true = predicted class" for
+    images picked as correctly classified); one colour bar explains the per-map scales."""
     methods = ordered_methods(maps)
     n = len(images)
-    fig, axes = plt.subplots(n, len(methods) + 1, figsize=(1.45 * (len(methods) + 1),
+    fig, axes = plt.subplots(n, len(methods) + 1, figsize=(1.45 * (len(methods) + 1) + 1.0,
                              1.5 * n + 0.6), squeeze=False, layout="constrained")
     for i in range(n):
         _show_image(axes[i, 0], images[i])
-        axes[i, 0].set_ylabel(labels[i], fontsize="small")
+        axes[i, 0].set_ylabel(f"{labels[i]}\n({label_kind})", fontsize="small")
         for j, method in enumerate(methods, start=1):
             _show_map(axes[i, j], maps[method][i])
     for j, method in enumerate(["input", *methods]):
         axes[0, j].set_title(method_label(method), fontsize="small")
+    _map_colourbar(fig, axes[:, 1:].ravel())
     fig.suptitle(title or "Attribution maps side by side")
     return fig
 
@@ -482,8 +716,9 @@ def method_sheet(images: np.ndarray, maps: Mapping[str, np.ndarray], labels: Seq
 
 
 def figures_for(tables: RunTables) -> dict[str, Figure]:
-    """Every figure the run's tables support, by file stem. A metric the run was configured
-    with but that has no rows raises :class:`PlotError` (an unfinished or broken run)."""
+    """Every figure the run's tables support, by file stem (none for a run of plugin metrics
+    only). A metric the run was configured with but that has no rows raises
+    :class:`PlotError` (an unfinished or broken run)."""
     results, present = tables.results, set(tables.results["metric"].unique())
     configured = tables.manifest.get("config", {}).get("metrics", [])
     for metric in configured:
@@ -508,9 +743,6 @@ def figures_for(tables: RunTables) -> dict[str, Figure]:
     for folder in folders:
         for stem, fig in example_figures(folder / "examples").items():
             figures.setdefault(stem, fig)
-    if not figures:
-        raise PlotError(f"nothing to plot in {tables.path}: figures exist for localisation, "
-                        "pixel-removal and randomisation results (or attrib-bench examples)")
     return figures
 
 
@@ -527,7 +759,8 @@ def example_figures(folder: Path) -> dict[str, Figure]:
                 f"{ex.model}: contribution maps on a {ex.grid_n}×{ex.grid_n} multi-image")
         if ex.maps:
             figures[f"methods-{ex.model}"] = method_sheet(
-                ex.images, ex.maps, ex.labels, f"{ex.model}: maps of each method")
+                ex.images, ex.maps, ex.labels, f"{ex.model}: maps of each method",
+                label_kind="true = predicted class")
     return figures
 
 
@@ -541,8 +774,13 @@ def plot_results(results_dir: str | Path | Iterable[str | Path], out: str | Path
         raise PlotError(f"unknown figure format {fmt!r}: use png, pdf or svg")
     tables = load_runs(results_dir)
     out = Path(out) if out is not None else tables.path / "figures"
+    figures = figures_for(tables)
+    if not figures:
+        raise PlotError(f"nothing to plot in {tables.path}: figures exist for localisation, "
+                        "pixel-removal and randomisation results (or attrib-bench examples); "
+                        "attrib-bench report shows any run's summary")
     written = []
-    for stem, fig in figures_for(tables).items():
+    for stem, fig in figures.items():
         path = out / f"{slug(stem)}.{fmt}"
         atomic_write(path, lambda tmp, f=fig: f.savefig(tmp, format=fmt, dpi=dpi,
                                                         metadata=figure_metadata(fmt)))

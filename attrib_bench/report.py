@@ -1,7 +1,9 @@
-"""One self-contained HTML page per run: figures (inline PNG), summary, models, manifest.
+"""One self-contained HTML page per run: figures (inline PNG), summary, models, provenance.
 
 The page has no scripts and no external links, so it opens offline and can be mailed or archived
-as one file. It is built only from the run folder's tables (:func:`attrib_bench.plots.load_run`).
+as one file. It is built only from the run folders' tables (:func:`attrib_bench.plots.load_runs`):
+each run's provenance (commit, clean tree, seed) comes from that run's own manifest, never from
+the checkout that draws the page. Figures come first, the long tables after them.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import base64
 import html
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from attrib_bench.plots import (  # plots sets the Agg backend before pyplot loads
@@ -26,6 +29,10 @@ from attrib_bench.plots import (  # plots sets the Agg backend before pyplot loa
     plt,
 )
 
+#: Metrics whose direction is a pass/fail check, not a ranking of methods: the summary marks no
+#: best method for them. A plugin metric opts out with registry metadata ``ranks=False``.
+NON_RANKING_METRICS: frozenset[str] = frozenset({"randomisation"})
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
        padding: 0 1em; }
@@ -33,12 +40,25 @@ h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; 
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f2f2f2; } td.text, th.text { text-align: left; }
-tr.best td.value { font-weight: bold; }
+tr.best td.value { font-weight: bold; } tr.tie td.value { font-style: italic; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #555; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 .note { color: #555; font-size: 0.9em; }
 """
+
+#: Figure captions by file-stem prefix (the first that matches).
+_CAPTIONS: tuple[tuple[str, str], ...] = (
+    ("localisation", "Grid localisation: per-cell scores, boxes over the grids all methods of a "
+                     "panel share."),
+    ("pixel-removal", "Pixel removal: mean probability of the target with a bootstrap 95 % "
+                      "band, on the images all methods of a row share."),
+    ("temperature", "Localisation and pixel-removal AUC against the CoDA-Nets' temperature."),
+    ("randomisation", "Parameter randomisation: similarity of the maps to the unrandomised "
+                      "model's."),
+    ("contributions", "Contribution maps for each cell's class on a multi-image (Fig. 7)."),
+    ("methods", "Maps of each method on correctly classified images (Fig. 8)."),
+)
 
 
 def _png(fig: Any) -> str:
@@ -62,25 +82,66 @@ def _table(header: list[str], rows: list[list[str]], classes: list[str] | None =
     return "\n".join(out + ["</table>"])
 
 
+# ----------------------------------------------------------------------------- summary
+
+
+def ranks_methods(metric: str) -> bool:
+    """Whether a metric's direction ranks methods (not for a sanity check such as
+    randomisation, nor for a plugin registered with ``ranks=False``)."""
+    from attrib_bench.registry import METRICS
+
+    if metric in NON_RANKING_METRICS:
+        return False
+    return bool(METRICS.get(metric).metadata.get("ranks", True)) if metric in METRICS else True
+
+
+def best_marks(group: pd.DataFrame, direction: str) -> dict[Any, str]:
+    """Index → "best" or "tie" for one (model, metric, variant, stat) group.
+
+    The leader is the best mean in ``direction`` ("higher"/"lower"); it is "best" only when its
+    95 % CI overlaps no other method's; otherwise it and every method whose CI overlaps its CI
+    are a "tie". No marks for another direction, or for fewer than two methods. A missing CI
+    counts as unbounded (it separates nothing).
+    """
+    valid = group[group["mean"].notna()]
+    if direction not in ("higher", "lower") or len(valid) < 2:
+        return {}
+    sign = 1.0 if direction == "higher" else -1.0
+    leader = (sign * valid["mean"]).idxmax()
+    low = valid["ci_low"].astype(float).fillna(-np.inf)
+    high = valid["ci_high"].astype(float).fillna(np.inf)
+    overlap = (low <= high[leader]) & (high >= low[leader])
+    if overlap.sum() == 1:
+        return {leader: "best"}
+    return dict.fromkeys(valid.index[overlap], "tie")
+
+
 def summary_rows(summary: pd.DataFrame) -> tuple[list[list[str]], list[str]]:
-    """Summary rows as text, methods in plot order; the best method per (model, metric, variant,
-    stat) in the direction the metric prefers gets the class "best"."""
+    """Summary rows as text, methods in plot order, with classes from :func:`best_marks` ("best",
+    "tie" or "") for metrics that rank methods (:func:`ranks_methods`)."""
     rows, classes = [], []
     order = {m: i for i, m in enumerate(ordered_methods(summary["method"].unique()))}
     table = summary.assign(_order=summary["method"].map(order)).sort_values(
         ["model", "metric", "variant", "stat", "_order"], kind="stable")
-    for _, group in table.groupby(["model", "metric", "variant", "stat"], sort=False):
-        direction = str(group["direction"].iloc[0])
-        best = None
-        if direction in ("higher", "lower") and group["mean"].notna().any():
-            best = (group["mean"].idxmax() if direction == "higher" else group["mean"].idxmin())
+    words = {"best": "best", "tie": "tied best"}
+    for (_, metric, _, _), group in table.groupby(["model", "metric", "variant", "stat"],
+                                                  sort=False):
+        direction = str(group["direction"].iloc[0]) if "direction" in group else ""
+        direction = "" if direction == "nan" else direction
+        marks = best_marks(group, direction) if ranks_methods(str(metric)) else {}
         for index, row in group.iterrows():
             rows.append([row["model"], method_label(row["method"]), row["metric"],
                          str(row["variant"]), row["stat"], f"{row['mean']:.4f}",
                          f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]", str(int(row["n"])),
-                         str(int(row.get("n_nonfinite", 0))), direction or "-"])
-            classes.append("best" if index == best else "")
+                         str(int(row.get("n_nonfinite", 0))),
+                         (direction or "-") if ranks_methods(str(metric))
+                         else f"{direction or '-'} (a check, not a ranking)",
+                         words.get(marks.get(index, ""), "")])
+            classes.append(marks.get(index, ""))
     return rows, classes
+
+
+# ----------------------------------------------------------------------------- models, runs
 
 
 def model_rows(tables: RunTables) -> list[list[str]]:
@@ -103,42 +164,122 @@ def model_rows(tables: RunTables) -> list[list[str]]:
     return rows
 
 
+def code_version(manifest: Mapping[str, Any]) -> tuple[str, str]:
+    """(commit, tree) of the code that computed a run, from its manifest's ``git_commit``
+    ("<sha> (uncommitted changes)" or "<sha>"): the short commit and "clean" or "uncommitted
+    changes"; ("unknown", "unknown") when the run recorded none (e.g. an installed wheel)."""
+    text = str(manifest.get("git_commit") or "").strip()
+    if not text:
+        return "unknown", "unknown"
+    commit, _, rest = text.partition(" ")
+    return commit[:12], ("uncommitted changes" if "uncommitted" in rest else "clean")
+
+
+def provenance_rows(tables: RunTables) -> list[list[str]]:
+    """One row per run folder: its models, methods, metrics, seed, code commit and whether the
+    tree was clean, attrib-bench version, hardware, and what later runs superseded."""
+    rows = []
+    for folder, manifest in (tables.manifests or {str(tables.path): tables.manifest}).items():
+        config = manifest.get("config", {})
+        commit, tree = code_version(manifest)
+        superseded = manifest.get("superseded") or []
+        gone = ", ".join(f"{len(s.get('parts', []))} parts by {s.get('by', '?')}"
+                         for s in superseded)
+        seed = config.get("seed")
+        rows.append([Path(folder).name, ", ".join(config.get("models", [])) or "-",
+                     ", ".join(map(method_label, config.get("methods", []))) or "-",
+                     ", ".join(config.get("metrics", [])) or "-",
+                     "not recorded" if seed is None else str(seed), commit, tree,
+                     str(manifest.get("versions", {}).get("attrib-bench", "-")),
+                     str(manifest.get("hardware", "-")), gone or "-"])
+    return rows
+
+
+def _cell(value: Any) -> str:
+    """A sample-info value as table text."""
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return "×".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    return str(value)
+
+
+def sample_tables(tables: RunTables) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Metric → (header, rows) of the sample sets each run recorded (one row per run and model;
+    a column per recorded key, "-" where a run did not record it)."""
+    found: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for folder, manifest in (tables.manifests or {str(tables.path): tables.manifest}).items():
+        for key, info in manifest.get("samples", {}).items():
+            model, _, metric = key.rpartition("/")
+            found.setdefault(metric, []).append((Path(folder).name, model, info))
+    out = {}
+    for metric, entries in found.items():
+        keys = list(dict.fromkeys(k for _, _, info in entries for k in info))
+        out[metric] = (["run", "model", *(k.replace("_", " ") for k in keys)],
+                       [[run, model, *(_cell(info.get(k)) for k in keys)]
+                        for run, model, info in entries])
+    return out
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def _caption(stem: str) -> str:
+    return next((text for prefix, text in _CAPTIONS if stem.startswith(prefix)), stem)
+
+
 def render_report(tables: RunTables) -> str:
-    """The report page for ``tables`` as one HTML string."""
-    manifest = tables.manifest
+    """The report page for ``tables`` as one HTML string: provenance, models, figures, summary,
+    samples, then each run's manifest."""
+    name = html.escape(tables.path.name)
+    runs = tables.manifests or {str(tables.path): tables.manifest}
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>attrib-bench report: {html.escape(tables.path.name)}</title>"
+             f"<title>attrib-bench report: {name}</title>"
              f"<style>{_STYLE}</style></head><body>",
-             f"<h1>attrib-bench report: {html.escape(tables.path.name)}</h1>"]
-    hardware = manifest.get("hardware", "unknown hardware")
-    commit = manifest.get("git_commit") or "unknown commit"
-    config = manifest.get("config", {})
-    parts.append(f"<p class='note'>{len(tables.results)} rows; seed {config.get('seed', '-')}; "
-                 f"{html.escape(str(hardware))}; git {html.escape(str(commit))}. Means with "
-                 "percentile-bootstrap 95 % confidence intervals over samples; bold: the best "
-                 "method of a group in the metric's direction.</p>")
+             f"<h1>attrib-bench report: {name}</h1>",
+             f"<p class='note'>{len(tables.results)} rows from {len(runs)} run"
+             f"{'s' if len(runs) != 1 else ''}. Means with percentile-bootstrap 95 % confidence "
+             "intervals over samples. <b>Bold</b>: the best method of a group in the metric's "
+             "direction, its CI clear of every other's; <i>italic</i> (\"tied best\"): the "
+             "leader and the methods whose CIs overlap its CI. Checks such as randomisation "
+             "rank nothing.</p>"]
+    parts.append("<h2>Runs and code</h2>")
+    parts.append(_table(["run", "models", "methods", "metrics", "seed", "commit", "tree",
+                         "attrib-bench", "hardware", "superseded"], provenance_rows(tables),
+                        text_columns=10))
     parts.append("<h2>Models</h2>")
     parts.append(_table(["model", "class", "parameters", "T", "test accuracy (here)",
                          "paper / published"], model_rows(tables), text_columns=2))
+    figures = figures_for(tables)
+    parts.append("<h2>Figures</h2>")
+    if not figures:
+        parts.append("<p class='note'>No figures: this run's metrics have none (figures exist "
+                     "for localisation, pixel removal and randomisation); the summary below has "
+                     "every metric.</p>")
+    for stem, fig in figures.items():
+        parts.append(f"<figure><img alt='{html.escape(stem)}' "
+                     f"src='data:image/png;base64,{_png(fig)}'>"
+                     f"<figcaption>{html.escape(stem)}: {html.escape(_caption(stem))}"
+                     "</figcaption></figure>")
     parts.append("<h2>Summary</h2>")
     rows, classes = summary_rows(tables.summary)
     parts.append(_table(["model", "method", "metric", "variant", "stat", "mean", "95 % CI", "n",
-                         "non-finite", "better"], rows, classes, text_columns=5))
-    parts.append("<h2>Figures</h2>")
-    for stem, fig in figures_for(tables).items():
-        parts.append(f"<figure><img alt='{html.escape(stem)}' "
-                     f"src='data:image/png;base64,{_png(fig)}'>"
-                     f"<figcaption>{html.escape(stem)}</figcaption></figure>")
-    samples = manifest.get("samples", {})
+                         "non-finite", "better", "marked"], rows, classes, text_columns=5))
+    samples = sample_tables(tables)
     if samples:
         parts.append("<h2>Samples</h2>")
-        parts.append(_table(["model/metric", "n", "details"],
-                            [[key, str(value.get("n", "-")),
-                              json.dumps({k: v for k, v in value.items() if k != "n"},
-                                         default=str)]
-                             for key, value in samples.items()], text_columns=1))
-    parts.append("<h2>Manifest</h2><details><summary>manifest.json</summary><pre>"
-                 + html.escape(json.dumps(manifest, indent=1, default=str)) + "</pre></details>")
+        for metric, (header, rows) in samples.items():
+            parts.append(f"<h3>{html.escape(metric)}</h3>")
+            parts.append(_table(header, rows, text_columns=2))
+    parts.append("<h2>Manifests</h2>")
+    for folder, manifest in runs.items():
+        parts.append(f"<details><summary>{html.escape(Path(folder).name)}/manifest.json"
+                     "</summary><pre>" + html.escape(json.dumps(manifest, indent=1, default=str))
+                     + "</pre></details>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -146,7 +287,8 @@ def render_report(tables: RunTables) -> str:
 def write_report(results_dir: str | Path | Iterable[str | Path],
                  out: str | Path | None = None) -> Path:
     """Write ``report.html`` for the run(s) in ``results_dir`` (see
-    :func:`attrib_bench.plots.load_runs`; default: inside the first folder); returns its path."""
+    :func:`attrib_bench.plots.load_runs`; default: inside the first folder); returns its path.
+    Any run with a summary gets a page, also one whose metrics have no figures."""
     from attrib_bench.runners.storage import atomic_write
 
     tables = load_runs(results_dir)

@@ -24,6 +24,7 @@ from attrib_bench.plots import (
     load_run,
     load_runs,
     localisation_figure,
+    mean_band,
     method_colours,
     method_label,
     method_sheet,
@@ -169,7 +170,7 @@ def test_a_registered_methods_label_and_colour_reach_the_figures(run_dir, regist
     rng = np.random.default_rng(3)
     sheet = method_sheet(rng.random((1, 3, 8, 8)), {"mine": rng.standard_normal((1, 8, 8))},
                          ["cat"])
-    assert [ax.get_title() for ax in sheet.axes] == ["input", "Mine"]
+    assert [ax.get_title() for ax in sheet.axes if ax.get_images()] == ["input", "Mine"]
 
 
 def test_localisation_boxes_per_model_in_fixed_order_with_reference_lines(run_dir):
@@ -190,7 +191,7 @@ def test_localisation_boxes_per_model_in_fixed_order_with_reference_lines(run_di
         assert np.allclose(faces[0], to_rgba(colours["inherent"]))
         assert np.allclose(faces[1], to_rgba(colours["ixg"]))
     legend = _texts(fig.legends[0].get_texts())
-    assert legend == ["Oracle (1)", "Uniform (1/4)"]
+    assert legend == ["Oracle (1)", "Uniform (1/4)", "mean"]
     # the medians drawn are the data's medians
     sub = tables.results.query("metric == 'localisation' and model == 'toy-t10' "
                                "and method == 'inherent'")
@@ -202,19 +203,21 @@ def test_localisation_boxes_per_model_in_fixed_order_with_reference_lines(run_di
 def test_pixel_removal_curves_are_the_mean_per_step_with_auc_in_the_legend(run_dir):
     tables = load_run(run_dir)
     fig = pixel_removal_figure(tables.results, tables.summary, tables.manifest)
-    assert len(fig.axes) == 4  # 2 orders x 2 models
+    assert len(fig.axes) == 4  # 2 models (rows) x 2 orders (columns)
     ax = fig.axes[0]
-    assert ax.get_title().startswith("toy-t10: least important first (higher is better)")
+    assert ax.get_title() == ("toy-t10\nleast important first (higher is better)\n"
+                              "3 images per method")
     assert ax.get_xlabel() == "pixels removed (%)"
     # a run from before the probability was recorded: every model was scored by its sigmoid
     assert ax.get_ylabel() == "sigmoid probability of the target (mean)"
-    labels = _texts(ax.get_legend().get_texts())
+    labels = _texts(fig.axes[1].get_legend().get_texts())  # the row's legend, right of it
     auc = tables.summary.query("model == 'toy-t10' and metric == 'pixel-removal' and "
-                               "variant == 'least-first' and stat == 'prob-auc'")
-    auc = auc.set_index("method")["mean"]
-    assert auc.notna().all()
-    assert labels == [f"Inherent (W·x)  {auc['inherent']:.3f}", f"IxG  {auc['ixg']:.3f}",
-                      f"mine  {auc['mine']:.3f}"]
+                               "stat == 'prob-auc'")
+    auc = auc.set_index(["method", "variant"])["mean"]
+    assert auc.notna().all()  # every method on all 3 images: the run's own AUCs
+    assert labels == [f"{label}  {auc[(m, 'least-first')]:.3f} · {auc[(m, 'most-first')]:.3f}"
+                      for m, label in (("inherent", "Inherent (W·x)"), ("ixg", "IxG"),
+                                       ("mine", "mine"))]
     rows = tables.results.query("model == 'toy-t10' and metric == 'pixel-removal' and "
                                 "variant == 'least-first' and stat == 'prob' and "
                                 "method == 'inherent'")
@@ -222,7 +225,8 @@ def test_pixel_removal_curves_are_the_mean_per_step_with_auc_in_the_legend(run_d
     line = ax.get_lines()[0]
     np.testing.assert_allclose(line.get_xdata(), 100 * expected.index / PIXELS)
     np.testing.assert_allclose(line.get_ydata(), expected.to_numpy())
-    assert "most important first (lower is better)" in fig.axes[2].get_title()
+    assert "most important first (lower is better)" in fig.axes[1].get_title()
+    assert fig.axes[2].get_title().startswith("toy-t1000\n")
 
 
 def test_pixel_removal_panels_name_the_probability_each_model_was_scored_with(run_dir):
@@ -231,10 +235,11 @@ def test_pixel_removal_panels_name_the_probability_each_model_was_scored_with(ru
     manifest["samples"]["toy-t10/pixel-removal"]["probability"] = "softmax"
     manifest["samples"]["toy-t1000/pixel-removal"]["probability"] = "sigmoid"
     fig = pixel_removal_figure(tables.results, tables.summary, manifest)
-    titles = [ax.get_title().split(":")[0] for ax in fig.axes]
-    assert titles == ["toy-t10", "toy-t1000", "toy-t10", "toy-t1000"]
+    titles = [ax.get_title().splitlines()[0] for ax in fig.axes]
+    assert titles == ["toy-t10", "toy-t10", "toy-t1000", "toy-t1000"]
     assert [ax.get_ylabel() for ax in fig.axes] == [
-        "softmax probability of the target (mean)", "sigmoid probability of the target (mean)"] * 2
+        "softmax probability of the target (mean)"] * 2 + [
+        "sigmoid probability of the target (mean)"] * 2
     fig = pixel_removal_figure(tables.results, tables.summary, manifest, stat="logit")
     assert {ax.get_ylabel() for ax in fig.axes} == {"target logit (mean)"}
 
@@ -249,11 +254,117 @@ def test_temperature_series_plots_the_summary_means_against_t(run_dir):
     means = tables.summary.query("metric == 'localisation' and method == 'inherent'")
     means = means.set_index("model")["mean"]
     line = ax.get_lines()[0]
-    np.testing.assert_allclose(line.get_xdata(), [10, 1000])
+    # shifted sideways by at most a tenth of a decade, so bars of methods do not overlap
+    np.testing.assert_allclose(line.get_xdata(), [10, 1000], rtol=0.26)
     np.testing.assert_allclose(line.get_ydata(), [means["toy-t10"], means["toy-t1000"]])
+    xs = [tuple(np.round(bars.lines[0].get_xdata(), 6)) for bars in ax.containers]
+    assert len(xs) == 3 and len(set(xs)) == len(xs)
     assert _texts(fig.legends[0].get_texts()) == ["Inherent (W·x)", "IxG", "mine"]
     with pytest.raises(PlotError, match="two or more T"):
         temperature_figure(tables.summary, {"toy-t10": 10.0})
+
+
+def _boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def _assert_legends_outside_the_axes(fig) -> None:
+    """No legend box overlaps any panel's box (colour bars are not panels)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legends
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in panels:
+            assert not _boxes_overlap(box, ax.get_window_extent(renderer)), (
+                f"legend over {ax.get_title()!r}")
+
+
+def _panels_per_row(fig) -> int:
+    rows: dict[float, int] = {}
+    for ax in fig.axes:
+        top = round(ax.get_position().y1, 3)
+        rows[top] = rows.get(top, 0) + 1
+    return max(rows.values())
+
+
+def test_every_legend_sits_outside_the_panels(run_dir):
+    tables = load_run(run_dir)
+    for fig in (localisation_figure(tables.results, manifest=tables.manifest),
+                pixel_removal_figure(tables.results, tables.summary, tables.manifest),
+                temperature_figure(tables.summary, tables.temperatures()),
+                randomisation_figure(tables.results, "toy-t10")):
+        _assert_legends_outside_the_axes(fig)
+
+
+def _many_models(count: int) -> pd.DataFrame:
+    """The synthetic results copied under ``count`` model names."""
+    base = synthetic_results(np.random.default_rng(0)).query("model == 'toy-t10'")
+    return pd.concat([base.assign(model=f"toy-{i}") for i in range(count)], ignore_index=True)
+
+
+@pytest.mark.parametrize("count", [2, 4, 5, 7])
+def test_panel_grids_wrap_at_three_a_row(count):
+    results = _many_models(count)
+    fig = localisation_figure(results)
+    assert len(fig.axes) == count and _panels_per_row(fig) <= 3
+    assert [ax.get_title().splitlines()[0] for ax in fig.axes] == [
+        f"toy-{i}" for i in range(count)]  # the same order as the other figures
+    # every panel shows its own x tick labels (no label without ticks)
+    assert all(_texts(ax.get_xticklabels()) for ax in fig.axes)
+    fig = pixel_removal_figure(results)
+    assert len(fig.axes) == 2 * count and _panels_per_row(fig) == 2
+    assert all(_texts(ax.get_xticklabels()) for ax in fig.axes)
+
+
+def test_identical_curves_are_told_apart_by_style_and_a_note(run_dir):
+    results = load_run(run_dir).results
+    twin = results[results["method"] == "ixg"].assign(method="deeplift")
+    results = pd.concat([results, twin], ignore_index=True)
+    fig = pixel_removal_figure(results)
+    labels = _texts(fig.axes[1].get_legend().get_texts())
+    assert [label.split("  ")[0] for label in labels] == [
+        "Inherent (W·x)", "IxG", "DeepLIFT (= IxG)", "mine"]
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    ixg, deeplift = lines["IxG"], lines["DeepLIFT (= IxG)"]
+    np.testing.assert_allclose(ixg.get_ydata(), deeplift.get_ydata())
+    assert (ixg.get_linestyle(), ixg.get_marker()) != (deeplift.get_linestyle(),
+                                                       deeplift.get_marker())
+
+
+def test_mean_curves_carry_a_seeded_bootstrap_band(run_dir):
+    tables = load_run(run_dir)
+    fig = pixel_removal_figure(tables.results, tables.summary, tables.manifest)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 3  # one band per method
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    mean = ax.get_lines()[0].get_ydata()
+    assert band.min() <= mean.min() + 1e-12 and band.max() >= mean.max() - 1e-12
+    values = np.array([[0.0, 1.0], [1.0, 1.0], [2.0, 1.0]])
+    first, second = mean_band(values), mean_band(values)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)  # deterministic: figures regenerate identically
+    mean, low, high = first
+    np.testing.assert_allclose(mean, [1.0, 1.0])
+    assert low[0] < 1.0 < high[0] and low[1] == high[1] == 1.0
+
+
+def test_a_method_at_one_temperature_is_set_apart_and_says_so(run_dir):
+    tables = load_run(run_dir)
+    summary = tables.summary
+    lone = summary[(summary["model"] == "toy-t1000") & (summary["method"] == "mine")]
+    summary = pd.concat([summary[summary["method"] != "mine"], lone], ignore_index=True)
+    fig = temperature_figure(summary, tables.temperatures())
+    labels = _texts(fig.legends[0].get_texts())
+    assert labels == ["Inherent (W·x)", "IxG", "mine (T = 1000 only)"]
+    ax = fig.axes[0]
+    data = {bars.get_label(): bars.lines[0] for bars in ax.containers}
+    alone = data["mine (T = 1000 only)"]
+    assert alone.get_linestyle() == "None" and alone.get_markerfacecolor() == "white"
+    others = max(line.get_xdata()[-1] for label, line in data.items() if "only" not in label)
+    assert alone.get_xdata()[0] > others  # right of the series' points at T = 1000
 
 
 def test_temperatures_come_from_the_manifest_only(run_dir):
@@ -272,9 +383,16 @@ def test_randomisation_curves_follow_the_layers_top_first(run_dir):
     tables = load_run(run_dir)
     fig = randomisation_figure(tables.results, "toy-t10")
     assert len(fig.axes) == 4  # (spearman_abs, ssim) x (cascading, independent)
-    assert [ax.get_title().split(" (")[0] for ax in fig.axes[:2]] == ["cascading", "independent"]
-    assert fig.axes[0].get_ylabel() == "Spearman of |map|" and fig.axes[2].get_ylabel() == "SSIM"
-    assert _texts(fig.axes[2].get_xticklabels()) == list(LAYERS)
+    assert [ax.get_title().split(" ")[0] for ax in fig.axes[:2]] == ["cascading", "independent"]
+    assert fig.axes[0].get_ylabel() == "Spearman of |map| to the original map"
+    assert fig.axes[2].get_ylabel() == "SSIM to the original map"
+    # readable layer names, top first, after the unrandomised reference point
+    assert _texts(fig.axes[2].get_xticklabels()) == [
+        "unrandomised", "1 · head", "2 · block2", "3 · block1"]
+    reference = [line for line in fig.axes[2].get_lines() if line.get_marker() == "*"]
+    assert len(reference) == 1 and list(reference[0].get_xdata()) == [0]
+    assert list(reference[0].get_ydata()) == [1.0]
+    assert len(fig.axes[2].collections) == 3  # one bootstrap band per method
     rows = tables.results.query("model == 'toy-t10' and metric == 'randomisation' and "
                                 "method == 'ixg' and variant == 'cascading' and "
                                 "stat == 'ssim'")
@@ -282,6 +400,7 @@ def test_randomisation_curves_follow_the_layers_top_first(run_dir):
     line = fig.axes[2].get_lines()[1]  # second method in plot order: ixg
     assert line.get_label() == "IxG"
     np.testing.assert_allclose(line.get_ydata(), expected.to_numpy())
+    np.testing.assert_allclose(line.get_xdata(), [1, 2, 3])
 
 
 def _signed_limits(ax) -> tuple[float, float]:
@@ -296,7 +415,8 @@ def test_sheets_centre_each_map_at_zero_with_its_own_scale():
     fig = contribution_sheet(grid, maps, ["a", "b", "c", "d"])
     shown = [ax for ax in fig.axes if ax.get_images()]
     assert len(shown) == 5
-    assert shown[0].get_title() == "input"
+    assert shown[0].get_title() == "input (4 cells, 4 classes)"
+    assert len(fig.axes) == 6 and fig.axes[-1].get_ylabel().startswith("each map on its own")
     for ax, heat in zip(shown[1:], maps, strict=True):
         low, high = _signed_limits(ax)
         assert high == pytest.approx(np.abs(heat).max()) and low == -high
@@ -305,7 +425,9 @@ def test_sheets_centre_each_map_at_zero_with_its_own_scale():
     sheet = method_sheet(images, {"mine": rng.standard_normal((2, 8, 8)),
                                   "inherent": rng.standard_normal((2, 8, 8))}, ["cat", "dog"])
     assert [ax.get_title() for ax in sheet.axes[:3]] == ["input", "Inherent (W·x)", "mine"]
-    assert sheet.axes[0].get_ylabel() == "cat" and sheet.axes[3].get_ylabel() == "dog"
+    assert sheet.axes[0].get_ylabel() == "cat\n(true class)"
+    assert sheet.axes[3].get_ylabel() == "dog\n(true class)"
+    assert len(sheet.axes) == 7  # 2 x 3 panels and one colour bar
 
 
 def _toy_examples() -> Examples:
@@ -437,10 +559,21 @@ def test_runs_split_by_cost_are_drawn_together_with_n_per_method(tmp_path):
     assert "methods-toy-t10.png" in {p.name for p in written}
     tables = load_runs(parent)
     assert set(tables.results["method"]) == set(METHODS)
-    fig = localisation_figure(tables.results)
-    assert _texts(fig.axes[0].get_xticklabels()) == ["Inherent (W·x) (5)", "IxG (5)", "mine (2)"]
+    fig = localisation_figure(tables.results)  # every method on the 2 grids all share
+    assert _texts(fig.axes[0].get_xticklabels()) == ["Inherent (W·x)", "IxG", "mine"]
+    assert fig.axes[0].get_title() == "toy-t10\n2 grids, shared by all 3 methods (runs: up to 5)"
+    medians = {round(float(line.get_ydata()[0]), 9) for line in fig.axes[0].lines
+               if len(line.get_xdata()) == 2 and line.get_ydata()[0] == line.get_ydata()[1]}
+    inherent = tables.results.query("metric == 'localisation' and model == 'toy-t10' and "
+                                    "method == 'inherent' and sample < 2")["value"]
+    assert round(float(inherent.median()), 9) in medians
     fig = pixel_removal_figure(tables.results, tables.summary, tables.manifest)
-    assert _texts(fig.axes[0].get_legend().get_texts())[-1].endswith("(n=2)")
+    assert "2 images, shared by all 3 methods (runs: up to 3)" in fig.axes[0].get_title()
+    rows = tables.results.query("model == 'toy-t10' and metric == 'pixel-removal' and "
+                                "variant == 'least-first' and stat == 'prob' and "
+                                "method == 'inherent' and sample < 2")
+    np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(),
+                               rows.groupby("removed")["value"].mean().to_numpy())
     write_run(tmp_path / "again", cheap.copy())
     with pytest.raises(PlotError, match="more than one run"):
         load_runs([parent / "gradient", tmp_path / "again"])

@@ -193,8 +193,10 @@ def _tiny_val(folder: Path, label_of: dict[str, int]) -> tuple[list[str], list[i
         if wnid not in label_of:
             raise DataNotFoundError(f"{annotations} labels {name} with {wnid!r}, which is not in "
                                     "wnids.txt: restore the original file")
-        if not (folder / "val" / "images" / name).is_file():
-            raise _tiny_missing(folder, f"{TINY_FOLDER}/val/images/{name}")
+        if not (folder / "val" / "images" / name).is_file():  # the tree is there, a file not
+            raise DataNotFoundError(f"TinyImageNet at {folder} is incomplete: val/images/{name}, "
+                                    f"listed in {annotations.name}, is missing: restore it (unzip "
+                                    "tiny-imagenet-200.zip again)")
         files.append(f"val/images/{name}")
         labels.append(label_of[wnid])
     return files, labels

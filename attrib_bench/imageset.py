@@ -256,10 +256,11 @@ class ResizeCrop:
     resize: int = 256
 
     def __post_init__(self) -> None:
-        for key in ("size", "resize"):
+        for key, option in (("size", "image_size"), ("resize", "resize")):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SettingError(f"{key} must be an int >= 1, got {value!r}")
+                raise SettingError(f"dataset option {option} must be an int >= 1, got "
+                                   f"{value!r}: pass --dataset-option {option}=N")
         if self.resize < self.size:
             raise SettingError(f"resize {self.resize} is smaller than the crop image_size "
                                f"{self.size}: give resize >= image_size (e.g. 256 for 224)")

@@ -152,7 +152,8 @@ def test_tinyimagenet_missing_layout_is_one_line(tmp_path, tiny_root):
     assert "\n" not in message and "tiny-imagenet-200/ with wnids.txt" in message
     assert "val/val_annotations.txt" in message and "--data-root" in message
     (tiny_root / "tiny-imagenet-200" / "val" / "images" / "val_2.JPEG").unlink()
-    with pytest.raises(DataNotFoundError, match="val/images/val_2.JPEG is missing"):
+    with pytest.raises(DataNotFoundError, match="is incomplete: val/images/val_2.JPEG, listed "
+                                                "in val_annotations.txt, is missing: restore it"):
         get_dataset("tinyimagenet", "val", tiny_root)
     with pytest.raises(DataNotFoundError, match="use one of train, val, test"):
         get_dataset("tinyimagenet", "validation", tiny_root)
@@ -234,6 +235,9 @@ def test_split_folders_and_their_aliases(tmp_path, folder_root):
         get_dataset("imagefolder", "val", tmp_path / "nowhere")
     with pytest.raises(SettingError, match="resize 20 is smaller than the crop image_size 32"):
         _folder(folder_root, resize=20)
+    with pytest.raises(SettingError, match="dataset option image_size must be an int >= 1, got "
+                                           "0: pass --dataset-option image_size=N"):
+        _folder(folder_root, image_size=0)
 
 
 def test_splits_share_one_class_map(tmp_path):

@@ -37,6 +37,7 @@ import torch
 
 # isort: split
 from attrib_bench.checkpoints import resolve_weights_root
+from attrib_bench.errors import NotApplicableError
 from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.registry import METHODS, applicable_methods, create_method, create_model
 
@@ -149,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                 hparams = {"n_masks": args.rise_masks, "seed": args.seed}
             elif name == "lime":
                 hparams = {"num_samples": args.lime_samples, "seed": args.seed}
-            row = time_method(model, name, hparams, x, target, args.repeats, args.max_batch)
+            try:
+                row = time_method(model, name, hparams, x, target, args.repeats, args.max_batch)
+            except NotApplicableError:
+                print(f"{name:<10} does not apply to {model_name}")
+                continue
             row["model"] = model_name
             rows.append(row)
             shown = ", ".join(f"{k}={v}" for k, v in hparams.items() if k != "seed") or "defaults"

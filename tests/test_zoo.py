@@ -31,14 +31,26 @@ def test_shipped_file_matches_zoo_and_sidecar(name):
     assert sidecar["config"]["temperature"] == TRAINED[name][1]
 
 
+#: The zoo entry whose recorded accuracy is re-measured on all 10 000 test images in the suite
+#: (the README's headline model). The XS models differ only in T (a divisor of the logits) and
+#: their weights, which load only if their sha256 matches (above), so one full pass checks the
+#: forward code all three share; a pass costs about 2 minutes on the 2-core CPU, and three of
+#: them were 60 % of the suite's 10-minute budget. `attrib-bench eval --model NAME` re-measures
+#: any of them.
+FULL_PASS = "xs-coda-sq-t1000"
+
+
 @pytest.mark.real
 @pytest.mark.parametrize("name", NAMES)
 def test_accuracy_and_completeness_on_real_images(name, data_root):
     model = create_model(name, pretrained=True)
     test_set = load_cifar10("test", root=data_root)
-    logits = predict_logits(model, test_set, progress=False)
-    assert top1_accuracy(logits, test_set.labels) == pytest.approx(TRAINED[name][3].accuracy,
-                                                                   abs=0.05)
+    if name == FULL_PASS:
+        logits = predict_logits(model, test_set, progress=False)
+        assert top1_accuracy(logits, test_set.labels) == pytest.approx(
+            TRAINED[name][3].accuracy, abs=0.05)
+    else:
+        logits = predict_logits(model, test_set.subset(16), progress=False)
     x, target = test_set.float_images(slice(0, 16)), test_set.labels[:16]
     maps = model.contributions(x, target)
     with torch.no_grad():

@@ -232,24 +232,28 @@ def run_config(models: list[str], methods: str | Iterable[str], metrics: str | I
                 raise SettingError(not_selected(name, selected_methods, metric_names, kind))
     from_data: dict[str, Any] = {"image_size": list(image_size) if image_size else None,
                                  "methods": {}, "metrics": {}}
-    method_configs = {}
-    for name in selected_methods:
-        given = dict((method_hparams or {}).get(name, {}))
-        sized = {key: value for key, value in image_size_defaults(name, image_size).items()
-                 if key not in given and key not in text_methods.get(name, {})}
-        if sized:
-            from_data["methods"][name] = sized
-        method_configs[name] = _merge_text(resolve_method, name, resolve_method(
-            name, {**sized, **given}, seed), text_methods.get(name, {}), seed)
-    metric_configs = {}
-    for name in metric_names:
-        given = dict((metric_hparams or {}).get(name, {}))
-        protocol = {key: value for key, value in protocol_defaults(dataset, name).items()
-                    if key not in given and key not in text_metrics.get(name, {})}
-        if protocol:
-            from_data["metrics"][name] = protocol
-        metric_configs[name] = _merge_text(resolve_metric, name, resolve_metric(
-            name, {**protocol, **given}), text_metrics.get(name, {}))
+
+    def configure(names: list[str], given: Mapping[str, Mapping[str, Any]] | None,
+                  text: Mapping[str, Mapping[str, str]], defaults: Any, resolver: Any,
+                  record: dict[str, Any], *args: Any) -> dict[str, dict[str, Any]]:
+        """Each name's config: data defaults (recorded) < Python values < ``--set`` text."""
+        configs = {}
+        for name in names:
+            values = dict((given or {}).get(name, {}))
+            from_dataset = {key: value for key, value in defaults(name).items()
+                            if key not in values and key not in text.get(name, {})}
+            if from_dataset:
+                record[name] = from_dataset
+            configs[name] = _merge_text(resolver, name, resolver(
+                name, {**from_dataset, **values}, *args), text.get(name, {}), *args)
+        return configs
+
+    method_configs = configure(selected_methods, method_hparams, text_methods,
+                               lambda name: image_size_defaults(name, image_size),
+                               resolve_method, from_data["methods"], seed)
+    metric_configs = configure(metric_names, metric_hparams, text_metrics,
+                               lambda name: protocol_defaults(dataset, name), resolve_metric,
+                               from_data["metrics"])
     return RunConfig(models, selected_methods, metric_names, n_samples, chunk_size, seed,
                      dataset_name, split, checkpoint, method_configs, metric_configs,
                      all_methods, all_metrics, options, from_data)

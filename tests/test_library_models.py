@@ -190,11 +190,16 @@ def test_checkpoint_that_does_not_fit_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("name", ["grad", "ixg", "intgrad", "gradcam", "occlusion"])
 def test_methods_on_torchvision_resnet(tv_resnet, name):
+    _check_method(tv_resnet, name)
+
+
+def _check_method(model, name: str) -> None:
+    """Finite (2, SIZE, SIZE) maps; the gradient methods equal captum's on the wrapped model."""
     x, target = _inputs()
-    maps = create_method(name, tv_resnet, **CHEAP.get(name, {})).attribute(x, target)
+    maps = create_method(name, model, **CHEAP.get(name, {})).attribute(x, target)
     assert maps.shape == (2, SIZE, SIZE) and torch.isfinite(maps).all()
     if name in ("grad", "ixg", "intgrad"):
-        reference = _captum_reference(name, tv_resnet, x, target)
+        reference = _captum_reference(name, model, x, target)
         torch.testing.assert_close(maps, reference, rtol=1e-5,
                                    atol=1e-5 * float(reference.abs().max()))
 
@@ -235,13 +240,7 @@ def test_timm_wrapper(timm_resnet):
 
 @pytest.mark.parametrize("name", ["grad", "ixg", "intgrad", "deeplift", "gradcam", "occlusion"])
 def test_methods_on_timm(timm_resnet, name):
-    x, target = _inputs()
-    maps = create_method(name, timm_resnet, **CHEAP.get(name, {})).attribute(x, target)
-    assert maps.shape == (2, SIZE, SIZE) and torch.isfinite(maps).all()
-    if name in ("grad", "ixg", "intgrad"):
-        reference = _captum_reference(name, timm_resnet, x, target)
-        torch.testing.assert_close(maps, reference, rtol=1e-5,
-                                   atol=1e-5 * float(reference.abs().max()))
+    _check_method(timm_resnet, name)
 
 
 # ----------------------------------------------------------------------------- the runner

@@ -208,9 +208,34 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+# what a recorded sample key means, as a column header; "n" is the grid side for the grid metrics
+# (metrics/localisation.py records it so) and the image count elsewhere
+_SAMPLE_LABELS = {"seconds": "drawing (s)", "cell_size": "cell (px)",
+                  "pool": "pool (correct, confident)", "correct": "correct images",
+                  "images": "split images", "requested": "requested", "selected": "selected"}
+_GRID_METRICS = ("localisation", "difull")
+
+
+def _sample_label(metric: str, key: str) -> str:
+    if key == "n":
+        return "grid (n×n)" if metric.startswith(_GRID_METRICS) else "images"
+    return _SAMPLE_LABELS.get(key, key.replace("_", " "))
+
+
+def _sample_cell(metric: str, key: str, info: dict[str, Any]) -> str:
+    if key not in info:
+        return "not recorded"  # a run older than the key
+    if key == "n" and metric.startswith(_GRID_METRICS) and isinstance(info[key], int):
+        return f"{info[key]}×{info[key]}"
+    if key == "seconds" and isinstance(info[key], (int, float)):
+        return f"{info[key]:.1f}"
+    return _cell(info[key])
+
+
 def sample_tables(tables: RunTables) -> dict[str, tuple[list[str], list[list[str]]]]:
     """Metric → (header, rows) of the sample sets each run recorded (one row per run and model;
-    a column per recorded key, "-" where a run did not record it)."""
+    a column per recorded key, named for what it holds, "not recorded" where an older run did not
+    record it)."""
     found: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
     for folder, manifest in (tables.manifests or {str(tables.path): tables.manifest}).items():
         for key, info in manifest.get("samples", {}).items():
@@ -219,8 +244,8 @@ def sample_tables(tables: RunTables) -> dict[str, tuple[list[str], list[list[str
     out = {}
     for metric, entries in found.items():
         keys = list(dict.fromkeys(k for _, _, info in entries for k in info))
-        out[metric] = (["run", "model", *(k.replace("_", " ") for k in keys)],
-                       [[run, model, *(_cell(info.get(k)) for k in keys)]
+        out[metric] = (["run", "model", *(_sample_label(metric, k) for k in keys)],
+                       [[run, model, *(_sample_cell(metric, k, info) for k in keys)]
                         for run, model, info in entries])
     return out
 

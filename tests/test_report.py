@@ -16,9 +16,10 @@ from test_plots import _rows, synthetic_results, write_run
 
 from attrib_bench.cli import cli
 from attrib_bench.metrics.base import make_rows
-from attrib_bench.plots import load_runs
+from attrib_bench.plots import RunTables, load_runs
 from attrib_bench.provenance import git_commit
-from attrib_bench.report import best_marks, code_version, render_report, summary_rows
+from attrib_bench.report import (best_marks, code_version, render_report, sample_tables,
+                                 summary_rows)
 
 
 def _group(means, lows, highs, direction="higher", metric="localisation") -> pd.DataFrame:
@@ -139,3 +140,21 @@ def test_a_run_of_a_plugin_metric_alone_gets_a_report(tmp_path):
     assert len(best) == 1 and ">Grad<" in best[0] and ">map-mass<" in best[0]
     plot = CliRunner().invoke(cli, ["plot", "--results", str(folder)])
     assert plot.exit_code == 1 and "nothing to plot" in plot.output
+
+
+def test_sample_columns_say_what_they_hold():
+    """"n" is the grid side for localisation (shown 3×3) and the image count for pixel removal;
+    a key an older run did not record reads "not recorded", not a dash that could mean none."""
+    manifests = {
+        "runs/old": {"samples": {"m/localisation": {"n": 3, "grids": 32, "seconds": 104.196},
+                                 "m/pixel-removal": {"n": 32, "seconds": 0.0}}},
+        "runs/new": {"samples": {"m/localisation": {"n": 2, "grids": 8, "seconds": 1.0,
+                                                    "probability": "sigmoid"}}}}
+    tables = RunTables(Path("runs"), pd.DataFrame(), pd.DataFrame(), {}, manifests)
+    header, rows = sample_tables(tables)["localisation"]
+    assert header == ["run", "model", "grid (n×n)", "grids", "drawing (s)", "probability"]
+    assert rows == [["old", "m", "3×3", "32", "104.2", "not recorded"],
+                    ["new", "m", "2×2", "8", "1.0", "sigmoid"]]
+    header, rows = sample_tables(tables)["pixel-removal"]
+    assert header == ["run", "model", "images", "drawing (s)"]
+    assert rows == [["old", "m", "32", "0.0"]]

@@ -14,7 +14,7 @@ pytest.importorskip("bcos")
 from attrib_bench.cli import cli  # noqa: E402
 from attrib_bench.metrics.localisation import DisconnectedGrid  # noqa: E402
 from attrib_bench.models import protocols  # noqa: E402
-from attrib_bench.registry import create_method, create_model  # noqa: E402
+from attrib_bench.registry import create_method, create_model, list_models  # noqa: E402
 
 
 def _model(dtype: torch.dtype = torch.float32):
@@ -153,3 +153,42 @@ def test_a_trained_bcos_model_joins_the_zoo(tmp_path):
                                        msg=key)
     finally:
         MODELS.remove("bcos-resnet20-test-zoo")
+
+
+def _shipped_bcos() -> list[str]:
+    from attrib_bench.registry import MODELS
+
+    return [name for name in list_models("bcos-*")
+            if MODELS.get(name).metadata.get("pretrained_cfg") is not None]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name", _shipped_bcos())
+def test_shipped_bcos_accuracy_completeness_and_package_agreement(name, data_root):
+    """A shipped B-cos model on the original CIFAR-10 test set: the recorded top-1 to 0.05, and on
+    16 real images its `inherent` maps complete (float32 rtol 1e-4, float64 1e-9) and equal the
+    package's own explanation to 1e-5."""
+    from attrib_bench.data import load_cifar10
+    from attrib_bench.evaluation import predict_logits, top1_accuracy
+    from attrib_bench.registry import MODELS
+
+    model = create_model(name, pretrained=True).eval()
+    test_set = load_cifar10("test", root=data_root)
+    logits = predict_logits(model, test_set, progress=False)
+    assert top1_accuracy(logits, test_set.labels) == pytest.approx(
+        MODELS.get(name).metadata["pretrained_cfg"].accuracy, abs=0.05)
+    x, target = test_set.float_images(slice(0, 16)), test_set.labels[:16]
+    for dtype, rtol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
+        typed = model.to(dtype)
+        maps = create_method("inherent", typed).attribute(x.to(dtype), target)
+        with torch.no_grad():
+            chosen = typed(x.to(dtype)).gather(1, target[:, None])[:, 0]
+        torch.testing.assert_close(maps.sum((1, 2)), chosen - typed.logit_bias, rtol=rtol,
+                                   atol=1e-5 if dtype == torch.float32 else 1e-9)
+    model = model.float()
+    maps = create_method("inherent", model).attribute(x[:4], target[:4])
+    for i in range(4):
+        with pytest.warns(UserWarning, match="require grad"):
+            theirs = model.net.explain(model.encode(x[i:i + 1]), idx=int(target[i]))
+        torch.testing.assert_close(maps[i], theirs["contribution_map"][0].detach(), rtol=0,
+                                   atol=1e-5)

@@ -219,7 +219,8 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
 @click.option("--temperature", type=float, default=None,
               help="CoDA-Net logit temperature T (default: the model's own: 1000 for XS/S/M, "
                    "6400 for XL, 1e5 for L).")
-@click.option("--norm", type=click.Choice(["sq", "l2"]), default="sq", show_default=True)
+@click.option("--norm", type=click.Choice(["sq", "l2"]), default=None,
+              help="CoDA-Net DAU norm (default: sq).")
 @click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True,
               help="Epochs (with --time-budget: at most this many).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
@@ -301,10 +302,10 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
                          eval_every=eval_every, amp=amp, tf32=tf32, channels_last=channels_last,
                          compile=compile_model, lambda_reg=lambda_reg)
     config.check()
-    temperature = config.temperature  # the model's own when not given
-    # a CoDA-Net's export names its norm and T (xs-coda-sq-t1000); other models their name
-    name = (f"{model_name}-{norm}-t{temperature:g}" if entry.metadata.get("family") == "coda"
-            else slug(model_name))  # torchvision:resnet18 → a file name without ":"
+    # a CoDA-Net's export names its norm and T (xs-coda-sq-t1000, T the model's own when not
+    # given); other models their name
+    name = (f"{model_name}-{config.norm}-t{config.temperature:g}"
+            if entry.metadata.get("family") == "coda" else slug(model_name))  # torchvision:resnet18 → a file name without ":"
     run_dir = Path(out_dir or f"runs/train/{name}")
     if resume and not (run_dir / "checkpoint.pt").exists():
         click.echo(f"--resume: {run_dir} has no checkpoint.pt yet; starting a new run", err=True)

@@ -71,9 +71,10 @@ class TrainConfig:
 
     model: str = "xs-coda"
     #: CoDA-Net logit temperature T; None: the model's own (registry metadata ``temperature``:
-    #: 1000 for XS/S/M, 6400 for XL, 1e5 for L), resolved when the config is made
+    #: 1000 for XS/S/M, 6400 for XL, 1e5 for L), resolved when the config is made. Other models
+    #: have neither T nor a DAU norm: both stay None for them (setting one is a TrainError).
     temperature: float | None = None
-    norm: str = "sq"
+    norm: str | None = None  # a CoDA-Net's DAU norm, "sq" (the default) or "l2"
     epochs: int = 200
     batch_size: int = 16
     lr: float = 2.5e-4
@@ -102,14 +103,21 @@ class TrainConfig:
         return self.lr * {"none": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[self.lr_scaling]
 
     def __post_init__(self) -> None:
+        if not is_coda(self.model):
+            return
         if self.temperature is None:
             from attrib_bench.registry import MODELS
 
             own = MODELS.get(self.model).metadata.get("temperature", 1000.0)
             object.__setattr__(self, "temperature", float(own))
+        if self.norm is None:
+            object.__setattr__(self, "norm", "sq")
 
     def check(self) -> None:
         """One-line :class:`TrainError` for settings that cannot work together."""
+        if not is_coda(self.model) and (self.temperature is not None or self.norm is not None):
+            raise TrainError(f"--temperature and --norm set a CoDA-Net's logit temperature and DAU "
+                             f"norm; {self.model} is not a CoDA-Net: drop them")
         if self.time_budget is not None and self.schedule != "cosine":
             raise TrainError("--time-budget sizes a cosine schedule: use --schedule cosine")
         if self.time_budget is not None and self.time_budget <= 0:
@@ -209,13 +217,20 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
         writer.writerows(rows)
 
 
+def is_coda(model: str) -> bool:
+    """Whether registered model ``model`` is a CoDA-Net (has a temperature and DAU norms)."""
+    from attrib_bench.registry import MODELS
+
+    return MODELS.get(model).metadata.get("family") == "coda"
+
+
 def build_model(config: TrainConfig) -> nn.Module:
     """A fresh, seeded model for ``config`` (CoDA-Nets get T and the norm)."""
     from attrib_bench.registry import MODELS, create_model
 
     torch.manual_seed(config.seed)
     kwargs = dict(config.model_kwargs)
-    if MODELS.get(config.model).metadata.get("family") == "coda":
+    if is_coda(config.model):
         kwargs.update(temperature=config.temperature, norm=config.norm)
     return create_model(config.model, pretrained=False, **kwargs)
 
@@ -409,11 +424,16 @@ def plan_budget(config: TrainConfig, steps_per_epoch: int, step_s: float, eval_s
     margin = max(0.5, 0.01 * budget)
     plan = BudgetPlan(budget, elapsed_s, probe_steps, step_s, eval_s, checkpoint_s, margin, 0, 0.0)
     steps = 0
-    for _ in range(3):  # evaluations and checkpoints depend on the epochs the steps make
-        epochs = max(1, math.ceil(steps / steps_per_epoch))
+    # each epoch count e brings its own evaluations and checkpoints; the schedule is the most steps
+    # any e allows that really need e epochs (the cost only grows with the steps, so this is the
+    # longest schedule that fits; a fixed-point iteration on the steps can oscillate)
+    for epochs in range(1, config.epochs + 1):
         evals = 1 + ((epochs - 1) // config.eval_every if config.eval_every else 0)
         available = budget - elapsed_s - plan.reserve(evals if eval_s else 0, epochs)
-        steps = min(int(available // step_s), config.epochs * steps_per_epoch)
+        fits = min(int(available // step_s), epochs * steps_per_epoch)
+        if fits <= (epochs - 1) * steps_per_epoch:
+            break  # e epochs do not fit; more epochs cost more
+        steps = fits
     if steps < 1:
         needed = elapsed_s + plan.reserve(1 if eval_s else 0, 1) + 20 * step_s
         raise TrainError(
@@ -628,8 +648,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _result_fields(config: dict[str, Any]) -> dict[str, Any]:
-    """The config without the per-call settings (a resumed run may change those)."""
-    return {k: v for k, v in config.items() if k not in _PER_CALL_FIELDS}
+    """The config without the per-call settings (a resumed run may change those), and without T
+    and the norm for models other than CoDA-Nets (runs before 2026-11-30 recorded the CoDA-Net
+    defaults there, which meant nothing)."""
+    unused = () if is_coda(config["model"]) else ("temperature", "norm")
+    return {k: v for k, v in config.items() if k not in _PER_CALL_FIELDS and k not in unused}
 
 
 def _program() -> str:

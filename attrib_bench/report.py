@@ -40,7 +40,7 @@ h1 { font-size: 1.6em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; 
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f2f2f2; } td.text, th.text { text-align: left; }
-tr.best td.value { font-weight: bold; } tr.tie td.value { font-style: italic; }
+tr.best td.em { font-weight: bold; } tr.tie td.em { font-style: italic; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #555; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
@@ -69,10 +69,14 @@ def _png(fig: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None,
-           text_columns: int = 0) -> str:
-    """An HTML table; the first ``text_columns`` columns are left-aligned text."""
+           text_columns: int = 0, emphasis: Iterable[int] = ()) -> str:
+    """An HTML table; the first ``text_columns`` columns are left-aligned text; a row's class
+    ("best", "tie") sets the columns in ``emphasis`` in bold or italic."""
+    emphasised = set(emphasis)
+
     def cell(tag: str, i: int, value: str) -> str:
-        css = ' class="text"' if i < text_columns else ' class="value"'
+        kind = "text" if i < text_columns else "value"
+        css = f' class="{kind} em"' if tag == "td" and i in emphasised else f' class="{kind}"'
         return f"<{tag}{css}>{html.escape(value)}</{tag}>"
 
     out = ["<table><tr>" + "".join(cell("th", i, h) for i, h in enumerate(header)) + "</tr>"]
@@ -116,19 +120,44 @@ def best_marks(group: pd.DataFrame, direction: str) -> dict[Any, str]:
     return dict.fromkeys(valid.index[overlap], "tie")
 
 
-def summary_rows(summary: pd.DataFrame) -> tuple[list[list[str]], list[str]]:
+_GROUP = ["model", "metric", "variant", "stat"]
+
+
+def sample_sets(results: pd.DataFrame) -> pd.Series:
+    """(model, method, metric, variant, stat) → an id of the set of samples its rows cover, equal
+    for two methods exactly when they were evaluated on the same samples."""
+    if results.empty or "sample" not in results:
+        return pd.Series(dtype=int)
+    sets = results.groupby([*_GROUP[:1], "method", *_GROUP[1:]], sort=False)["sample"].agg(
+        lambda s: tuple(sorted(set(s.tolist()))))
+    return pd.Series(pd.factorize(sets)[0], index=sets.index)
+
+
+def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None
+                 ) -> tuple[list[list[str]], list[str]]:
     """Summary rows as text, methods in plot order, with classes from :func:`best_marks` ("best",
-    "tie" or "") for metrics that rank methods (:func:`ranks_methods`)."""
+    "tie" or "") for metrics that rank methods (:func:`ranks_methods`).
+
+    Marks compare only methods evaluated on the same samples (the sample sets in ``results``;
+    without it, the same n): a method run on 4 grids is not ranked against one run on 32.
+    """
     rows, classes = [], []
     order = {m: i for i, m in enumerate(ordered_methods(summary["method"].unique()))}
     table = summary.assign(_order=summary["method"].map(order)).sort_values(
-        ["model", "metric", "variant", "stat", "_order"], kind="stable")
+        [*_GROUP, "_order"], kind="stable")
+    sets = sample_sets(results) if results is not None else pd.Series(dtype=int)
+    keys = [(r.model, r.method, r.metric, r.variant, r.stat) for r in
+            table[["model", "method", "metric", "variant", "stat"]].itertuples(index=False)]
+    table["_samples"] = [sets.get(k, -1) if len(sets) else -1 for k in keys]
+    table.loc[table["_samples"] < 0, "_samples"] = -1 - table["n"].astype(int)  # by n
     words = {"best": "best", "tie": "tied best"}
-    for (_, metric, _, _), group in table.groupby(["model", "metric", "variant", "stat"],
-                                                  sort=False):
+    for (_, metric, _, _), group in table.groupby(_GROUP, sort=False):
         direction = str(group["direction"].iloc[0]) if "direction" in group else ""
         direction = "" if direction == "nan" else direction
-        marks = best_marks(group, direction) if ranks_methods(str(metric)) else {}
+        marks: dict[Any, str] = {}
+        if ranks_methods(str(metric)):
+            for _, same in group.groupby("_samples", sort=False):
+                marks.update(best_marks(same, direction))
         for index, row in group.iterrows():
             rows.append([row["model"], method_label(row["method"]), row["metric"],
                          str(row["variant"]), row["stat"], f"{row['mean']:.4f}",
@@ -208,25 +237,24 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-# what a recorded sample key means, as a column header; "n" is the grid side for the grid metrics
-# (metrics/localisation.py records it so) and the image count elsewhere
-_SAMPLE_LABELS = {"seconds": "drawing (s)", "cell_size": "cell (px)",
-                  "pool": "pool (correct, confident)", "correct": "correct images",
-                  "images": "split images", "requested": "requested", "selected": "selected"}
-_GRID_METRICS = ("localisation", "difull")
+# what a recorded sample key means, as a column header
+_SAMPLE_LABELS = {"n": "images", "grid": "grid (n×n)", "seconds": "drawing (s)",
+                  "cell_size": "cell (px)", "pool": "pool (correct, confident)",
+                  "correct": "correct images", "images": "split images", "requested": "requested",
+                  "selected": "selected"}
 
 
-def _sample_label(metric: str, key: str) -> str:
-    if key == "n":
-        return "grid (n×n)" if metric.startswith(_GRID_METRICS) else "images"
-    return _SAMPLE_LABELS.get(key, key.replace("_", " "))
+def _grid_info(info: dict[str, Any]) -> dict[str, Any]:
+    """A grid metric's sample info with its side as ``grid`` and without ``n``, which duplicates
+    ``grids`` in runs since 2026-11-29 (the count) and was the side before (no ``grid_size``)."""
+    side = info.get("grid_size", info.get("n"))
+    rest = {k: v for k, v in info.items() if k not in ("n", "grid_size")}
+    return {"grid": f"{side}×{side}", **rest}
 
 
-def _sample_cell(metric: str, key: str, info: dict[str, Any]) -> str:
+def _sample_cell(key: str, info: dict[str, Any]) -> str:
     if key not in info:
         return "not recorded"  # a run older than the key
-    if key == "n" and metric.startswith(_GRID_METRICS) and isinstance(info[key], int):
-        return f"{info[key]}×{info[key]}"
     if key == "seconds" and isinstance(info[key], (int, float)):
         return f"{info[key]:.1f}"
     return _cell(info[key])
@@ -240,17 +268,26 @@ def sample_tables(tables: RunTables) -> dict[str, tuple[list[str], list[list[str
     for folder, manifest in (tables.manifests or {str(tables.path): tables.manifest}).items():
         for key, info in manifest.get("samples", {}).items():
             model, _, metric = key.rpartition("/")
+            if "grids" in info:  # the grid metrics: localisation, DiFull, plugins alike
+                info = _grid_info(info)
             found.setdefault(metric, []).append((Path(folder).name, model, info))
     out = {}
     for metric, entries in found.items():
         keys = list(dict.fromkeys(k for _, _, info in entries for k in info))
-        out[metric] = (["run", "model", *(_sample_label(metric, k) for k in keys)],
-                       [[run, model, *(_sample_cell(metric, k, info) for k in keys)]
+        out[metric] = (["run", "model", *(_SAMPLE_LABELS.get(k, k.replace("_", " "))
+                                          for k in keys)],
+                       [[run, model, *(_sample_cell(k, info) for k in keys)]
                         for run, model, info in entries])
     return out
 
 
 # ----------------------------------------------------------------------------- the page
+
+
+def _figure_rank(stem: str) -> int:
+    """A figure's place in the report: the order of :data:`_CAPTIONS` (others last)."""
+    return next((i for i, (prefix, _) in enumerate(_CAPTIONS) if stem.startswith(prefix)),
+                len(_CAPTIONS))
 
 
 def _caption(stem: str) -> str:
@@ -270,8 +307,9 @@ def render_report(tables: RunTables) -> str:
              f"{'s' if len(runs) != 1 else ''}. Means with percentile-bootstrap 95 % confidence "
              "intervals over samples. <b>Bold</b>: the best method of a group in the metric's "
              "direction, its CI clear of every other's; <i>italic</i> (\"tied best\"): the "
-             "leader and the methods whose CIs overlap its CI. Checks such as randomisation "
-             "rank nothing.</p>"]
+             "leader and the methods whose CIs overlap its CI. Marks compare only methods "
+             "evaluated on the same samples (a method on 4 grids is not ranked against one on "
+             "32). Checks such as randomisation rank nothing.</p>"]
     parts.append("<h2>Runs and code</h2>")
     parts.append(_table(["run", "models", "methods", "metrics", "seed", "commit", "tree",
                          "attrib-bench", "hardware", "superseded"], provenance_rows(tables),
@@ -285,15 +323,16 @@ def render_report(tables: RunTables) -> str:
         parts.append("<p class='note'>No figures: this run's metrics have none (figures exist "
                      "for localisation, pixel removal and randomisation); the summary below has "
                      "every metric.</p>")
-    for stem, fig in figures.items():
+    for stem, fig in sorted(figures.items(), key=lambda item: _figure_rank(item[0])):
         parts.append(f"<figure><img alt='{html.escape(stem)}' "
                      f"src='data:image/png;base64,{_png(fig)}'>"
                      f"<figcaption>{html.escape(stem)}: {html.escape(_caption(stem))}"
                      "</figcaption></figure>")
     parts.append("<h2>Summary</h2>")
-    rows, classes = summary_rows(tables.summary)
+    rows, classes = summary_rows(tables.summary, tables.results)
     parts.append(_table(["model", "method", "metric", "variant", "stat", "mean", "95 % CI", "n",
-                         "non-finite", "better", "marked"], rows, classes, text_columns=5))
+                         "non-finite", "better", "marked"], rows, classes, text_columns=5,
+                        emphasis=(5, 6)))
     samples = sample_tables(tables)
     if samples:
         parts.append("<h2>Samples</h2>")

@@ -66,6 +66,23 @@ def test_summary_rows_mark_best_and_ties_but_never_randomisation():
     assert "not a ranking" in rows[-1][-2]
 
 
+def test_marks_compare_only_methods_on_the_same_samples():
+    """x0 (0.9) on samples 0–3 is not ranked against x1 and x2 on samples 0–31: x1 is best
+    among those two, x0 has no mark (alone on its set); without results, n decides alike."""
+    table = _group([0.9, 0.6, 0.2], [0.85, 0.55, 0.15], [0.95, 0.65, 0.25])
+    table["n"] = [4, 32, 32]
+    results = pd.DataFrame({"model": "m", "method": ["x0"] * 4 + ["x1"] * 32 + ["x2"] * 32,
+                            "metric": "localisation", "variant": "", "stat": "score",
+                            "sample": [*range(4), *range(32), *range(32)], "value": 0.5})
+    for rows, classes in (summary_rows(table, results), summary_rows(table)):
+        assert [(row[1], cls) for row, cls in zip(rows, classes, strict=True)] == [
+            ("x0", ""), ("x1", "best"), ("x2", "")]
+    # same n, other samples (e.g. another run's draw): not compared either
+    shifted = results.assign(sample=[*range(4), *range(32), *range(100, 132)])
+    rows, classes = summary_rows(table, shifted)
+    assert classes == ["", "", ""]
+
+
 @pytest.fixture()
 def run_dir(tmp_path: Path) -> Path:
     return write_run(tmp_path / "run", synthetic_results(np.random.default_rng(0)))
@@ -91,6 +108,14 @@ def test_report_puts_figures_first_and_samples_in_tables(run_dir):
     randomisation = [line for line in summary.splitlines() if ">randomisation<" in line]
     assert randomisation and not any("class=\"best\"" in line or "class=\"tie\"" in line
                                      for line in randomisation)
+    marked = [line for line in summary.splitlines() if line.startswith(('<tr class="best"',
+                                                                         '<tr class="tie"'))]
+    assert marked and all(line.count(" em\"") == 2 for line in marked)  # mean and CI only
+    stems = re.findall(r"<img alt='([^']+)'", page)
+    ranks = [next(i for i, p in enumerate(("localisation", "pixel-removal", "temperature",
+                                           "randomisation", "contributions", "methods"))
+                  if stem.startswith(p)) for stem in stems]
+    assert stems and ranks == sorted(ranks)
     assert "seed -" not in page
 
 
@@ -143,13 +168,14 @@ def test_a_run_of_a_plugin_metric_alone_gets_a_report(tmp_path):
 
 
 def test_sample_columns_say_what_they_hold():
-    """"n" is the grid side for localisation (shown 3×3) and the image count for pixel removal;
-    a key an older run did not record reads "not recorded", not a dash that could mean none."""
+    """A grid metric's side is shown n×n: from ``grid_size`` (runs since 2026-11-29, whose "n"
+    is the grid count) or from "n" (older runs, where it was the side); "n" is the image count
+    for pixel removal; a key an older run did not record reads "not recorded"."""
     manifests = {
         "runs/old": {"samples": {"m/localisation": {"n": 3, "grids": 32, "seconds": 104.196},
                                  "m/pixel-removal": {"n": 32, "seconds": 0.0}}},
-        "runs/new": {"samples": {"m/localisation": {"n": 2, "grids": 8, "seconds": 1.0,
-                                                    "probability": "sigmoid"}}}}
+        "runs/new": {"samples": {"m/localisation": {"grids": 8, "grid_size": 2, "seconds": 1.0,
+                                                    "probability": "sigmoid", "n": 8}}}}
     tables = RunTables(Path("runs"), pd.DataFrame(), pd.DataFrame(), {}, manifests)
     header, rows = sample_tables(tables)["localisation"]
     assert header == ["run", "model", "grid (n×n)", "grids", "drawing (s)", "probability"]

@@ -177,6 +177,11 @@ class Metric:
         return self.directions.get(stat, "")
 
     def summarise(self, rows: pd.DataFrame) -> pd.DataFrame:
-        """One value per (sample, variant, stat): by default the mean over ``key``."""
-        return (rows.groupby(["sample", "variant", "stat"], sort=True, dropna=False)["value"]
-                .mean().reset_index())
+        """One value per (sample, variant, stat): by default the mean over ``key``, NaN where any
+        key's value is not finite (e.g. a Spearman correlation undefined on a constant map), so
+        that the summary counts the sample as non-finite instead of averaging the rest."""
+        grouped = rows.assign(_bad=~np.isfinite(rows["value"].to_numpy(dtype=np.float64))) \
+            .groupby(["sample", "variant", "stat"], sort=True, dropna=False)
+        out = grouped["value"].mean().reset_index()
+        out.loc[grouped["_bad"].any().to_numpy(), "value"] = np.nan
+        return out

@@ -330,3 +330,17 @@ def test_rows_are_a_dataframe_for_an_empty_batch():
     x, t = _images(1)
     rows = Randomisation(layers=1).evaluate(_context(_coda()), x[:0], t[:0], np.arange(0))
     assert isinstance(rows, pd.DataFrame) and len(rows) == 0
+
+
+def test_an_undefined_layer_makes_the_sample_non_finite_in_the_summary():
+    """A Spearman correlation undefined at one layer (a constant map) makes that sample's mean
+    over layers NaN, so the summary counts it as non-finite, instead of averaging the others."""
+    from attrib_bench.runners.benchmark import summarise
+
+    metric = Randomisation()
+    rows = pd.DataFrame({"model": "m", "method": "x", "metric": "randomisation",
+                         "sample": [0, 0, 1, 1], "key": ["a", "b", "a", "b"],
+                         "variant": "cascading", "stat": "spearman",
+                         "value": [0.5, np.nan, 0.25, 0.75], "target": 0, "flag": ""})
+    summary = summarise(rows, {"randomisation": metric})
+    assert summary[["mean", "n", "n_nonfinite"]].values.tolist() == [[0.5, 1, 1]]

@@ -186,7 +186,7 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
     from attrib_bench.data import evaluation_split, get_dataset
     from attrib_bench.evaluation import predict_logits, resolve_device, top1_accuracy
     from attrib_bench.registry import MODELS, create_model
-    from attrib_bench.runners.settings import check_model_fits
+    from attrib_bench.runners.settings import check_model_fits, check_output_classes
 
     MODELS.get(model_name)  # an unknown name fails first, before any data is read
     options = _dataset_options(dataset, dataset_option_items)  # then a bad dataset
@@ -199,12 +199,10 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
     model = create_model(model_name, pretrained=checkpoint is None, checkpoint=checkpoint,
                          **checkpoint_kwargs(model_name, checkpoint),
                          **({"weights_root": weights_root} if weights_root else {}))
-    with torch.no_grad():  # one image first: a head of another size stops before the pass
-        k = int(model.eval()(images.float_images(slice(0, 1))).shape[-1])
-    if k != images.num_classes:
-        raise click.UsageError(f"{model_name} outputs {k} classes, {images.name} has "
-                               f"{images.num_classes}: pass a model (or --checkpoint) with a "
-                               f"{images.num_classes}-class head, or its own --dataset")
+    # one image first: a head of another size stops before the pass
+    check_output_classes(model_name, model, images, error=click.UsageError,
+                         fix="pass a model (or --checkpoint) with a {n}-class head, or its own "
+                             "--dataset")
     start = time.perf_counter()
     logits = predict_logits(model, images, batch_size, torch_device)
     seconds = time.perf_counter() - start
@@ -303,9 +301,9 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
                          compile=compile_model, lambda_reg=lambda_reg)
     config.check()
     # a CoDA-Net's export names its norm and T (xs-coda-sq-t1000, T the model's own when not
-    # given); other models their name
+    # given); other models their name, without ":" (torchvision:resnet18 → torchvision_resnet18)
     name = (f"{model_name}-{config.norm}-t{config.temperature:g}"
-            if entry.metadata.get("family") == "coda" else slug(model_name))  # torchvision:resnet18 → a file name without ":"
+            if entry.metadata.get("family") == "coda" else slug(model_name))
     run_dir = Path(out_dir or f"runs/train/{name}")
     if resume and not (run_dir / "checkpoint.pt").exists():
         click.echo(f"--resume: {run_dir} has no checkpoint.pt yet; starting a new run", err=True)

@@ -52,7 +52,6 @@ from attrib_bench.data import BaseImageSet, get_dataset
 from attrib_bench.errors import MetricError, NotApplicableError, RunError
 from attrib_bench.evaluation import count_parameters, eval_mode, resolve_device
 from attrib_bench.metrics.base import ROW_COLUMNS, Metric, SampleSet, SelectContext
-from attrib_bench.models.protocols import check_logits
 from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.registry import MODELS, create_metric, create_model
 from attrib_bench.runners.cache import CacheStats, PoolLogits, model_digest
@@ -70,6 +69,7 @@ from attrib_bench.runners.jobs import (
 from attrib_bench.runners.settings import (
     check_executor,
     check_model_fits,
+    check_output_classes,
     run_config,
     split_names,
 )
@@ -447,9 +447,7 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
                       hashes={id(model): hashes[name] for name, model in loaded.items()})
     select_ctx = SelectContext(device, pool.predict, progress)
     for name, model in loaded.items():
-        x = images.float_images(slice(0, 1)).to(device)
-        with torch.inference_mode(), eval_mode(model):
-            check_classes(name, check_logits(model(x), 1, model), images)
+        check_output_classes(name, model, images, device=device, fix=CLASSES_FIX)
     skipped: list[dict[str, str]] = []
     refused: dict[str, NotApplicableError] = {}
     jobs: list[PartJob] = []
@@ -498,16 +496,10 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
     return Plan(loaded, hashes, metrics, jobs, samples_info, skipped, pool)
 
 
-def check_classes(name: str, logits: torch.Tensor, images: BaseImageSet) -> None:
-    """One :class:`RunError` line unless the model's K (``logits`` (B, K)) is the dataset's
-    class count: a target index would name another class (a 1000-class ImageNet model on
-    CIFAR-10's 10 classes)."""
-    k, n = int(logits.shape[1]), images.num_classes
-    if k != n:
-        raise RunError(f"{name} has {k} classes, {images.name} has {n}: use a model for {n} "
-                       f"classes (torchvision:/timm: models take --checkpoint FILE with a "
-                       f"{n}-class head, or num_classes={n} from Python) or a dataset with {k} "
-                       "classes")
+#: How a run fixes a model whose head is not the dataset's class count.
+CLASSES_FIX = ("use a model for {n} classes (torchvision:/timm: models take --checkpoint FILE "
+               "with a {n}-class head, or num_classes={n} from Python) or a dataset with {k} "
+               "classes")
 
 
 def _gather(out: Store, config: RunConfig, parts: list[Part]) -> pd.DataFrame:

@@ -257,3 +257,28 @@ def run_config(models: list[str], methods: str | Iterable[str], metrics: str | I
     return RunConfig(models, selected_methods, metric_names, n_samples, chunk_size, seed,
                      dataset_name, split, checkpoint, method_configs, metric_configs,
                      all_methods, all_metrics, options, from_data)
+
+
+def output_classes(model: Any, images: BaseImageSet, device: Any = "cpu") -> int:
+    """K of the model's (1, K) output on the first image of ``images`` (eval mode, no grad; the
+    model's mode is restored)."""
+    import torch
+
+    from attrib_bench.evaluation import eval_mode
+    from attrib_bench.models.protocols import check_logits
+
+    x = images.float_images(slice(0, 1)).to(device)
+    with torch.inference_mode(), eval_mode(model):
+        return int(check_logits(model(x), 1, model).shape[1])
+
+
+def check_output_classes(name: str, model: Any, images: BaseImageSet, *, fix: str,
+                         error: type[Exception] = RunError, device: Any = "cpu") -> None:
+    """One ``error`` line unless ``model`` outputs one logit per class of ``images``, checked on
+    one image before any work: a target index would name another class (a 1000-class ImageNet
+    head on CIFAR-10), a BCE loss would train against the wrong one-hot targets. ``fix`` ends
+    the line, the caller's remedy ({n} and {k} are filled in)."""
+    k, n = output_classes(model, images, device), images.num_classes
+    if k != n:
+        raise error(f"{name} outputs {k} classes, {images.name} has {n}: "
+                    + fix.format(n=n, k=k))

@@ -38,8 +38,9 @@ from tqdm.auto import tqdm
 
 from attrib_bench.data import BaseImageSet, ImageSet
 from attrib_bench.errors import CheckpointError, TrainError
-from attrib_bench.evaluation import eval_mode, predict_logits, set_tf32, top1_accuracy
+from attrib_bench.evaluation import predict_logits, set_tf32, top1_accuracy
 from attrib_bench.perf import retain_freed_memory
+from attrib_bench.runners.settings import check_output_classes
 
 Schedule = Literal["step", "cosine"]
 Amp = Literal["none", "bf16"]
@@ -226,7 +227,7 @@ def is_coda(model: str) -> bool:
 
 def build_model(config: TrainConfig) -> nn.Module:
     """A fresh, seeded model for ``config`` (CoDA-Nets get T and the norm)."""
-    from attrib_bench.registry import MODELS, create_model
+    from attrib_bench.registry import create_model
 
     torch.manual_seed(config.seed)
     kwargs = dict(config.model_kwargs)
@@ -319,21 +320,6 @@ def training_model(config: TrainConfig, device: torch.device) -> nn.Module:
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def check_output_classes(name: str, model: nn.Module, train_set: BaseImageSet,
-                         device: torch.device) -> None:
-    """One :class:`TrainError` line unless ``model`` outputs one logit per class of
-    ``train_set`` (a library model's 1000-class head, or a plugin's 10, on 4 classes would train
-    a BCE loss against the wrong one-hot targets). Checked on one image before any step."""
-    x = train_set.float_images(slice(0, 1)).to(device)
-    with torch.no_grad(), eval_mode(model):
-        k = int(model(x).shape[-1])
-    n = train_set.num_classes
-    if k != n:
-        raise TrainError(f"{name} outputs {k} classes, {train_set.name} has {n}: build it with "
-                         f"num_classes={n} (torchvision:/timm: models get it from `train` "
-                         "itself) or train on a dataset with as many classes")
 
 
 @dataclass
@@ -473,7 +459,9 @@ def train(config: TrainConfig, train_set: BaseImageSet, test_set: BaseImageSet |
         set_tf32(config.tf32)
         torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once
     model = training_model(config, device)
-    check_output_classes(config.model, model, train_set, device)
+    check_output_classes(config.model, model, train_set, error=TrainError, device=device,
+                         fix="build it with num_classes={n} (torchvision:/timm: models get it "
+                             "from `train` itself) or train on a dataset with as many classes")
     if device.type == "cpu":
         retain_freed_memory()
     step_fn = make_train_step(model, config, device)

@@ -260,7 +260,7 @@ def test_run_end_to_end_records_the_checkpoint(tmp_path):
 
 
 def test_run_refuses_a_class_count_mismatch(tv_resnet, tmp_path):
-    with pytest.raises(RunError, match="tv has 10 classes, tiny has 4: .*num_classes=4"):
+    with pytest.raises(RunError, match="tv outputs 10 classes, tiny has 4: .*num_classes=4"):
         benchmark.run({"tv": tv_resnet}, "grad", "pixel-removal", dataset=_tiny_set(4),
                       n_samples=2, out=tmp_path / "r", progress=False, dry_run=True)
 
@@ -277,6 +277,6 @@ def test_cli_run_with_a_library_model(tmp_path, monkeypatch):
     refused = CliRunner().invoke(cli, [*args, str(tmp_path / "k1000.safetensors")])
     lines = refused.output.strip().splitlines()
     assert refused.exit_code == 1 and len(lines) == 1, refused.output
-    assert "has 1000 classes, tiny has 10" in lines[0]
+    assert "outputs 1000 classes, tiny has 10" in lines[0]
     planned = CliRunner().invoke(cli, [*args, str(tmp_path / "k10.safetensors")])
     assert planned.exit_code == 0, planned.output

@@ -18,8 +18,7 @@ from attrib_bench.cli import cli
 from attrib_bench.metrics.base import make_rows
 from attrib_bench.plots import RunTables, load_runs
 from attrib_bench.provenance import git_commit
-from attrib_bench.report import (best_marks, code_version, render_report, sample_tables,
-                                 summary_rows)
+from attrib_bench.report import best_marks, code_version, render_report, sample_tables, summary_rows
 
 
 def _group(means, lows, highs, direction="higher", metric="localisation") -> pd.DataFrame:

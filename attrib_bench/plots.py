@@ -30,7 +30,9 @@ import seaborn as sns  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.textpath import TextToPath  # noqa: E402
 
 from attrib_bench.errors import PlotError  # noqa: E402
 from attrib_bench.models.protocols import probability_label  # noqa: E402
@@ -57,10 +59,16 @@ _MEAN_MARKER: dict[str, Any] = {"marker": "D", "markerfacecolor": "white",
                                 "markeredgecolor": "black", "markersize": 4}
 #: Panels per figure row before a grid wraps.
 MAX_COLUMNS = 3
+#: Figure widths in inches: no figure is narrower (its titles and legends fit), none wider (a
+#: report shows figures about 1200 px wide; 15 in is 2250 px at the default 150 dpi).
+MIN_WIDTH, MAX_WIDTH = 5.0, 15.0
+#: Most layers labelled on a randomisation figure's x axis (the others get unlabelled ticks).
+MAX_LAYER_LABELS = 15
 #: Seeded bootstrap resamples for the bands around mean curves (figures stay byte-identical).
 BAND_RESAMPLES = 1000
 #: Sideways shift between methods in the temperature figure, in decades of T.
 _DODGE_DECADES = 0.02
+_TEXT_PATHS = TextToPath()
 
 
 # ----------------------------------------------------------------------------- reading
@@ -256,18 +264,57 @@ def method_styles(names: Iterable[str]) -> dict[str, dict[str, str]]:
     return styles
 
 
-def _panel_title(model: str, *details: str) -> str:
-    """Every panel's title: the model on the first line, then what the panel shows."""
-    return "\n".join([model, *details])
+def text_width(text: str, size: str | float = "medium") -> float:
+    """The width in inches of ``text``'s widest line drawn at font ``size``."""
+    font = FontProperties(size=size)
+    return max(_TEXT_PATHS.get_text_width_height_descent(line, font, ismath=False)[0]
+               for line in text.split("\n")) / 72
+
+
+def wrap_text(text: str, width: float, size: str | float = "medium") -> str:
+    """``text`` with each line broken at spaces so that none is wider than ``width`` inches at
+    font ``size`` (a single word wider than that stays whole)."""
+    lines = []
+    for line in text.split("\n"):
+        current = ""
+        for word in line.split(" "):
+            trial = f"{current} {word}" if current else word
+            if current and text_width(trial, size) > width:
+                lines.append(current)
+                current = word
+            else:
+                current = trial
+        lines.append(current)
+    return "\n".join(lines)
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    """The figure's title, wrapped to the figure's width."""
+    size = plt.rcParams["figure.titlesize"]
+    fig.suptitle(wrap_text(text, 0.95 * fig.get_figwidth() - 0.2, size), fontsize=size)
+
+
+def _panel_title(model: str, *details: str, width: float | None = None) -> str:
+    """Every panel's title: the model on the first line, then what the panel shows; wrapped to
+    ``width`` inches (a panel's cell) when given."""
+    title = "\n".join([model, *details])
+    return title if width is None else wrap_text(title, width)
+
+
+def _grid_shape(count: int) -> tuple[int, int]:
+    """(rows, columns) for ``count`` panels in rows of at most :data:`MAX_COLUMNS`."""
+    columns = math.ceil(count / math.ceil(count / MAX_COLUMNS))
+    return math.ceil(count / columns), columns
 
 
 def panel_grid(count: int, size: tuple[float, float], sharey: bool = False
                ) -> tuple[Figure, list[plt.Axes]]:
     """A figure with ``count`` panels of ``size`` inches in rows of at most
-    :data:`MAX_COLUMNS` (4 panels: 2 × 2), unused cells removed."""
-    columns = math.ceil(count / math.ceil(count / MAX_COLUMNS))
-    rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(size[0] * columns, size[1] * rows),
+    :data:`MAX_COLUMNS` (4 panels: 2 × 2), unused cells removed; at least :data:`MIN_WIDTH`
+    wide."""
+    rows, columns = _grid_shape(count)
+    fig, axes = plt.subplots(rows, columns, figsize=(max(MIN_WIDTH, size[0] * columns),
+                                                     size[1] * rows),
                              squeeze=False, sharey=sharey, layout="constrained")
     flat = list(axes.ravel())
     for ax in flat[count:]:
@@ -308,7 +355,9 @@ class SampleGroup:
             return f"{n} {unit}, the ones {', '.join(map(method_label, self.methods))} share"
         if most == n:
             return f"{n} {unit} per method"
-        return f"{n} {unit}, shared by all {len(self.methods)} methods (runs: up to {most})"
+        # no-break spaces: a wrapped title keeps "(runs: up to 32)" on one line
+        runs = "\u00a0".join(("(runs:", "up", "to", f"{most})"))
+        return f"{n} {unit}, shared by all {len(self.methods)} methods {runs}"
 
 
 def sample_groups(rows: pd.DataFrame) -> list[SampleGroup]:
@@ -348,6 +397,7 @@ def localisation_figure(results: pd.DataFrame, metric: str = "localisation",
     Within a panel every method is drawn on the same grids (:func:`sample_groups`): methods run
     on fewer grids are compared on the grids all share, and the title says how many. Oracle (1)
     and Uniform (1/n²) are reference lines. Models with a T in ``manifest`` come first, by T.
+    A method whose scores equal an earlier one's is labelled so (:func:`identical_curves`).
     """
     rows = metric_rows(results, metric)
     n = int(_config_value(rows, "n") or round(np.sqrt(rows["key"].astype(int).max() + 1)))
@@ -355,26 +405,30 @@ def localisation_figure(results: pd.DataFrame, metric: str = "localisation",
     panels = _model_groups(rows, manifest)
     most = max(len(group.methods) for _, group, _ in panels)
     fig, axes = panel_grid(len(panels), (max(3.6, 0.45 * most + 1.6), 3.8), sharey=True)
+    cell = fig.get_figwidth() / _grid_shape(len(panels))[1] - 0.8  # a panel's width, inches
     for ax, (model, group, alone) in zip(axes, panels, strict=True):
         sub = group.select(rows[rows["model"] == model])
         order = list(group.methods)
+        twins = identical_curves({m: sub[sub["method"] == m].sort_values(["sample", "key"])[
+            "value"].to_numpy(float) for m in order})
         sns.boxplot(data=sub, x="method", y="value", order=order, hue="method", hue_order=order,
                     palette=colours, legend=False, ax=ax, width=0.65, fliersize=1.5, saturation=1,
                     linewidth=0.9, showmeans=True, meanprops=_MEAN_MARKER)
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
         ax.axhline(1.0 / n**2, color="0.35", linestyle=":", linewidth=1.4)
-        ax.set_xticks(range(len(order)), [method_label(m) for m in order], rotation=40,
+        ax.set_xticks(range(len(order)), [_twin_label(m, twins) for m in order], rotation=40,
                       ha="right")
         ax.set_xlabel("")
         ax.set_ylabel("localisation score (per cell)")
         ax.set_ylim(-0.03, 1.06)
-        ax.set_title(_panel_title(model, group.note("grids", alone)), fontsize="medium")
+        ax.set_title(_panel_title(model, group.note("grids", alone), width=cell),
+                     fontsize="medium")
     handles = [Line2D([], [], color="black", linestyle="--", label="Oracle (1)"),
                Line2D([], [], color="0.35", linestyle=":", label=f"Uniform (1/{n * n})"),
                Line2D([], [], linestyle="none", label="mean", **_MEAN_MARKER)]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False)
-    fig.suptitle("Grid localisation" + (" (DiFull)" if metric.endswith("difull") else "")
-                  + f": share of positive attribution in the right cell of {n}×{n} grids")
+    _suptitle(fig, "Grid localisation" + (" (DiFull)" if metric.endswith("difull") else "")
+              + f": share of positive attribution in the right cell of {n}×{n} grids")
     return fig
 
 
@@ -469,8 +523,8 @@ def pixel_removal_figure(results: pd.DataFrame, summary: pd.DataFrame | None = N
                         markevery=_markevery(k, len(group.methods), len(x)),
                         label=_twin_label(method, twins), **styles[method])
                 aucs[method].append(f"{curve_auc(values).mean():.3f}")
-            ax.set_title(_panel_title(model, PIXEL_ORDERS[order], group.note("images", alone)),
-                         fontsize="medium")
+            ax.set_title(_panel_title(model, PIXEL_ORDERS[order], group.note("images", alone),
+                                      width=3.5), fontsize="medium")
             ax.set_ylabel((f"{probability_label(removal_probability(manifest, model))}"
                            if stat == "prob" else f"target {stat}") + " (mean)")
             ax.set_xlabel("pixels removed (%)")
@@ -484,7 +538,7 @@ def pixel_removal_figure(results: pd.DataFrame, summary: pd.DataFrame | None = N
         axes[r, -1].legend(handles, labels, title=title, fontsize="small",
                            title_fontsize="small", frameon=False, loc="center left",
                            bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle("Pixel removal: mean with bootstrap 95 % band; AUC on the panel's images")
+    _suptitle(fig, "Pixel removal: mean with bootstrap 95 % band; AUC on the panel's images")
     return fig
 
 
@@ -503,8 +557,9 @@ def temperature_figure(summary: pd.DataFrame, temperatures: Mapping[str, float])
     """Localisation and pixel-removal AUC against T (paper Fig. 6, bottom), mean ± 95 % CI.
 
     One panel per available score; models without a T (e.g. ResNet-56) are left out. Methods
-    are dodged sideways a little so their error bars do not overlap; a method measured at one T
-    only is drawn as open markers and says so in the legend.
+    measured at two or more T are lines on the log-T axis, dodged sideways a little so their
+    error bars do not overlap. Methods measured at one T only are drawn in a narrow strip right
+    of each panel, one place per method on the panel's y axis (:func:`_single_t_strip`).
     """
     if len(set(temperatures.values())) < 2:
         raise PlotError("the temperature series needs CoDA-Nets at two or more T in one run: "
@@ -524,58 +579,89 @@ def temperature_figure(summary: pd.DataFrame, temperatures: Mapping[str, float])
     colours = method_colours(summary["method"].unique())
     methods = ordered_methods(pd.concat([sub for _, sub in panels])["method"].unique())
     styles = method_styles(methods)
-    single = {m: sorted({t for _, sub in panels for t in sub.loc[sub["method"] == m, "T"]})
-              for m in methods}
-    offsets = _temperature_offsets(methods, single)
+    measured = {m: sorted({t for _, sub in panels for t in sub.loc[sub["method"] == m, "T"]})
+                for m in methods}
+    series = [m for m in methods if len(measured[m]) > 1]
+    lone = {m: measured[m][0] for m in methods if len(measured[m]) == 1}
+    offsets = {m: _DODGE_DECADES * (k - (len(series) - 1) / 2) for k, m in enumerate(series)}
     twins = identical_curves({m: np.concatenate([sub[sub["method"] == m].sort_values("T")[
         "mean"].to_numpy(float) for _, sub in panels]) for m in methods})
-    fig, axes = panel_grid(len(panels), (4.4, 3.6))
-    for ax, (label, sub) in zip(axes, panels, strict=True):
-        for method in methods:
+    names = [_twin_label(m, twins) for m in lone]  # the strip's tick labels, for its height
+    height = 3.6 + (text_width("\n".join(names), "small") - 0.5 if lone else 0.0)
+    fig, pairs = _strip_grid(len(panels), (4.4, height), 0.3 * len(lone) + 0.5 if lone else 0.0)
+    ticks = sorted(set(rows["T"]))
+    for (ax, strip), (label, sub) in zip(pairs, panels, strict=True):
+        for method in series:
             line = sub[sub["method"] == method].sort_values("T")
-            if line.empty:
-                continue
-            err = np.vstack([line["mean"] - line["ci_low"], line["ci_high"] - line["mean"]]
-                            ).astype(float)
-            dodge = 10 ** offsets[method]
-            alone = len(single[method]) == 1
-            ax.errorbar(line["T"].to_numpy(float) * dodge, line["mean"].to_numpy(float),
-                        yerr=err, color=colours[method], marker=styles[method]["marker"],
-                        markersize=4, capsize=2, linewidth=1.4,
-                        linestyle="none" if alone else styles[method]["linestyle"],
-                        markerfacecolor="white" if alone else colours[method],
-                        label=_twin_label(method, twins) + (
-                            f" (T = {single[method][0]:g} only)" if alone else ""))
-        ticks = sorted(set(rows["T"]))
+            if not line.empty:
+                ax.errorbar(line["T"].to_numpy(float) * 10 ** offsets[method],
+                            line["mean"].to_numpy(float), yerr=_error_bars(line),
+                            color=colours[method], markersize=4, capsize=2, linewidth=1.4,
+                            label=_twin_label(method, twins), **styles[method])
         ax.set_xscale("log")
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("temperature T")
-        ax.set_ylabel(f"{label} (mean, 95 % CI)")
+        ax.set_ylabel(f"{label}\n(mean, 95 % CI)")
         low, high = int(sub["n"].min()), int(sub["n"].max())
         ax.set_title(f"{label}\nn = {low}" + ("" if low == high else f"–{high}")
                      + " per point", fontsize="medium")
         ax.grid(alpha=0.3)
-    handles, labels = {}, {}
-    for ax in axes:  # every method, even one missing from the first panel
+        if strip is not None:
+            _single_t_strip(strip, sub, lone, colours, styles, twins)
+    handles: dict[str, Any] = {}
+    for ax, _ in pairs:  # every method, even one missing from the first panel
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(text, handle)
-    labels = list(handles)
-    fig.legend(list(handles.values()), labels, loc="outside right center", frameon=False)
-    fig.suptitle("Temperature series (CoDA-Nets; methods shifted sideways to keep bars apart)")
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside right center",
+                   frameon=False)
+    _suptitle(fig, "Temperature series (CoDA-Nets; methods shifted sideways to keep bars apart)")
     return fig
 
 
-def _temperature_offsets(methods: Sequence[str], temperatures: Mapping[str, Sequence[float]]
-                         ) -> dict[str, float]:
-    """Sideways shift (decades of T) per method: the series spread a little around each T, the
-    methods measured at one T only set apart to its right, one after another."""
-    series = [m for m in methods if len(temperatures[m]) > 1]
-    lone = [m for m in methods if len(temperatures[m]) <= 1]
-    offsets = {m: _DODGE_DECADES * (k - (len(series) - 1) / 2) for k, m in enumerate(series)}
-    start = _DODGE_DECADES * len(series) / 2 + 2 * _DODGE_DECADES
-    offsets.update({m: start + 1.5 * _DODGE_DECADES * k for k, m in enumerate(lone)})
-    return offsets
+def _strip_grid(count: int, size: tuple[float, float], strip: float
+                ) -> tuple[Figure, list[tuple[plt.Axes, plt.Axes | None]]]:
+    """Like :func:`panel_grid`, with a narrow panel ``strip`` inches wide right of each panel
+    that shares its y axis (None when ``strip`` is 0)."""
+    rows, columns = _grid_shape(count)
+    widths = [size[0], strip] if strip else [size[0]]
+    fig = plt.figure(figsize=(min(MAX_WIDTH, max(MIN_WIDTH, sum(widths) * columns)),
+                              size[1] * rows), layout="constrained")
+    grid = fig.add_gridspec(rows, len(widths) * columns, width_ratios=widths * columns)
+    pairs = []
+    for k in range(count):
+        r, c = divmod(k, columns)
+        ax = fig.add_subplot(grid[r, len(widths) * c])
+        pairs.append((ax, fig.add_subplot(grid[r, 2 * c + 1], sharey=ax) if strip else None))
+    return fig, pairs
+
+
+def _error_bars(rows: pd.DataFrame) -> np.ndarray:
+    """Summary rows' 95 % CI as (2, k) distances below and above the mean, for errorbar."""
+    return np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]]
+                     ).astype(float)
+
+
+def _single_t_strip(ax: plt.Axes, sub: pd.DataFrame, lone: Mapping[str, float],
+                    colours: Mapping[str, str], styles: Mapping[str, Mapping[str, str]],
+                    twins: Mapping[str, str]) -> None:
+    """The methods measured at one T only (method → T), side by side at categorical x positions
+    labelled with their names, each a mean with its 95 % CI."""
+    for k, (method, t) in enumerate(lone.items()):
+        point = sub[(sub["method"] == method) & (sub["T"] == t)]
+        if not point.empty:
+            ax.errorbar([k], point["mean"].to_numpy(float), yerr=_error_bars(point),
+                        color=colours[method], marker=styles[method]["marker"], markersize=4,
+                        capsize=2, linestyle="none", label=_twin_label(method, twins))
+    one = len(set(lone.values())) == 1
+    ax.set_xticks(range(len(lone)), [_twin_label(m, twins) + ("" if one else f" (T = {t:g})")
+                                     for m, t in lone.items()], rotation=90, fontsize="small")
+    ax.set_xlim(-0.6, len(lone) - 0.4)
+    ax.tick_params(labelleft=False)
+    title = f"T = {next(iter(lone.values())):g} only" if one else "one T only"
+    ax.set_title(wrap_text(title, 0.3 * len(lone) + 0.4), fontsize="medium")
+    ax.grid(alpha=0.3, axis="y")
 
 
 def layer_label(name: str, position: int) -> str:
@@ -585,12 +671,26 @@ def layer_label(name: str, position: int) -> str:
     return f"{position} · {pretty}"
 
 
+def labelled_layers(count: int, most: int = MAX_LAYER_LABELS) -> list[int]:
+    """Which of the layer positions 1..``count`` to label: all of them, or ``most`` spread
+    evenly, the first (top) and the last always among them."""
+    if count <= most:
+        return list(range(1, count + 1))
+    return sorted({round(float(x)) for x in np.linspace(1, count, most)})
+
+
 def randomisation_figure(results: pd.DataFrame, model: str,
                          stats: Sequence[str] = ("spearman_abs", "ssim")) -> Figure:
     """Mean similarity to the original maps (bootstrap 95 % band) against the randomised layer,
     top first, per method; one column per mode (cascading, independent), one row per similarity.
     The unrandomised model is the reference point at the left (similarity 1 by definition);
-    methods are drawn on the images they all share (:func:`sample_groups`)."""
+    methods are drawn on the images they all share (:func:`sample_groups`).
+
+    Deep models keep the figure at most :data:`MAX_WIDTH` wide: at most
+    :data:`MAX_LAYER_LABELS` layers are labelled (the others are unlabelled ticks). Points whose
+    mean is undefined (a constant map has no Spearman correlation) are gaps, and the panel's
+    title counts them per method.
+    """
     rows = metric_rows(results, "randomisation")
     rows = rows[(rows["model"] == model) & rows["stat"].isin(stats)]
     if rows.empty:
@@ -604,41 +704,53 @@ def randomisation_figure(results: pd.DataFrame, model: str,
     colours, styles = method_colours(results["method"].unique()), method_styles(rows["method"])
     layers = (rows[["key", "layer_index"]].drop_duplicates().sort_values("layer_index")
               if "layer_index" in rows else rows[["key"]].drop_duplicates())
-    position = {key: i + 1 for i, key in enumerate(layers["key"])}  # 0: the original model
-    ticks = ["unrandomised"] + [layer_label(str(k), i) for k, i in position.items()]
+    position = {key: i + 1 for i, key in enumerate(layers["key"])}
+    origin = -(len(position) // 30)  # the original model: left of layer 1, labels kept apart
+    labelled = [origin, *labelled_layers(len(position))]
     names = {"spearman": "Spearman", "spearman_abs": "Spearman of |map|", "ssim": "SSIM"}
+    panel = min(7.0, max(3.6, 0.1 * len(position) + 2.6))  # one panel's width, inches
     fig, axes = plt.subplots(len(stats), len(modes),
-                             figsize=(max(5.0, 0.32 * len(position) + 2.8) * len(modes),
+                             figsize=(min(MAX_WIDTH, panel * len(modes) + 2.8),
                                       3.4 * len(stats) + 1.2),
                              squeeze=False, sharex=True, sharey="row", layout="constrained")
     for i, stat in enumerate(stats):
         for j, mode in enumerate(modes):
             ax = axes[i, j]
             sub = rows[(rows["stat"] == stat) & (rows["variant"] == mode)]
+            notes = []
             for method in ordered_methods(sub["method"].unique()):
                 table = sub[sub["method"] == method].pivot_table(
-                    index="sample", columns="key", values="value")
-                table = table[sorted(table.columns, key=position.__getitem__)]
-                x = np.array([position[k] for k in table.columns])
+                    index="sample", columns="key", values="value").reindex(columns=list(position))
                 mean, low, high = mean_band(table.to_numpy(float))
+                x = np.arange(1, len(position) + 1)
                 ax.fill_between(x, low, high, color=colours[method], linewidth=0,
                                 alpha=_band_alpha(sub["method"].nunique()))
                 ax.plot(x, mean, markersize=3, color=colours[method], label=method_label(method),
                         **styles[method])
-            ax.plot([0], [1.0], marker="*", markersize=9, color="black", linestyle="none",
+                undefined = int(np.isnan(mean).sum())
+                if undefined:
+                    reason = "constant map" if stat.startswith("spearman") else "non-finite map"
+                    notes.append(f"{method_label(method)}: {undefined} of {len(mean)} points "
+                                 f"undefined ({reason}): not drawn")
+            ax.plot([origin], [1.0], marker="*", markersize=9, color="black", linestyle="none",
                     label="unrandomised (1 by definition)")
             ax.axhline(0.0, color="0.5", linewidth=0.8)
-            ax.set_title(f"{mode} randomisation ({sub['sample'].nunique()} images{shared})",
-                         fontsize="medium")
+            title = f"{mode} randomisation ({sub['sample'].nunique()} images{shared})"
+            ax.set_title(wrap_text("\n".join([title, *notes]), panel - 0.3), fontsize="medium")
             ax.set_ylabel(f"{names.get(stat, stat)} to the original map")
             ax.grid(alpha=0.3)
             if i == len(stats) - 1:
-                ax.set_xticks(range(len(ticks)), ticks, rotation=90, fontsize="x-small")
-                ax.set_xlabel("randomised layer (1 = top, next to the output)")
+                ax.set_xticks(labelled, ["unrandomised"] + [
+                    layer_label(str(key), k) for key, k in position.items() if k in labelled],
+                    rotation=90, fontsize="x-small")
+                ax.set_xticks(sorted(set(range(1, len(position) + 1)) - set(labelled)),
+                              minor=True)
+                ax.set_xlabel(wrap_text("randomised layer (1 = top, next to the output)",
+                                        panel - 0.8))
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", frameon=False)
-    fig.suptitle(f"Parameter randomisation: {model} (mean, bootstrap 95 % band; lower means "
-                 "the maps follow the weights)")
+    _suptitle(fig, f"Parameter randomisation: {model} (mean, bootstrap 95 % band; lower means "
+              "the maps follow the weights)")
     return fig
 
 
@@ -661,11 +773,15 @@ def _show_image(ax: plt.Axes, image: np.ndarray) -> None:
 
 
 def _map_colourbar(fig: Figure, axes: Sequence[plt.Axes]) -> None:
-    """One colour bar for maps that are each on their own symmetric scale: ± the map's max |v|."""
+    """One colour bar for maps that are each on their own symmetric scale: ± the map's max |v|;
+    its label wrapped to the bar's length."""
+    shrink = 0.85
     bar = fig.colorbar(ScalarMappable(Normalize(-1.0, 1.0), cmap="bwr"), ax=list(axes),
-                       location="right", shrink=0.7, aspect=30, ticks=[-1, 0, 1])
+                       location="right", shrink=shrink, aspect=30, ticks=[-1, 0, 1])
     bar.ax.set_yticklabels(["−max |v|", "0", "+max |v|"], fontsize="small")
-    bar.set_label("each map on its own scale: red for, blue against", fontsize="small")
+    length = shrink * (fig.get_figheight() - 0.6)  # less the title and margins, inches
+    bar.set_label(wrap_text("each map on its own scale: red for, blue against", length, "small"),
+                  fontsize="small")
 
 
 def contribution_sheet(grid: np.ndarray, maps: np.ndarray, labels: Sequence[str],
@@ -686,7 +802,7 @@ def contribution_sheet(grid: np.ndarray, maps: np.ndarray, labels: Sequence[str]
     for ax in flat[k + 1:]:
         ax.axis("off")
     _map_colourbar(fig, flat)
-    fig.suptitle(title or "Per-class contribution maps on a multi-image")
+    _suptitle(fig, title or "Per-class contribution maps on a multi-image")
     return fig
 
 
@@ -699,7 +815,7 @@ def method_sheet(images: np.ndarray, maps: Mapping[str, np.ndarray], labels: Seq
     methods = ordered_methods(maps)
     n = len(images)
     fig, axes = plt.subplots(n, len(methods) + 1, figsize=(1.45 * (len(methods) + 1) + 1.0,
-                             1.5 * n + 0.6), squeeze=False, layout="constrained")
+                             max(2.6, 1.5 * n + 0.6)), squeeze=False, layout="constrained")
     for i in range(n):
         _show_image(axes[i, 0], images[i])
         axes[i, 0].set_ylabel(f"{labels[i]}\n({label_kind})", fontsize="small")
@@ -708,7 +824,7 @@ def method_sheet(images: np.ndarray, maps: Mapping[str, np.ndarray], labels: Seq
     for j, method in enumerate(["input", *methods]):
         axes[0, j].set_title(method_label(method), fontsize="small")
     _map_colourbar(fig, axes[:, 1:].ravel())
-    fig.suptitle(title or "Attribution maps side by side")
+    _suptitle(fig, title or "Attribution maps side by side")
     return fig
 
 

@@ -15,11 +15,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from matplotlib.colors import to_rgba
+from matplotlib.text import Text
+from PIL import Image
 
 from attrib_bench.cli import cli
 from attrib_bench.errors import PlotError
 from attrib_bench.metrics.base import make_rows
 from attrib_bench.plots import (
+    MAX_LAYER_LABELS,
     contribution_sheet,
     load_run,
     load_runs,
@@ -290,6 +293,34 @@ def _panels_per_row(fig) -> int:
     return max(rows.values())
 
 
+def _drawn_texts(fig) -> list[Text]:
+    """The figure's non-empty visible texts, less the labels of ticks outside their axis' view
+    (matplotlib keeps but does not draw them)."""
+    skipped = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not low - 1e-9 <= tick.get_loc() <= high + 1e-9:
+                    skipped |= {id(tick.label1), id(tick.label2)}
+    return [t for t in fig.findobj(Text)
+            if t.get_visible() and t.get_text().strip() and id(t) not in skipped]
+
+
+def _assert_texts_inside(fig) -> None:
+    """Every text drawn lies within the figure's canvas (none is clipped)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    canvas = fig.bbox
+    texts = _drawn_texts(fig)
+    assert texts
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert (box.x0 >= canvas.x0 - 0.5 and box.x1 <= canvas.x1 + 0.5
+                and box.y0 >= canvas.y0 - 0.5 and box.y1 <= canvas.y1 + 0.5), (
+            f"{text.get_text()!r} at {box.extents} outside the canvas {canvas.extents}")
+
+
 def test_every_legend_sits_outside_the_panels(run_dir):
     tables = load_run(run_dir)
     for fig in (localisation_figure(tables.results, manifest=tables.manifest),
@@ -317,6 +348,125 @@ def test_panel_grids_wrap_at_three_a_row(count):
     fig = pixel_removal_figure(results)
     assert len(fig.axes) == 2 * count and _panels_per_row(fig) == 2
     assert all(_texts(ax.get_xticklabels()) for ax in fig.axes)
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_no_text_is_clipped_whatever_the_number_of_panels(count):
+    results = _many_models(count)
+    # "mine" on fewer grids: the panels' titles grow "(runs: up to 5)"
+    results = results[(results["method"] != "mine") | (results["sample"] < 2)]
+    fig = localisation_figure(results)
+    assert "shared by all 3 methods (runs:\u00a0up\u00a0to\u00a05)" in fig.axes[0].get_title(
+    ).replace("\n", " ")
+    _assert_texts_inside(fig)
+    difull = results.replace({"metric": {"localisation": "localisation-difull"}})
+    _assert_texts_inside(localisation_figure(difull, "localisation-difull"))  # a longer title
+    _assert_texts_inside(pixel_removal_figure(results))
+    one_order = results[results["variant"] != "most-first"]
+    _assert_texts_inside(pixel_removal_figure(one_order))
+
+
+@pytest.mark.parametrize("scores", [["localisation"], ["pixel-removal"],
+                                    ["localisation", "pixel-removal"]])
+@pytest.mark.parametrize("lone", [(), ("mine",), ("mine", "ixg")])
+def test_no_text_is_clipped_in_the_temperature_figure(run_dir, scores, lone):
+    tables = load_run(run_dir)
+    summary = _one_temperature_only(tables.summary, lone)
+    _assert_texts_inside(temperature_figure(summary[summary["metric"].isin(scores)],
+                                            tables.temperatures()))
+
+
+@pytest.mark.parametrize("stats", [("ssim",), ("spearman_abs", "ssim")])
+@pytest.mark.parametrize("modes", [("cascading",), ("cascading", "independent")])
+def test_no_text_is_clipped_in_a_randomisation_figure(run_dir, stats, modes):
+    results = load_run(run_dir).results
+    results = results[(results["metric"] != "randomisation") | results["variant"].isin(modes)]
+    fig = randomisation_figure(results, "toy-t10", stats)
+    assert len(fig.axes) == len(stats) * len(modes)
+    _assert_texts_inside(fig)
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 9])
+def test_no_text_is_clipped_in_the_map_sheets(count):
+    rng = np.random.default_rng(1)
+    labels = [f"class {i}" for i in range(count)]
+    _assert_texts_inside(contribution_sheet(
+        rng.random((3, 16, 16)), rng.standard_normal((count, 16, 16)), labels,
+        "xs-coda-sq-t1000: contribution maps on a 3×3 multi-image"))
+    methods = ["inherent", "grad", "ixg", "intgrad", "deeplift", "gradcam", "occ5", "occ9",
+               "rise"][:count]
+    for images in (1, 3):
+        _assert_texts_inside(method_sheet(
+            rng.random((images, 3, 8, 8)), {m: rng.standard_normal((images, 8, 8))
+                                             for m in methods}, ["automobile"] * images,
+            "xs-coda-sq-t1000: maps of each method", label_kind="true = predicted class"))
+
+
+def test_localisation_labels_deeplift_equal_to_ixg_like_the_other_figures(run_dir):
+    results = load_run(run_dir).results
+    twin = results[results["method"] == "ixg"].assign(method="deeplift")
+    # on toy-t1000 DeepLIFT differs from IxG (a ReLU network): no note there
+    differs = (twin["model"] == "toy-t1000") & (twin["metric"] == "localisation")
+    twin.loc[differs, "value"] = twin.loc[differs, "value"] * 0.5
+    results = pd.concat([results, twin], ignore_index=True)
+    fig = localisation_figure(results)
+    assert _texts(fig.axes[0].get_xticklabels()) == [
+        "Inherent (W·x)", "IxG", "DeepLIFT (= IxG)", "mine"]
+    assert _texts(fig.axes[1].get_xticklabels()) == ["Inherent (W·x)", "IxG", "DeepLIFT", "mine"]
+    labels = _texts(pixel_removal_figure(results).axes[1].get_legend().get_texts())
+    assert labels[2].startswith("DeepLIFT (= IxG)")  # the same label as pixel removal's
+
+
+def _deep_randomisation(layers: int = 60) -> pd.DataFrame:
+    """IxG and GradCAM randomised layer by layer on a ``layers``-deep model "deep", 2 images;
+    GradCAM's cascading Spearman is NaN (a constant map) on both images at layers 31-42 and on
+    one image at layer 51."""
+    names = [f"layer{1 + i // 20}.{i % 20}.conv{1 + i % 2}" for i in range(layers)]
+    tables = []
+    for method in ("ixg", "gradcam"):
+        for mode in ("cascading", "independent"):
+            for stat in ("spearman_abs", "ssim"):
+                sims = np.linspace(0.9, 0.1, layers)[None] * np.array([[1.0], [1.02]])
+                if (method, mode, stat) == ("gradcam", "cascading", "spearman_abs"):
+                    sims[:, 30:42] = np.nan
+                    sims[0, 50] = np.nan
+                rows = make_rows(np.arange(2)[:, None], np.array(names)[None], sims,
+                                 variant=mode, stat=stat)
+                rows["layer_index"] = rows["key"].map({n: i for i, n in enumerate(names)})
+                tables.append(_rows("deep", method, "randomisation", rows, {}))
+    return pd.concat(tables, ignore_index=True)
+
+
+def test_a_deep_models_randomisation_figure_is_capped_and_labels_a_subset(tmp_path):
+    run = write_run(tmp_path / "deep", _deep_randomisation(60))
+    (path,) = plot_results(run)
+    assert path.name == "randomisation-deep.png"
+    width, _ = Image.open(path).size
+    assert width <= 2400  # was 0.32 in per layer per mode: far wider
+    fig = randomisation_figure(load_run(run).results, "deep")
+    ax = fig.axes[-1]
+    labels = _texts(ax.get_xticklabels())
+    assert len(labels) <= MAX_LAYER_LABELS + 1  # with the unrandomised reference
+    assert labels[0] == "unrandomised"
+    assert labels[1].startswith("1 · ") and labels[-1].startswith("60 · ")
+    labelled = {round(float(x)) for x in ax.get_xticks()}
+    minor = {round(float(x)) for x in ax.get_xticks(minor=True)}
+    assert labelled | minor >= set(range(1, 61)) and not labelled & minor  # every layer a tick
+    reference = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert len(reference) == 1 and reference[0].get_xdata()[0] == ax.get_xticks()[0] < 1
+    _assert_texts_inside(fig)
+
+
+def test_undefined_randomisation_points_are_counted_on_the_panel(tmp_path):
+    run = write_run(tmp_path / "deep", _deep_randomisation(60))
+    fig = randomisation_figure(load_run(run).results, "deep")
+    titles = [ax.get_title().replace("\n", " ") for ax in fig.axes]
+    note = "GradCAM: 13 of 60 points undefined (constant map): not drawn"
+    assert note in titles[0]  # cascading, Spearman of |map|
+    assert not any("undefined" in title for title in titles[1:])
+    gradcam = {line.get_label(): line for line in fig.axes[0].get_lines()}["GradCAM"]
+    y = np.asarray(gradcam.get_ydata(), float)
+    assert len(y) == 60 and np.isnan(y).sum() == 13 and np.isnan(y[30:42]).all()
 
 
 def test_identical_curves_are_told_apart_by_style_and_a_note(run_dir):
@@ -351,20 +501,32 @@ def test_mean_curves_carry_a_seeded_bootstrap_band(run_dir):
     assert low[0] < 1.0 < high[0] and low[1] == high[1] == 1.0
 
 
-def test_a_method_at_one_temperature_is_set_apart_and_says_so(run_dir):
+def _one_temperature_only(summary: pd.DataFrame, methods: tuple[str, ...] = ("mine",)
+                          ) -> pd.DataFrame:
+    """``summary`` with ``methods`` kept at T = 1000 (toy-t1000) only."""
+    lone = summary["method"].isin(methods) & (summary["model"] != "toy-t1000")
+    return summary[~lone].reset_index(drop=True)
+
+
+def test_methods_at_one_temperature_are_drawn_in_a_strip_not_on_the_t_axis(run_dir):
     tables = load_run(run_dir)
-    summary = tables.summary
-    lone = summary[(summary["model"] == "toy-t1000") & (summary["method"] == "mine")]
-    summary = pd.concat([summary[summary["method"] != "mine"], lone], ignore_index=True)
+    summary = _one_temperature_only(tables.summary)
     fig = temperature_figure(summary, tables.temperatures())
-    labels = _texts(fig.legends[0].get_texts())
-    assert labels == ["Inherent (W·x)", "IxG", "mine (T = 1000 only)"]
-    ax = fig.axes[0]
-    data = {bars.get_label(): bars.lines[0] for bars in ax.containers}
-    alone = data["mine (T = 1000 only)"]
-    assert alone.get_linestyle() == "None" and alone.get_markerfacecolor() == "white"
-    others = max(line.get_xdata()[-1] for label, line in data.items() if "only" not in label)
-    assert alone.get_xdata()[0] > others  # right of the series' points at T = 1000
+    assert len(fig.axes) == 6  # 3 scores, each a T panel and its strip
+    for ax, strip in zip(fig.axes[::2], fig.axes[1::2], strict=True):
+        assert ax.get_xscale() == "log"
+        assert [bars.get_label() for bars in ax.containers] == ["Inherent (W·x)", "IxG"]
+        assert strip.get_xscale() == "linear"
+        assert strip.get_title().replace("\n", " ") == "T = 1000 only"
+        assert _texts(strip.get_xticklabels()) == ["mine"]
+        assert strip.get_shared_y_axes().joined(strip, ax)
+        assert not any(t.get_visible() and t.get_text() for t in strip.get_yticklabels())
+        (bars,) = strip.containers
+        assert list(bars.lines[0].get_xdata()) == [0]
+    means = summary.query("metric == 'localisation' and method == 'mine'")["mean"]
+    np.testing.assert_allclose(fig.axes[1].containers[0].lines[0].get_ydata(), means)
+    assert _texts(fig.legends[0].get_texts()) == ["Inherent (W·x)", "IxG"]  # the T series
+    _assert_texts_inside(fig)
 
 
 def test_temperatures_come_from_the_manifest_only(run_dir):
@@ -561,14 +723,16 @@ def test_runs_split_by_cost_are_drawn_together_with_n_per_method(tmp_path):
     assert set(tables.results["method"]) == set(METHODS)
     fig = localisation_figure(tables.results)  # every method on the 2 grids all share
     assert _texts(fig.axes[0].get_xticklabels()) == ["Inherent (W·x)", "IxG", "mine"]
-    assert fig.axes[0].get_title() == "toy-t10\n2 grids, shared by all 3 methods (runs: up to 5)"
+    assert fig.axes[0].get_title().replace("\n", " ").replace("\u00a0", " ") == (
+        "toy-t10 2 grids, shared by all 3 methods (runs: up to 5)")
     medians = {round(float(line.get_ydata()[0]), 9) for line in fig.axes[0].lines
                if len(line.get_xdata()) == 2 and line.get_ydata()[0] == line.get_ydata()[1]}
     inherent = tables.results.query("metric == 'localisation' and model == 'toy-t10' and "
                                     "method == 'inherent' and sample < 2")["value"]
     assert round(float(inherent.median()), 9) in medians
     fig = pixel_removal_figure(tables.results, tables.summary, tables.manifest)
-    assert "2 images, shared by all 3 methods (runs: up to 3)" in fig.axes[0].get_title()
+    assert "2 images, shared by all 3 methods (runs: up to 3)" in fig.axes[0].get_title(
+    ).replace("\n", " ").replace("\u00a0", " ")
     rows = tables.results.query("model == 'toy-t10' and metric == 'pixel-removal' and "
                                 "variant == 'least-first' and stat == 'prob' and "
                                 "method == 'inherent' and sample < 2")

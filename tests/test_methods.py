@@ -171,9 +171,12 @@ def test_gradcam_is_nearest_upsampled_blocks():
 
 
 def test_deeplift_is_ixg_on_a_coda_net_but_not_on_a_resnet():
-    """A CoDA-Net has no ReLU for DeepLift's rule to replace; a ResNet does."""
+    """A CoDA-Net has no ReLU for DeepLift's rule to replace (computed as IxG, which equals
+    captum's DeepLift: test_captum_methods_equal_direct_captum_calls); a ResNet does."""
     x, t = _images(3), _targets(3)
     coda, resnet = _coda(), _resnet()
+    assert not create_method("deeplift", coda).rescaled
+    assert create_method("deeplift", resnet).rescaled
     torch.testing.assert_close(create_method("deeplift", coda).attribute(x, t),
                                create_method("ixg", coda).attribute(x, t), rtol=1e-9, atol=1e-12)
     assert not torch.allclose(create_method("deeplift", resnet).attribute(x, t),

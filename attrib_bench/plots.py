@@ -106,7 +106,9 @@ def load_run(path: str | Path) -> RunTables:
     """Read ``results.parquet``, ``summary.csv`` and ``manifest.json`` from a run folder.
 
     Raises :class:`PlotError` (one line, naming the fix) for a missing folder, an unfinished run,
-    or tables written by an older attrib-bench (missing columns).
+    tables written by an older attrib-bench (missing columns), or a table whose sha256 is not
+    the one the run recorded in its manifest (``tables_sha256``; runs before 2026-11-30 have
+    none and are read as they are).
     """
     path = Path(path)
     if not path.is_dir():
@@ -133,7 +135,20 @@ def load_run(path: str | Path) -> RunTables:
     _require_columns(summary, SUMMARY_COLUMNS, summary_file)
     manifest_file = path / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    _check_tables(path, manifest.get("tables_sha256") or {})
     return RunTables(path, results, summary, manifest)
+
+
+def _check_tables(path: Path, digests: Mapping[str, str]) -> None:
+    """One :class:`PlotError` line for a results or summary table that differs from what the
+    run wrote (its sha256 in the manifest)."""
+    from attrib_bench.checkpoints import sha256_file
+
+    for name in ("results.parquet", "summary.csv"):
+        if name in digests and sha256_file(path / name) != digests[name]:
+            raise PlotError(f"{path / name} changed after the run wrote it (its sha256 is not "
+                            "the manifest's): re-run the same attrib-bench run command, which "
+                            "rewrites the tables from the verified chunks")
 
 
 def run_folders(path: str | Path) -> list[Path]:

@@ -26,6 +26,7 @@ and the config columns ``dataset, seed, method_config, metric_config``.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
 import json
@@ -344,8 +345,9 @@ def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwr
                .reset_index().to_dict("records"))
     results = results.drop(columns="seconds")
     summary = summarise(results, plan.metrics, config.seed)
-    _write_tables(out, results, summary)
+    digests = _write_tables(out, results, summary)
     manifest = {"config": config.identity(), "defaults_from_data": config.defaults_from_data,
+                "tables_sha256": digests,
                 "parts": _part_seconds(plan.jobs, done),
                 "skipped": plan.skipped, "samples": plan.samples,
                 "corrupt_chunks": [_inside(out, p) for p in corrupt],
@@ -534,10 +536,17 @@ def _gather(out: Store, config: RunConfig, parts: list[Part]) -> pd.DataFrame:
     return results
 
 
-def _write_tables(out: Store, results: pd.DataFrame, summary: pd.DataFrame) -> None:
-    out.write(out.path("results.parquet"), lambda tmp: results.to_parquet(tmp, index=False))
-    out.write(out.path("results.csv"), lambda tmp: results.to_csv(tmp, index=False))
-    out.write(out.path("summary.csv"), lambda tmp: summary.to_csv(tmp, index=False))
+def _write_tables(out: Store, results: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
+    """Write the run's tables; returns {file name: sha256} for the manifest, against which
+    :func:`attrib_bench.plots.load_run` checks them (a table edited afterwards is refused)."""
+    parquet = io.BytesIO()
+    results.to_parquet(parquet, index=False)
+    tables = {"results.parquet": parquet.getvalue(),
+              "results.csv": results.to_csv(index=False).encode(),
+              "summary.csv": summary.to_csv(index=False).encode()}
+    for name, data in tables.items():
+        out.write(out.path(name), lambda tmp, data=data: Path(tmp).write_bytes(data))
+    return {name: hashlib.sha256(data).hexdigest() for name, data in tables.items()}
 
 
 def _model_info(model: nn.Module, digest: str) -> dict[str, Any]:

@@ -289,3 +289,25 @@ def test_atomic_write_leaves_one_whole_file_with_the_usual_permissions(tmp_path)
     with pytest.raises(ZeroDivisionError):
         atomic_write(target, lambda tmp: (tmp.write_text("partial"), 1 / 0))
     assert target.read_text() == "rows" and list(target.parent.iterdir()) == [target]
+
+
+def test_tables_edited_after_the_run_are_refused_by_plot_and_report(toy, tmp_path):
+    """The manifest records each table's sha256; a summary or results table changed afterwards
+    (a hand edit, a partial copy) is one line naming the fix, not a figure of other numbers."""
+    from attrib_bench.checkpoints import sha256_file
+    from attrib_bench.errors import PlotError
+    from attrib_bench.plots import load_run
+
+    out = tmp_path / "run"
+    _run(toy, out)
+    digests = json.loads((out / "manifest.json").read_text())["tables_sha256"]
+    assert digests == {name: sha256_file(out / name)
+                       for name in ("results.parquet", "results.csv", "summary.csv")}
+    assert len(load_run(out).summary) > 0
+    summary = pd.read_csv(out / "summary.csv")
+    summary.loc[0, "mean"] += 0.1
+    summary.to_csv(out / "summary.csv", index=False)
+    with pytest.raises(PlotError, match="summary.csv changed after the run wrote it.*re-run"):
+        load_run(out)
+    _run(toy, out)  # the same command again rewrites the tables from the verified chunks
+    assert len(load_run(out).summary) > 0

@@ -133,6 +133,17 @@ def sample_sets(results: pd.DataFrame) -> pd.Series:
     return pd.Series(pd.factorize(sets)[0], index=sets.index)
 
 
+def _probabilities(results: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
+    """(model, method, metric) → the probability its "prob" rows hold ("sigmoid", "softmax"),
+    from the results' ``probability`` column (runs before it have none: {})."""
+    if results is None or "probability" not in results or results.empty:
+        return {}
+    named = results[results["probability"].fillna("").astype(str) != ""]
+    return {key: str(value) for key, value in
+            named.groupby(["model", "method", "metric"], sort=False)["probability"].first()
+            .items()}
+
+
 def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None
                  ) -> tuple[list[list[str]], list[str]]:
     """Summary rows as text, methods in plot order, with classes from :func:`best_marks` ("best",
@@ -146,6 +157,7 @@ def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None
     table = summary.assign(_order=summary["method"].map(order)).sort_values(
         [*_GROUP, "_order"], kind="stable")
     sets = sample_sets(results) if results is not None else pd.Series(dtype=int)
+    probability = _probabilities(results)
     keys = [(r.model, r.method, r.metric, r.variant, r.stat) for r in
             table[["model", "method", "metric", "variant", "stat"]].itertuples(index=False)]
     table["_samples"] = [sets.get(k, -1) if len(sets) else -1 for k in keys]
@@ -159,8 +171,11 @@ def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None
             for _, same in group.groupby("_samples", sort=False):
                 marks.update(best_marks(same, direction))
         for index, row in group.iterrows():
+            kind = probability.get((row["model"], row["method"], row["metric"]), "")
+            stat = f"{row['stat']} ({kind})" if kind and str(row["stat"]).startswith("prob") \
+                else str(row["stat"])
             rows.append([row["model"], method_label(row["method"]), row["metric"],
-                         str(row["variant"]), row["stat"], f"{row['mean']:.4f}",
+                         str(row["variant"]), stat, f"{row['mean']:.4f}",
                          f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]", str(int(row["n"])),
                          str(int(row.get("n_nonfinite", 0))),
                          (direction or "-") if ranks_methods(str(metric))

@@ -183,3 +183,14 @@ def test_sample_columns_say_what_they_hold():
     header, rows = sample_tables(tables)["pixel-removal"]
     assert header == ["run", "model", "images", "drawing (s)"]
     assert rows == [["old", "m", "32", "0.0"]]
+
+
+def test_probability_stats_name_their_probability():
+    """A pixel-removal "prob-auc" row says which probability it integrates, from the results."""
+    table = _group([0.9, 0.5], [0.85, 0.45], [0.95, 0.55], metric="pixel-removal").assign(
+        stat=["prob-auc", "logit-auc"], method=["x0", "x0"])
+    results = pd.DataFrame({"model": "m", "method": "x0", "metric": "pixel-removal",
+                            "variant": "", "stat": ["prob", "logit"], "sample": 0,
+                            "value": 0.5, "probability": ["sigmoid", ""]})
+    rows, _ = summary_rows(table, results)
+    assert [row[4] for row in rows] == ["logit-auc", "prob-auc (sigmoid)"]

@@ -27,6 +27,7 @@ from attrib_bench.plots import (  # plots sets the Agg backend before pyplot loa
     method_label,
     ordered_methods,
     plt,
+    removal_probability,
 )
 
 #: Metrics whose direction is a pass/fail check, not a ranking of methods: the summary marks no
@@ -144,8 +145,8 @@ def _probabilities(results: pd.DataFrame | None) -> dict[tuple[str, str, str], s
             .items()}
 
 
-def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None
-                 ) -> tuple[list[list[str]], list[str]]:
+def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None,
+                 manifest: Mapping[str, Any] | None = None) -> tuple[list[list[str]], list[str]]:
     """Summary rows as text, methods in plot order, with classes from :func:`best_marks` ("best",
     "tie" or "") for metrics that rank methods (:func:`ranks_methods`).
 
@@ -172,6 +173,8 @@ def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None
                 marks.update(best_marks(same, direction))
         for index, row in group.iterrows():
             kind = probability.get((row["model"], row["method"], row["metric"]), "")
+            if not kind and row["metric"] == "pixel-removal" and manifest is not None:
+                kind = removal_probability(manifest, row["model"])  # runs before the column
             stat = f"{row['stat']} ({kind})" if kind and str(row["stat"]).startswith("prob") \
                 else str(row["stat"])
             rows.append([row["model"], method_label(row["method"]), row["metric"],
@@ -344,7 +347,7 @@ def render_report(tables: RunTables) -> str:
                      f"<figcaption>{html.escape(stem)}: {html.escape(_caption(stem))}"
                      "</figcaption></figure>")
     parts.append("<h2>Summary</h2>")
-    rows, classes = summary_rows(tables.summary, tables.results)
+    rows, classes = summary_rows(tables.summary, tables.results, tables.manifest)
     parts.append(_table(["model", "method", "metric", "variant", "stat", "mean", "95 % CI", "n",
                          "non-finite", "better", "marked"], rows, classes, text_columns=5,
                         emphasis=(5, 6)))

@@ -324,7 +324,8 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
         return
     plan_path = run_dir / "plan.json"
     steps_per_epoch = len(train_set) // batch_size
-    extra = {"steps": status["step"], "train_data": train_set.name, "test_data": test_set.name,
+    extra = {"steps": status["step"], "registered_dataset": dataset,
+             "train_data": train_set.name, "test_data": test_set.name,
              "train_images": len(train_set), "test_images": len(test_set),
              "epochs_trained": round(status["step"] / steps_per_epoch, 3),
              "device": torch.cuda.get_device_name(torch_device)

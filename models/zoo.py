@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -167,6 +168,11 @@ for _size, _config in CONFIGS.items():
     )
 
 
+def _title(dataset: str) -> str:
+    """A registered dataset's name as text ("cifar10" → "CIFAR-10")."""
+    return {"cifar10": "CIFAR-10", "tinyimagenet": "TinyImageNet"}.get(dataset, dataset)
+
+
 def _bcos_factory(architecture: str, name: str | None = None, cfg: PretrainedCfg | None = None,
                   pretrained: bool = False, checkpoint: str | Path | None = None,
                   weights_root: str | Path | None = None, download: bool = False,
@@ -182,7 +188,7 @@ def _bcos_factory(architecture: str, name: str | None = None, cfg: PretrainedCfg
 def _register_bcos(name: str, architecture: str, cfg: PretrainedCfg | None = None) -> None:
     trained = "" if cfg is None else (
         f", trained here: {'not measured' if cfg.accuracy is None else f'{cfg.accuracy:.2f} %'} "
-        "on the CIFAR-10 test set")
+        f"on the {_title(cfg.dataset)} test set")
     MODELS.add(
         name,
         partial(_bcos_factory, architecture, name, cfg),
@@ -190,7 +196,8 @@ def _register_bcos(name: str, architecture: str, cfg: PretrainedCfg | None = Non
                     f"CIFAR-10 config {BCOS_CONFIGS[architecture]} (b=2, no max-out, uncentred "
                     f"BN without bias), RGB→6-channel encoding inside{trained}; needs "
                     "attrib-bench[bcos]",
-        family="bcos", dataset="cifar10", num_classes=10, image_size=32,
+        family="bcos", dataset="cifar10" if cfg is None else cfg.dataset, num_classes=10,
+        image_size=32,
         **({} if cfg is None else {"pretrained_cfg": cfg}),
     )
 
@@ -217,7 +224,7 @@ def _register_trained(name: str, size: str, temperature: float, norm: str,
     measured = "not measured" if cfg.accuracy is None else f"{cfg.accuracy:.2f} %"
     MODELS.add(name, partial(_trained_factory, name),
                description=f"{size.upper()}-CoDA-{norm.upper()}, T={temperature:g}, trained here: "
-               f"{measured} on the CIFAR-10 test set",
+               f"{measured} on the {_title(cfg.dataset)} test set",
                family="coda", dataset=cfg.dataset, num_classes=CONFIGS[size].num_classes,
                image_size=CONFIGS[size].image_size, temperature=temperature, pretrained_cfg=cfg)
 
@@ -301,6 +308,12 @@ def zoo_sidecar(weights: str | Path, name: str, dest_dir: str | Path, *,
     return out
 
 
+def _trained_on(sidecar: Mapping[str, Any]) -> str:
+    """The registered dataset a sidecar's model was trained on: ``registered_dataset`` (written
+    by `train` since 2026-11-30), else "cifar10" (every earlier sidecar's)."""
+    return str(sidecar.get("registered_dataset") or "cifar10")
+
+
 def register_zoo_folder(folder: str | Path, bundled: bool = False) -> list[str]:
     """Register every ``*.json`` sidecar with a ``"zoo"`` section in ``folder``; returns names.
 
@@ -324,7 +337,7 @@ def register_zoo_folder(folder: str | Path, bundled: bool = False) -> list[str]:
             raise CheckpointError(f"{path}: model {zoo['name']!r} is already registered: rename "
                                   "the zoo entry or remove the folder from $ATTRIB_BENCH_ZOO")
         cfg = PretrainedCfg(
-            file=sidecar["file"], sha256=sidecar["sha256"], dataset="cifar10",
+            file=sidecar["file"], sha256=sidecar["sha256"], dataset=_trained_on(sidecar),
             accuracy=zoo.get("accuracy"), published_accuracy=zoo.get("published_accuracy"),
             provenance=zoo["provenance"], license=zoo.get("license", "MIT (attrib-bench)"),
             bundled=bundled, folder=None if bundled else str(folder.resolve()))

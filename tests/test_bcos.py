@@ -137,8 +137,8 @@ def test_a_trained_bcos_model_joins_the_zoo(tmp_path):
 
     model = _model()
     exported = tmp_path / "train" / "bcos-resnet20.safetensors"
-    export(model, TrainConfig(model="bcos-resnet20"), exported, dataset="cifar10-train",
-           test_accuracy=12.5, epochs_done=1)
+    export(model, TrainConfig(model="bcos-resnet20"), exported, dataset="folder-train",
+           test_accuracy=12.5, epochs_done=1, extra={"registered_dataset": "imagefolder"})
     zoo_sidecar(exported, "bcos-resnet20-test-zoo", tmp_path / "zoo", accuracy=12.5,
                 provenance="a test")
     try:
@@ -146,6 +146,9 @@ def test_a_trained_bcos_model_joins_the_zoo(tmp_path):
         entry = MODELS.get("bcos-resnet20-test-zoo")
         assert entry.metadata["family"] == "bcos" and entry.metadata["pretrained_cfg"].accuracy \
             == 12.5
+        # the data it was trained on, as `train` records it (hints name it; "cifar10" before)
+        assert entry.metadata["dataset"] == "imagefolder"
+        assert "12.50 % on the imagefolder test set" in entry.description
         loaded = create_model("bcos-resnet20-test-zoo", pretrained=True)
         for key, value in model.state_dict().items():
             expected = value.half().float() if value.is_floating_point() else value

@@ -164,6 +164,7 @@ def test_time_budget_is_respected_and_the_schedule_completes(tmp_path):
     assert float(last["test_accuracy"]) >= 0
     sidecar = json.loads((out / "xs-coda-sq-t10.json").read_text())
     assert sidecar["steps"] == plan["planned_steps"] and sidecar["plan"]["budget_s"] == 20
+    assert sidecar["registered_dataset"] == "cifar10"  # a zoo folder registers it for this data
     model = create_model("xs-coda", checkpoint=out / "xs-coda-sq-t10.safetensors",
                          sha256=sidecar["sha256"], temperature=10)
     assert torch.isfinite(model(torch.rand(2, 3, 32, 32))).all()

@@ -54,7 +54,11 @@ WARMUP_SHARE = 0.2
 
 #: Settings that change how long a call may take, not the weights it trains: a resumed run may
 #: change them.
-_PER_CALL_FIELDS = ("time_budget", "eval_every")
+#: Settings a resumed run may change: the budget and evaluation cadence of this call, and the
+#: execution settings that compute the same steps with other kernels (torch.compile's fused
+#: kernels, channels_last's memory layout: the weights differ only in float rounding). The
+#: sidecar records the last call's values.
+_PER_CALL_FIELDS = ("time_budget", "eval_every", "compile", "channels_last")
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,17 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
 
 
+def test_resume_may_change_how_steps_run_but_not_what_is_trained(tmp_path):
+    """channels_last (and compile) are execution settings: a resumed run may switch them."""
+    data = _tiny_set(16)
+    train(TrainConfig(**TINY, epochs=2), data, None, tmp_path, stop_after_epochs=1,
+          progress=False)
+    train(TrainConfig(**TINY, epochs=2, channels_last=True), data, None, tmp_path, resume=True,
+          progress=False)
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+
 def test_resume_with_other_options_is_refused(tmp_path):
     data = _tiny_set(16)
     train(TrainConfig(**TINY, epochs=1), data, None, tmp_path, progress=False)

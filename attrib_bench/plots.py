@@ -144,7 +144,7 @@ def _check_tables(path: Path, digests: Mapping[str, str]) -> None:
     run wrote (its sha256 in the manifest)."""
     from attrib_bench.checkpoints import sha256_file
 
-    for name in ("results.parquet", "summary.csv"):
+    for name in ("results.parquet", "results.csv", "summary.csv"):
         if name in digests and sha256_file(path / name) != digests[name]:
             raise PlotError(f"{path / name} changed after the run wrote it (its sha256 is not "
                             "the manifest's): re-run the same attrib-bench run command, which "

@@ -163,6 +163,8 @@ def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None,
             table[["model", "method", "metric", "variant", "stat"]].itertuples(index=False)]
     table["_samples"] = [sets.get(k, -1) if len(sets) else -1 for k in keys]
     table.loc[table["_samples"] < 0, "_samples"] = -1 - table["n"].astype(int)  # by n
+    # a CI from one sample is no interval: shown as "-", and it separates nothing
+    table.loc[table["n"] < 2, ["ci_low", "ci_high"]] = np.nan
     words = {"best": "best", "tie": "tied best"}
     for (_, metric, _, _), group in table.groupby(_GROUP, sort=False):
         direction = str(group["direction"].iloc[0]) if "direction" in group else ""
@@ -171,19 +173,24 @@ def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None,
         if ranks_methods(str(metric)):
             for _, same in group.groupby("_samples", sort=False):
                 marks.update(best_marks(same, direction))
+        # with methods on different sample sets a block has one mark per set: say which
+        several = group["_samples"].nunique() > 1
         for index, row in group.iterrows():
             kind = probability.get((row["model"], row["method"], row["metric"]), "")
             if not kind and row["metric"] == "pixel-removal" and manifest is not None:
                 kind = removal_probability(manifest, row["model"])  # runs before the column
             stat = f"{row['stat']} ({kind})" if kind and str(row["stat"]).startswith("prob") \
                 else str(row["stat"])
+            ci = ("-" if pd.isna(row["ci_low"]) else
+                  f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]")
+            word = words.get(marks.get(index, ""), "")
+            if word and several:
+                word += f" of the n = {int(row['n'])}"
             rows.append([row["model"], method_label(row["method"]), row["metric"],
-                         str(row["variant"]), stat, f"{row['mean']:.4f}",
-                         f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]", str(int(row["n"])),
+                         str(row["variant"]), stat, f"{row['mean']:.4f}", ci, str(int(row["n"])),
                          str(int(row.get("n_nonfinite", 0))),
                          (direction or "-") if ranks_methods(str(metric))
-                         else f"{direction or '-'} (a check, not a ranking)",
-                         words.get(marks.get(index, ""), "")])
+                         else f"{direction or '-'} (a check, not a ranking)", word])
             classes.append(marks.get(index, ""))
     return rows, classes
 
@@ -271,6 +278,9 @@ def _grid_info(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sample_cell(key: str, info: dict[str, Any]) -> str:
+    if key == "probability" and key not in info:
+        # runs before it was recorded scored every model by its sigmoid (plots.removal_probability)
+        return "sigmoid (then every model's)"
     if key not in info:
         return "not recorded"  # a run older than the key
     if key == "seconds" and isinstance(info[key], (int, float)):
@@ -327,7 +337,9 @@ def render_report(tables: RunTables) -> str:
              "direction, its CI clear of every other's; <i>italic</i> (\"tied best\"): the "
              "leader and the methods whose CIs overlap its CI. Marks compare only methods "
              "evaluated on the same samples (a method on 4 grids is not ranked against one on "
-             "32). Checks such as randomisation rank nothing.</p>"]
+             "32; a mark then names its n). A CI needs two samples (\"-\" from one); from fewer "
+             "than about ten it is rough. Checks such as randomisation rank nothing; their mean "
+             "is over the randomised layers as well as the samples.</p>"]
     parts.append("<h2>Runs and code</h2>")
     parts.append(_table(["run", "models", "methods", "metrics", "seed", "commit", "tree",
                          "attrib-bench", "hardware", "superseded"], provenance_rows(tables),

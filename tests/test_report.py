@@ -178,7 +178,7 @@ def test_sample_columns_say_what_they_hold():
     tables = RunTables(Path("runs"), pd.DataFrame(), pd.DataFrame(), {}, manifests)
     header, rows = sample_tables(tables)["localisation"]
     assert header == ["run", "model", "grid (n×n)", "grids", "drawing (s)", "probability"]
-    assert rows == [["old", "m", "3×3", "32", "104.2", "not recorded"],
+    assert rows == [["old", "m", "3×3", "32", "104.2", "sigmoid (then every model's)"],
                     ["new", "m", "2×2", "8", "1.0", "sigmoid"]]
     header, rows = sample_tables(tables)["pixel-removal"]
     assert header == ["run", "model", "images", "drawing (s)"]
@@ -194,3 +194,15 @@ def test_probability_stats_name_their_probability():
                             "value": 0.5, "probability": ["sigmoid", ""]})
     rows, _ = summary_rows(table, results)
     assert [row[4] for row in rows] == ["logit-auc", "prob-auc (sigmoid)"]
+
+
+def test_one_sample_has_no_interval_and_marks_name_their_n():
+    """n = 1: the CI reads "-" and separates nothing; where one block holds methods on two
+    sample sets, each mark names its n."""
+    table = _group([0.9, 0.2, 0.6, 0.3], [0.85, 0.15, 0.6, 0.25], [0.95, 0.25, 0.6, 0.35])
+    table["n"] = [32, 32, 1, 4]
+    rows, classes = summary_rows(table)
+    by_method = {row[1]: (row[6], row[-1]) for row in rows}
+    assert by_method["x2"] == ("-", "")  # alone on its one sample: no interval, no mark
+    assert by_method["x0"] == ("[0.8500, 0.9500]", "best of the n = 32")
+    assert by_method["x3"][1] == ""  # alone on its 4

@@ -311,3 +311,7 @@ def test_tables_edited_after_the_run_are_refused_by_plot_and_report(toy, tmp_pat
         load_run(out)
     _run(toy, out)  # the same command again rewrites the tables from the verified chunks
     assert len(load_run(out).summary) > 0
+    with open(out / "results.csv", "a") as handle:  # the CSV copy is checked as well
+        handle.write("lin,grad,toy-mass,0,0,,score,9.9,0,\n")
+    with pytest.raises(PlotError, match="results.csv changed after the run wrote it"):
+        load_run(out)

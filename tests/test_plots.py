@@ -366,9 +366,9 @@ def test_no_text_is_clipped_whatever_the_number_of_panels(count):
     _assert_texts_inside(pixel_removal_figure(one_order))
 
 
-@pytest.mark.parametrize("scores", [["localisation"], ["pixel-removal"],
-                                    ["localisation", "pixel-removal"]])
-@pytest.mark.parametrize("lone", [(), ("mine",), ("mine", "ixg")])
+@pytest.mark.parametrize(("scores", "lone"), [
+    (["localisation"], ()), (["pixel-removal"], ("mine",)),
+    (["localisation", "pixel-removal"], ("mine", "ixg"))])
 def test_no_text_is_clipped_in_the_temperature_figure(run_dir, scores, lone):
     tables = load_run(run_dir)
     summary = _one_temperature_only(tables.summary, lone)
@@ -376,8 +376,8 @@ def test_no_text_is_clipped_in_the_temperature_figure(run_dir, scores, lone):
                                             tables.temperatures()))
 
 
-@pytest.mark.parametrize("stats", [("ssim",), ("spearman_abs", "ssim")])
-@pytest.mark.parametrize("modes", [("cascading",), ("cascading", "independent")])
+@pytest.mark.parametrize(("stats", "modes"), [
+    (("ssim",), ("cascading",)), (("spearman_abs", "ssim"), ("cascading", "independent"))])
 def test_no_text_is_clipped_in_a_randomisation_figure(run_dir, stats, modes):
     results = load_run(run_dir).results
     results = results[(results["metric"] != "randomisation") | results["variant"].isin(modes)]
@@ -386,7 +386,7 @@ def test_no_text_is_clipped_in_a_randomisation_figure(run_dir, stats, modes):
     _assert_texts_inside(fig)
 
 
-@pytest.mark.parametrize("count", [1, 2, 4, 9])
+@pytest.mark.parametrize("count", [1, 9])
 def test_no_text_is_clipped_in_the_map_sheets(count):
     rng = np.random.default_rng(1)
     labels = [f"class {i}" for i in range(count)]

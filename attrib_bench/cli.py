@@ -281,6 +281,7 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     from attrib_bench.runners.train import (
         TrainConfig,
         export,
+        is_coda,
         train,
         training_status,
     )
@@ -288,7 +289,7 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     # the budget counts from the process's start (from the command's if invoked in-process)
     started_at = time.monotonic() if _PROCESS_STARTED_AT is None else _PROCESS_STARTED_AT
     entry = MODELS.get(model_name)  # unknown names fail here, before any data is read
-    if lambda_reg > 0 and entry.metadata.get("family") != "coda":
+    if lambda_reg > 0 and not is_coda(model_name):
         raise click.UsageError(f"--lambda needs a CoDA-Net (a model with a linear map "
                                f"W0→L(x)); {model_name} is not one")
     options = _dataset_options(dataset, dataset_option_items)  # and bad datasets here
@@ -303,7 +304,7 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
     # a CoDA-Net's export names its norm and T (xs-coda-sq-t1000, T the model's own when not
     # given); other models their name, without ":" (torchvision:resnet18 → torchvision_resnet18)
     name = (f"{model_name}-{config.norm}-t{config.temperature:g}"
-            if entry.metadata.get("family") == "coda" else slug(model_name))
+            if is_coda(model_name) else slug(model_name))
     run_dir = Path(out_dir or f"runs/train/{name}")
     if resume and not (run_dir / "checkpoint.pt").exists():
         click.echo(f"--resume: {run_dir} has no checkpoint.pt yet; starting a new run", err=True)

@@ -34,6 +34,8 @@ WARMUP=${WARMUP:-1}
 PROBE_SECONDS=${PROBE_SECONDS:-1.5}
 PROBE_ARGS=${PROBE_ARGS:-}
 PROTOCOL_BUDGET=${PROTOCOL_BUDGET:-120}
+CALL_SECONDS=${CALL_SECONDS:-0}  # >0: the protocol stops this many seconds after the script began,
+                                 # less 20 s for packing, so a slow stage never loses the weights
 N_SAMPLES=${N_SAMPLES:-}
 TEST_LIMIT=${TEST_LIMIT:-}  # train's final evaluation on the first N test images (rehearsals)
 RUN_BATCH=${RUN_BATCH:-64}
@@ -68,6 +70,7 @@ pack() {  # the files that come back; called on every exit
 }
 trap pack EXIT
 echo "stage,rc,seconds" >"$OUT/stages.csv"
+CALL_START=$(date +%s)
 log "device run: DEVICE=$DEVICE MODEL=$MODEL T=$T NAME=$NAME TRAIN_BUDGET=$TRAIN_BUDGET" \
     "BATCH=$BATCH PROTOCOL_BUDGET=$PROTOCOL_BUDGET N_SAMPLES=${N_SAMPLES:-paper}"
 
@@ -134,6 +137,10 @@ protocol() {
         tar xzf "$RESUME/tables.tar.gz" -C "$WORK" && log "protocol: resuming the carried runs"
     fi
     PROTOCOL_END=$(($(date +%s) + PROTOCOL_BUDGET))
+    if ((CALL_SECONDS > 0 && CALL_START + CALL_SECONDS - 20 < PROTOCOL_END)); then
+        PROTOCOL_END=$((CALL_START + CALL_SECONDS - 20))
+        log "protocol: capped at $((PROTOCOL_END - $(date +%s))) s by CALL_SECONDS=$CALL_SECONDS"
+    fi
     local rc=0
     sweep gradient "$GRADIENT_METHODS" || rc=$?
     sweep perturbation "$PERTURBATION_METHODS" || rc=$?  # runs even if the first one failed
@@ -146,6 +153,7 @@ if has probe; then stage probe probe || log "probe failed: training with '${FLAG
 export ATTRIB_BENCH_ZOO="$WORK/zoo"
 if has train; then stage train train || exit 1; fi
 stage zoo zoo || exit 1
+pack  # the weights come back even if a later stage is killed
 if has eval; then stage eval evaluate; fi
 if has protocol; then stage protocol protocol; fi
 log "device run done"

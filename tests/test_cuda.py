@@ -428,7 +428,7 @@ RUN_HPARAMS = {
     "chunk_size": 2,
     "seed": 0,
     "progress": False,
-    "method_hparams": CHEAP,
+    "method_hparams": {name: CHEAP[name] for name in RUN_METHODS if name in CHEAP},
     "metric_hparams": {"localisation": {"n": 2}, "localisation-difull": {"n": 2},
                        "pixel-removal": {"steps": 8, "baseline": "road"},
                        "randomisation": {"layers": 2}},
@@ -441,7 +441,12 @@ def _run(models, synthetic, device, out, **changes):
     from attrib_bench import run
 
     own = {name: copy.deepcopy(model) for name, model in models.items()}  # run moves them
-    return run(own, dataset=synthetic, device=str(device), out=out, **{**RUN_HPARAMS, **changes})
+    hparams = {**RUN_HPARAMS, **changes}
+    if hparams["metrics"] != "all":  # the runner refuses settings for metrics it does not run
+        hparams["metric_hparams"] = {name: value for name, value in
+                                     hparams["metric_hparams"].items()
+                                     if name in hparams["metrics"].split(",")}
+    return run(own, dataset=synthetic, device=str(device), out=out, **hparams)
 
 
 def _compare(got: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:

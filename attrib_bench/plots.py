@@ -102,6 +102,24 @@ def model_temperatures(manifest: Mapping[str, Any] | None, names: Iterable[str]
     return {name: float(value) for name, value in found.items() if value is not None}
 
 
+def temperature_series(manifest: Mapping[str, Any] | None, temperatures: Mapping[str, float]
+                       ) -> list[dict[str, float]]:
+    """The models of ``temperatures`` split into series that differ in T alone.
+
+    A temperature series (the paper's Fig. 6, bottom) holds the architecture fixed: models are
+    grouped by the manifest's class and parameter count (xs-coda-sq-t10/t100/t1000 form one
+    series; s-coda-sq-t1000 is another architecture and would otherwise sit at T = 1000 beside
+    the XS model). Returns the groups with two or more distinct T, largest first.
+    """
+    info = (manifest or {}).get("models", {})
+    groups: dict[tuple[Any, Any], dict[str, float]] = {}
+    for name, value in temperatures.items():
+        key = (info.get(name, {}).get("class"), info.get(name, {}).get("parameters"))
+        groups.setdefault(key, {})[name] = value
+    series = [group for group in groups.values() if len(set(group.values())) >= 2]
+    return sorted(series, key=lambda group: (-len(set(group.values())), sorted(group)))
+
+
 def load_run(path: str | Path) -> RunTables:
     """Read ``results.parquet``, ``summary.csv`` and ``manifest.json`` from a run folder.
 
@@ -145,7 +163,9 @@ def _check_tables(path: Path, digests: Mapping[str, str]) -> None:
     from attrib_bench.checkpoints import sha256_file
 
     for name in ("results.parquet", "results.csv", "summary.csv"):
-        if name in digests and sha256_file(path / name) != digests[name]:
+        # results.csv is the parquet's readable copy: a committed run may leave it out
+        if (name in digests and (path / name).is_file()
+                and sha256_file(path / name) != digests[name]):
             raise PlotError(f"{path / name} changed after the run wrote it (its sha256 is not "
                             "the manifest's): re-run the same attrib-bench run command, which "
                             "rewrites the tables from the verified chunks")
@@ -631,7 +651,8 @@ def temperature_figure(summary: pd.DataFrame, temperatures: Mapping[str, float])
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside right center",
                    frameon=False)
-    _suptitle(fig, "Temperature series (CoDA-Nets; methods shifted sideways to keep bars apart)")
+    names = ", ".join(sorted(temperatures, key=lambda name: (temperatures[name], name)))
+    _suptitle(fig, f"Temperature series: {names} (methods shifted sideways to keep bars apart)")
     return fig
 
 
@@ -862,9 +883,11 @@ def figures_for(tables: RunTables) -> dict[str, Figure]:
             figures[metric] = localisation_figure(results, metric, tables.manifest)
     if "pixel-removal" in present:
         figures["pixel-removal"] = pixel_removal_figure(results, tables.summary, tables.manifest)
-    temperatures = tables.temperatures()
-    if len(set(temperatures.values())) >= 2 and present & {"localisation", "pixel-removal"}:
-        figures["temperature"] = temperature_figure(tables.summary, temperatures)
+    if present & {"localisation", "pixel-removal"}:
+        series = temperature_series(tables.manifest, tables.temperatures())
+        for i, temperatures in enumerate(series):
+            name = "temperature" if i == 0 else f"temperature-{min(temperatures)}"
+            figures[name] = temperature_figure(tables.summary, temperatures)
     if "randomisation" in present:
         randomised = results.loc[results["metric"] == "randomisation", "model"]
         for model in _ordered_models(randomised, tables.manifest):

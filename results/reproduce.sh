@@ -19,7 +19,8 @@
 #   MODELS, DEVICE, OUT, AB         models, cpu|cuda, output folder, the attrib-bench command
 # The paper's protocol is 500 grids and 1024 images for every method (the defaults; use a GPU).
 # Regenerate the committed figures from the committed tables alone:
-#   attrib-bench plot --results results/cifar10 && attrib-bench report --results results/cifar10
+#   attrib-bench plot --results results/cifar10 --results results/cifar10-gpu --out results/cifar10/figures
+#   attrib-bench report --results results/cifar10 --results results/cifar10-gpu --out results/cifar10/report.html
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -35,6 +35,7 @@ from attrib_bench.plots import (
     plot_results,
     randomisation_figure,
     temperature_figure,
+    temperature_series,
 )
 from attrib_bench.registry import METHODS as METHOD_REGISTRY
 from attrib_bench.registry import create_metric, register_method
@@ -541,6 +542,24 @@ def test_temperatures_come_from_the_manifest_only(run_dir):
     assert [ax.get_title().splitlines()[0] for ax in fig.axes] == ["toy-t1000", "toy-t10"]
 
 
+def test_temperature_series_hold_the_architecture_fixed():
+    """A bigger CoDA-Net at T = 1000 is not a point of the small models' T series (it sat there
+    beside xs-coda-sq-t1000 once s-coda-sq-t1000 was drawn with them), and a lone T is none."""
+    manifest = {"models": {
+        "xs-t10": {"class": "CoDANet", "parameters": 100, "temperature": 10.0},
+        "xs-t100": {"class": "CoDANet", "parameters": 100, "temperature": 100.0},
+        "xs-t1000": {"class": "CoDANet", "parameters": 100, "temperature": 1000.0},
+        "s-t10": {"class": "CoDANet", "parameters": 800, "temperature": 10.0},
+        "s-t1000": {"class": "CoDANet", "parameters": 800, "temperature": 1000.0},
+        "m-t1000": {"class": "CoDANet", "parameters": 2800, "temperature": 1000.0}}}
+    temperatures = {name: info["temperature"] for name, info in manifest["models"].items()}
+    assert temperature_series(manifest, temperatures) == [
+        {"xs-t10": 10.0, "xs-t100": 100.0, "xs-t1000": 1000.0},
+        {"s-t10": 10.0, "s-t1000": 1000.0}]
+    del manifest["models"]["s-t10"]
+    assert temperature_series(manifest, temperatures | {"s-t10": 10.0})[1:] == []  # no class
+
+
 def test_randomisation_curves_follow_the_layers_top_first(run_dir):
     tables = load_run(run_dir)
     fig = randomisation_figure(tables.results, "toy-t10")
@@ -744,14 +763,16 @@ def test_runs_split_by_cost_are_drawn_together_with_n_per_method(tmp_path):
 
 
 def test_committed_reproduction_regenerates_every_committed_figure(tmp_path):
-    """`attrib-bench plot --results results/cifar10` on the committed tables gives a figure for
-    every committed PNG (no more, no fewer), each an image of the committed size."""
+    """`attrib-bench plot --results results/cifar10 --results results/cifar10-gpu` (the README's
+    command) on the committed tables gives a figure for every committed PNG (no more, no fewer),
+    each an image of the committed size."""
     from PIL import Image
 
     root = Path(__file__).resolve().parent.parent / "results" / "cifar10"
     committed = {p.name: Image.open(p).size for p in (root / "figures").glob("*.png")}
     assert {"localisation.png", "pixel-removal.png", "temperature.png"} <= set(committed)
-    result = CliRunner().invoke(cli, ["plot", "--results", str(root), "--out", str(tmp_path)])
+    result = CliRunner().invoke(cli, ["plot", "--results", str(root), "--results",
+                                      str(root.parent / "cifar10-gpu"), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     written = {p.name: Image.open(p).size for p in tmp_path.glob("*.png")}
     assert written == committed

@@ -101,6 +101,11 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Pa
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if wrong:
             parts.append(f"{len(wrong)} of wrong shape (e.g. {wrong[0]})")
+        if isinstance(state.get("model"), dict) and "optimizer" in state:
+            raise CheckpointError(
+                f"checkpoint {source} is a training checkpoint (model, optimizer, ...), not "
+                "weights: pass the NAME.safetensors that `attrib-bench train` writes beside it "
+                "when training ends")
         raise CheckpointError(
             f"checkpoint {source} does not fit {type(model).__name__}: {'; '.join(parts)} "
             "— is it for another model or config?"

@@ -60,6 +60,12 @@ def test_corrupt_and_wrong_checkpoints(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_into(resnet56(), {**resnet56().state_dict(), "linear.bias": torch.zeros(3)}, other)
     assert "wrong shape" in _one_line(info)
+    trained = tmp_path / "checkpoint.pt"  # what `attrib-bench train` saves to resume
+    torch.save({"config": {}, "epoch": 1, "model": resnet56().state_dict(), "optimizer": {}},
+               trained)
+    with pytest.raises(CheckpointError) as info:
+        create_model("resnet56", checkpoint=trained)
+    assert "training checkpoint" in _one_line(info) and "NAME.safetensors" in _one_line(info)
 
 
 def test_pickled_code_is_not_executed(tmp_path):

@@ -284,9 +284,15 @@ class CliCase(SubprocessCase):
         self.global_args, self.sub, self.rest = _subcommand(tokens)
         argv = list(tokens[1:])
         self.results_as_written = None
-        if "--results" in argv:
-            i = argv.index("--results") + 1
-            self.results_as_written, argv[i] = argv[i], RESULTS
+        for i in range(1, len(argv)):
+            # the first --results folder is a tmp copy (plot and report write into it), paths
+            # inside it follow it there, and further --results folders are read where they are
+            if argv[i - 1] == "--results" and self.results_as_written is None:
+                self.results_as_written, argv[i] = argv[i], RESULTS
+            elif self.results_as_written and argv[i].startswith(self.results_as_written + "/"):
+                argv[i] = RESULTS + argv[i][len(self.results_as_written):]
+            elif argv[i - 1] == "--results" and not Path(argv[i]).is_absolute():
+                argv[i] = str(REPO / argv[i])
         if self.sub == "run":
             # --dry-run builds and checks every model, method, metric and setting and stops;
             # the computation itself is what the other tests cover.

@@ -141,6 +141,10 @@ class Metric:
     description: ClassVar[str] = ""
     #: stat → "higher" or "lower" (is better), for the summary's ranking.
     directions: ClassVar[dict[str, str]] = {"score": "higher"}
+    #: The hyper-parameter that holds the number of samples (e.g. "num_grids"), which
+    #: ``--n-samples`` sets, so that the recorded configuration shows the count that ran and the
+    #: two spellings share a cache key; None: ``n_samples`` reaches :meth:`select` instead.
+    sample_count: ClassVar[str | None] = None
 
     def __init__(self, **hparams: Any) -> None:
         self.hparams: dict[str, Any] = dict(hparams)

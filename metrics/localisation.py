@@ -113,8 +113,8 @@ def localisation_scores(maps: torch.Tensor, n: int) -> torch.Tensor:
 class Localisation(Metric):
     """Grid localisation (eq. 11): the share of positive attribution inside the explained cell.
 
-    Hyper-parameters: ``n`` grid side (2, 3, 4), ``num_grids`` grids to draw (``n_samples``
-    replaces it), ``seed`` of the grid sampling. The pool is ranked by the model's logits on the
+    Hyper-parameters: ``n`` grid side (2, 3, 4), ``num_grids`` grids to draw (``--n-samples``
+    sets it), ``seed`` of the grid sampling. The pool is ranked by the model's logits on the
     whole dataset, from :meth:`SelectContext.logits` (the runner caches them per model weights
     and dataset, so that both grid localisations and later runs pay one pass). Rows: one per
     (grid, cell): ``sample`` grid id, ``key`` cell index k (str), ``stat`` "score", ``value`` in
@@ -124,6 +124,7 @@ class Localisation(Metric):
     name: ClassVar[str] = "localisation"
     description: ClassVar[str] = "share of positive attribution in the explained cell of a grid"
     directions: ClassVar[dict[str, str]] = {"score": "higher"}
+    sample_count: ClassVar[str | None] = "num_grids"
 
     def __init__(self, *, n: GridSize = 3, num_grids: int = 500, seed: int = 42) -> None:
         values = typed_hparams(f"metric {self.name!r}", Localisation, {

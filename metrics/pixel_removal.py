@@ -496,6 +496,7 @@ class PixelRemoval(Metric):
         f"{order}/{stat}-auc": ("higher" if order == "least-first" else "lower")
         for order in ORDERS for stat in STATS
     }
+    sample_count: ClassVar[str | None] = "num_images"
 
     def __init__(self, *, order: OrderChoice = "both", fraction: float = 0.25, steps: int = 128,
                  num_images: int = 1024, baseline: Baseline | None = None, sigma: float = 2.0,

@@ -251,6 +251,7 @@ class Randomisation(Metric):
     name: ClassVar[str] = "randomisation"
     description: ClassVar[str] = "Adebayo et al. (2018) model-parameter randomisation test"
     directions: ClassVar[dict[str, str]] = {stat: "lower" for stat in STATS}
+    sample_count: ClassVar[str | None] = "num_images"
 
     def __init__(self, *, modes: ModeChoice = "both", num_images: int = 100,
                  layers: int | list[str] | None = None, seed: int | None = None) -> None:

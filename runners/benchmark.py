@@ -72,6 +72,7 @@ from attrib_bench.runners.settings import (
     check_model_fits,
     check_output_classes,
     run_config,
+    sample_count_key,
     split_names,
 )
 from attrib_bench.runners.storage import Store
@@ -464,7 +465,9 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
                 _skip(skipped, model_name, "*", metric_name, str(exc))
                 continue
             t0 = time.perf_counter()
-            samples = _select(metric_name, metric, model, images, config.n_samples, select_ctx)
+            # --n-samples is in the config of a metric with a sample_count setting already
+            n_samples = None if sample_count_key(metric_name) else config.n_samples
+            samples = _select(metric_name, metric, model, images, n_samples, select_ctx)
             samples_info[f"{model_name}/{metric_name}"] = {  # the count wins over info's keys
                 **samples.info, "n": len(samples), "seconds": round(time.perf_counter() - t0, 3)}
             example = _first_sample(samples, device) if len(samples) else None
@@ -485,7 +488,7 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
                     {"name": method_name, "config": method_config, "view": metric.model_view,
                      "class": type(method).__qualname__},
                     {"name": metric_name, **config.metric_hparams[metric_name],
-                     "n_samples": config.n_samples},
+                     "n_samples": n_samples},
                     config.dataset, config.seed, config.chunk_size, cache))
     if not config.all_methods:  # a named method must apply to at least one model
         planned = {job.method for job in jobs}

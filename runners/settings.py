@@ -109,6 +109,12 @@ def resolve_metric(name: str, given: Mapping[str, Any], *, from_text: bool = Fal
                            from_text=from_text)
 
 
+def sample_count_key(metric: str) -> str | None:
+    """The hyper-parameter of registered metric ``metric`` that ``--n-samples`` sets (its
+    ``sample_count``, e.g. "num_grids"), or None: ``n_samples`` then reaches its ``select``."""
+    return getattr(METRICS.get(metric).factory, "sample_count", None)
+
+
 def parse_settings(settings: Iterable[str], methods: list[str], metrics: list[str]
                    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
     """``["rise.n_masks=500", "pixel-removal.baseline=road"]`` → (method, metric) settings as
@@ -254,6 +260,19 @@ def run_config(models: list[str], methods: str | Iterable[str], metrics: str | I
     metric_configs = configure(metric_names, metric_hparams, text_metrics,
                                lambda name: protocol_defaults(dataset, name), resolve_metric,
                                from_data["metrics"])
+    if n_samples is not None:
+        for name in metric_names:
+            key = sample_count_key(name)
+            if key is None:
+                continue
+            if key in text_metrics.get(name, {}) or key in (metric_hparams or {}).get(name, {}):
+                raise SettingError(f"--n-samples {n_samples} and {name}.{key} both set the "
+                                   f"number of samples of metric {name!r}: pass one")
+            metric_configs[name][key] = n_samples
+            recorded = from_data["metrics"].get(name, {})
+            recorded.pop(key, None)  # a data default --n-samples replaced is not recorded
+            if not recorded:
+                from_data["metrics"].pop(name, None)
     return RunConfig(models, selected_methods, metric_names, n_samples, chunk_size, seed,
                      dataset_name, split, checkpoint, method_configs, metric_configs,
                      all_methods, all_metrics, options, from_data)

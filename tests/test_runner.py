@@ -317,3 +317,43 @@ def test_tables_edited_after_the_run_are_refused_by_plot_and_report(toy, tmp_pat
         load_run(out)
     (out / "results.csv").unlink()  # committed runs leave the CSV copy out (.gitignore)
     assert len(load_run(out).summary) > 0
+
+
+def test_n_samples_sets_a_metrics_declared_count_setting(toy, tmp_path, monkeypatch):
+    """A metric that names its count setting (``sample_count``): ``n_samples`` N is that setting
+    at N, so run.json/metric_config show the count that ran and both spellings share cache
+    entries; given both ways at once is one line. Without it (the toy metric as written),
+    ``n_samples`` reaches ``select`` and is recorded beside the metric's own settings."""
+    from attrib_bench.errors import SettingError
+
+    plain = _run(toy, tmp_path / "plain", n_samples=6)
+    assert json.loads(plain["metric_config"].iloc[0]) == {
+        "name": "toy-mass", "num_images": 10, "delay": 0.0, "n_samples": 6}
+    monkeypatch.setattr(toy.ToyMass, "sample_count", "num_images", raising=False)
+    cache = tmp_path / "cache"
+    by_count = _run(toy, tmp_path / "a", n_samples=6, cache=cache)
+    assert json.loads(by_count["metric_config"].iloc[0]) == {
+        "name": "toy-mass", "num_images": 6, "delay": 0.0, "n_samples": None}
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["metric_hparams"] == {
+        "toy-mass": {"num_images": 6, "delay": 0.0}}
+    by_setting = _run(toy, tmp_path / "b", n_samples=None, cache=cache,
+                      metric_hparams={"toy-mass": {"num_images": 6}})
+    pd.testing.assert_frame_equal(by_count, by_setting)
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["cache"]["misses"] == 0
+    both = r"^--n-samples 6 and toy-mass.num_images both set the number of samples of metric "
+    with pytest.raises(SettingError, match=both + r"'toy-mass': pass one$"):
+        _run(toy, tmp_path / "c", n_samples=6, metric_hparams={"toy-mass": {"num_images": 8}})
+
+
+def test_n_samples_replaces_the_protocol_count_of_the_registered_metrics():
+    """Localisation's num_grids, pixel removal's and randomisation's num_images: the values a
+    run with --n-samples records (TinyImageNet's 250-grid protocol default is replaced)."""
+    from attrib_bench.runners.settings import run_config
+
+    config = run_config(["resnet56"], "grad", "localisation,pixel-removal,randomisation",
+                        n_samples=7, chunk_size=8, seed=0, dataset="tinyimagenet",
+                        checkpoint=None, method_hparams=None, metric_hparams=None, settings=[])
+    assert config.metric_hparams["localisation"]["num_grids"] == 7
+    assert config.metric_hparams["pixel-removal"]["num_images"] == 7
+    assert config.metric_hparams["randomisation"]["num_images"] == 7
+    assert "localisation" not in config.defaults_from_data["metrics"]

@@ -219,17 +219,22 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
                    "6400 for XL, 1e5 for L).")
 @click.option("--norm", type=click.Choice(["sq", "l2"]), default=None,
               help="CoDA-Net DAU norm (default: sq).")
-@click.option("--epochs", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Epochs (with --time-budget: at most this many).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--lr", type=float, default=2.5e-4, show_default=True,
-              help="Peak learning rate at batch 16 (see --lr-scaling).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs (with --time-budget: at most this many) [default: the family's "
+                   "recipe: 200 for CoDA-Nets and others, 100 for B-cos].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="[default: the recipe's: 16 for CoDA-Nets and others, 64 for B-cos]")
+@click.option("--lr", type=float, default=None,
+              help="Peak Adam learning rate at the recipe's batch size (see --lr-scaling) "
+                   "[default: 2.5e-4 for CoDA-Nets and others, 1e-3 for B-cos].")
 @click.option("--lr-scaling", type=click.Choice(["none", "sqrt", "linear"]), default="none",
               show_default=True,
-              help="Scale --lr to --batch-size: sqrt(batch/16) (Adam's rule) or batch/16.")
+              help="Scale --lr from the recipe's batch size to --batch-size: sqrt(ratio) "
+                   "(Adam's rule) or the ratio.")
 @click.option("--schedule", type=click.Choice(["step", "cosine"]), default=None,
-              help="step: ÷1.5 every 30 epochs (authors; the default); cosine: to 0 (the "
-                   "default with --time-budget).")
+              help="step: ÷1.5 every 30 epochs (the CoDA-Nets authors'); cosine: to 0 (the "
+                   "bcos package's, and the default with --time-budget) [default: the "
+                   "recipe's].")
 @click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="SECONDS",
@@ -262,15 +267,16 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
 @click.option("--test-limit", type=click.IntRange(min=1), default=None,
               help="Evaluate on the first N test images only (smoke tests).")
 @click.option("--quiet", is_flag=True, help="No progress bars (one line per epoch).")
-def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch_size: int,
-              lr: float, lr_scaling: str, schedule: str | None, warmup_epochs: float,
-              time_budget: float | None, eval_every: int, amp: str, tf32: bool,
-              channels_last: bool, compile_model: bool, lambda_reg: float, seed: int,
-              device: str, out_dir: str | None, resume: bool, stop_after: int | None,
-              dataset: str, dataset_option_items: tuple[str, ...], data_root: str | None,
-              limit: int | None, test_limit: int | None, quiet: bool) -> None:
+def train_cmd(model_name: str, temperature: float, norm: str, epochs: int | None,
+              batch_size: int | None, lr: float | None, lr_scaling: str, schedule: str | None,
+              warmup_epochs: float, time_budget: float | None, eval_every: int, amp: str,
+              tf32: bool, channels_last: bool, compile_model: bool, lambda_reg: float,
+              seed: int, device: str, out_dir: str | None, resume: bool,
+              stop_after: int | None, dataset: str, dataset_option_items: tuple[str, ...],
+              data_root: str | None, limit: int | None, test_limit: int | None,
+              quiet: bool) -> None:
     """Train MODEL on a dataset's train split, evaluating on its evaluation split (CIFAR-10 and
-    the authors' recipe by default); export safetensors + sidecar."""
+    the model family's published recipe by default); export safetensors + sidecar."""
     from pathlib import Path
 
     from attrib_bench.data import evaluation_split, get_dataset
@@ -294,12 +300,13 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
                                f"W0→L(x)); {model_name} is not one")
     options = _dataset_options(dataset, dataset_option_items)  # and bad datasets here
     torch_device = resolve_device(device)
-    config = TrainConfig(model=model_name, temperature=temperature, norm=norm, epochs=epochs,
-                         batch_size=batch_size, lr=lr, lr_scaling=lr_scaling,
-                         schedule=schedule or ("cosine" if time_budget else "step"),
-                         warmup_epochs=warmup_epochs, seed=seed, time_budget=time_budget,
-                         eval_every=eval_every, amp=amp, tf32=tf32, channels_last=channels_last,
-                         compile=compile_model, lambda_reg=lambda_reg)
+    config = TrainConfig.for_model(model_name, temperature=temperature, norm=norm,
+                                   epochs=epochs, batch_size=batch_size, lr=lr,
+                                   lr_scaling=lr_scaling, schedule=schedule,
+                                   warmup_epochs=warmup_epochs, seed=seed,
+                                   time_budget=time_budget, eval_every=eval_every, amp=amp,
+                                   tf32=tf32, channels_last=channels_last,
+                                   compile=compile_model, lambda_reg=lambda_reg)
     config.check()
     # a CoDA-Net's export names its norm and T (xs-coda-sq-t1000, T the model's own when not
     # given); other models their name, without ":" (torchvision:resnet18 → torchvision_resnet18)
@@ -324,7 +331,7 @@ def train_cmd(model_name: str, temperature: float, norm: str, epochs: int, batch
                    f"{status['planned_steps']}); continue with --resume --out {run_dir}")
         return
     plan_path = run_dir / "plan.json"
-    steps_per_epoch = len(train_set) // batch_size
+    steps_per_epoch = len(train_set) // config.batch_size
     extra = {"steps": status["step"], "registered_dataset": dataset,
              "train_data": train_set.name, "test_data": test_set.name,
              "train_images": len(train_set), "test_images": len(test_set),

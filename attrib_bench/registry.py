@@ -318,8 +318,19 @@ def applicable_methods(model: object) -> list[str]:
     return METHODS.applicable(model)
 
 
-def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> Any:
-    """Build the model registered as ``name``; ``pretrained=True`` loads its checked weights."""
+def create_model(name: str, pretrained: bool | None = None, **kwargs: Any) -> Any:
+    """Build the model registered as ``name``; ``pretrained=True`` loads its checked weights.
+
+    ``pretrained=None`` (the default) follows the name: a name that stands for trained weights
+    (metadata ``trained``, e.g. ``xs-coda-sq-t1000``, ``bcos-resnet20-cifar10``) loads them; an
+    architecture name (``xs-coda``, ``resnet56``, ``torchvision:resnet18``) is randomly
+    initialised, as in timm. ``pretrained=False`` on a trained name gives its architecture with
+    random weights (what training or a randomisation baseline starts from). Raises
+    :class:`~attrib_bench.errors.CheckpointError` when asked weights are missing or fail
+    their sha256.
+    """
+    if pretrained is None:
+        pretrained = bool(MODELS.get(name).metadata.get("trained", False))
     return MODELS.create(name, pretrained=pretrained, **kwargs)
 
 

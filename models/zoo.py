@@ -197,8 +197,8 @@ def _register_bcos(name: str, architecture: str, cfg: PretrainedCfg | None = Non
                     f"BN without bias), RGB→6-channel encoding inside{trained}; needs "
                     "attrib-bench[bcos]",
         family="bcos", dataset="cifar10" if cfg is None else cfg.dataset, num_classes=10,
-        image_size=32,
-        **({} if cfg is None else {"pretrained_cfg": cfg}),
+        image_size=32, architecture=architecture,
+        **({} if cfg is None else {"pretrained_cfg": cfg, "trained": True}),
     )
 
 
@@ -226,7 +226,8 @@ def _register_trained(name: str, size: str, temperature: float, norm: str,
                description=f"{size.upper()}-CoDA-{norm.upper()}, T={temperature:g}, trained here: "
                f"{measured} on the {_title(cfg.dataset)} test set",
                family="coda", dataset=cfg.dataset, num_classes=CONFIGS[size].num_classes,
-               image_size=CONFIGS[size].image_size, temperature=temperature, pretrained_cfg=cfg)
+               image_size=CONFIGS[size].image_size, temperature=temperature, pretrained_cfg=cfg,
+               trained=True, architecture=f"{size}-coda", norm=norm)
 
 
 XS_RECIPE = "--epochs 6 --batch-size 32 --lr 1e-3 --schedule cosine --warmup-epochs 0.2"

@@ -1,7 +1,9 @@
 """Training CoDA-Nets (and any registered model) on CIFAR-10, resumable, reproducible, on budget.
 
-The authors' recipe is the default (Adam 2.5e-4, batch 16, lr ÷1.5 every 30 epochs, random flip
-and 32 px crop with 4 px zero padding, BCE-with-logits on one-hot targets, 200 epochs). The whole
+The model family's recipe is the default (:data:`RECIPES`): the CoDA-Nets authors' (Adam 2.5e-4,
+batch 16, lr ÷1.5 every 30 epochs, 200 epochs) or the bcos package's for B-cos networks (Adam
+1e-3, batch 64, cosine, 100 epochs); both with random flip and 32 px crop with 4 px zero padding
+and BCE-with-logits on one-hot targets. The whole
 train set lives on the training device as one uint8 tensor; augmentation runs on whole batches
 there, with random numbers drawn on that device (no host round trip per step). Every epoch writes
 ``history.csv`` and an atomic ``checkpoint.pt``; ``resume=True`` continues from it to the same
@@ -62,6 +64,40 @@ _PER_CALL_FIELDS = ("time_budget", "eval_every", "compile", "channels_last")
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """A model family's published training defaults (what ``train`` uses where a run is silent).
+
+    ``lr`` is the peak learning rate at ``batch_size`` (also the config's
+    ``lr_reference_batch``), Adam throughout, BCE on one-hot targets, random flip and 4 px crop.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    schedule: Schedule
+    source: str
+
+
+#: family → recipe; families not listed (ResNet-56, library models) get the CoDA-Nets recipe,
+#: the one this trainer implements (Adam + BCE; akamaster's ResNet-56 SGD recipe is not here).
+RECIPES: dict[str, Recipe] = {
+    "coda": Recipe(200, 16, 2.5e-4, "step",
+                   "CoDA-Nets (Böhle et al., CVPR 2021, supplement): Adam 2.5e-4, batch 16, "
+                   "lr ÷1.5 every 30 epochs, 200 epochs"),
+    "bcos": Recipe(100, 64, 1e-3, "cosine",
+                   "bcos package, experiments/CIFAR10 (B-cos v2, Böhle et al. TPAMI 2024): Adam "
+                   "1e-3, batch 64, cosine annealing over 100 epochs, BCE"),
+}
+
+
+def recipe_for(model: str) -> Recipe:
+    """The training recipe of registered ``model``'s family (:data:`RECIPES`; else CoDA's)."""
+    from attrib_bench.registry import MODELS
+
+    return RECIPES.get(str(MODELS.get(model).metadata.get("family")), RECIPES["coda"])
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run's result (stored in the checkpoint).
 
@@ -101,6 +137,18 @@ class TrainConfig:
     compile: bool = False
     lambda_reg: float = 0.0
 
+    @classmethod
+    def for_model(cls, model: str, **settings: Any) -> TrainConfig:
+        """``model``'s config with its family's :class:`Recipe` where ``settings`` is silent
+        (``None`` values count as silent): B-cos networks get the bcos package's CIFAR-10
+        recipe, CoDA-Nets and the rest the CoDA-Nets authors'."""
+        recipe = recipe_for(model)
+        given = {key: value for key, value in settings.items() if value is not None}
+        defaults = {"epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr,
+                    "schedule": "cosine" if given.get("time_budget") else recipe.schedule,
+                    "lr_reference_batch": recipe.batch_size}
+        return cls(model=model, **{**defaults, **given})
+
     @property
     def peak_lr(self) -> float:
         """``lr`` scaled to ``batch_size`` by ``lr_scaling``."""
@@ -120,6 +168,15 @@ class TrainConfig:
 
     def check(self) -> None:
         """One-line :class:`TrainError` for settings that cannot work together."""
+        from attrib_bench.registry import MODELS
+
+        metadata = MODELS.get(self.model).metadata
+        if metadata.get("trained"):
+            flags = (f" --temperature {metadata['temperature']:g} --norm {metadata['norm']}"
+                     if metadata.get("family") == "coda" else "")
+            raise TrainError(f"{self.model} names trained weights; train its architecture from "
+                             f"scratch with --model {metadata['architecture']}{flags} (fine-tuning "
+                             f"from the zoo's weights is not supported)")
         if not is_coda(self.model) and (self.temperature is not None or self.norm is not None):
             raise TrainError(f"--temperature and --norm set a CoDA-Net's logit temperature and DAU "
                              f"norm; {self.model} is not a CoDA-Net: drop them")

@@ -385,3 +385,50 @@ def test_the_budget_plan_is_the_longest_schedule_that_fits():
     # costs 10 + 4 + 1.5 + 0.5 = 16 s; e = 6 needs 21 steps: 10.5 + 4 + 1.75 + 0.5 = 16.75 s,
     # 22 steps 17.25 s: 21
     assert plan.planned_steps == 21
+
+
+def test_each_family_trains_with_its_published_recipe_unless_told_otherwise():
+    """Silent settings come from the family's recipe: the CoDA-Nets authors' (also for ResNets
+    and library models) or the bcos package's CIFAR-10 one; given values win; --time-budget
+    implies the cosine schedule."""
+    from attrib_bench.runners.train import RECIPES
+
+    coda, bcos = TrainConfig.for_model("xs-coda"), TrainConfig.for_model("bcos-resnet20")
+    assert (coda.epochs, coda.batch_size, coda.lr, coda.schedule) == (200, 16, 2.5e-4, "step")
+    assert (bcos.epochs, bcos.batch_size, bcos.lr, bcos.schedule) == (100, 64, 1e-3, "cosine")
+    assert bcos.lr_reference_batch == 64 and bcos.peak_lr == 1e-3
+    assert TrainConfig.for_model("resnet56").batch_size == RECIPES["coda"].batch_size
+    mine = TrainConfig.for_model("bcos-resnet20", epochs=3, lr=None, batch_size=128,
+                                 lr_scaling="sqrt")
+    assert (mine.epochs, mine.lr, mine.batch_size) == (3, 1e-3, 128)
+    assert mine.peak_lr == pytest.approx(1e-3 * 2 ** 0.5)  # scaled from the recipe's batch 64
+    assert TrainConfig.for_model("xs-coda", time_budget=60.0).schedule == "cosine"
+    assert TrainConfig.for_model("xs-coda").temperature == 1000.0  # __post_init__ still runs
+
+
+@pytest.mark.parametrize(("name", "fix"), [
+    ("xs-coda-sq-t1000", "--model xs-coda --temperature 1000 --norm sq"),
+    ("bcos-resnet20-cifar10", "--model bcos-resnet20 "),
+])
+def test_training_a_trained_zoo_name_names_its_architecture(name, fix):
+    """`train --model <trained name>` used to train that architecture from scratch under the
+    trained name; now it is one line naming the architecture to train, before any data."""
+    result = CliRunner().invoke(cli, ["train", "--model", name, "--data-root", "/nonexistent"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"{name} names trained weights; train its architecture from scratch with {fix}" \
+        in result.output
+
+
+def test_cli_trains_a_bcos_network_with_the_bcos_recipe(tmp_path):
+    """`train --model bcos-resnet20` without recipe flags records the bcos package's batch,
+    learning rate and schedule (it used to record the CoDA-Nets authors' batch 16, 2.5e-4)."""
+    pytest.importorskip("bcos")
+    data = _packed_tiny(tmp_path / "data")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--model", "bcos-resnet20", "--epochs", "1",
+                                      "--limit", "64", "--test-limit", "16", "--quiet",
+                                      "--data-root", str(data), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "bcos-resnet20.json").read_text())["config"]
+    assert (config["batch_size"], config["lr"], config["schedule"], config["epochs"]) == (
+        64, 1e-3, "cosine", 1)

@@ -11,7 +11,7 @@ from attrib_bench.checkpoints import sha256_file
 from attrib_bench.data import load_cifar10
 from attrib_bench.evaluation import predict_logits, top1_accuracy
 from attrib_bench.models.zoo import TRAINED
-from attrib_bench.registry import create_model, list_models
+from attrib_bench.registry import MODELS, create_model, list_models
 
 NAMES = sorted(TRAINED)
 
@@ -29,6 +29,26 @@ def test_shipped_file_matches_zoo_and_sidecar(name):
     sidecar = json.loads(path.with_suffix(".json").read_text())
     assert sidecar["sha256"] == cfg.sha256
     assert sidecar["config"]["temperature"] == TRAINED[name][1]
+
+
+@pytest.mark.parametrize("name", ["xs-coda-sq-t1000", "bcos-resnet20-cifar10"])
+def test_a_trained_name_loads_its_weights_unless_told_not_to(name):
+    """A name that stands for trained weights loads them by default (it used to give random
+    weights silently); ``pretrained=False`` gives the architecture's random init; an
+    architecture name stays randomly initialised, as in timm."""
+    if name.startswith("bcos"):
+        pytest.importorskip("bcos")
+    default = create_model(name).state_dict()
+    trained = create_model(name, pretrained=True).state_dict()
+    torch.manual_seed(0)
+    untrained = create_model(name, pretrained=False).state_dict()
+    assert all(torch.equal(default[k], trained[k]) for k in trained)
+    assert not all(torch.equal(untrained[k], trained[k]) for k in trained)
+    architecture = MODELS.get(name).metadata["architecture"]
+    torch.manual_seed(0)
+    assert not MODELS.get(architecture).metadata.get("trained")
+    fresh = create_model(architecture).state_dict()
+    assert all(torch.equal(fresh[k], untrained[k]) for k in fresh)
 
 
 #: The zoo entry whose recorded accuracy is re-measured on all 10 000 test images in the suite

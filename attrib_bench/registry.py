@@ -275,10 +275,33 @@ class MethodRegistry(Registry):
         message = message.removesuffix(f"; {LISTING_HINT}")
         return f"{message}; methods that apply to it: {', '.join(others) or 'none'}"
 
-    def applicable(self, model: object) -> list[str]:
-        """Registered method names whose required model attributes ``model`` has (sorted)."""
-        return [n for n in self.names()
-                if all(hasattr(model, attr) for attr in requirements(self.get(n).factory))]
+    def applicable(self, model: object, example: Any = None) -> list[str]:
+        """Registered method names whose required model attributes ``model`` has (sorted).
+
+        With ``example`` (a (B, 3, H, W) batch in [0, 1]) each such method is also built with its
+        defaults and its ``preflight`` checks run on the first image, as the runner does before
+        any work: a method that applies only to some models of a kind (DeepLift, which refuses a
+        non-linearity module called twice in one forward, as in torchvision's ResNets) is then
+        left out.
+        """
+        names = [n for n in self.names()
+                 if all(hasattr(model, attr) for attr in requirements(self.get(n).factory))]
+        if example is None:
+            return names
+        import torch
+
+        first = example[:1]
+        target = torch.zeros(len(first), dtype=torch.long, device=first.device)
+        kept = []
+        for name in names:
+            try:
+                method = self.get(name).factory(model)
+                if callable(getattr(method, "preflight", None)):
+                    method.preflight(first, target)
+            except NotApplicableError:
+                continue
+            kept.append(name)
+        return kept
 
 
 MODELS = Registry("model", builtins="attrib_bench.models")
@@ -313,9 +336,11 @@ def list_datasets(pattern: Patterns = "*", exclude: Patterns = ()) -> list[str]:
     return DATASETS.names(pattern, exclude)
 
 
-def applicable_methods(model: object) -> list[str]:
-    """Registered method names whose required model attributes ``model`` has."""
-    return METHODS.applicable(model)
+def applicable_methods(model: object, example: Any = None) -> list[str]:
+    """Registered method names that apply to ``model``: by its attributes, and with ``example``
+    (a (B, 3, H, W) batch in [0, 1]) also by each method's checks on a real input
+    (:meth:`MethodRegistry.applicable`)."""
+    return METHODS.applicable(model, example)
 
 
 def create_model(name: str, pretrained: bool | None = None, **kwargs: Any) -> Any:

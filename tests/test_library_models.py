@@ -28,7 +28,7 @@ from attrib_bench.errors import (
 )
 from attrib_bench.imageset import ImageSet
 from attrib_bench.models import library, protocols
-from attrib_bench.registry import MODELS, create_method, create_model
+from attrib_bench.registry import MODELS, applicable_methods, create_method, create_model
 from attrib_bench.runners import benchmark
 
 SIZE = 64
@@ -222,6 +222,17 @@ def test_deeplift_refuses_torchvision_resnets_reused_relu(tv_resnet):
     reused = "ReLU module 'model.layer1.0.relu'.* is called 2 times"
     with pytest.raises(NotApplicableError, match=reused):
         create_method("deeplift", tv_resnet).attribute(x, target)
+
+
+def test_applicable_methods_with_an_example_leaves_deeplift_out(tv_resnet):
+    """By attributes alone DeepLift looks applicable to a torchvision ResNet; with an example
+    input its reused-ReLU check runs, as in the runner, and it is left out; the rest stay."""
+    x, _ = _inputs(2)
+    by_attributes = applicable_methods(tv_resnet)
+    with_example = applicable_methods(tv_resnet, x)
+    assert "deeplift" in by_attributes and "deeplift" not in with_example
+    assert set(by_attributes) - set(with_example) == {"deeplift"}
+    assert {"grad", "ixg", "gradcam", "occlusion"} <= set(with_example)
 
 
 def test_timm_wrapper(timm_resnet):

@@ -129,9 +129,9 @@ class Localisation(Metric):
     def __init__(self, *, n: GridSize = 3, num_grids: int = 500, seed: int = 42) -> None:
         values = typed_hparams(f"metric {self.name!r}", Localisation, {
             "n": n, "num_grids": num_grids, "seed": seed})
-        if values["num_grids"] < 0:
-            raise MetricError(f"metric {self.name!r}: num_grids must be an int >= 0, "
-                              f"got {values['num_grids']!r}")
+        if values["num_grids"] < 1:
+            raise MetricError(f"metric {self.name!r}: num_grids must be an int >= 1 (grids to "
+                              f"draw), got {values['num_grids']!r}")
         super().__init__(**values)
         self.n, self.num_grids, self.seed = values["n"], values["num_grids"], values["seed"]
 

@@ -266,14 +266,25 @@ for _t, _sha, _acc, _note in (
 def checkpoint_kwargs(name: str, checkpoint: str | Path | None) -> dict[str, Any]:
     """A CoDA-Net's ``temperature`` and ``norm`` from the sidecar (``X.json``) that
     ``attrib-bench train`` writes beside ``X.safetensors``, so that ``--checkpoint X`` builds the
-    architecture the weights were trained with (T is not stored in the weights); {} otherwise."""
-    if checkpoint is None or MODELS.get(name).metadata.get("family") != "coda":
+    architecture the weights were trained with (T is not stored in the weights); {} otherwise.
+
+    A sidecar that names another model than ``name``'s architecture (a B-cos checkpoint given
+    with ``--model xs-coda``) is one :class:`CheckpointError` line naming the right ``--model``.
+    """
+    if checkpoint is None:
         return {}
     sidecar = Path(checkpoint).with_suffix(".json")
     if not sidecar.is_file():
         return {}
     config = json.loads(sidecar.read_text()).get("config", {})
-    return {key: config[key] for key in ("temperature", "norm") if key in config}
+    metadata = MODELS.get(name).metadata
+    trained_as = config.get("model")
+    if trained_as is not None and trained_as != metadata.get("architecture", name):
+        raise CheckpointError(f"{checkpoint} was trained as {trained_as} (its sidecar "
+                              f"{sidecar.name}), not {name}: pass --model {trained_as}")
+    if metadata.get("family") != "coda":
+        return {}
+    return {key: config[key] for key in ("temperature", "norm") if config.get(key) is not None}
 
 
 def zoo_sidecar(weights: str | Path, name: str, dest_dir: str | Path, *,

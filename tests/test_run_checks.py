@@ -117,6 +117,25 @@ def test_bad_settings_are_one_line_before_anything_is_written(tmp_path, setting,
     assert "\n" not in str(info.value) and not out.exists()
 
 
+@pytest.mark.parametrize("metric", ["localisation", "localisation-difull"])
+def test_zero_grids_is_refused_before_any_model_runs(tmp_path, metric, monkeypatch):
+    """`--set localisation.num_grids=0` used to pass, run the pool's logits pass and end in "no
+    results were produced"; like --n-samples 0 it is now one line before any work."""
+    from attrib_bench.errors import MetricError
+    from attrib_bench.runners import benchmark
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(benchmark, "_load_model", no_model)
+    out = tmp_path / "never"
+    with pytest.raises(MetricError, match=rf"^metric '{metric}': num_grids must be an int >= 1 "
+                                          r"\(grids to draw\), got 0$"):
+        run("resnet56", "grad", metric, out=out, progress=False,
+            settings=[f"{metric}.num_grids=0"])
+    assert not out.exists()
+
+
 def test_a_changed_default_never_reuses_cached_maps(tmp_path):
     def scaled(model, inputs, target, factor: float = 1.0):
         inputs = inputs.detach().requires_grad_(True)

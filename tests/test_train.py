@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from attrib_bench.checkpoints import sha256_file
 from attrib_bench.cli import cli
 from attrib_bench.data import ImageSet
-from attrib_bench.errors import ChecksumError
+from attrib_bench.errors import CheckpointError, ChecksumError
 from attrib_bench.registry import create_model
 from attrib_bench.runners.train import (
     TrainConfig,
@@ -319,7 +319,9 @@ def test_checkpoint_sidecar_gives_the_trained_temperature(tmp_path):
     path = tmp_path / "xs.safetensors"
     export(build_model(config), config, path, dataset="tiny", test_accuracy=None, epochs_done=1)
     assert checkpoint_kwargs("xs-coda", path) == {"temperature": 10.0, "norm": "sq"}
-    assert checkpoint_kwargs("resnet56", path) == {}
+    with pytest.raises(CheckpointError, match=r"was trained as xs-coda .*not resnet56: pass "
+                                              r"--model xs-coda$"):
+        checkpoint_kwargs("resnet56", path)
     for name in ("xs-coda", "xs-coda-sq-t1000"):  # a zoo name's own T is overridden, not doubled
         model = create_model(name, checkpoint=path, **checkpoint_kwargs(name, path))
         assert model.temperature == 10.0
@@ -432,3 +434,20 @@ def test_cli_trains_a_bcos_network_with_the_bcos_recipe(tmp_path):
     config = json.loads((out / "bcos-resnet20.json").read_text())["config"]
     assert (config["batch_size"], config["lr"], config["schedule"], config["epochs"]) == (
         64, 1e-3, "cosine", 1)
+
+
+def test_a_checkpoint_of_another_model_is_one_line_naming_the_model(tmp_path):
+    """`eval --model xs-coda --checkpoint <a ResNet-56 export>` used to end in a traceback from
+    the DAU (the sidecar's T and norm are None for other models); now one line."""
+    config = TrainConfig(model="resnet56", epochs=1)
+    path = tmp_path / "resnet56.safetensors"
+    export(build_model(config), config, path, dataset="tiny", test_accuracy=None, epochs_done=1)
+    for command in ("eval", "run"):
+        args = [command, "--model", "xs-coda", "--checkpoint", str(path)]
+        if command == "run":
+            args += ["--method", "grad", "--metric", "pixel-removal", "--out",
+                     str(tmp_path / "never")]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+        assert f"{path} was trained as resnet56 (its sidecar resnet56.json), not xs-coda: " \
+               "pass --model resnet56" in result.output

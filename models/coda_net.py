@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attrib_bench.backward import target_gradients
 from attrib_bench.checks import check_images
 from attrib_bench.models.dau import DAUConv2d, Formulation, Norm, explanation_mode
 
@@ -174,7 +175,8 @@ class CoDANet(nn.Module):
         explanation mode, so that ``x_enc * linear_map(x, target)`` is the contribution map and
         sums to logit_target − b0. Computed with autocast off, in the parameters' dtype.
 
-        ``create_graph=False``: one backward pass in explanation mode; the result is detached.
+        ``create_graph=False``: backward passes in explanation mode, one forward per distinct
+        input (:func:`~attrib_bench.backward.target_gradients`); the result is detached.
         ``create_graph=True``: differentiable in the parameters. The map is back-projected from
         the evidence through each layer's transposed map W_l(x_l)ᵀ, with the dynamic weights
         taken from a normal-mode forward and kept attached to the parameters (as the authors
@@ -190,14 +192,11 @@ class CoDANet(nn.Module):
         return self._linear_map_encoded(self.encode(x).detach(), target)
 
     def _linear_map_encoded(self, x_enc: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """:meth:`linear_map` of an encoded input (B, 6, H, W): one explanation-mode backward."""
-        x_enc = x_enc.detach().requires_grad_(True)
+        """:meth:`linear_map` of an encoded input (B, 6, H, W), in explanation mode."""
         with (torch.enable_grad(), torch.autocast(x_enc.device.type, enabled=False),
               explanation_mode(self)):
-            evidence = self.evidence_encoded(x_enc)
-            chosen = evidence.gather(1, target.view(-1, 1).to(evidence.device)).sum()
-            (grad,) = torch.autograd.grad(chosen, x_enc)
-        return grad.detach()
+            # one forward per distinct input: a grid explained for its n² cells runs once
+            return target_gradients(self.evidence_encoded, x_enc, target.view(-1))
 
     def forward_with_linear_map(self, x: torch.Tensor,
                                 target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,7 +227,7 @@ class CoDANet(nn.Module):
     def contributions(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The model-inherent contribution map W0→L(x)_target ⊙ x_enc: (B, 6, H, W).
 
-        One backward pass in explanation mode (:meth:`linear_map`). Summed over channels and
+        Backward passes in explanation mode (:meth:`linear_map`). Summed over channels and
         pixels it equals logit_target − b0 (the 1/T scaling is included). ``target``:
         LongTensor (B,).
         """

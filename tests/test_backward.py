@@ -55,22 +55,32 @@ def test_distinct_rows_are_one_forward_and_one_backward_like_autograd():
 
 @pytest.mark.parametrize("name", ["xs-coda", "resnet56"])
 def test_grid_batches_agree_with_captum(name):
-    """A localisation-shaped batch (each grid n² times, one target per cell): Grad and IxG equal
-    captum's Saliency and InputXGradient, DeepLIFT on the CoDA-Net equals captum's DeepLift."""
-    from captum.attr import DeepLift, InputXGradient, Saliency
+    """A localisation-shaped batch (each grid n² times, one target per cell): Grad, IxG and
+    IntGrad (5 steps, two rules, max_batch 3 so that steps are split into blocks) equal captum's
+    Saliency, InputXGradient and IntegratedGradients; DeepLIFT on the CoDA-Net equals captum's
+    DeepLift."""
+    from captum.attr import DeepLift, InputXGradient, IntegratedGradients, Saliency
 
     torch.manual_seed(0)
     model = create_model(name).eval()
-    grids = torch.rand(2, 3, 32, 32)
-    inputs = grids[:, None].expand(2, 4, 3, 32, 32).reshape(8, 3, 32, 32)
+    grids = torch.rand(2, 3, 16, 16)
+    inputs = grids[:, None].expand(2, 4, 3, 16, 16).reshape(8, 3, 16, 16)
     target = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
     leaf = inputs.clone().requires_grad_(True)
     reference = {"grad": Saliency(model).attribute(leaf, target=target, abs=False).sum(1),
                  "ixg": InputXGradient(model).attribute(leaf, target=target).sum(1)}
+    settings = {"grad": {}, "ixg": {}}
+    for rule in ("gausslegendre", "riemann_trapezoid"):
+        reference[f"intgrad-{rule}"] = IntegratedGradients(model).attribute(
+            leaf, baselines=torch.zeros_like(leaf), target=target, n_steps=5,
+            method=rule).sum(1)
+        settings[f"intgrad-{rule}"] = {"n_steps": 5, "rule": rule, "max_batch": 3}
     if name == "xs-coda":
         reference["deeplift"] = DeepLift(model).attribute(
             leaf, baselines=torch.zeros_like(leaf), target=target).sum(1)
+        settings["deeplift"] = {}
     for method, expected in reference.items():
-        maps = create_method(method, model).attribute(inputs, target)
+        maps = create_method(method.split("-")[0], model, **settings[method]).attribute(
+            inputs, target)
         scale = expected.abs().max()
         torch.testing.assert_close(maps / scale, expected.detach() / scale, rtol=0, atol=1e-5)

@@ -62,9 +62,9 @@ def main() -> None:
     for name in args.models.split(","):
         model = create_model(name, pretrained=bool(MODELS.get(name).metadata.get("trained")))
         model.eval()
-        plain_s, plain = _timed(lambda: _plain(model, inputs, target), args.repeats)
+        plain_s, plain = _timed(lambda m=model: _plain(m, inputs, target), args.repeats)
         with torch.enable_grad():
-            grouped_s, grouped = _timed(lambda: target_gradients(model, inputs, target),
+            grouped_s, grouped = _timed(lambda m=model: target_gradients(m, inputs, target),
                                         args.repeats)
         diff = ((grouped - plain).abs().max() / plain.abs().max()).item()
         print(f"| {name} | {plain_s:.2f} | {grouped_s:.2f} | {plain_s / grouped_s:.2f}× | "

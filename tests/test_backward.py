@@ -19,7 +19,7 @@ def _net() -> nn.Module:
 def _per_row(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The reference: one autograd call per row."""
     rows = []
-    for x, t in zip(inputs, target):
+    for x, t in zip(inputs, target, strict=True):
         leaf = x[None].clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(model(leaf)[0, t], leaf)
         rows.append(grad[0])

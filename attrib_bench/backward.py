@@ -3,11 +3,11 @@
 Grid localisation explains every n×n grid n² times, once per cell's class, so a batch holds each
 grid n² times in a row. A plain autograd call (captum's Saliency, InputXGradient) runs the model
 on all b·n² copies; :func:`target_gradients` runs it once per distinct input and then one
-backward per target of that input, keeping the graph between them. Measured on this 2-core CPU
-(one thread, 4 grids of 96 px, 9 targets each): 3.1× faster on xs-coda-sq-t1000 (28.0 s → 9.1 s),
-1.6× on ResNet-56 (5.1 s → 3.2 s), same gradients to 1.2e-7 relative (float rounding of the
-smaller batch). ``torch.autograd.grad(..., is_grads_batched=True)`` would do the backward passes
-in one vmap, but the CoDA-Nets' DAU layers have no batching rule.
+backward per target of that input, keeping the graph between them: 2.9× faster on
+xs-coda-sq-t1000, 1.9× on ResNet-56, same gradients to 2.2e-7 relative (float rounding of the
+smaller batch; ``benchmarks/grid_gradients.py``, recorded in ``benchmarks/README.md``).
+``torch.autograd.grad(..., is_grads_batched=True)`` would do the backward passes in one vmap,
+but the CoDA-Nets' DAU layers have no batching rule.
 """
 
 from __future__ import annotations
@@ -15,6 +15,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+
+def run_starts(inputs: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: True where row i of ``inputs`` (B, ...) differs from row i − 1 (and at 0), so
+    ``run_starts(x).sum()`` is the number of forward passes :func:`target_gradients` needs."""
+    b = inputs.shape[0]
+    starts = torch.ones(b, dtype=torch.bool, device=inputs.device)
+    if b > 1:
+        flat = inputs.detach().reshape(b, -1)
+        starts[1:] = (flat[1:] != flat[:-1]).any(dim=1)
+    return starts
 
 
 def target_gradients(forward: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor,
@@ -28,10 +39,7 @@ def target_gradients(forward: Callable[[torch.Tensor], torch.Tensor], inputs: to
     does). Returns a detached (B, ...) tensor in the inputs' dtype. Needs grad mode enabled.
     """
     b = inputs.shape[0]
-    flat = inputs.detach().reshape(b, -1)
-    starts = torch.ones(b, dtype=torch.bool, device=inputs.device)
-    if b > 1:
-        starts[1:] = (flat[1:] != flat[:-1]).any(dim=1)
+    starts = run_starts(inputs)
     group = torch.cumsum(starts.long(), 0) - 1  # (B,) index of each row's distinct input
     first = starts.nonzero().flatten()
     rank = torch.arange(b, device=inputs.device) - first[group]  # position within its run

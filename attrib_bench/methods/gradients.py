@@ -5,10 +5,10 @@ InputXGradient), ``intgrad`` (captum's IntegratedGradients) and ``deeplift`` (ca
 rescale rule). The paper's settings: RGB inputs, zero baselines, 20 integration steps. ``grad``,
 ``ixg`` and ``deeplift`` on a model without modules for DeepLift's rule are plain gradients, taken
 with :func:`attrib_bench.backward.target_gradients` (one forward per distinct input, so a
-localisation grid explained for its n² cells runs the model once, not n² times: 3.1× faster on a
-CoDA-Net) and tested against captum's results; captum computes the rest, and is imported when a
-method is built, not when the registry is listed. On a CoDA-Net, which has no ReLU (no
-non-linearity that DeepLift's rules replace), ``deeplift`` equals ``ixg``.
+localisation grid explained for its n² cells runs the model once, not n² times: 2.9× faster on
+xs-coda, ``benchmarks/README.md``) and tested against captum's results; captum computes the
+rest, and is imported when a method is built, not when the registry is listed. On a CoDA-Net,
+which has no ReLU (no non-linearity that DeepLift's rules replace), ``deeplift`` equals ``ixg``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attrib_bench.backward import target_gradients
+from attrib_bench.backward import run_starts, target_gradients
 from attrib_bench.errors import MethodError, NotApplicableError
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
 from attrib_bench.registry import register_method
@@ -95,9 +95,7 @@ class IntegratedGradients(AttributionMethod):
         self._weights, self._alphas = step_sizes(n_steps), alphas(n_steps)
 
     def _attribute_chunk(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        b = len(inputs)
-        flat = inputs.reshape(b, -1)
-        distinct = 1 + int((flat[1:] != flat[:-1]).any(dim=1).sum()) if b > 1 else b
+        distinct = int(run_starts(inputs).sum())  # forwards per step
         block = max(1, self.max_batch // max(distinct, 1))  # steps per forward
         total = torch.zeros_like(inputs)
         for start in range(0, self.n_steps, block):

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,3 +30,24 @@ def test_cpu_hours_sums_every_calls_part_seconds_times_threads(tmp_path):
     assert (cost["parts"], cost["seconds"], cost["threads"], cost["device"]) == (2, 2700.0, 2,
                                                                                  "cpu")
     assert cost["core_hours"] == 1.5
+
+
+def test_readme_tables_match_the_committed_runs():
+    """The README's reproduction tables are what results/readme_tables.py makes of results/."""
+    readme_tables = _load("readme_tables")
+    assert readme_tables.main(["--check"]) == 0
+
+
+def test_readme_tables_replace_only_the_table_after_each_heading():
+    readme_tables = _load("readme_tables")
+    difull = "**DiFull localisation**"
+    temps = "**The inherent maps' localisation by temperature T**"
+    text = (f"intro\n\n{difull} (words)\n\n| method | a |\n|---|---|\n| Grad | 1 |\n\n"
+            f"after\n\n{temps} x\n\n| T | 10 |\n|---|---|\n| old | 0 |\n")
+    new = {difull: "| method | b |\n|---|---|\n| Grad | 2 |",
+           temps: "| T | 10 |\n|---|---|\n| new | 1 |"}
+    out = readme_tables.replace_tables(text, new)
+    assert out == text.replace("| method | a |\n|---|---|\n| Grad | 1 |",
+                               new[difull]).replace("| old | 0 |", "| new | 1 |")
+    with pytest.raises(SystemExit, match="DiFull"):
+        readme_tables.replace_tables("no tables here", new)

@@ -1,0 +1,133 @@
+"""Write (or check) the README's reproduction tables from the committed run folders.
+
+    python results/readme_tables.py            # rewrite the tables in README.md
+    python results/readme_tables.py --check    # exit 1 when README.md differs from the tables
+
+Each cell is "mean [ci_low, ci_high] (n)" from the runs' ``summary.csv`` (read with
+:func:`attrib_bench.plots.load_runs`, which refuses two runs holding the same part), so a table
+always states the n it was computed on. A table is found by the bold heading that opens its
+paragraph (``TABLES``' keys) and replaced from its ``| method |`` (or ``| T |``) line to the next
+blank line; the prose around it is not touched. The paper's figures in the first localisation
+column and in the temperature row are the authors' means for S-CoDA-SQ (Böhle et al., CVPR 2021,
+Fig. 6 and the temperature study), quoted, not computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from attrib_bench.plots import load_runs
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ["xs-coda-sq-t10", "xs-coda-sq-t50", "xs-coda-sq-t100", "xs-coda-sq-t500",
+          "xs-coda-sq-t1000", "xs-coda-sq-t5000", "resnet56", "bcos-resnet20-cifar10"]
+METHODS = {"inherent": "inherent W(x)⊙x", "grad": "Grad", "ixg": "IxG", "intgrad": "IntGrad",
+           "deeplift": "DeepLIFT", "gradcam": "GradCAM", "occ5": "Occ5", "occ9": "Occ9",
+           "rise": "RISE", "lime": "LIME"}
+PAPER_LOCALISATION = {"inherent": "0.912", "grad": "0.144", "ixg": "0.144", "intgrad": "0.154",
+                      "deeplift": "0.144", "gradcam": "0.726", "occ5": "0.563", "occ9": "0.842"}
+PAPER_TEMPERATURES = {10: "0.314", 50: "0.445", 100: "0.637", 500: "0.840", 1000: "0.912",
+                      5000: "0.908"}
+# heading that opens the paragraph -> (metric, variant, stat)
+TABLES = {
+    "**Localisation** (3×3 grids": ("localisation", "", "score"),
+    "**DiFull localisation**": ("localisation-difull", "", "score"),
+    "**Pixel removal, least important first**": ("pixel-removal", "least-first", "prob-auc"),
+    "**Pixel removal, most important first**": ("pixel-removal", "most-first", "prob-auc"),
+}
+TEMPERATURE_HEADING = "**The inherent maps' localisation by temperature T**"
+
+
+def cell(summary: pd.DataFrame, model: str, method: str, metric: str, variant: str,
+         stat: str) -> str:
+    """"mean [ci_low, ci_high] (n)" of one summary row, or "–" when the runs lack it."""
+    row = summary[(summary.model == model) & (summary.method == method)
+                  & (summary.metric == metric) & (summary.variant.fillna("") == variant)
+                  & (summary.stat == stat)]
+    if row.empty:
+        return "–"
+    if len(row) > 1:
+        raise SystemExit(f"{len(row)} summary rows for {model} / {method} / {metric} {variant}")
+    r = row.iloc[0]
+    return f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] ({int(r['n'])})"
+
+
+def method_table(summary: pd.DataFrame, metric: str, variant: str, stat: str) -> str:
+    """One markdown table: a row per method with any figure, a column per model present."""
+    models = [m for m in MODELS if m in set(summary.model)]
+    paper = metric == "localisation"
+    head = (["paper: S-CoDA-SQ T = 1000 (500 grids)"] if paper else []) + models
+    lines = ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for method, label in METHODS.items():
+        cells = [cell(summary, m, method, metric, variant, stat) for m in models]
+        if set(cells) == {"–"}:
+            continue
+        if paper:
+            cells = [PAPER_LOCALISATION.get(method, "–"), *cells]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def temperature_table(summary: pd.DataFrame) -> str:
+    """The inherent maps' localisation per temperature: the paper's row, then ours with n."""
+    temps = list(PAPER_TEMPERATURES)
+    ours = [cell(summary, f"xs-coda-sq-t{t}", "inherent", "localisation", "", "score")
+            for t in temps]
+    return "\n".join(["| T | " + " | ".join(map(str, temps)) + " |",
+                      "|---|" + "---|" * len(temps),
+                      "| paper (S-CoDA-SQ, 500 grids) | "
+                      + " | ".join(PAPER_TEMPERATURES.values()) + " |",
+                      "| here (xs-coda-sq), (n) = grids | " + " | ".join(ours) + " |"])
+
+
+def tables(results: list[Path]) -> dict[str, str]:
+    """Heading → table text, for every table this script owns."""
+    summary = load_runs([str(p) for p in results]).summary
+    out = {heading: method_table(summary, *spec) for heading, spec in TABLES.items()}
+    out[TEMPERATURE_HEADING] = temperature_table(summary)
+    return out
+
+
+def replace_tables(readme: str, new: dict[str, str]) -> str:
+    """``readme`` with the table after each heading replaced; SystemExit when one is missing."""
+    for heading, table in new.items():
+        if heading not in readme:
+            raise SystemExit(f"README.md has no paragraph opening with {heading!r}")
+        start = readme.index(heading)
+        first = min(i for i in (readme.find("\n| method |", start), readme.find("\n| T |", start))
+                    if i >= 0) + 1
+        end = readme.find("\n\n", first)
+        end = end if end >= 0 else len(readme.rstrip("\n"))
+        readme = readme[:first] + table + readme[end:]
+    return readme
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, action="append",
+                        help="run folders' root (default: results/cifar10)")
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--check", action="store_true",
+                        help="do not write; exit 1 when the README's tables are stale")
+    args = parser.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    updated = replace_tables(text, tables(args.results or [REPO / "results" / "cifar10"]))
+    if args.check:
+        if updated != text:
+            print(f"{args.readme}: the reproduction tables differ from the committed runs; "
+                  "run python results/readme_tables.py", file=sys.stderr)
+            return 1
+        print(f"{args.readme}: the reproduction tables match the committed runs")
+        return 0
+    if updated != text:
+        args.readme.write_text(updated, encoding="utf-8")
+    print(f"{args.readme}: {'updated' if updated != text else 'already current'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

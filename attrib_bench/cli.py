@@ -13,6 +13,7 @@ import torch
 
 from attrib_bench.errors import AttribBenchError
 from attrib_bench.registry import DATASETS, METHODS, METRICS, MODELS, Registry, load_plugins
+from attrib_bench.runners.train import RECIPES
 
 
 class _Group(click.Group):
@@ -212,6 +213,13 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
                f"({correct}/{len(images)}) in {seconds:.1f} s on {torch_device}")
 
 
+def _recipe_default(field: str) -> str:
+    """ "16 for CoDA-Nets and others, 64 for B-cos": ``field`` of each recipe in RECIPES."""
+    names = {"coda": "CoDA-Nets and others", "bcos": "B-cos"}
+    return ", ".join(f"{getattr(r, field)} for {names.get(family, family)}"
+                     for family, r in RECIPES.items())
+
+
 @cli.command("train")
 @click.option("--model", "model_name", default="xs-coda", show_default=True)
 @click.option("--temperature", type=float, default=None,
@@ -221,20 +229,20 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
               help="CoDA-Net DAU norm (default: sq).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Epochs (with --time-budget: at most this many) [default: the family's "
-                   "recipe: 200 for CoDA-Nets and others, 100 for B-cos].")
+                   f"recipe: {_recipe_default('epochs')}].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="[default: the recipe's: 16 for CoDA-Nets and others, 64 for B-cos]")
+              help=f"[default: the recipe's: {_recipe_default('batch_size')}]")
 @click.option("--lr", type=float, default=None,
               help="Peak Adam learning rate at the recipe's batch size (see --lr-scaling) "
-                   "[default: 2.5e-4 for CoDA-Nets and others, 1e-3 for B-cos].")
+                   f"[default: {_recipe_default('lr')}].")
 @click.option("--lr-scaling", type=click.Choice(["none", "sqrt", "linear"]), default="none",
               show_default=True,
               help="Scale --lr from the recipe's batch size to --batch-size: sqrt(ratio) "
                    "(Adam's rule) or the ratio.")
 @click.option("--schedule", type=click.Choice(["step", "cosine"]), default=None,
               help="step: ÷1.5 every 30 epochs (the CoDA-Nets authors'); cosine: to 0 (the "
-                   "bcos package's, and the default with --time-budget) [default: the "
-                   "recipe's].")
+                   "bcos package's, and the default with --time-budget) [default: "
+                   f"{_recipe_default('schedule')}].")
 @click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
 @click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="SECONDS",

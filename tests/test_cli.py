@@ -82,3 +82,13 @@ def test_eval_resnet56_full_test_set_matches_published_accuracy(data_root, weigh
     result = _run("eval", "--model", "resnet56", "--data-root", str(data_root))
     assert result.exit_code == 0, result.output
     assert "top-1 93.39 % (9339/10000)" in result.output
+
+
+def test_train_help_states_each_recipes_defaults_from_recipes():
+    from attrib_bench.runners.train import RECIPES
+
+    text = " ".join(CliRunner().invoke(cli, ["train", "--help"], terminal_width=400).output.split())
+    for family, label in (("coda", "CoDA-Nets and others"), ("bcos", "B-cos")):
+        recipe = RECIPES[family]
+        for value in (recipe.epochs, recipe.batch_size, recipe.lr, recipe.schedule):
+            assert f"{value} for {label}" in text, (family, value)

@@ -367,12 +367,14 @@ def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwr
 
 
 def _part_seconds(jobs: list[PartJob], done: list[ChunkResult]) -> list[dict[str, Any]]:
-    """Per part, the seconds its chunks took in this run (0 for a part that was complete)."""
+    """Per part, the seconds its chunks took in this run (0 for a part that was complete) and
+    the method as built on the part's model (``method``'s repr: its resolved settings)."""
     seconds: dict[tuple[str, str, str], float] = defaultdict(float)
     for result in done:
         seconds[result.key] += result.seconds
     return [{"model": job.part.model, "method": job.part.method, "metric": job.part.metric,
-             "seconds_this_run": round(seconds[job.part.key], 3)} for job in jobs]
+             "seconds_this_run": round(seconds[job.part.key], 3), "built": job.method_repr}
+            for job in jobs]
 
 
 @dataclass
@@ -489,7 +491,7 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
                      "class": type(method).__qualname__},
                     {"name": metric_name, **config.metric_hparams[metric_name],
                      "n_samples": n_samples},
-                    config.dataset, config.seed, config.chunk_size, cache))
+                    config.dataset, config.seed, config.chunk_size, cache, repr(method)))
     if not config.all_methods:  # a named method must apply to at least one model
         planned = {job.method for job in jobs}
         for name, exc in refused.items():

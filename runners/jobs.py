@@ -193,7 +193,8 @@ class PartJob:
     ``model``: the metric's view of the model (:meth:`Metric.prepare_model`); ``method_config``
     the method's full configuration (defaults and the run's seed included); ``method_id`` what
     the results' ``method_config`` column and the attribution-cache key hold; ``cache`` the
-    attribution cache's folder (None: no cache).
+    attribution cache's folder (None: no cache); ``method_repr`` the built method's ``repr``
+    (what its defaults resolved to on this model, e.g. GradCAM's layer), for the manifest only.
     """
 
     part: Part
@@ -208,6 +209,7 @@ class PartJob:
     seed: int
     chunk_size: int
     cache: Store | None
+    method_repr: str = ""
 
     @property
     def method(self) -> str:

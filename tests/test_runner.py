@@ -357,3 +357,19 @@ def test_n_samples_replaces_the_protocol_count_of_the_registered_metrics():
     assert config.metric_hparams["pixel-removal"]["num_images"] == 7
     assert config.metric_hparams["randomisation"]["num_images"] == 7
     assert "localisation" not in config.defaults_from_data["metrics"]
+
+
+def test_manifest_records_each_parts_method_as_built_on_its_model(toy, tmp_path):
+    """GradCAM's default layer is resolved per model; the manifest says which one was hooked."""
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 3))
+    out = tmp_path / "run"
+    run({"conv": conv}, "gradcam,grad", "toy-mass", dataset=toy.toy_data(), out=out,
+        progress=False, n_samples=4)
+    parts = {p["method"]: p["built"]
+             for p in json.loads((out / "manifest.json").read_text())["parts"]}
+    assert parts["gradcam"].startswith("GradCAM(layer='2', ")  # the last Conv2d, found
+    assert parts["grad"] == "Grad(max_batch=64, seed=0)"

@@ -5,7 +5,9 @@
 
 Removes the rows of the matching (model, method, metric) parts from RUN's ``results.parquet``
 and ``results.csv``, recomputes ``summary.csv`` from the rows that stay (the runner's own
-:func:`~attrib_bench.runners.benchmark.summarise`, with the run's metric settings), drops the
+:func:`~attrib_bench.runners.benchmark.summarise`, with the run's metric settings), writes the
+three tables as the runner does and records their new sha256 in the manifest's ``tables_sha256``
+(which ``plot`` checks), drops the
 sample-set entries no part uses any more, and records what was taken out, by which run and why
 in ``manifest.json`` (``superseded``). The rows that stay are not touched. Refuses to remove
 parts that ``--by`` does not hold, so no (model, method, metric) is lost.
@@ -25,8 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from attrib_bench.registry import create_metric
-from attrib_bench.runners.benchmark import ID_COLUMNS, summarise
-from attrib_bench.runners.storage import atomic_write
+from attrib_bench.runners.benchmark import ID_COLUMNS, summarise, write_tables
+from attrib_bench.runners.storage import Store, atomic_write
 
 
 def _parts(rows: pd.DataFrame) -> set[tuple[str, str, str]]:
@@ -55,9 +57,7 @@ def supersede(run: Path, by: Path, reason: str, models: list[str], methods: list
     metric_objects = {name: create_metric(name, **settings.get(name, {}))
                       for name in kept["metric"].unique()}
     summary = summarise(kept, metric_objects, manifest["config"].get("seed", 0))
-    atomic_write(run / "results.parquet", lambda tmp: kept.to_parquet(tmp, index=False))
-    atomic_write(run / "results.csv", lambda tmp: kept.to_csv(tmp, index=False))
-    atomic_write(run / "summary.csv", lambda tmp: summary.to_csv(tmp, index=False))
+    manifest["tables_sha256"] = write_tables(Store(run), kept, summary)
     used = {f"{m}/{metric}" for m, _, metric in _parts(kept)}
     manifest["samples"] = {k: v for k, v in manifest.get("samples", {}).items() if k in used}
     still = set(kept["model"])

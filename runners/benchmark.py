@@ -75,7 +75,7 @@ from attrib_bench.runners.settings import (
     sample_count_key,
     split_names,
 )
-from attrib_bench.runners.storage import Store
+from attrib_bench.runners.storage import Store, parquet_bytes
 
 #: Leading columns of the results table, in order (metric-specific columns follow ``value``).
 ID_COLUMNS = ("model", "method", "metric")
@@ -346,7 +346,7 @@ def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwr
                .reset_index().to_dict("records"))
     results = results.drop(columns="seconds")
     summary = summarise(results, plan.metrics, config.seed)
-    digests = _write_tables(out, results, summary)
+    digests = write_tables(out, results, summary)
     manifest = {"config": config.identity(), "defaults_from_data": config.defaults_from_data,
                 "tables_sha256": digests,
                 "parts": _part_seconds(plan.jobs, done),
@@ -541,12 +541,12 @@ def _gather(out: Store, config: RunConfig, parts: list[Part]) -> pd.DataFrame:
     return results
 
 
-def _write_tables(out: Store, results: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
-    """Write the run's tables; returns {file name: sha256} for the manifest, against which
-    :func:`attrib_bench.plots.load_run` checks them (a table edited afterwards is refused)."""
-    parquet = io.BytesIO()
-    results.to_parquet(parquet, index=False)
-    tables = {"results.parquet": parquet.getvalue(),
+def write_tables(out: Store, results: pd.DataFrame, summary: pd.DataFrame) -> dict[str, str]:
+    """Write a run's tables (``results.parquet`` via :func:`parquet_bytes`, ``results.csv``,
+    ``summary.csv``) atomically into ``out``; returns {file name: sha256} for the manifest's
+    ``tables_sha256``, against which :func:`attrib_bench.plots.load_run` checks them (a table
+    edited afterwards is refused)."""
+    tables = {"results.parquet": parquet_bytes(results),
               "results.csv": results.to_csv(index=False).encode(),
               "summary.csv": summary.to_csv(index=False).encode()}
     for name, data in tables.items():

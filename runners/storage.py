@@ -9,6 +9,7 @@ object store shows an object whole or not at all.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tempfile
@@ -27,6 +28,22 @@ os.umask(_UMASK)  # read once (umask can only be read by setting it)
 def slug(name: str) -> str:
     """A file-system-safe file or folder name for a model, method or metric name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "_"
+
+
+def parquet_bytes(table: pd.DataFrame) -> bytes:
+    """``table`` as Parquet bytes, zstd-compressed, float columns byte-stream-split.
+
+    Lossless and read by any pandas/pyarrow: the float64 values (pixel-removal curves at the
+    paper's n are most of a run's table) compress poorly as they are; splitting their bytes
+    into streams first makes zstd find the shared exponents. On a 705 480-row run
+    (``results/cifar10/gradient-bcos``) 3.9 MB instead of pandas' default snappy 5.5 MB.
+    """
+    floats = [c for c in table.columns if pd.api.types.is_float_dtype(table[c].dtype)]
+    others = [c for c in table.columns if c not in floats]
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False, compression="zstd", use_byte_stream_split=floats,
+                     use_dictionary=others)
+    return buffer.getvalue()
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:

@@ -51,3 +51,37 @@ def test_readme_tables_replace_only_the_table_after_each_heading():
                                new[difull]).replace("| old | 0 |", "| new | 1 |")
     with pytest.raises(SystemExit, match="DiFull"):
         readme_tables.replace_tables("no tables here", new)
+
+
+def test_supersede_removes_the_newer_runs_parts_and_keeps_the_tables_verifiable(tmp_path):
+    """After supersede.py the old run holds only the parts the newer one lacks, its summary is
+    recomputed from them, and plot's sha256 check of the rewritten tables passes."""
+    import pandas as pd
+    import torch
+    from torch import nn
+
+    from attrib_bench.data import ImageSet
+    from attrib_bench.plots import load_run
+    from attrib_bench.runners.benchmark import run
+
+    supersede = _load("supersede")
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=g),
+                    torch.randint(0, 3, (12,), generator=g), ("a", "b", "c"), "toy")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
+    settings = {"metric_hparams": {"pixel-removal": {"steps": 4}}, "dataset": data,
+                "progress": False, "n_samples": 4}
+    old, new = tmp_path / "old", tmp_path / "new"
+    run({"lin": model}, "grad,ixg", "pixel-removal", out=old, **settings)
+    run({"lin": model}, "grad", "pixel-removal", out=new, **settings)
+    with pytest.raises(SystemExit, match="does not hold"):
+        supersede.supersede(old, new, "test", ["lin"], None, None)  # ixg is not in new
+    ixg_before = pd.read_parquet(old / "results.parquet").query("method == 'ixg'")
+    removed = supersede.supersede(old, new, "test", ["lin"], ["grad"], None)
+    assert removed == [("lin", "grad", "pixel-removal")]
+    tables = load_run(old)  # raises if a table's sha256 is not the manifest's
+    assert set(tables.results["method"]) == set(tables.summary["method"]) == {"ixg"}
+    pd.testing.assert_frame_equal(tables.results, ixg_before.reset_index(drop=True))
+    assert tables.manifest["superseded"][0]["parts"] == [
+        {"model": "lin", "method": "grad", "metric": "pixel-removal"}]

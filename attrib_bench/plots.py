@@ -821,23 +821,37 @@ def _map_colourbar(fig: Figure, axes: Sequence[plt.Axes]) -> None:
 
 
 def contribution_sheet(grid: np.ndarray, maps: np.ndarray, labels: Sequence[str],
-                       title: str = "") -> Figure:
+                       title: str = "", n: int | None = None) -> Figure:
     """Fig. 7: a multi-image (3, nH, nW) and one map per cell's class (K, nH, nW) on the whole
-    grid, each map centred at zero with its own symmetric scale (one shared colour bar)."""
+    grid, each map centred at zero with its own symmetric scale (one shared colour bar).
+
+    With ``n`` (the grid's side, K = n²) and map k explaining cell k = col·n + row (the order of
+    :func:`attrib_bench.metrics.localisation.split_cells`), the maps stand as the cells do: the
+    input in the first column, then an n×n block whose panel (row, col) is the evidence for the
+    class in cell (row, col). Otherwise the panels follow the maps' order, five to a row.
+    """
     k = len(maps)
-    cols = min(k + 1, 5)
-    rows = int(np.ceil((k + 1) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 0.8, 2.5 * rows), squeeze=False,
-                             layout="constrained")
-    flat = axes.ravel()
-    _show_image(flat[0], grid)
-    flat[0].set_title(f"input ({k} cells, {k} classes)", fontsize="small")
-    for ax, heat, label in zip(flat[1:], maps, labels, strict=False):
+    if n is not None and n * n == k:
+        fig, axes = plt.subplots(n, n + 1, figsize=(2.3 * (n + 1) + 0.8, 2.5 * n),
+                                 squeeze=False, layout="constrained")
+        first = axes[0, 0]
+        panels = [axes[cell % n, cell // n + 1] for cell in range(k)]  # cell = col·n + row
+        spare = list(axes[1:, 0])
+    else:
+        cols = min(k + 1, 5)
+        rows = int(np.ceil((k + 1) / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 0.8, 2.5 * rows),
+                                 squeeze=False, layout="constrained")
+        first, *rest = axes.ravel()
+        panels, spare = rest[:k], rest[k:]
+    _show_image(first, grid)
+    first.set_title(f"input ({k} cells, {k} classes)", fontsize="small")
+    for ax, heat, label in zip(panels, maps, labels, strict=False):
         _show_map(ax, heat)
         ax.set_title(f"evidence for {label}", fontsize="small")
-    for ax in flat[k + 1:]:
+    for ax in spare:
         ax.axis("off")
-    _map_colourbar(fig, flat)
+    _map_colourbar(fig, axes.ravel())
     _suptitle(fig, title or "Per-class contribution maps on a multi-image")
     return fig
 
@@ -910,7 +924,8 @@ def example_figures(folder: Path) -> dict[str, Figure]:
         if ex.grid is not None:
             figures[f"contributions-{ex.model}"] = contribution_sheet(
                 ex.grid, ex.grid_maps, ex.grid_labels,
-                f"{ex.model}: contribution maps on a {ex.grid_n}×{ex.grid_n} multi-image")
+                f"{ex.model}: contribution maps on a {ex.grid_n}×{ex.grid_n} multi-image",
+                n=ex.grid_n)
         if ex.maps:
             figures[f"methods-{ex.model}"] = method_sheet(
                 ex.images, ex.maps, ex.labels, f"{ex.model}: maps of each method",

@@ -776,3 +776,19 @@ def test_committed_reproduction_regenerates_every_committed_figure(tmp_path):
     assert result.exit_code == 0, result.output
     written = {p.name: Image.open(p).size for p in tmp_path.glob("*.png")}
     assert written == committed
+
+
+def test_grid_contribution_sheet_places_each_map_where_its_cell_is():
+    """Map k explains cell k = col·n + row; on the sheet it stands at (row, col) of an n×n block
+    right of the input, so the evidence panels read like the multi-image itself."""
+    n = 3
+    rng = np.random.default_rng(3)
+    labels = [f"class {k}" for k in range(n * n)]
+    fig = contribution_sheet(rng.random((3, 24, 24)), rng.standard_normal((n * n, 24, 24)),
+                             labels, n=n)
+    where = {ax.get_title(): (ax.get_subplotspec().rowspan.start,
+                              ax.get_subplotspec().colspan.start)
+             for ax in fig.axes if ax.get_images()}
+    assert where.pop("input (9 cells, 9 classes)") == (0, 0)
+    assert where == {f"evidence for class {k}": (k % n, k // n + 1) for k in range(n * n)}
+    _assert_texts_inside(fig)

@@ -4,11 +4,13 @@
 
 Prints a Markdown table: per run folder, its parts, the seconds its parts took summed over every
 call that computed them (``seconds_per_part_all_runs``: resumed runs add up, cached parts count
-once, when they were computed), the torch threads and device the manifest records for its last
-call, and core-hours = seconds × threads / 3600 (an upper bound of the CPU time: a thread may
-wait). Sample drawing (the pool pass over the test set) is not in the part seconds. A folder whose
-chunks were computed elsewhere (``results/cifar10-gpu``: on a lent H200, aggregated on the CPU)
-records that machine's seconds only if its manifest came from there; its README says which.
+once, when they were computed), where they ran, CPU core-hours = seconds × torch threads / 3600
+(an upper bound of the CPU time: a thread may wait) and GPU hours. Since 2026-11-30 each chunk
+records where it ran (``seconds_by_compute``: "cpu x1", "cuda NVIDIA H200"); chunks from before
+count as run where the manifest's last call ran (its ``hardware``), which is wrong for a folder
+whose chunks were computed on another machine and gathered here: ``results/cifar10-gpu``'s 70 s
+are H200 seconds (its README), listed as CPU. Sample drawing (the pool pass over the test set) is
+not in the part seconds.
 """
 
 from __future__ import annotations
@@ -20,17 +22,26 @@ from pathlib import Path
 
 
 def folder_cost(manifest_path: Path) -> dict[str, object]:
-    """One run folder's parts, part seconds, threads, device and core-hours."""
+    """One run folder's parts, part seconds, where they ran, CPU core-hours and GPU hours."""
     manifest = json.loads(manifest_path.read_text())
     parts = manifest.get("seconds_per_part_all_runs") or []
-    seconds = sum(float(p["seconds"]) for p in parts)
     hardware = str(manifest.get("hardware", ""))
     threads = re.search(r"(\d+) torch threads", hardware)
-    n_threads = int(threads.group(1)) if threads else 1
     device = re.search(r"device (\S+)", hardware)
-    return {"run": str(manifest_path.parent), "parts": len(parts), "seconds": seconds,
-            "threads": n_threads, "device": device.group(1) if device else "?",
-            "core_hours": seconds * n_threads / 3600}
+    last_call = (f"cpu x{int(threads.group(1)) if threads else 1}"
+                 if not device or device.group(1) == "cpu" else device.group(1))
+    by_compute: dict[str, float] = {}
+    for part in parts:
+        for label, seconds in (part.get("seconds_by_compute")
+                               or {"unknown": part["seconds"]}).items():
+            label = last_call if label == "unknown" else label
+            by_compute[label] = by_compute.get(label, 0.0) + float(seconds)
+    core_seconds = sum(s * int(label.split("x")[1]) for label, s in by_compute.items()
+                       if label.startswith("cpu x"))
+    gpu_seconds = sum(s for label, s in by_compute.items() if not label.startswith("cpu"))
+    return {"run": str(manifest_path.parent), "parts": len(parts),
+            "seconds": sum(by_compute.values()), "where": by_compute,
+            "core_hours": core_seconds / 3600, "gpu_hours": gpu_seconds / 3600}
 
 
 def main() -> None:
@@ -39,16 +50,17 @@ def main() -> None:
     args = parser.parse_args()
     rows = [folder_cost(path) for folder in args.results
             for path in sorted(folder.glob("*/manifest.json"))]
-    print("| run folder | parts | part seconds (all calls) | torch threads | device | "
-          "core-hours |")
+    print("| run folder | parts | part seconds (all calls) | where (seconds) | CPU core-hours | "
+          "GPU hours |")
     print("|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| `{row['run']}` | {row['parts']} | {row['seconds']:.0f} | {row['threads']} | "
-              f"{row['device']} | {row['core_hours']:.2f} |")
-    total = sum(float(r["core_hours"]) for r in rows)
+        where = ", ".join(f"{k}: {v:.0f}" for k, v in sorted(row["where"].items()))
+        print(f"| `{row['run']}` | {row['parts']} | {row['seconds']:.0f} | {where} | "
+              f"{row['core_hours']:.2f} | {row['gpu_hours']:.3f} |")
     print(f"| **total** | {sum(int(r['parts']) for r in rows)} | "
-          f"{sum(float(r['seconds']) for r in rows):.0f} | | | **{total:.2f}** |")
-
+          f"{sum(float(r['seconds']) for r in rows):.0f} | | "
+          f"**{sum(float(r['core_hours']) for r in rows):.2f}** | "
+          f"**{sum(float(r['gpu_hours']) for r in rows):.3f}** |")
 
 if __name__ == "__main__":
     main()

@@ -342,9 +342,8 @@ def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwr
     _report_corrupt(out, corrupt)
     done = executor.evaluate(todo, device)
     results = _gather(out, config, [job.part for job in plan.jobs])
-    timings = (results.groupby(list(ID_COLUMNS), sort=False)["seconds"].sum().round(3)
-               .reset_index().to_dict("records"))
-    results = results.drop(columns="seconds")
+    timings = part_timings(results)
+    results = results.drop(columns=["seconds", "compute"], errors="ignore")
     summary = summarise(results, plan.metrics, config.seed)
     digests = write_tables(out, results, summary)
     manifest = {"config": config.identity(), "defaults_from_data": config.defaults_from_data,
@@ -364,6 +363,24 @@ def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwr
         print(f"warning: {flagged} rows have non-finite values (flag 'nonfinite'); "
               "they are kept in results and left out of the summary", file=sys.stderr)
     return results
+
+
+def part_timings(results: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per part, the seconds its chunks took over every call that computed them (``seconds``),
+    and split by where they ran (``seconds_by_compute``: :func:`~attrib_bench.runners.jobs.
+    compute_label` → seconds; "unknown" for chunks written before 2026-11-30, which did not
+    record it). ``results``: the gathered chunk rows with their ``seconds`` and ``compute``."""
+    compute = (results["compute"].fillna("unknown") if "compute" in results
+               else pd.Series("unknown", index=results.index))
+    frame = results[list(ID_COLUMNS)].assign(seconds=results["seconds"], compute=compute)
+    timings = []
+    for key, part in frame.groupby(list(ID_COLUMNS), sort=False):
+        by_compute = part.groupby("compute", sort=True)["seconds"].sum()
+        timings.append({**dict(zip(ID_COLUMNS, key, strict=True)),
+                        "seconds": round(float(part["seconds"].sum()), 3),
+                        "seconds_by_compute": {str(k): round(float(v), 3)
+                                               for k, v in by_compute.items()}})
+    return timings
 
 
 def _part_seconds(jobs: list[PartJob], done: list[ChunkResult]) -> list[dict[str, Any]]:

@@ -290,6 +290,17 @@ class ChunkResult:
     peak_rss_mb: float | None = None
 
 
+def compute_label(device: torch.device) -> str:
+    """Where a chunk ran, for the manifest's accounting: "cpu x2" (torch threads) or
+    "cuda NVIDIA H200" (the GPU's name); other devices by their type."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return f"cpu x{torch.get_num_threads()}"
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
 def evaluate_chunk(chunk: ChunkJob, device: torch.device, *, model: nn.Module | None = None,
                    samples: SampleSet | None = None) -> ChunkResult:
     """Evaluate one chunk and write its rows atomically.
@@ -313,6 +324,7 @@ def evaluate_chunk(chunk: ChunkJob, device: torch.device, *, model: nn.Module | 
     rows = job.finish_rows(rows)
     elapsed = time.perf_counter() - start
     rows["seconds"] = elapsed / max(len(rows), 1)  # per-row share: sums to wall time
+    rows["compute"] = compute_label(device)  # like seconds, for the manifest, not the tables
     path = job.part.write_chunk(chunk.index, rows)
     return ChunkResult(chunk.key, chunk.index, path, len(chunk.ids), elapsed, cache.stats)
 

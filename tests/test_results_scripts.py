@@ -27,9 +27,23 @@ def test_cpu_hours_sums_every_calls_part_seconds_times_threads(tmp_path):
                                                "metric": "localisation", "seconds": 900.0}]}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     cost = cpu_hours.folder_cost(tmp_path / "manifest.json")
-    assert (cost["parts"], cost["seconds"], cost["threads"], cost["device"]) == (2, 2700.0, 2,
-                                                                                 "cpu")
-    assert cost["core_hours"] == 1.5
+    assert (cost["parts"], cost["seconds"], cost["where"]) == (2, 2700.0, {"cpu x2": 2700.0})
+    assert (cost["core_hours"], cost["gpu_hours"]) == (1.5, 0.0)
+
+
+def test_cpu_hours_splits_seconds_by_where_each_chunk_ran(tmp_path):
+    """Chunks record their device; chunks from before that count as the manifest's last call."""
+    cpu_hours = _load("cpu_hours")
+    manifest = {"hardware": "AMD EPYC | 2 CPUs, 2 torch threads | torch 2.14 | device cpu",
+                "seconds_per_part_all_runs": [{
+                    "model": "m", "method": "grad", "metric": "localisation", "seconds": 5760.0,
+                    "seconds_by_compute": {"cpu x1": 3600.0, "cuda NVIDIA H200": 360.0,
+                                           "unknown": 1800.0}}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    cost = cpu_hours.folder_cost(tmp_path / "manifest.json")
+    assert cost["where"] == {"cpu x1": 3600.0, "cuda NVIDIA H200": 360.0, "cpu x2": 1800.0}
+    assert cost["core_hours"] == pytest.approx((3600 + 2 * 1800) / 3600)
+    assert cost["gpu_hours"] == pytest.approx(0.1)
 
 
 def test_readme_tables_match_the_committed_runs():

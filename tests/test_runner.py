@@ -127,6 +127,9 @@ def test_tables_rows_and_summary(toy, tmp_path):
                 "wall_seconds_this_run"):
         assert key in manifest
     assert manifest["rows"] == 40
+    timing = manifest["seconds_per_part_all_runs"][0]
+    assert timing["seconds_by_compute"] == {f"cpu x{torch.get_num_threads()}": timing["seconds"]}
+    assert "compute" not in results.columns and "seconds" not in results.columns
 
 
 def test_bootstrap_ci_brackets_the_mean_and_shrinks_with_n():

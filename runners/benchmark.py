@@ -50,7 +50,7 @@ from torch import nn
 
 from attrib_bench import evaluation
 from attrib_bench.data import BaseImageSet, get_dataset
-from attrib_bench.errors import MetricError, NotApplicableError, RunError
+from attrib_bench.errors import AttribBenchError, MetricError, NotApplicableError, RunError
 from attrib_bench.evaluation import count_parameters, eval_mode, resolve_device
 from attrib_bench.metrics.base import ROW_COLUMNS, Metric, SampleSet, SelectContext
 from attrib_bench.provenance import describe_hardware, git_commit
@@ -365,6 +365,26 @@ def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwr
     return results
 
 
+def _method_id(name: str, method: Any, config: dict[str, Any], view: str) -> dict[str, Any]:
+    """What the results' ``method_config`` column and the attribution cache's key hold."""
+    return {"name": name, "config": config, "view": view, "class": type(method).__qualname__}
+
+
+def _shared_maps_id(method: Any, model: nn.Module, config: dict[str, Any],
+                    view: str) -> dict[str, Any] | None:
+    """The cache id of the method whose maps ``method`` computes exactly (its
+    ``same_maps_as``, built with the same ``config`` on ``model``), or None: then the part's
+    maps are cached under its own id. A run of both computes the maps once."""
+    other = getattr(method, "same_maps_as", None)
+    if not other:
+        return None
+    try:
+        twin = build_method(other, model, config)
+    except AttribBenchError:  # the twin does not take this configuration: no sharing
+        return None
+    return _method_id(other, twin, config, view)
+
+
 def part_timings(results: pd.DataFrame) -> list[dict[str, Any]]:
     """Per part, the seconds its chunks took over every call that computed them (``seconds``),
     and split by where they ran (``seconds_by_compute``: :func:`~attrib_bench.runners.jobs.
@@ -504,11 +524,11 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
                 jobs.append(PartJob(
                     Part(model_name, method_name, metric_name, out), metric, samples, view,
                     hashes[model_name], method_config,
-                    {"name": method_name, "config": method_config, "view": metric.model_view,
-                     "class": type(method).__qualname__},
+                    _method_id(method_name, method, method_config, metric.model_view),
                     {"name": metric_name, **config.metric_hparams[metric_name],
                      "n_samples": n_samples},
-                    config.dataset, config.seed, config.chunk_size, cache, repr(method)))
+                    config.dataset, config.seed, config.chunk_size, cache, repr(method),
+                    _shared_maps_id(method, view, method_config, metric.model_view)))
     if not config.all_methods:  # a named method must apply to at least one model
         planned = {job.method for job in jobs}
         for name, exc in refused.items():

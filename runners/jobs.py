@@ -194,7 +194,9 @@ class PartJob:
     the method's full configuration (defaults and the run's seed included); ``method_id`` what
     the results' ``method_config`` column and the attribution-cache key hold; ``cache`` the
     attribution cache's folder (None: no cache); ``method_repr`` the built method's ``repr``
-    (what its defaults resolved to on this model, e.g. GradCAM's layer), for the manifest only.
+    (what its defaults resolved to on this model, e.g. GradCAM's layer), for the manifest only;
+    ``cache_id`` the attribution-cache key's method part when it differs from ``method_id``
+    (a method whose maps are another's, :attr:`AttributionMethod.same_maps_as`).
     """
 
     part: Part
@@ -210,6 +212,7 @@ class PartJob:
     chunk_size: int
     cache: Store | None
     method_repr: str = ""
+    cache_id: dict[str, Any] | None = None
 
     @property
     def method(self) -> str:
@@ -232,7 +235,8 @@ class PartJob:
         method = build_method(self.method, self.model, self.method_config)
         return EvalContext(
             model=self.model, device=device, seed=self.seed,
-            explain=cached_explainer(method, cache, self.model_hash, self.method_id),
+            explain=cached_explainer(method, cache, self.model_hash,
+                                     self.cache_id or self.method_id),
             make_method=lambda m: build_method(self.method, m, self.method_config))
 
     def finish_rows(self, rows: pd.DataFrame) -> pd.DataFrame:

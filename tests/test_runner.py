@@ -395,3 +395,22 @@ def test_parquet_bytes_round_trips_exactly_and_is_smaller_than_the_default():
     default = io.BytesIO()
     table.to_parquet(default, index=False)
     assert len(data) < len(default.getvalue())
+
+
+def test_deeplift_shares_ixgs_cached_maps_where_it_computes_them(toy, tmp_path):
+    """DeepLIFT on a model with nothing for its rule is x ⊙ ∇f(x): a run of IxG then DeepLIFT
+    computes the maps once (cache hits), with the same rows; with a ReLU it computes its own."""
+    out = tmp_path / "run"
+    results = _run(toy, out, methods="ixg,deeplift")
+    cache = json.loads((out / "manifest.json").read_text())["cache"]
+    assert cache == {"hits": 3, "misses": 3, "corrupt": 0}  # 3 chunks of 4 images each
+    ixg, deeplift = (results.query(f"method == '{m}'").drop(columns=["method", "method_config"])
+                     .reset_index(drop=True) for m in ("ixg", "deeplift"))
+    pd.testing.assert_frame_equal(ixg, deeplift)
+    assert '"name": "deeplift"' in results.query("method == 'deeplift'")["method_config"].iloc[0]
+    torch.manual_seed(0)
+    relu = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 8), torch.nn.ReLU(),
+                               torch.nn.Linear(8, 3))
+    run({"relu": relu}, "ixg,deeplift", "toy-mass", dataset=toy.toy_data(),
+        out=tmp_path / "relu", progress=False, n_samples=10, chunk_size=4)
+    assert json.loads((tmp_path / "relu" / "manifest.json").read_text())["cache"]["hits"] == 0

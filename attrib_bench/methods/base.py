@@ -131,6 +131,10 @@ class AttributionMethod:
     #: False: a NaN/inf map raises :class:`MethodError` (unless inside :func:`keep_nonfinite_maps`,
     #: as the benchmark runner's chunks are); True on an instance keeps it.
     allow_nonfinite: bool = False
+    #: The registered name of a method whose maps this instance computes exactly, given the same
+    #: configuration (DeepLIFT on a model with nothing for its rule: ``"ixg"``); the benchmark
+    #: runner's attribution cache then serves one method's maps to the other. None: no such one.
+    same_maps_as: str | None = None
 
     @classmethod
     def image_size_defaults(cls, defaults: Mapping[str, Any], image_size: tuple[int, int]

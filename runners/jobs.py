@@ -367,18 +367,21 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Evaluates chunks one after another in this process, with one progress bar per part."""
+    """Evaluates chunks one after another in this process, with one progress bar per part,
+    numbered among the parts with work left ("[3/7] model · method · metric")."""
 
     def __init__(self, progress: bool = True) -> None:
         self.progress = progress
 
     def evaluate(self, chunks: Sequence[ChunkJob], device: torch.device) -> list[ChunkResult]:
         results = []
-        for key, part_chunks in _by_part(chunks):
+        parts = list(_by_part(chunks))
+        for number, (key, part_chunks) in enumerate(parts, start=1):
             total = len(part_chunks[0].job.samples or ())
             todo = sum(len(c.ids) for c in part_chunks)
             with tqdm(total=total, initial=total - todo, unit="sample", leave=True,
-                      disable=not self.progress, desc=" · ".join(key),
+                      disable=not self.progress,
+                      desc=f"[{number}/{len(parts)}] " + " · ".join(key),
                       dynamic_ncols=True) as bar:
                 for chunk in part_chunks:
                     results.append(evaluate_chunk(chunk, device))

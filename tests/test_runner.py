@@ -414,3 +414,11 @@ def test_deeplift_shares_ixgs_cached_maps_where_it_computes_them(toy, tmp_path):
     run({"relu": relu}, "ixg,deeplift", "toy-mass", dataset=toy.toy_data(),
         out=tmp_path / "relu", progress=False, n_samples=10, chunk_size=4)
     assert json.loads((tmp_path / "relu" / "manifest.json").read_text())["cache"]["hits"] == 0
+
+
+def test_progress_bars_number_the_parts_left(toy, tmp_path, capsys):
+    """A long sweep says how many parts are left: each bar is "[i/n] model · method · metric"."""
+    run({"lin": toy.toy_model()}, "grad,ixg", "toy-mass", dataset=toy.toy_data(),
+        out=tmp_path / "run", progress=True, n_samples=4)
+    err = capsys.readouterr().err
+    assert "[1/2] lin · grad · toy-mass" in err and "[2/2] lin · ixg · toy-mass" in err

@@ -634,7 +634,7 @@ def temperature_figure(summary: pd.DataFrame, temperatures: Mapping[str, float])
                             color=colours[method], markersize=4, capsize=2, linewidth=1.4,
                             label=_twin_label(method, twins), **styles[method])
         ax.set_xscale("log")
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], rotation=40)  # 500 and 1000 sit close
         ax.minorticks_off()
         ax.set_xlabel("temperature T")
         ax.set_ylabel(f"{label}\n(mean, 95 % CI)")

@@ -13,7 +13,7 @@ import torch
 
 from attrib_bench.errors import AttribBenchError
 from attrib_bench.registry import DATASETS, METHODS, METRICS, MODELS, Registry, load_plugins
-from attrib_bench.runners.train import RECIPES
+from attrib_bench.runners.recipes import RECIPES
 
 
 class _Group(click.Group):

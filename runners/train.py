@@ -42,9 +42,9 @@ from attrib_bench.data import BaseImageSet, ImageSet
 from attrib_bench.errors import CheckpointError, TrainError
 from attrib_bench.evaluation import predict_logits, set_tf32, top1_accuracy
 from attrib_bench.perf import retain_freed_memory
+from attrib_bench.runners.recipes import RECIPES, Recipe, Schedule, recipe_for  # noqa: F401
 from attrib_bench.runners.settings import check_output_classes
 
-Schedule = Literal["step", "cosine"]
 Amp = Literal["none", "bf16"]
 LrScaling = Literal["none", "sqrt", "linear"]
 
@@ -61,40 +61,6 @@ WARMUP_SHARE = 0.2
 #: kernels, channels_last's memory layout: the weights differ only in float rounding). The
 #: sidecar records the last call's values.
 _PER_CALL_FIELDS = ("time_budget", "eval_every", "compile", "channels_last")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A model family's published training defaults (what ``train`` uses where a run is silent).
-
-    ``lr`` is the peak learning rate at ``batch_size`` (also the config's
-    ``lr_reference_batch``), Adam throughout, BCE on one-hot targets, random flip and 4 px crop.
-    """
-
-    epochs: int
-    batch_size: int
-    lr: float
-    schedule: Schedule
-    source: str
-
-
-#: family → recipe; families not listed (ResNet-56, library models) get the CoDA-Nets recipe,
-#: the one this trainer implements (Adam + BCE; akamaster's ResNet-56 SGD recipe is not here).
-RECIPES: dict[str, Recipe] = {
-    "coda": Recipe(200, 16, 2.5e-4, "step",
-                   "CoDA-Nets (Böhle et al., CVPR 2021, supplement): Adam 2.5e-4, batch 16, "
-                   "lr ÷1.5 every 30 epochs, 200 epochs"),
-    "bcos": Recipe(100, 64, 1e-3, "cosine",
-                   "bcos package, experiments/CIFAR10 (B-cos v2, Böhle et al. TPAMI 2024): Adam "
-                   "1e-3, batch 64, cosine annealing over 100 epochs, BCE"),
-}
-
-
-def recipe_for(model: str) -> Recipe:
-    """The training recipe of registered ``model``'s family (:data:`RECIPES`; else CoDA's)."""
-    from attrib_bench.registry import MODELS
-
-    return RECIPES.get(str(MODELS.get(model).metadata.get("family")), RECIPES["coda"])
 
 
 @dataclass(frozen=True)

@@ -626,24 +626,26 @@ def temperature_figure(summary: pd.DataFrame, temperatures: Mapping[str, float])
     fig, pairs = _strip_grid(len(panels), (4.4, height), 0.3 * len(lone) + 0.5 if lone else 0.0)
     ticks = sorted(set(rows["T"]))
     for (ax, strip), (label, sub) in zip(pairs, panels, strict=True):
+        low, high = int(sub["n"].min()), int(sub["n"].max())
         for method in series:
             line = sub[sub["method"] == method].sort_values("T")
             if not line.empty:
-                ax.errorbar(line["T"].to_numpy(float) * 10 ** offsets[method],
-                            line["mean"].to_numpy(float), yerr=_error_bars(line),
+                x = line["T"].to_numpy(float) * 10 ** offsets[method]
+                ax.errorbar(x, line["mean"].to_numpy(float), yerr=_error_bars(line),
                             color=colours[method], markersize=4, capsize=2, linewidth=1.4,
                             label=_twin_label(method, twins), **styles[method])
+                _hollow_below(ax, x, line, high, colours[method], styles[method]["marker"])
         ax.set_xscale("log")
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks], rotation=40)  # 500 and 1000 sit close
         ax.minorticks_off()
         ax.set_xlabel("temperature T")
         ax.set_ylabel(f"{label}\n(mean, 95 % CI)")
-        low, high = int(sub["n"].min()), int(sub["n"].max())
-        ax.set_title(f"{label}\nn = {low}" + ("" if low == high else f"–{high}")
-                     + " per point", fontsize="medium")
+        ax.set_title(f"{label}\nn = {high} per point" if low == high else
+                     f"{label}\nn = {low}–{high} per point (hollow: n < {high})",
+                     fontsize="medium")
         ax.grid(alpha=0.3)
         if strip is not None:
-            _single_t_strip(strip, sub, lone, colours, styles, twins)
+            _single_t_strip(strip, sub, lone, colours, styles, twins, high)
     handles: dict[str, Any] = {}
     for ax, _ in pairs:  # every method, even one missing from the first panel
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -681,15 +683,17 @@ def _error_bars(rows: pd.DataFrame) -> np.ndarray:
 
 def _single_t_strip(ax: plt.Axes, sub: pd.DataFrame, lone: Mapping[str, float],
                     colours: Mapping[str, str], styles: Mapping[str, Mapping[str, str]],
-                    twins: Mapping[str, str]) -> None:
+                    twins: Mapping[str, str], high: int) -> None:
     """The methods measured at one T only (method → T), side by side at categorical x positions
-    labelled with their names, each a mean with its 95 % CI."""
+    labelled with their names, each a mean with its 95 % CI; hollow where n < ``high``."""
     for k, (method, t) in enumerate(lone.items()):
         point = sub[(sub["method"] == method) & (sub["T"] == t)]
         if not point.empty:
             ax.errorbar([k], point["mean"].to_numpy(float), yerr=_error_bars(point),
                         color=colours[method], marker=styles[method]["marker"], markersize=4,
                         capsize=2, linestyle="none", label=_twin_label(method, twins))
+            _hollow_below(ax, np.array([float(k)]), point, high, colours[method],
+                          styles[method]["marker"])
     one = len(set(lone.values())) == 1
     ax.set_xticks(range(len(lone)), [_twin_label(m, twins) + ("" if one else f" (T = {t:g})")
                                      for m, t in lone.items()], rotation=90, fontsize="small")
@@ -698,6 +702,18 @@ def _single_t_strip(ax: plt.Axes, sub: pd.DataFrame, lone: Mapping[str, float],
     title = f"T = {next(iter(lone.values())):g} only" if one else "one T only"
     ax.set_title(wrap_text(title, 0.3 * len(lone) + 0.4), fontsize="medium")
     ax.grid(alpha=0.3, axis="y")
+
+
+def _hollow_below(ax: plt.Axes, x: np.ndarray, points: pd.DataFrame, high: int, colour: str,
+                  marker: str) -> None:
+    """Redraw as hollow the markers of ``points`` (rows with "mean" and "n", in the order of
+    ``x``) whose n is below the panel's largest ``high``: a mean over fewer grids or images is not
+    only noisier; on the paper's grid sampling it is biased (the first grids hold the most
+    confident images), so a reader must see which points compare."""
+    few = points["n"].to_numpy(int) < high
+    if few.any():
+        ax.plot(x[few], points["mean"].to_numpy(float)[few], linestyle="none", marker=marker,
+                markersize=4, markerfacecolor="white", markeredgecolor=colour, zorder=3)
 
 
 def layer_label(name: str, position: int) -> str:

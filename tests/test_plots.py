@@ -792,3 +792,24 @@ def test_grid_contribution_sheet_places_each_map_where_its_cell_is():
     assert where.pop("input (9 cells, 9 classes)") == (0, 0)
     assert where == {f"evidence for class {k}": (k % n, k // n + 1) for k in range(n * n)}
     _assert_texts_inside(fig)
+
+
+def test_temperature_points_at_a_smaller_n_are_hollow(run_dir):
+    """A mean over fewer grids is biased on the paper's sampling, so it must look different."""
+    tables = load_run(run_dir)
+    summary = tables.summary.copy()
+    high = int(summary["n"].max())
+    fewer = (summary["model"] == "toy-t10") & (summary["method"] == "inherent")
+    summary.loc[fewer, "n"] = high // 2
+    fig = temperature_figure(summary, tables.temperatures())
+    ax = fig.axes[0]
+    assert ax.get_title().endswith(f"(hollow: n < {high})")
+    hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "white"]
+    assert len(hollow) == 1
+    inherent = summary[fewer & (summary["metric"] == "localisation")
+                       & (summary["stat"] == "score")]["mean"]
+    np.testing.assert_allclose(hollow[0].get_ydata(), inherent)
+    assert hollow[0].get_xdata()[0] == pytest.approx(10, rel=0.26)
+    untouched = temperature_figure(tables.summary, tables.temperatures()).axes[0]
+    assert "hollow" not in untouched.get_title()
+    assert not [line for line in untouched.get_lines() if line.get_markerfacecolor() == "white"]

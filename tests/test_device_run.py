@@ -53,8 +53,10 @@ def test_cpu_rehearsal_produces_the_documented_out_and_a_loadable_zoo_entry(tmp_
     env = {**os.environ, "OUT": str(out), "WORK": str(work), "DEVICE": "cpu",
            "MODEL": "xs-coda", "T": "10", "NAME": NAME, "DATA": str(data),
            "WHEELS": str(tmp_path / "no-wheels"), "RESUME": str(tmp_path / "no-resume"),
-           "PY": sys.executable, "STAGES": "probe,train,eval,protocol", "TRAIN_BUDGET": "15",
-           "BATCH": "16", "LR": "2e-3", "WARMUP": "0.5", "PROBE_SECONDS": "0.2",
+           "PY": sys.executable, "STAGES": "probe,train,eval,protocol",
+           # a budget a loaded machine's setup cannot exhaust; one epoch (6 steps) caps the time
+           "TRAIN_BUDGET": "90", "EPOCHS": "1", "BATCH": "16", "LR": "2e-3",
+           "WARMUP": "0.5", "PROBE_SECONDS": "0.2",
            "PROBE_ARGS": "--no-compile --precisions fp32", "PROTOCOL_BUDGET": "120",
            "N_SAMPLES": "2", "RUN_BATCH": "2", "GRADIENT_METHODS": "inherent,ixg",
            "PERTURBATION_METHODS": "occ9", "METRICS": "pixel-removal"}
@@ -70,7 +72,8 @@ def test_cpu_rehearsal_produces_the_documented_out_and_a_loadable_zoo_entry(tmp_
         stages = {row["stage"]: int(row["rc"]) for row in csv.DictReader(handle)}
     assert stages == {"probe": 0, "train": 0, "zoo": 0, "eval": 0, "protocol": 0}
     sidecar = json.loads((out / f"{NAME}.json").read_text())
-    assert sidecar["plan"]["budget_s"] == 15.0
+    assert sidecar["plan"]["budget_s"] == 90.0
+    assert sidecar["plan"]["epochs"] == 1.0  # EPOCHS caps the schedule inside the budget
     assert sidecar["steps"] == sidecar["plan"]["planned_steps"]  # the schedule completed
     assert json.loads((out / "probe.json").read_text())["chosen"].startswith("--amp")
 

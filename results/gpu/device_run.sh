@@ -38,6 +38,8 @@ CALL_SECONDS=${CALL_SECONDS:-0}  # >0: the protocol stops this many seconds afte
                                  # less 20 s for packing, so a slow stage never loses the weights
 N_SAMPLES=${N_SAMPLES:-}
 TEST_LIMIT=${TEST_LIMIT:-}  # train's final evaluation on the first N test images (rehearsals)
+EPOCHS=${EPOCHS:-}  # at most this many epochs within TRAIN_BUDGET (rehearsals: a generous budget
+                    # that a loaded machine cannot exhaust, without spending all of it)
 RUN_BATCH=${RUN_BATCH:-64}
 GRADIENT_METHODS=${GRADIENT_METHODS:-inherent,grad,ixg,deeplift,gradcam,intgrad}
 PERTURBATION_METHODS=${PERTURBATION_METHODS:-occ5,occ9,rise,lime}
@@ -112,7 +114,7 @@ train() {
         --temperature "$T" --time-budget "$TRAIN_BUDGET" --batch-size "$BATCH" --lr "$LR" \
         --lr-scaling sqrt --schedule cosine --warmup-epochs "$WARMUP" --eval-every 0 $FLAGS \
         --device "$DEVICE" --data-root "$DATA" --out "$WORK/train" --quiet \
-        ${TEST_LIMIT:+--test-limit "$TEST_LIMIT"}
+        ${TEST_LIMIT:+--test-limit "$TEST_LIMIT"} ${EPOCHS:+--epochs "$EPOCHS"}
 }
 zoo() {  # register NAME from the exported weights (accuracy: measured in `eval`)
     "$PY" -c "import sys; from attrib_bench.models.zoo import zoo_sidecar

@@ -23,6 +23,7 @@ from attrib_bench.errors import PlotError
 from attrib_bench.metrics.base import make_rows
 from attrib_bench.plots import (
     MAX_LAYER_LABELS,
+    METHOD_ORDER,
     contribution_sheet,
     load_run,
     load_runs,
@@ -31,6 +32,7 @@ from attrib_bench.plots import (
     method_colours,
     method_label,
     method_sheet,
+    method_styles,
     pixel_removal_figure,
     plot_results,
     randomisation_figure,
@@ -813,3 +815,11 @@ def test_temperature_points_at_a_smaller_n_are_hollow(run_dir):
     untouched = temperature_figure(tables.summary, tables.temperatures()).axes[0]
     assert "hollow" not in untouched.get_title()
     assert not [line for line in untouched.get_lines() if line.get_markerfacecolor() == "white"]
+
+
+def test_every_method_marker_can_be_drawn_hollow():
+    """A hollow marker (fewer samples) must show a white inside: no plus, cross or star, whose
+    arms at 4 pt are narrower than their edges."""
+    names = [*METHOD_ORDER, "my-method", "other-method", "third-method"]
+    markers = {style["marker"] for style in method_styles(names).values()}
+    assert markers <= {"o", "s", "^", "v", "<", ">", "D", "d", "p", "h", "H", "8"}

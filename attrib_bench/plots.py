@@ -126,9 +126,9 @@ def load_run(path: str | Path) -> RunTables:
     """Read ``results.parquet``, ``summary.csv`` and ``manifest.json`` from a run folder.
 
     Raises :class:`PlotError` (one line, naming the fix) for a missing folder, an unfinished run,
-    tables written by an older attrib-bench (missing columns), or a table whose sha256 is not
-    the one the run recorded in its manifest (``tables_sha256``; runs before 2026-11-30 have
-    none and are read as they are).
+    an empty summary, tables written by an older attrib-bench (missing columns), or a table
+    whose sha256 is not the one the run recorded in its manifest (``tables_sha256``; runs
+    before 2026-11-30 have none and are read as they are).
     """
     path = Path(path)
     if not path.is_dir():
@@ -149,8 +149,12 @@ def load_run(path: str | Path) -> RunTables:
     if not summary_file.is_file():
         raise PlotError(f"no summary.csv in {path}: re-run the same attrib-bench run command "
                         "(it rewrites the tables from the finished chunks)")
-    summary = pd.read_csv(summary_file, keep_default_na=False, na_values=[""],
-                          dtype={"variant": str})
+    try:
+        summary = pd.read_csv(summary_file, keep_default_na=False, na_values=[""],
+                              dtype={"variant": str})
+    except pd.errors.EmptyDataError:
+        raise PlotError(f"{summary_file} is empty (the run has no rows left): leave {path} out "
+                        "of --results, or re-run the same attrib-bench run command") from None
     summary["variant"] = summary["variant"].fillna("").astype(str)
     _require_columns(summary, SUMMARY_COLUMNS, summary_file)
     manifest_file = path / "manifest.json"

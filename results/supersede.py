@@ -10,7 +10,9 @@ three tables as the runner does and records their new sha256 in the manifest's `
 (which ``plot`` checks), drops the
 sample-set entries no part uses any more, and records what was taken out, by which run and why
 in ``manifest.json`` (``superseded``). The rows that stay are not touched. Refuses to remove
-parts that ``--by`` does not hold, so no (model, method, metric) is lost.
+parts that ``--by`` does not hold, so no (model, method, metric) is lost. A run left with no
+part is deleted (a folder of empty tables is not a run; git history keeps it, and the README's
+"What was run" names the run that replaced it).
 
 Why a script and not a re-run: the committed runs cost CPU hours; when a change (here: ResNet-56
 scored by its softmax, RISE and LIME by the model's own probability) alters some parts only, the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from datetime import date
 from pathlib import Path
 
@@ -37,7 +40,8 @@ def _parts(rows: pd.DataFrame) -> set[tuple[str, str, str]]:
 
 def supersede(run: Path, by: Path, reason: str, models: list[str], methods: list[str] | None,
               metrics: list[str] | None) -> list[tuple[str, str, str]]:
-    """Remove the matching parts of ``run`` that ``by`` holds; returns the parts removed."""
+    """Remove the matching parts of ``run`` that ``by`` holds; returns the parts removed. A
+    run with no part left is deleted."""
     results = pd.read_parquet(run / "results.parquet")
     newer = _parts(pd.read_parquet(by / "results.parquet", columns=list(ID_COLUMNS)))
     match = results["model"].isin(models)
@@ -52,6 +56,9 @@ def supersede(run: Path, by: Path, reason: str, models: list[str], methods: list
     if not removed:
         raise SystemExit(f"nothing in {run} matches")
     kept = results[~match].reset_index(drop=True)
+    if kept.empty:
+        shutil.rmtree(run)
+        return removed
     manifest = json.loads((run / "manifest.json").read_text())
     settings = manifest["config"].get("metric_hparams", {})
     metric_objects = {name: create_metric(name, **settings.get(name, {}))
@@ -83,7 +90,8 @@ def main() -> None:
     split = (lambda s: s.split(",") if s else None)  # noqa: E731
     removed = supersede(args.run, args.by, args.reason, args.model.split(","),
                         split(args.method), split(args.metric))
-    print(f"{args.run}: removed {len(removed)} parts, now in {args.by}")
+    gone = "" if args.run.exists() else f"; no part was left, so {args.run} was deleted"
+    print(f"{args.run}: removed {len(removed)} parts, now in {args.by}{gone}")
 
 
 if __name__ == "__main__":

@@ -680,6 +680,9 @@ def test_missing_old_or_empty_results_fail_in_one_line(run_dir, tmp_path):
     broken = write_run(tmp_path / "broken", synthetic_results(np.random.default_rng(0)))
     (broken / "results.parquet").write_bytes(b"PAR1 garbage")
     assert "cannot be read" in _one_line_error(["plot", "--results", str(broken)])
+    blank = write_run(tmp_path / "blank", synthetic_results(np.random.default_rng(0)))
+    (blank / "summary.csv").write_text("")  # what a run with no rows writes
+    assert "is empty" in _one_line_error(["plot", "--results", str(blank)])
     with pytest.raises(PlotError, match="no finite rows"):
         localisation_figure(load_run(run_dir).results, "localisation-difull")
 

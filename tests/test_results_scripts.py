@@ -99,3 +99,28 @@ def test_supersede_removes_the_newer_runs_parts_and_keeps_the_tables_verifiable(
     pd.testing.assert_frame_equal(tables.results, ixg_before.reset_index(drop=True))
     assert tables.manifest["superseded"][0]["parts"] == [
         {"model": "lin", "method": "grad", "metric": "pixel-removal"}]
+
+
+def test_supersede_deletes_a_run_left_with_no_part(tmp_path):
+    """A folder of empty tables is not a run: plot and the README tables would stop on it."""
+    import torch
+    from torch import nn
+
+    from attrib_bench.data import ImageSet
+    from attrib_bench.plots import load_runs
+    from attrib_bench.runners.benchmark import run
+
+    supersede = _load("supersede")
+    g = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=g),
+                    torch.randint(0, 3, (12,), generator=g), ("a", "b", "c"), "toy")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
+    settings = {"metric_hparams": {"pixel-removal": {"steps": 4}}, "dataset": data,
+                "progress": False, "n_samples": 4}
+    old, new = tmp_path / "runs" / "old", tmp_path / "runs" / "new"
+    run({"lin": model}, "grad", "pixel-removal", out=old, **settings)
+    run({"lin": model}, "grad", "pixel-removal", out=new, **settings)
+    assert supersede.supersede(old, new, "test", ["lin"], None, None) == [
+        ("lin", "grad", "pixel-removal")]
+    assert not old.exists()
+    assert set(load_runs(tmp_path / "runs").results["method"]) == {"grad"}  # new alone

@@ -67,28 +67,34 @@ def test_readme_tables_replace_only_the_table_after_each_heading():
         readme_tables.replace_tables("no tables here", new)
 
 
-def test_supersede_removes_the_newer_runs_parts_and_keeps_the_tables_verifiable(tmp_path):
-    """After supersede.py the old run holds only the parts the newer one lacks, its summary is
-    recomputed from them, and plot's sha256 check of the rewritten tables passes."""
-    import pandas as pd
+def _toy_run(out: Path, methods: str) -> None:
+    """A small pixel-removal run of METHODS on a linear model, the same data and model each call."""
     import torch
     from torch import nn
 
     from attrib_bench.data import ImageSet
-    from attrib_bench.plots import load_run
     from attrib_bench.runners.benchmark import run
 
-    supersede = _load("supersede")
     g = torch.Generator().manual_seed(0)
     data = ImageSet(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=g),
                     torch.randint(0, 3, (12,), generator=g), ("a", "b", "c"), "toy")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
-    settings = {"metric_hparams": {"pixel-removal": {"steps": 4}}, "dataset": data,
-                "progress": False, "n_samples": 4}
+    run({"lin": model}, methods, "pixel-removal", out=out, dataset=data, progress=False,
+        n_samples=4, metric_hparams={"pixel-removal": {"steps": 4}})
+
+
+def test_supersede_removes_the_newer_runs_parts_and_keeps_the_tables_verifiable(tmp_path):
+    """After supersede.py the old run holds only the parts the newer one lacks, its summary is
+    recomputed from them, and plot's sha256 check of the rewritten tables passes."""
+    import pandas as pd
+
+    from attrib_bench.plots import load_run
+
+    supersede = _load("supersede")
     old, new = tmp_path / "old", tmp_path / "new"
-    run({"lin": model}, "grad,ixg", "pixel-removal", out=old, **settings)
-    run({"lin": model}, "grad", "pixel-removal", out=new, **settings)
+    _toy_run(old, "grad,ixg")
+    _toy_run(new, "grad")
     with pytest.raises(SystemExit, match="does not hold"):
         supersede.supersede(old, new, "test", ["lin"], None, None)  # ixg is not in new
     ixg_before = pd.read_parquet(old / "results.parquet").query("method == 'ixg'")
@@ -103,23 +109,12 @@ def test_supersede_removes_the_newer_runs_parts_and_keeps_the_tables_verifiable(
 
 def test_supersede_deletes_a_run_left_with_no_part(tmp_path):
     """A folder of empty tables is not a run: plot and the README tables would stop on it."""
-    import torch
-    from torch import nn
-
-    from attrib_bench.data import ImageSet
     from attrib_bench.plots import load_runs
-    from attrib_bench.runners.benchmark import run
 
     supersede = _load("supersede")
-    g = torch.Generator().manual_seed(0)
-    data = ImageSet(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=g),
-                    torch.randint(0, 3, (12,), generator=g), ("a", "b", "c"), "toy")
-    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 3))
-    settings = {"metric_hparams": {"pixel-removal": {"steps": 4}}, "dataset": data,
-                "progress": False, "n_samples": 4}
     old, new = tmp_path / "runs" / "old", tmp_path / "runs" / "new"
-    run({"lin": model}, "grad", "pixel-removal", out=old, **settings)
-    run({"lin": model}, "grad", "pixel-removal", out=new, **settings)
+    _toy_run(old, "grad")
+    _toy_run(new, "grad")
     assert supersede.supersede(old, new, "test", ["lin"], None, None) == [
         ("lin", "grad", "pixel-removal")]
     assert not old.exists()

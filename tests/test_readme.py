@@ -21,7 +21,9 @@ with a localisation metric are also ``readme_long``, which the default selection
 test images per model, and runs every method's preflight per (model, metric); that took 10-12
 minutes per README command on the shared 2-core CPU here, over the suite's 10-minute budget (the
 pool logits are cached once sample selection is paid once, issue 17). The rest of the file takes
-about a minute (``plot`` and ``report`` of the committed reproduction cost 20-40 s each).
+about a minute (``plot`` and ``report`` of the committed reproduction cost about 30 s each;
+the ``plot`` case of the reproduction command is the check that a fresh clone regenerates every
+committed figure byte for byte).
 
 Nothing is written into the repository: every output path is rewritten into pytest's tmp folder
 and the commands run with a tmp folder as their current directory. The commands are started as

@@ -8,9 +8,10 @@ once, when they were computed), where they ran, CPU core-hours = seconds × torc
 (an upper bound of the CPU time: a thread may wait) and GPU hours. Since 2026-11-30 each chunk
 records where it ran (``seconds_by_compute``: "cpu x1", "cuda NVIDIA H200"); chunks from before
 count as run where the manifest's last call ran (its ``hardware``), which is wrong for a folder
-whose chunks were computed on another machine and gathered here: ``results/cifar10-gpu``'s 70 s
-are H200 seconds (its README), listed as CPU. Sample drawing (the pool pass over the test set) is
-not in the part seconds.
+whose chunks were computed on another machine and gathered here: ``results/cifar10-gpu``'s
+manifest had its 70 H200 seconds (its README) added by hand as ``seconds_by_compute`` (its
+``annotations`` say so). Sample drawing (the pool pass over the test set) is not in the part
+seconds.
 """
 
 from __future__ import annotations

@@ -767,6 +767,23 @@ def test_runs_split_by_cost_are_drawn_together_with_n_per_method(tmp_path):
         load_runs([parent / "gradient", tmp_path / "again"])
 
 
+def test_load_run_gives_text_columns_as_python_strings_with_the_same_values(tmp_path):
+    """plot and report select rows many times: Arrow-backed text would be copied through pyarrow
+    on every selection (benchmarks/results_loading.py), so load_run reads text as object
+    columns, equal to what pandas reads, missing entries included."""
+    results = synthetic_results(np.random.default_rng(0))
+    results["probability"] = "sigmoid"
+    results.loc[results.index[:3], "probability"] = None  # runs before issue 16 had none
+    run = write_run(tmp_path / "run", results)
+    tables = load_run(run)
+    plain = pd.read_parquet(run / "results.parquet")
+    text = [c for c in plain.columns if pd.api.types.is_string_dtype(plain[c])]
+    assert {"model", "method", "metric", "flag", "probability"} <= set(text)
+    assert all(tables.results[c].dtype == object for c in text)
+    assert tables.results["probability"].isna().sum() == 3
+    pd.testing.assert_frame_equal(tables.results, plain.astype({c: object for c in text}))
+
+
 def test_grid_contribution_sheet_places_each_map_where_its_cell_is():
     """Map k explains cell k = col·n + row; on the sheet it stands at (row, col) of an n×n block
     right of the input, so the evidence panels read like the multi-image itself."""

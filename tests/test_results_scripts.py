@@ -67,6 +67,48 @@ def test_readme_tables_replace_only_the_table_after_each_heading():
         readme_tables.replace_tables("no tables here", new)
 
 
+def test_folder_table_rows_hold_each_parts_n_and_merge_only_whole_products(tmp_path):
+    """A folder's rows: parts alike but for the model (or the metric) share a row; a model
+    with other methods or another n gets its own, so every row's product exists at its n."""
+    import pandas as pd
+
+    readme_tables = _load("readme_tables")
+    rows = [("xs-coda-sq-t10", m, "pixel-removal", 32) for m in ("grad", "inherent")]
+    rows += [("xs-coda-sq-t100", m, "pixel-removal", 32) for m in ("inherent", "grad")]
+    rows += [("resnet56", "grad", "pixel-removal", 32)]  # another method set: its own row
+    rows += [("xs-coda-sq-t10", "grad", metric, 500)
+             for metric in ("localisation", "localisation-difull")]
+    rows += [("xs-coda-sq-t100", "grad", "localisation", 483)]  # another n: its own row
+    folder = tmp_path / "run"
+    folder.mkdir()
+    pd.DataFrame(rows, columns=["model", "method", "metric", "n"]).to_csv(
+        folder / "summary.csv", index=False)
+    assert readme_tables.folder_rows(folder) == [
+        ("xs-coda-sq-t100", "Grad", "localisation", "483 grids"),
+        ("xs-coda-sq-t10", "Grad", "localisation, localisation-difull", "500 grids"),
+        ("resnet56", "Grad", "pixel-removal", "32 images"),
+        ("xs-coda-sq-t10, xs-coda-sq-t100", "inherent, Grad", "pixel-removal", "32 images")]
+
+
+def test_folder_table_counts_each_folders_compute_once_and_totals_it(tmp_path):
+    import pandas as pd
+
+    readme_tables = _load("readme_tables")
+    for name, seconds, methods in (("a", 3600.0, ["grad", "ixg"]), ("b", 1800.0, ["grad"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        pd.DataFrame({"model": "m", "method": methods, "metric": "localisation", "n": 500}
+                     ).to_csv(folder / "summary.csv", index=False)
+        (folder / "results.parquet").write_bytes(b"x" * 250_000)
+        (folder / "manifest.json").write_text(json.dumps({
+            "hardware": "x | 1 torch threads | device cpu",
+            "seconds_per_part_all_runs": [{"seconds": seconds}]}))
+    table = readme_tables.folders_table([tmp_path]).splitlines()
+    assert table[2].endswith("| Grad, IxG | localisation | 500 grids | 1.00 | 0.000 | 0.25 MB |")
+    assert table[3].endswith("| Grad | localisation | 500 grids | 0.50 | 0.000 | 0.25 MB |")
+    assert table[-1] == "| **total** | | | | | **1.50** | **0.000** | 0.5 MB |"
+
+
 def _toy_run(out: Path, methods: str) -> None:
     """A small pixel-removal run of METHODS on a linear model, the same data and model each call."""
     import torch

@@ -7,12 +7,12 @@ Removes the rows of the matching (model, method, metric) parts from RUN's ``resu
 and ``results.csv``, recomputes ``summary.csv`` from the rows that stay (the runner's own
 :func:`~attrib_bench.runners.benchmark.summarise`, with the run's metric settings), writes the
 three tables as the runner does and records their new sha256 in the manifest's ``tables_sha256``
-(which ``plot`` checks), drops the
-sample-set entries no part uses any more, and records what was taken out, by which run and why
-in ``manifest.json`` (``superseded``). The rows that stay are not touched. Refuses to remove
-parts that ``--by`` does not hold, so no (model, method, metric) is lost. A run left with no
-part is deleted (a folder of empty tables is not a run; git history keeps it, and the README's
-"What was run" names the run that replaced it).
+(which ``plot`` checks), drops the sample-set entries no part uses any more, and records what
+was taken out, by which run and why in ``manifest.json`` (``superseded``). The rows that stay are
+not touched, and their recomputed summary must equal the one the run wrote (else the run's
+settings were not reproduced, and nothing is written). Refuses to remove parts that ``--by``
+does not hold, so no (model, method, metric) is lost. A run left with no part is deleted (a
+folder of empty tables is not a run; git history keeps it, and the README names it).
 
 Why a script and not a re-run: the committed runs cost CPU hours; when a change (here: ResNet-56
 scored by its softmax, RISE and LIME by the model's own probability) alters some parts only, the
@@ -22,20 +22,53 @@ others stay as they were computed, and the README says which parts come from whi
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shutil
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from attrib_bench.registry import create_metric
+from attrib_bench.registry import METRICS, create_metric
 from attrib_bench.runners.benchmark import ID_COLUMNS, summarise, write_tables
 from attrib_bench.runners.storage import Store, atomic_write
 
 
 def _parts(rows: pd.DataFrame) -> set[tuple[str, str, str]]:
     return set(map(tuple, rows[list(ID_COLUMNS)].drop_duplicates().to_numpy().tolist()))
+
+
+#: Metric settings of older runs that only set how the work was batched (the metric contract
+#: of 2026-11 moved them to the runner), so they cannot change a row or a summary.
+COMPUTE_ONLY = frozenset({"batch_size"})
+
+
+def _metric(name: str, settings: dict) -> object:
+    """The run's metric as configured, without the settings the metric no longer takes that
+    only batched the work (``COMPUTE_ONLY``); any other unknown setting stops the script."""
+    taken = inspect.signature(METRICS.get(name).factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in taken.values()):
+        unknown = set(settings) - set(taken)
+        if unknown - COMPUTE_ONLY:
+            raise SystemExit(f"metric {name!r} no longer takes {sorted(unknown - COMPUTE_ONLY)}: "
+                             "this script cannot recompute that run's summary")
+        settings = {k: v for k, v in settings.items() if k not in unknown}
+    return create_metric(name, **settings)
+
+
+def _check_unchanged(before: pd.DataFrame, after: pd.DataFrame, run: Path) -> None:
+    """Every kept part's summary rows recompute to what the run's ``summary.csv`` held (the
+    rows are the same; a difference means the settings were not reproduced): else stop."""
+    keys = ["model", "method", "metric", "variant", "stat"]
+    before, after = (t.assign(variant=t["variant"].fillna("").astype(str)) for t in (before, after))
+    both = before.merge(after, on=keys, how="right", suffixes=("_before", ""))
+    for column in ("mean", "ci_low", "ci_high", "n"):
+        old, new = both[f"{column}_before"].to_numpy(float), both[column].to_numpy(float)
+        if not np.allclose(old, new, rtol=1e-9, atol=1e-12, equal_nan=True):
+            raise SystemExit(f"{run}: the kept parts' {column} does not recompute to its "
+                             "summary.csv: nothing written")
 
 
 def supersede(run: Path, by: Path, reason: str, models: list[str], methods: list[str] | None,
@@ -61,9 +94,10 @@ def supersede(run: Path, by: Path, reason: str, models: list[str], methods: list
         return removed
     manifest = json.loads((run / "manifest.json").read_text())
     settings = manifest["config"].get("metric_hparams", {})
-    metric_objects = {name: create_metric(name, **settings.get(name, {}))
+    metric_objects = {name: _metric(name, settings.get(name, {}))
                       for name in kept["metric"].unique()}
     summary = summarise(kept, metric_objects, manifest["config"].get("seed", 0))
+    _check_unchanged(pd.read_csv(run / "summary.csv"), summary, run)
     manifest["tables_sha256"] = write_tables(Store(run), kept, summary)
     used = {f"{m}/{metric}" for m, _, metric in _parts(kept)}
     manifest["samples"] = {k: v for k, v in manifest.get("samples", {}).items() if k in used}

@@ -162,3 +162,40 @@ def test_supersede_deletes_a_run_left_with_no_part(tmp_path):
         ("lin", "grad", "pixel-removal")]
     assert not old.exists()
     assert set(load_runs(tmp_path / "runs").results["method"]) == {"grad"}  # new alone
+
+
+def test_supersede_takes_an_older_runs_batch_size_and_refuses_other_unknown_settings(tmp_path):
+    """Runs from before the metric contract of 2026-11 recorded ``batch_size`` among the metric
+    settings; it only batched the work, so it is dropped; any other unknown setting stops."""
+    supersede = _load("supersede")
+    old, new = tmp_path / "old", tmp_path / "new"
+    _toy_run(old, "grad,ixg")
+    _toy_run(new, "grad")
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["config"]["metric_hparams"]["pixel-removal"]["batch_size"] = 64
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert supersede.supersede(old, new, "test", ["lin"], ["grad"], None) == [
+        ("lin", "grad", "pixel-removal")]
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["config"]["metric_hparams"]["pixel-removal"]["window"] = 3
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match=r"no longer takes \['window'\]"):
+        supersede._metric("pixel-removal", manifest["config"]["metric_hparams"]["pixel-removal"])
+
+
+def test_supersede_writes_nothing_when_the_kept_summary_does_not_recompute(tmp_path):
+    """The recomputed summary of the kept parts must equal the run's summary.csv (else the
+    run's settings were not reproduced): a changed mean stops it before any file is written."""
+    import pandas as pd
+
+    supersede = _load("supersede")
+    old, new = tmp_path / "old", tmp_path / "new"
+    _toy_run(old, "grad,ixg")
+    _toy_run(new, "grad")
+    summary = pd.read_csv(old / "summary.csv")
+    summary.loc[summary["method"] == "ixg", "mean"] += 0.01
+    summary.to_csv(old / "summary.csv", index=False)
+    before = {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit, match="does not recompute"):
+        supersede.supersede(old, new, "test", ["lin"], ["grad"], None)
+    assert {p.name: p.read_bytes() for p in old.iterdir() if p.is_file()} == before

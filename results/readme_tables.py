@@ -122,15 +122,15 @@ def folders_table(results: list[Path]) -> str:
     for root in results:
         for manifest in sorted(root.glob("*/manifest.json")):
             cost = folder_cost(manifest)
-            core, gpu = core + float(cost["core_hours"]), gpu + float(cost["gpu_hours"])
-            total_mb += (manifest.parent / "results.parquet").stat().st_size / 1e6
             folder = manifest.parent.resolve()
+            size = (folder / "results.parquet").stat().st_size / 1e6
+            core, gpu = core + float(cost["core_hours"]), gpu + float(cost["gpu_hours"])
+            total_mb += size
             name = f"`{folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder}/`"
-            for i, (models, methods, metric, n) in enumerate(folder_rows(manifest.parent)):
-                size = (folder / "results.parquet").stat().st_size / 1e6
-                hours = (f"{cost['core_hours']:.2f} | {cost['gpu_hours']:.3f} | {size:.2f} MB"
-                         if i == 0 else "″ | ″ | ″")
-                lines.append(f"| {name} | {models} | {methods} | {metric} | {n} | {hours} |")
+            for i, (models, methods, metrics, n) in enumerate(folder_rows(folder)):
+                cost_cells = (f"{cost['core_hours']:.2f} | {cost['gpu_hours']:.3f} | {size:.2f} MB"
+                              if i == 0 else "″ | ″ | ″")
+                lines.append(f"| {name} | {models} | {methods} | {metrics} | {n} | {cost_cells} |")
     lines.append(f"| **total** | | | | | **{core:.2f}** | **{gpu:.3f}** | {total_mb:.1f} MB |")
     return "\n".join(lines)
 

@@ -153,6 +153,12 @@ class Metric:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
         return f"{type(self).__name__}({args})"
 
+    #: True when :meth:`evaluate`'s rows are a function of the maps ``ctx.explain`` returns (with
+    #: the model, inputs, targets, sample ids, seed and settings), never of ``ctx.make_method``:
+    #: a run then gives a method whose maps are another's (``same_maps_as``, e.g. DeepLIFT on a
+    #: CoDA-Net) that method's rows of the same chunk instead of evaluating them again.
+    rows_from_maps: ClassVar[bool] = False
+
     #: Names the model view :meth:`prepare_model` returns ("" = the model itself); part of the
     #: attribution-cache key, since maps of a wrapped model differ from the plain model's.
     model_view: ClassVar[str] = ""

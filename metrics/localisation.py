@@ -125,6 +125,7 @@ class Localisation(Metric):
     description: ClassVar[str] = "share of positive attribution in the explained cell of a grid"
     directions: ClassVar[dict[str, str]] = {"score": "higher"}
     sample_count: ClassVar[str | None] = "num_grids"
+    rows_from_maps: ClassVar[bool] = True
 
     def __init__(self, *, n: GridSize = 3, num_grids: int = 500, seed: int = 42) -> None:
         values = typed_hparams(f"metric {self.name!r}", Localisation, {

@@ -497,6 +497,7 @@ class PixelRemoval(Metric):
         for order in ORDERS for stat in STATS
     }
     sample_count: ClassVar[str | None] = "num_images"
+    rows_from_maps: ClassVar[bool] = True  # the curves' forwards are the cost; maps are cached
 
     def __init__(self, *, order: OrderChoice = "both", fraction: float = 0.25, steps: int = 128,
                  num_images: int = 1024, baseline: Baseline | None = None, sigma: float = 2.0,

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -405,12 +405,18 @@ def part_timings(results: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _part_seconds(jobs: list[PartJob], done: list[ChunkResult]) -> list[dict[str, Any]]:
     """Per part, the seconds its chunks took in this run (0 for a part that was complete) and
-    the method as built on the part's model (``method``'s repr: its resolved settings)."""
+    the method as built on the part's model (``method``'s repr: its resolved settings); for a
+    part whose chunks took another method's rows (:meth:`PartJob.twin_rows`),
+    ``rows_taken_from`` {method: chunks}."""
     seconds: dict[tuple[str, str, str], float] = defaultdict(float)
+    taken: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
     for result in done:
         seconds[result.key] += result.seconds
+        if result.rows_from:
+            taken[result.key][result.rows_from] += 1
     return [{"model": job.part.model, "method": job.part.method, "metric": job.part.metric,
-             "seconds_this_run": round(seconds[job.part.key], 3), "built": job.method_repr}
+             "seconds_this_run": round(seconds[job.part.key], 3), "built": job.method_repr,
+             **({"rows_taken_from": dict(taken[job.part.key])} if taken[job.part.key] else {})}
             for job in jobs]
 
 

@@ -261,6 +261,26 @@ class PartJob:
             rows[column] = rows[column].astype(str)
         return rows
 
+    def twin_rows(self, index: int, ids: np.ndarray) -> pd.DataFrame | None:
+        """Chunk ``index``'s rows taken from the part of the method whose maps this part's
+        method computes (its ``cache_id``), when the metric's rows depend on the maps alone
+        (:attr:`Metric.rows_from_maps`) and that part's chunk of the same ``ids`` is written and
+        verified in this run; None otherwise (the chunk is then evaluated). The rows keep their
+        values and flags and take this part's method and ``method_config``."""
+        if self.cache_id is None or not getattr(self.metric, "rows_from_maps", False):
+            return None
+        twin = replace(self.part, method=str(self.cache_id["name"]))
+        expected = ChunkIdentity(tuple(int(i) for i in ids), _json(self.cache_id),
+                                 _json(self.metric_config))
+        for path in twin.chunk_files(index):
+            data = verified_chunk(twin.store, path)
+            if data is not None and expected.matches(data):
+                rows = pd.read_parquet(io.BytesIO(data))
+                rows["method"] = self.part.method
+                rows["method_config"] = _json(self.method_id)
+                return rows
+        return None
+
     def shipped(self) -> PartJob:
         """A copy without the model and the samples, which go to the workers once, separately
         (its part's store and cache must be reachable from there: absolute paths or URLs)."""
@@ -292,6 +312,7 @@ class ChunkResult:
     cache: CacheStats
     worker: str = "local"
     peak_rss_mb: float | None = None
+    rows_from: str = ""  # the method whose rows the chunk took (PartJob.twin_rows); "" none
 
 
 def compute_label(device: torch.device) -> str:
@@ -321,24 +342,30 @@ def evaluate_chunk(chunk: ChunkJob, device: torch.device, *, model: nn.Module | 
     assert job.samples is not None
     cache = AttributionCache(job.cache)
     start = time.perf_counter()
-    inputs, target = job.samples.fetch(chunk.ids)
-    inputs, target = inputs.to(device), target.to(device)
-    with ieee_float32(device), keep_nonfinite_maps():  # a GPU gives the CPU's numbers
-        rows = job.metric.evaluate(job.context(device, cache), inputs, target, chunk.ids)
-    rows = job.finish_rows(rows)
+    rows = job.twin_rows(chunk.index, chunk.ids)
+    rows_from = "" if rows is None else str(job.cache_id["name"])  # type: ignore[index]
+    if rows is None:
+        inputs, target = job.samples.fetch(chunk.ids)
+        inputs, target = inputs.to(device), target.to(device)
+        with ieee_float32(device), keep_nonfinite_maps():  # a GPU gives the CPU's numbers
+            rows = job.metric.evaluate(job.context(device, cache), inputs, target, chunk.ids)
+        rows = job.finish_rows(rows)
     elapsed = time.perf_counter() - start
     rows["seconds"] = elapsed / max(len(rows), 1)  # per-row share: sums to wall time
     rows["compute"] = compute_label(device)  # like seconds, for the manifest, not the tables
     path = job.part.write_chunk(chunk.index, rows)
-    return ChunkResult(chunk.key, chunk.index, path, len(chunk.ids), elapsed, cache.stats)
+    return ChunkResult(chunk.key, chunk.index, path, len(chunk.ids), elapsed, cache.stats,
+                       rows_from=rows_from)
 
 
 def pending_chunks(jobs: Sequence[PartJob]) -> tuple[list[ChunkJob], list[str]]:
     """The chunks of ``jobs`` without a verified file of this run, and the files that failed
-    their checksum or belong to another run (deleted, so that they are recomputed)."""
+    their checksum or belong to another run (deleted, so that they are recomputed). Parts whose
+    method computes another's maps come after the other parts, so that their chunks can take
+    that method's rows (:meth:`PartJob.twin_rows`); the order within a part is kept."""
     todo: list[ChunkJob] = []
     corrupt: list[str] = []
-    for job in jobs:
+    for job in sorted(jobs, key=lambda job: job.cache_id is not None):  # stable
         for index, ids in enumerate(job.chunks()):
             done, bad = job.part.state(index, job.identity(ids))
             corrupt += bad

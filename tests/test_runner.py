@@ -414,6 +414,38 @@ def test_deeplift_shares_ixgs_cached_maps_where_it_computes_them(toy, tmp_path):
     run({"relu": relu}, "ixg,deeplift", "toy-mass", dataset=toy.toy_data(),
         out=tmp_path / "relu", progress=False, n_samples=10, chunk_size=4)
     assert json.loads((tmp_path / "relu" / "manifest.json").read_text())["cache"]["hits"] == 0
+    parts = json.loads((out / "manifest.json").read_text())["parts"]
+    assert not any("rows_taken_from" in p for p in parts)  # toy-mass: rows_from_maps is False
+
+
+def test_deeplift_takes_ixgs_pixel_removal_rows_equal_to_its_own(toy, tmp_path, monkeypatch):
+    """Pixel removal's rows depend on the maps alone: where DeepLIFT's maps are IxG's, its
+    chunks take IxG's rows (listed first or not) instead of running the removal curves again,
+    and those rows equal the ones DeepLIFT computes on its own."""
+    from attrib_bench.metrics.pixel_removal import PixelRemoval
+
+    calls = []
+    evaluate = PixelRemoval.evaluate
+    monkeypatch.setattr(PixelRemoval, "evaluate",
+                        lambda self, ctx, *a: calls.append(1) or evaluate(self, ctx, *a))
+    kw = {"dataset": toy.toy_data(), "progress": False, "n_samples": 10, "chunk_size": 4,
+          "metric_hparams": {"pixel-removal": {"steps": 4}}}
+    both = run({"lin": toy.toy_model()}, "deeplift,ixg", "pixel-removal", out=tmp_path / "both",
+               **kw)
+    assert len(calls) == 3  # IxG's 3 chunks; DeepLIFT's took them
+    parts = {p["method"]: p for p in
+             json.loads((tmp_path / "both" / "manifest.json").read_text())["parts"]}
+    assert parts["deeplift"]["rows_taken_from"] == {"ixg": 3}
+    assert "rows_taken_from" not in parts["ixg"]
+    alone = run({"lin": toy.toy_model()}, "deeplift", "pixel-removal", out=tmp_path / "alone",
+                **kw)
+    assert len(calls) == 6
+    assert not {"seconds", "compute"} & set(both.columns)  # costs go to the manifest
+    taken = both.query("method == 'deeplift'").reset_index(drop=True)
+    pd.testing.assert_frame_equal(taken, alone.reset_index(drop=True))
+    ixg = both.query("method == 'ixg'").drop(columns=["method", "method_config"])
+    pd.testing.assert_frame_equal(taken.drop(columns=["method", "method_config"]),
+                                  ixg.reset_index(drop=True))
 
 
 def test_progress_bars_number_the_parts_left(toy, tmp_path, capsys):

@@ -22,21 +22,35 @@ import re
 from pathlib import Path
 
 
+def last_call(manifest: dict) -> str:
+    """Where the manifest's last call ran, as a chunk records it ("cpu x2"; the device's type
+    for another device): what chunks written before 2026-11-30 ("unknown") count as."""
+    hardware = str(manifest.get("hardware", ""))
+    threads = re.search(r"(\d+) torch threads", hardware)
+    device = re.search(r"device (\S+)", hardware)
+    return (f"cpu x{int(threads.group(1)) if threads else 1}"
+            if not device or device.group(1) == "cpu" else device.group(1))
+
+
+def part_compute(manifest: dict, part: dict) -> dict[str, float]:
+    """One part's seconds by where they ran ("unknown" read as :func:`last_call`)."""
+    fallback = last_call(manifest)
+    by_compute: dict[str, float] = {}
+    for label, seconds in (part.get("seconds_by_compute")
+                           or {"unknown": part["seconds"]}).items():
+        label = fallback if label == "unknown" else label
+        by_compute[label] = by_compute.get(label, 0.0) + float(seconds)
+    return by_compute
+
+
 def folder_cost(manifest_path: Path) -> dict[str, object]:
     """One run folder's parts, part seconds, where they ran, CPU core-hours and GPU hours."""
     manifest = json.loads(manifest_path.read_text())
     parts = manifest.get("seconds_per_part_all_runs") or []
-    hardware = str(manifest.get("hardware", ""))
-    threads = re.search(r"(\d+) torch threads", hardware)
-    device = re.search(r"device (\S+)", hardware)
-    last_call = (f"cpu x{int(threads.group(1)) if threads else 1}"
-                 if not device or device.group(1) == "cpu" else device.group(1))
     by_compute: dict[str, float] = {}
     for part in parts:
-        for label, seconds in (part.get("seconds_by_compute")
-                               or {"unknown": part["seconds"]}).items():
-            label = last_call if label == "unknown" else label
-            by_compute[label] = by_compute.get(label, 0.0) + float(seconds)
+        for label, seconds in part_compute(manifest, part).items():
+            by_compute[label] = by_compute.get(label, 0.0) + seconds
     core_seconds = sum(s * int(label.split("x")[1]) for label, s in by_compute.items()
                        if label.startswith("cpu x"))
     gpu_seconds = sum(s for label, s in by_compute.items() if not label.startswith("cpu"))

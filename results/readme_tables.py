@@ -1,7 +1,7 @@
 """Write (or check) the README's reproduction tables from the committed run folders.
 
-    python results/readme_tables.py            # rewrite the tables in README.md
-    python results/readme_tables.py --check    # exit 1 when README.md differs from the tables
+    python results/readme_tables.py            # rewrite the tables in README.md, results/README.md
+    python results/readme_tables.py --check    # exit 1 when a file differs from the tables
 
 Each cell is "mean [ci_low, ci_high] (n)" from the runs' ``summary.csv`` (read with
 :func:`attrib_bench.plots.load_runs`, which refuses two runs holding the same part), so a table
@@ -14,12 +14,14 @@ Fig. 6 and the temperature study), quoted, not computed.
 The run-folder table (``FOLDERS_HEADING``) lists what each committed folder holds, from its own
 ``summary.csv`` (superseded parts are no longer there), and its compute from its manifest
 (``results/cpu_hours.py``), so that landing a folder never needs the README's prose edited to
-keep its inventory true.
+keep its inventory true. The rates table (``RATES_HEADING``, in results/README.md) gives each
+method's measured seconds per grid or image from the same manifests, for planning a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import pandas as pd
 from attrib_bench.plots import load_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_hours import folder_cost  # noqa: E402  (results/ is a folder of scripts, not a package)
+from cpu_hours import folder_cost, part_compute  # noqa: E402  (results/: scripts, not a package)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ["xs-coda-sq-t10", "xs-coda-sq-t50", "xs-coda-sq-t100", "xs-coda-sq-t500",
@@ -49,7 +51,13 @@ TABLES = {
 }
 TEMPERATURE_HEADING = "**The inherent maps' localisation by temperature T**"
 FOLDERS_HEADING = "**The committed run folders**"
+RATES_HEADING = "**Measured seconds per sample**"
+#: The files the tables go to: README.md all but the rates, results/README.md the rates.
+TARGETS = {"README.md": None, "results/README.md": (RATES_HEADING,)}
 DEFAULT_RESULTS = [REPO / "results" / "cifar10", REPO / "results" / "cifar10-gpu"]
+#: The setting of a method that its cost grows with, named in the rates table's method column.
+COST_SETTINGS = {"intgrad": "n_steps", "rise": "n_masks", "lime": "num_samples"}
+RATE_METRICS = ("localisation", "localisation-difull", "pixel-removal")
 UNITS = {"localisation": "grids", "localisation-difull": "grids"}  # other metrics: images
 
 
@@ -135,12 +143,76 @@ def folders_table(results: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def part_rates(folder: Path) -> list[dict[str, object]]:
+    """A run folder's parts that ran in one place: seconds per sample (grid or image) over
+    every call that computed them, n, where ("cpu x1": torch threads), the cost setting
+    (:data:`COST_SETTINGS`) and whether the part took another method's rows (manifest
+    ``rows_taken_from``: its seconds are not the method's cost). Parts superseded out of the
+    folder's ``summary.csv`` are left out; so are parts computed in two places."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    n = pd.read_csv(folder / "summary.csv").groupby(["model", "method", "metric"])["n"].max()
+    hparams = manifest.get("config", {}).get("method_hparams", {})
+    taken = {(p["model"], p["method"], p["metric"]) for p in manifest.get("parts", [])
+             if p.get("rows_taken_from")}
+    rates = []
+    for part in manifest.get("seconds_per_part_all_runs") or []:
+        key = (part["model"], part["method"], part["metric"])
+        where = part_compute(manifest, part)
+        if key not in n or len(where) != 1:
+            continue
+        setting = COST_SETTINGS.get(part["method"])
+        rates.append({"model": key[0], "method": key[1], "metric": key[2], "n": int(n[key]),
+                      "seconds": float(part["seconds"]) / int(n[key]), "where": next(iter(where)),
+                      "setting": (f"{setting} {hparams.get(key[1], {}).get(setting, 'default')}"
+                                  if setting else ""),
+                      "taken": key in taken, "folder": folder.name})
+    return rates
+
+
+def _seconds(value: float) -> str:
+    """A rate as the table prints it; below 5 ms the part's maps came from the cache."""
+    return f"{value:.2f}" if value >= 0.005 else "≈ 0 (cached maps)"
+
+
+def _where(label: str) -> str:
+    """ "cpu x1" → "x1" (torch threads), "cuda NVIDIA H200" → "H200"."""
+    return label.removeprefix("cpu ").removeprefix("cuda ").removeprefix("NVIDIA ")
+
+
+def rates_table(results: list[Path]) -> str:
+    """Per model and method (and cost setting), the seconds per grid or image of each metric,
+    from the committed part with the largest n for each place it ran: "2.10 (500, x1)"."""
+    rates = pd.DataFrame([r for root in results for m in sorted(root.glob("*/manifest.json"))
+                          for r in part_rates(m.parent)])
+    rates = rates[~rates.taken & rates.metric.isin(RATE_METRICS)]
+    best = (rates.sort_values(["n", "folder"], ascending=[False, True])
+            .drop_duplicates(["model", "method", "setting", "metric", "where"]))
+    lines = ["| model | method | localisation s/grid | DiFull s/grid | pixel removal s/image |",
+             "|---|---|---|---|---|"]
+    order = {m: i for i, m in enumerate(MODELS)}
+    keys = best[["model", "method", "setting"]].drop_duplicates().assign(
+        _m=lambda f: f.model.map(order).fillna(len(MODELS)),
+        _k=lambda f: f.method.map(list(METHODS).index))
+    for row in keys.sort_values(["_m", "_k", "setting"]).itertuples():
+        cells = []
+        for metric in RATE_METRICS:
+            found = best[(best.model == row.model) & (best.method == row.method)
+                         & (best.setting == row.setting) & (best.metric == metric)]
+            cells.append("; ".join(
+                f"{_seconds(r.seconds)} ({r.n}, {_where(r.where)})"
+                for r in found.sort_values("where").itertuples()) or "–")
+        label = METHODS[row.method].split()[0] + (f" ({row.setting})" if row.setting else "")
+        lines.append(f"| {row.model} | {label} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def tables(results: list[Path]) -> dict[str, str]:
     """Heading → table text, for every table this script owns."""
     summary = load_runs([str(p) for p in results]).summary
     out = {heading: method_table(summary, *spec) for heading, spec in TABLES.items()}
     out[TEMPERATURE_HEADING] = temperature_table(summary)
     out[FOLDERS_HEADING] = folders_table(results)
+    out[RATES_HEADING] = rates_table(results)
     return out
 
 
@@ -151,7 +223,8 @@ def replace_tables(readme: str, new: dict[str, str]) -> str:
             raise SystemExit(f"README.md has no paragraph opening with {heading!r}")
         start = readme.index(heading)
         first = min(i for i in (readme.find(f"\n| {head} |", start)
-                                for head in ("method", "T", "run folder")) if i >= 0) + 1
+                                for head in ("method", "T", "run folder", "model"))
+                    if i >= 0) + 1
         end = readme.find("\n\n", first)
         end = end if end >= 0 else len(readme.rstrip("\n"))
         readme = readme[:first] + table + readme[end:]
@@ -162,23 +235,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, action="append",
                         help="run folders' root (default: results/cifar10 and results/cifar10-gpu)")
-    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
     parser.add_argument("--check", action="store_true",
-                        help="do not write; exit 1 when the README's tables are stale")
+                        help="do not write; exit 1 when a file's tables are stale")
     args = parser.parse_args(argv)
-    text = args.readme.read_text(encoding="utf-8")
-    updated = replace_tables(text, tables(args.results or DEFAULT_RESULTS))
-    if args.check:
+    new = tables(args.results or DEFAULT_RESULTS)
+    owned = {h for headings in TARGETS.values() if headings for h in headings}
+    stale = 0
+    for name, headings in TARGETS.items():
+        path = REPO / name
+        text = path.read_text(encoding="utf-8")
+        mine = {h: t for h, t in new.items() if (h in headings if headings else h not in owned)}
+        updated = replace_tables(text, mine)
+        if args.check:
+            if updated != text:
+                stale += 1
+                print(f"{name}: the reproduction tables differ from the committed runs; "
+                      "run python results/readme_tables.py", file=sys.stderr)
+            else:
+                print(f"{name}: the reproduction tables match the committed runs")
+            continue
         if updated != text:
-            print(f"{args.readme}: the reproduction tables differ from the committed runs; "
-                  "run python results/readme_tables.py", file=sys.stderr)
-            return 1
-        print(f"{args.readme}: the reproduction tables match the committed runs")
-        return 0
-    if updated != text:
-        args.readme.write_text(updated, encoding="utf-8")
-    print(f"{args.readme}: {'updated' if updated != text else 'already current'}")
-    return 0
+            path.write_text(updated, encoding="utf-8")
+        print(f"{name}: {'updated' if updated != text else 'already current'}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -109,6 +109,45 @@ def test_folder_table_counts_each_folders_compute_once_and_totals_it(tmp_path):
     assert table[-1] == "| **total** | | | | | **1.50** | **0.000** | 0.5 MB |"
 
 
+def test_rates_table_takes_each_parts_largest_n_and_leaves_out_what_it_cannot_price(tmp_path):
+    """Seconds per sample from the part with the largest n; a part superseded out of the
+    summary, one computed in two places, and one whose rows were taken from another method are
+    not rates; a part served by the cache is marked; the cost setting names its own row."""
+    import pandas as pd
+
+    readme_tables = _load("readme_tables")
+    part = {"model": "resnet56", "metric": "localisation"}
+    for name, n, parts, extra in (
+            ("small", 4, [{**part, "method": "grad", "seconds": 400.0,
+                           "seconds_by_compute": {"cpu x2": 400.0}}], {}),
+            ("big", 500, [{**part, "method": "grad", "seconds": 1000.0},  # "unknown" → x1
+                          {**part, "method": "ixg", "seconds": 2.0,
+                           "seconds_by_compute": {"cpu x1": 2.0}},
+                          {**part, "method": "deeplift", "seconds": 0.5,
+                           "seconds_by_compute": {"cpu x1": 0.5}},
+                          {**part, "method": "gradcam", "seconds": 9.0,
+                           "seconds_by_compute": {"cpu x1": 4.0, "cuda NVIDIA H200": 5.0}},
+                          {**part, "method": "occ5", "seconds": 9.0}],  # superseded: no row
+             {"parts": [{**part, "method": "deeplift", "rows_taken_from": {"ixg": 16}}]}),
+            ("rise", 16, [{**part, "method": "rise", "seconds": 800.0},
+                          {**part, "metric": "pixel-removal", "method": "rise",
+                           "seconds": 64.0}],
+             {"config": {"method_hparams": {"rise": {"n_masks": 6000}}}})):
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [(p["model"], p["method"], p["metric"], n) for p in parts if p["method"] != "occ5"]
+        pd.DataFrame(rows, columns=["model", "method", "metric", "n"]).to_csv(
+            folder / "summary.csv", index=False)
+        (folder / "manifest.json").write_text(json.dumps(
+            {"hardware": "x | 1 torch threads | device cpu", "seconds_per_part_all_runs": parts,
+             **extra}))
+    table = readme_tables.rates_table([tmp_path]).splitlines()
+    assert table[2:] == [
+        "| resnet56 | Grad | 2.00 (500, x1); 100.00 (4, x2) | – | – |",
+        "| resnet56 | IxG | ≈ 0 (cached maps) (500, x1) | – | – |",
+        "| resnet56 | RISE (n_masks 6000) | 50.00 (16, x1) | – | 4.00 (16, x1) |"]
+
+
 def _toy_run(out: Path, methods: str) -> None:
     """A small pixel-removal run of METHODS on a linear model, the same data and model each call."""
     import torch

@@ -147,13 +147,14 @@ def part_rates(folder: Path) -> list[dict[str, object]]:
     """A run folder's parts that ran in one place: seconds per sample (grid or image) over
     every call that computed them, n, where ("cpu x1": torch threads), the cost setting
     (:data:`COST_SETTINGS`) and whether the part took another method's rows (manifest
-    ``rows_taken_from``: its seconds are not the method's cost). Parts superseded out of the
+    ``rows_taken_from``: the method it took them from; its seconds are not the method's
+    cost). Parts superseded out of the
     folder's ``summary.csv`` are left out; so are parts computed in two places."""
     manifest = json.loads((folder / "manifest.json").read_text())
     n = pd.read_csv(folder / "summary.csv").groupby(["model", "method", "metric"])["n"].max()
     hparams = manifest.get("config", {}).get("method_hparams", {})
-    taken = {(p["model"], p["method"], p["metric"]) for p in manifest.get("parts", [])
-             if p.get("rows_taken_from")}
+    taken = {(p["model"], p["method"], p["metric"]): ", ".join(p["rows_taken_from"])
+             for p in manifest.get("parts", []) if p.get("rows_taken_from")}
     rates = []
     for part in manifest.get("seconds_per_part_all_runs") or []:
         key = (part["model"], part["method"], part["metric"])
@@ -165,12 +166,16 @@ def part_rates(folder: Path) -> list[dict[str, object]]:
                       "seconds": float(part["seconds"]) / int(n[key]), "where": next(iter(where)),
                       "setting": (f"{setting} {hparams.get(key[1], {}).get(setting, 'default')}"
                                   if setting else ""),
-                      "taken": key in taken, "folder": folder.name})
+                      "taken": taken.get(key, ""), "folder": folder.name})
     return rates
 
 
-def _seconds(value: float) -> str:
-    """A rate as the table prints it; below 5 ms the part's maps came from the cache."""
+def _seconds(value: float, taken: str = "") -> str:
+    """A rate as the table prints it: "≈ 0 (<method>'s rows)" for a part that took another
+    method's rows; below 5 ms the part's maps came from the cache."""
+    if taken:
+        return "≈ 0 (" + ", ".join(f"{METHODS[m].split()[0]}'s rows"
+                                   for m in taken.split(", ")) + ")"
     return f"{value:.2f}" if value >= 0.005 else "≈ 0 (cached maps)"
 
 
@@ -184,7 +189,7 @@ def rates_table(results: list[Path]) -> str:
     from the committed part with the largest n for each place it ran: "2.10 (500, x1)"."""
     rates = pd.DataFrame([r for root in results for m in sorted(root.glob("*/manifest.json"))
                           for r in part_rates(m.parent)])
-    rates = rates[~rates.taken & rates.metric.isin(RATE_METRICS)]
+    rates = rates[rates.metric.isin(RATE_METRICS)]
     best = (rates.sort_values(["n", "folder"], ascending=[False, True])
             .drop_duplicates(["model", "method", "setting", "metric", "where"]))
     lines = ["| model | method | localisation s/grid | DiFull s/grid | pixel removal s/image |",
@@ -199,7 +204,7 @@ def rates_table(results: list[Path]) -> str:
             found = best[(best.model == row.model) & (best.method == row.method)
                          & (best.setting == row.setting) & (best.metric == metric)]
             cells.append("; ".join(
-                f"{_seconds(r.seconds)} ({r.n}, {_where(r.where)})"
+                f"{_seconds(r.seconds, r.taken)} ({r.n}, {_where(r.where)})"
                 for r in found.sort_values("where").itertuples()) or "–")
         label = METHODS[row.method].split()[0] + (f" ({row.setting})" if row.setting else "")
         lines.append(f"| {row.model} | {label} | {' | '.join(cells)} |")

@@ -111,8 +111,8 @@ def test_folder_table_counts_each_folders_compute_once_and_totals_it(tmp_path):
 
 def test_rates_table_takes_each_parts_largest_n_and_leaves_out_what_it_cannot_price(tmp_path):
     """Seconds per sample from the part with the largest n; a part superseded out of the
-    summary, one computed in two places, and one whose rows were taken from another method are
-    not rates; a part served by the cache is marked; the cost setting names its own row."""
+    summary and one computed in two places are not rates; a part that took another method's
+    rows or was served by the cache is marked; the cost setting names its own row."""
     import pandas as pd
 
     readme_tables = _load("readme_tables")
@@ -145,6 +145,7 @@ def test_rates_table_takes_each_parts_largest_n_and_leaves_out_what_it_cannot_pr
     assert table[2:] == [
         "| resnet56 | Grad | 2.00 (500, x1); 100.00 (4, x2) | – | – |",
         "| resnet56 | IxG | ≈ 0 (cached maps) (500, x1) | – | – |",
+        "| resnet56 | DeepLIFT | ≈ 0 (IxG's rows) (500, x1) | – | – |",
         "| resnet56 | RISE (n_masks 6000) | 50.00 (16, x1) | – | 4.00 (16, x1) |"]
 
 

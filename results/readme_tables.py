@@ -148,13 +148,13 @@ def part_rates(folder: Path) -> list[dict[str, object]]:
     every call that computed them, n, where ("cpu x1": torch threads), the cost setting
     (:data:`COST_SETTINGS`) and whether the part took another method's rows (manifest
     ``rows_taken_from``: the method it took them from; its seconds are not the method's
-    cost). Parts superseded out of the
-    folder's ``summary.csv`` are left out; so are parts computed in two places."""
+    cost). Parts superseded out of the folder's ``summary.csv`` are left out; so are parts
+    computed in two places."""
     manifest = json.loads((folder / "manifest.json").read_text())
     n = pd.read_csv(folder / "summary.csv").groupby(["model", "method", "metric"])["n"].max()
     hparams = manifest.get("config", {}).get("method_hparams", {})
-    taken = {(p["model"], p["method"], p["metric"]): ", ".join(p["rows_taken_from"])
-             for p in manifest.get("parts", []) if p.get("rows_taken_from")}
+    taken = {(p["model"], p["method"], p["metric"]): next(iter(p["rows_taken_from"]))
+             for p in manifest.get("parts", []) if p.get("rows_taken_from")}  # one twin each
     rates = []
     for part in manifest.get("seconds_per_part_all_runs") or []:
         key = (part["model"], part["method"], part["metric"])
@@ -174,8 +174,7 @@ def _seconds(value: float, taken: str = "") -> str:
     """A rate as the table prints it: "≈ 0 (<method>'s rows)" for a part that took another
     method's rows; below 5 ms the part's maps came from the cache."""
     if taken:
-        return "≈ 0 (" + ", ".join(f"{METHODS[m].split()[0]}'s rows"
-                                   for m in taken.split(", ")) + ")"
+        return f"≈ 0 ({METHODS[taken].split()[0]}'s rows)"
     return f"{value:.2f}" if value >= 0.005 else "≈ 0 (cached maps)"
 
 

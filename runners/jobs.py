@@ -270,8 +270,7 @@ class PartJob:
         if self.cache_id is None or not getattr(self.metric, "rows_from_maps", False):
             return None
         twin = replace(self.part, method=str(self.cache_id["name"]))
-        expected = ChunkIdentity(tuple(int(i) for i in ids), _json(self.cache_id),
-                                 _json(self.metric_config))
+        expected = replace(self.identity(ids), method_config=_json(self.cache_id))
         for path in twin.chunk_files(index):
             data = verified_chunk(twin.store, path)
             if data is not None and expected.matches(data):

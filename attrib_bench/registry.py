@@ -84,8 +84,9 @@ class Registry:
             key = name or factory.__name__
             if key in self._entries and not override:
                 raise ValueError(f"{self.kind} {key!r} is already registered; pass override=True")
-            doc = (factory.__doc__ or "").strip().splitlines()
-            text = description if description is not None else (doc[0] if doc else "")
+            # the docstring's first paragraph on one line (its first line may end mid-sentence)
+            summary = (factory.__doc__ or "").strip().split("\n\n")[0]
+            text = description if description is not None else " ".join(summary.split())
             self._entries[key] = Entry(key, factory, text, dict(metadata))
             return factory
 
@@ -276,27 +277,28 @@ class MethodRegistry(Registry):
         return f"{message}; methods that apply to it: {', '.join(others) or 'none'}"
 
     def applicable(self, model: object, example: Any = None) -> list[str]:
-        """Registered method names whose required model attributes ``model`` has (sorted).
+        """Registered method names that apply to ``model`` (sorted).
 
-        With ``example`` (a (B, 3, H, W) batch in [0, 1]) each such method is also built with its
-        defaults and its ``preflight`` checks run on the first image, as the runner does before
-        any work: a method that applies only to some models of a kind (DeepLift, which refuses a
-        non-linearity module called twice in one forward, as in torchvision's ResNets) is then
-        left out.
+        A method applies when ``model`` has its required attributes and the method builds on it
+        with its defaults (GradCAM refuses a model without an ``nn.Conv2d``). With ``example``
+        (a (B, 3, H, W) batch in [0, 1]) each method's ``preflight`` checks also run on the first
+        image, as the runner does before any work: a method that applies only to some models of
+        a kind (DeepLift, which refuses a non-linearity module called twice in one forward, as in
+        torchvision's ResNets) is then left out too.
         """
         names = [n for n in self.names()
                  if all(hasattr(model, attr) for attr in requirements(self.get(n).factory))]
-        if example is None:
-            return names
-        import torch
+        first = target = None
+        if example is not None:
+            import torch
 
-        first = example[:1]
-        target = torch.zeros(len(first), dtype=torch.long, device=first.device)
+            first = example[:1]
+            target = torch.zeros(len(first), dtype=torch.long, device=first.device)
         kept = []
         for name in names:
             try:
                 method = self.get(name).factory(model)
-                if callable(getattr(method, "preflight", None)):
+                if first is not None and callable(getattr(method, "preflight", None)):
                     method.preflight(first, target)
             except NotApplicableError:
                 continue

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from attrib_bench.data import BaseImageSet
+from attrib_bench.errors import MetricError
 from attrib_bench.evaluation import INFERENCE_BATCH, predict_logits
 from attrib_bench.hparams import convert, hparams_of
 
@@ -115,6 +116,23 @@ def typed_hparams(owner: str, factory: Callable[..., Any], values: Mapping[str, 
     specs = hparams_of(factory)
     return {key: convert(value, specs[key], owner) if key in specs else value
             for key, value in values.items()}
+
+
+def first_images(owner: str, dataset: BaseImageSet, wanted: int, default: int) -> np.ndarray:
+    """Ids of the first ``wanted`` images of ``dataset`` in dataset order, shape (n,).
+
+    ``default`` is the metric's own count (the paper's 1024 for pixel removal): on a smaller
+    dataset it means "all of them" and is clipped to ``len(dataset)`` (the sample set's info
+    records requested and selected). Any other count is what the user asked for, so a dataset
+    with fewer images raises :class:`~attrib_bench.errors.MetricError` in one line naming the
+    fix, rather than running fewer samples than the config records. ``owner`` names the
+    metric in the message ("metric 'pixel-removal'").
+    """
+    available = len(dataset)
+    if wanted > available and wanted != default:
+        raise MetricError(f"{owner}: {dataset.name} has only {available} images, {wanted} "
+                          f"requested: pass --n-samples {available} (or fewer)")
+    return np.arange(min(wanted, available), dtype=np.int64)
 
 
 def make_rows(sample: Any, key: Any, value: Any, *, variant: Any = "", stat: Any = "score"

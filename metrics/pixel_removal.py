@@ -75,6 +75,7 @@ from attrib_bench.metrics.base import (
     Metric,
     SampleSet,
     SelectContext,
+    first_images,
     make_rows,
     typed_hparams,
 )
@@ -465,6 +466,10 @@ def curve_auc(values: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- metric
 
 
+#: The default count of images (the first in dataset order).
+NUM_IMAGES = 1024
+
+
 @register_metric("pixel-removal", family="faithfulness",
                  reference="Böhle et al. 2021 (CoDA-Nets), Fig. 7: pixel removal")
 class PixelRemoval(Metric):
@@ -500,7 +505,7 @@ class PixelRemoval(Metric):
     rows_from_maps: ClassVar[bool] = True  # the curves' forwards are the cost; maps are cached
 
     def __init__(self, *, order: OrderChoice = "both", fraction: float = 0.25, steps: int = 128,
-                 num_images: int = 1024, baseline: Baseline | None = None, sigma: float = 2.0,
+                 num_images: int = NUM_IMAGES, baseline: Baseline | None = None, sigma: float = 2.0,
                  road_noise: float = 0.01, mean: list[float] | None = None,
                  score: Probability | None = None, max_batch: int = 256,
                  seed: int | None = None) -> None:
@@ -564,7 +569,8 @@ class PixelRemoval(Metric):
         """
         baseline = self.effective_baseline(model)
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
-        ids = np.arange(min(wanted, len(dataset)), dtype=np.int64)
+        ids = first_images(f"metric {self.name!r}", dataset, wanted,
+                           NUM_IMAGES)
         height, width = dataset.image_size
         k = pixels_per_step(height, width, self.hparams["fraction"], self.hparams["steps"])
         info: dict[str, Any] = {"requested": wanted, "selected": len(ids),

@@ -60,6 +60,7 @@ from attrib_bench.metrics.base import (
     Metric,
     SampleSet,
     SelectContext,
+    first_images,
     make_rows,
     typed_hparams,
 )
@@ -232,6 +233,10 @@ def similarities(original: torch.Tensor, randomised: torch.Tensor) -> dict[str, 
     }
 
 
+#: The default count of images (the first in dataset order).
+NUM_IMAGES = 100
+
+
 # ----------------------------------------------------------------------------- metric
 
 @register_metric("randomisation", family="sanity-check",
@@ -253,7 +258,7 @@ class Randomisation(Metric):
     directions: ClassVar[dict[str, str]] = {stat: "lower" for stat in STATS}
     sample_count: ClassVar[str | None] = "num_images"
 
-    def __init__(self, *, modes: ModeChoice = "both", num_images: int = 100,
+    def __init__(self, *, modes: ModeChoice = "both", num_images: int = NUM_IMAGES,
                  layers: int | list[str] | None = None, seed: int | None = None) -> None:
         values = typed_hparams("metric 'randomisation'", Randomisation, {
             "modes": modes, "num_images": num_images, "layers": layers, "seed": seed})
@@ -274,7 +279,8 @@ class Randomisation(Metric):
                ctx: SelectContext) -> SampleSet:
         """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
-        ids = np.arange(min(wanted, len(dataset)), dtype=np.int64)
+        ids = first_images(f"metric {self.name!r}", dataset, wanted,
+                           NUM_IMAGES)
 
         def fetch(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             index = torch.as_tensor(np.asarray(batch, dtype=np.int64))

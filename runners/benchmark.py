@@ -500,6 +500,9 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
     refused: dict[str, NotApplicableError] = {}
     jobs: list[PartJob] = []
     samples_info: dict[str, dict[str, Any]] = {}
+    # Build every method first (their settings' values are checked on construction), so that
+    # a wrong value stops the run before the samples are drawn (a pass over the dataset).
+    prepared: list[tuple[str, str, Metric, nn.Module, dict[str, Any]]] = []
     for model_name, model in loaded.items():
         for metric_name, metric in metrics.items():
             try:
@@ -509,32 +512,42 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
                     raise
                 _skip(skipped, model_name, "*", metric_name, str(exc))
                 continue
-            t0 = time.perf_counter()
-            # --n-samples is in the config of a metric with a sample_count setting already
-            n_samples = None if sample_count_key(metric_name) else config.n_samples
-            samples = _select(metric_name, metric, model, images, n_samples, select_ctx)
-            samples_info[f"{model_name}/{metric_name}"] = {  # the count wins over info's keys
-                **samples.info, "n": len(samples), "seconds": round(time.perf_counter() - t0, 3)}
-            example = _first_sample(samples, device) if len(samples) else None
+            built: dict[str, Any] = {}
             for method_name in config.methods:
-                method_config = config.method_hparams[method_name]
                 try:
-                    method = build_method(method_name, view, method_config)
-                    if example is not None and callable(getattr(method, "preflight", None)):
-                        with eval_mode(view):
-                            method.preflight(*example)
+                    built[method_name] = build_method(method_name, view,
+                                                      config.method_hparams[method_name])
                 except NotApplicableError as exc:
                     refused.setdefault(method_name, exc)
                     _skip(skipped, model_name, method_name, metric_name, str(exc))
-                    continue
-                jobs.append(PartJob(
-                    Part(model_name, method_name, metric_name, out), metric, samples, view,
-                    hashes[model_name], method_config,
-                    _method_id(method_name, method, method_config, metric.model_view),
-                    {"name": metric_name, **config.metric_hparams[metric_name],
-                     "n_samples": n_samples},
-                    config.dataset, config.seed, config.chunk_size, cache, repr(method),
-                    _shared_maps_id(method, view, method_config, metric.model_view)))
+            prepared.append((model_name, metric_name, metric, view, built))
+    for model_name, metric_name, metric, view, built in prepared:
+        model = loaded[model_name]
+        t0 = time.perf_counter()
+        # --n-samples is in the config of a metric with a sample_count setting already
+        n_samples = None if sample_count_key(metric_name) else config.n_samples
+        samples = _select(metric_name, metric, model, images, n_samples, select_ctx)
+        samples_info[f"{model_name}/{metric_name}"] = {  # the count wins over info's keys
+            **samples.info, "n": len(samples), "seconds": round(time.perf_counter() - t0, 3)}
+        example = _first_sample(samples, device) if len(samples) else None
+        for method_name, method in built.items():
+            method_config = config.method_hparams[method_name]
+            try:
+                if example is not None and callable(getattr(method, "preflight", None)):
+                    with eval_mode(view):
+                        method.preflight(*example)
+            except NotApplicableError as exc:
+                refused.setdefault(method_name, exc)
+                _skip(skipped, model_name, method_name, metric_name, str(exc))
+                continue
+            jobs.append(PartJob(
+                Part(model_name, method_name, metric_name, out), metric, samples, view,
+                hashes[model_name], method_config,
+                _method_id(method_name, method, method_config, metric.model_view),
+                {"name": metric_name, **config.metric_hparams[metric_name],
+                 "n_samples": n_samples},
+                config.dataset, config.seed, config.chunk_size, cache, repr(method),
+                _shared_maps_id(method, view, method_config, metric.model_view)))
     if not config.all_methods:  # a named method must apply to at least one model
         planned = {job.method for job in jobs}
         for name, exc in refused.items():

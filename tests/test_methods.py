@@ -230,7 +230,13 @@ def test_gradcam_on_a_model_without_a_conv_needs_layer():
     model = Linear(torch.zeros(10, 3, 8, 8), torch.zeros(10))
     with pytest.raises(NotApplicableError) as info:
         create_method("gradcam", model)
-    _one_line(info.value, "gradcam_layer", "layer=")
+    _one_line(info.value, "gradcam_layer", "layer=", "spatial (B, C, h, w) output")
+    assert "gradcam" not in applicable_methods(model) and "grad" in applicable_methods(model)
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    with pytest.raises(NotApplicableError) as info:  # the alternatives it names apply
+        create_method("inherent", plain)
+    listed = str(info.value).split("methods that apply to it: ")[1].split(", ")
+    assert "grad" in listed and "gradcam" not in listed
     resnet = _resnet()
     explicit = create_method("gradcam", resnet, layer=resnet.layer2).attribute(_images(2),
                                                                                _targets(2))

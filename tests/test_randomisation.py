@@ -269,7 +269,9 @@ def test_select_first_images_with_ground_truth():
     assert samples.ids.tolist() == [0, 1, 2]
     x, t = samples.fetch(np.array([1, 2]))
     assert t.tolist() == [3, 2] and torch.equal(x, data.float_images(torch.tensor([1, 2])))
-    assert len(Randomisation().select(None, data, 10, SelectContext())) == 5
+    assert len(Randomisation().select(None, data, None, SelectContext())) == 5  # default: all
+    with pytest.raises(MetricError, match="t has only 5 images, 10 requested: pass --n-samples 5"):
+        Randomisation().select(None, data, 10, SelectContext())  # an asked-for count is kept
 
 
 def test_registered_with_typed_hparams_from_the_signature():

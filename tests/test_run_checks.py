@@ -25,6 +25,7 @@ from attrib_bench import hparams
 from attrib_bench.cli import cli
 from attrib_bench.data import ImageSet
 from attrib_bench.errors import (
+    MethodError,
     ModelOutputError,
     NotApplicableError,
     PluginError,
@@ -134,6 +135,41 @@ def test_zero_grids_is_refused_before_any_model_runs(tmp_path, metric, monkeypat
         run("resnet56", "grad", metric, out=out, progress=False,
             settings=[f"{metric}.num_grids=0"])
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("metric", "key"), [("pixel-removal", "num_images"),
+                                           ("randomisation", "num_images")])
+@pytest.mark.parametrize("by_flag", [True, False])
+def test_more_images_than_the_dataset_holds_is_refused_not_clipped(tmp_path, metric, key,
+                                                                   by_flag):
+    """`--n-samples 20000` on CIFAR-10's 10 000 test images used to run 10 000 while the config
+    recorded 20 000; like localisation's grid count it is now one line naming the fix."""
+    from attrib_bench.errors import MetricError
+
+    out = tmp_path / "never"
+    asked = {"n_samples": 13} if by_flag else {}
+    settings = [] if by_flag else [f"{metric}.{key}=13"]
+    with pytest.raises(MetricError, match=rf"^metric '{metric}': toy has only 12 images, 13 "
+                                          r"requested: pass --n-samples 12 \(or fewer\)$"):
+        run({"toy": _model()}, "grad", metric, dataset=_data(), out=out, progress=False,
+            settings=settings, **asked)
+    assert not out.exists()
+
+
+def test_a_bad_method_value_is_refused_before_the_samples_are_drawn(tmp_path, monkeypatch):
+    """`--set rise.n_masks=-3` was refused only after localisation's pass over the dataset
+    (minutes on CIFAR-10); every method is now built, and its values checked, first."""
+    from attrib_bench.metrics.localisation import Localisation
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the samples were drawn")
+
+    monkeypatch.setattr(Localisation, "select", no_pass)
+    out = tmp_path / "never"
+    with pytest.raises(MethodError, match="n_masks must be a positive int, got -3") as info:
+        run({"toy": _model()}, "grad,rise", "localisation", dataset=_data(), out=out,
+            progress=False, settings=["rise.n_masks=-3"])
+    assert "\n" not in str(info.value) and not out.exists()
 
 
 def test_a_changed_default_never_reuses_cached_maps(tmp_path):

@@ -156,8 +156,8 @@ class GradCAM(AttributionMethod):
         if found is None:
             raise NotApplicableError(
                 f"method 'gradcam' does not apply to {type(model).__name__}: it has no "
-                "nn.Conv2d and no model.gradcam_layer; pass layer=<a module path such as "
-                "'features.3'>")
+                "nn.Conv2d and no model.gradcam_layer; pass layer=<the path of a module "
+                "with a spatial (B, C, h, w) output>")
         module, _ = found
         path = _module_path(model, module)
         return module, path if path else type(module).__name__

@@ -569,8 +569,7 @@ class PixelRemoval(Metric):
         """
         baseline = self.effective_baseline(model)
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
-        ids = first_images(f"metric {self.name!r}", dataset, wanted,
-                           NUM_IMAGES)
+        ids = first_images(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
         height, width = dataset.image_size
         k = pixels_per_step(height, width, self.hparams["fraction"], self.hparams["steps"])
         info: dict[str, Any] = {"requested": wanted, "selected": len(ids),

@@ -279,8 +279,7 @@ class Randomisation(Metric):
                ctx: SelectContext) -> SampleSet:
         """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
-        ids = first_images(f"metric {self.name!r}", dataset, wanted,
-                           NUM_IMAGES)
+        ids = first_images(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
 
         def fetch(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             index = torch.as_tensor(np.asarray(batch, dtype=np.int64))

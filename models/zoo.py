@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -320,18 +319,14 @@ def zoo_sidecar(weights: str | Path, name: str, dest_dir: str | Path, *,
     return out
 
 
-def _trained_on(sidecar: Mapping[str, Any]) -> str:
-    """The registered dataset a sidecar's model was trained on: ``registered_dataset`` (written
-    by `train` since 2026-11-30), else "cifar10" (every earlier sidecar's)."""
-    return str(sidecar.get("registered_dataset") or "cifar10")
-
-
 def register_zoo_folder(folder: str | Path, bundled: bool = False) -> list[str]:
     """Register every ``*.json`` sidecar with a ``"zoo"`` section in ``folder``; returns names.
 
     A CoDA-Net sidecar (config model ``<size>-coda``) becomes ``build_coda(size, norm, T)``, a
     B-cos one (config model ``bcos-resnet20``) the package's network, with the weights' sha256
-    checked at load. A name that is already registered is one line.
+    checked at load; its ``registered_dataset`` (which `attrib-bench train` records) is the
+    entry's dataset. A name that is already registered, or a sidecar without
+    ``registered_dataset``, is one line.
     """
     folder = Path(folder)
     names = []
@@ -348,8 +343,12 @@ def register_zoo_folder(folder: str | Path, bundled: bool = False) -> list[str]:
         if zoo["name"] in MODELS.names():
             raise CheckpointError(f"{path}: model {zoo['name']!r} is already registered: rename "
                                   "the zoo entry or remove the folder from $ATTRIB_BENCH_ZOO")
+        if not sidecar.get("registered_dataset"):
+            raise CheckpointError(f"{path}: no registered_dataset (the dataset the model was "
+                                  "trained on, which `attrib-bench train` records): add it, "
+                                  'e.g. "registered_dataset": "cifar10"')
         cfg = PretrainedCfg(
-            file=sidecar["file"], sha256=sidecar["sha256"], dataset=_trained_on(sidecar),
+            file=sidecar["file"], sha256=sidecar["sha256"], dataset=sidecar["registered_dataset"],
             accuracy=zoo.get("accuracy"), published_accuracy=zoo.get("published_accuracy"),
             provenance=zoo["provenance"], license=zoo.get("license", "MIT (attrib-bench)"),
             bundled=bundled, folder=None if bundled else str(folder.resolve()))

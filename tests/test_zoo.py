@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
 from attrib_bench.checkpoints import sha256_file
 from attrib_bench.data import load_cifar10
+from attrib_bench.errors import CheckpointError
 from attrib_bench.evaluation import predict_logits, top1_accuracy
-from attrib_bench.models.zoo import TRAINED
+from attrib_bench.models.zoo import BUNDLED_DIR, TRAINED, register_zoo_folder
 from attrib_bench.registry import MODELS, create_model, list_models
 
 NAMES = sorted(TRAINED)
@@ -79,3 +81,30 @@ def test_accuracy_and_completeness_on_real_images(name, data_root):
     torch.testing.assert_close(maps.sum(dim=(1, 2, 3)),
                                logits[:16][torch.arange(16), target] - model.logit_bias,
                                rtol=1e-4, atol=1e-5)
+
+
+def _zoo_names_by_file() -> dict[str, str]:
+    return {MODELS.get(n).metadata["pretrained_cfg"].file: n for n in list_models()
+            if MODELS.get(n).metadata.get("pretrained_cfg") is not None
+            and MODELS.get(n).metadata["pretrained_cfg"].bundled}
+
+
+def test_every_committed_sidecar_records_the_dataset_its_entry_is_registered_for():
+    names = _zoo_names_by_file()
+    sidecars = sorted(p for p in BUNDLED_DIR.glob("*.json"))
+    assert len(sidecars) == len(names) >= 8
+    for path in sidecars:
+        sidecar = json.loads(path.read_text())
+        name = names[sidecar["file"]]
+        assert sidecar["registered_dataset"] == MODELS.get(name).metadata["dataset"], path.name
+
+
+def test_a_zoo_sidecar_without_its_dataset_is_one_line(tmp_path):
+    shutil.copy(BUNDLED_DIR / "xs-coda-sq-t50.safetensors", tmp_path / "old.safetensors")
+    sidecar = json.loads((BUNDLED_DIR / "xs-coda-sq-t50.json").read_text())
+    del sidecar["registered_dataset"]
+    sidecar["file"], sidecar["zoo"]["name"] = "old.safetensors", "xs-coda-old-sidecar"
+    (tmp_path / "old.json").write_text(json.dumps(sidecar))
+    with pytest.raises(CheckpointError, match=r"old.json: no registered_dataset .*add it"):
+        register_zoo_folder(tmp_path)
+    assert "xs-coda-old-sidecar" not in MODELS.names()

@@ -481,6 +481,21 @@ def report_cmd(results_dirs: tuple[str, ...], out_file: str | None) -> None:
     click.echo(str(write_report(results_dirs, out_file)))
 
 
+@cli.command("store")
+@click.option("--into", "into", required=True, type=click.Path(file_okay=False),
+              help="The results store (one per dataset), e.g. results/cifar10; made if missing.")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False))
+def store_cmd(into: str, runs: tuple[str, ...]) -> None:
+    """Add finished run folders to a results store: per-sample values, mean curves, summary and
+    every part's provenance. A part (model, method, metric) the store holds is replaced by the
+    run's (a re-run at a larger n) and listed as superseded; later RUNS replace earlier ones."""
+    from attrib_bench.store import add_runs
+
+    parts = add_runs(into, runs)
+    click.echo(f"{into}: {len(parts)} parts from {len(runs)} run folder"
+               f"{'s' if len(runs) != 1 else ''}")
+
+
 @cli.command("examples")
 @click.option("--model", "model_name", required=True, help="Model name (one).")
 @click.option("--method", "methods", default="all", show_default=True,

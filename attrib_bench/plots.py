@@ -37,6 +37,7 @@ from matplotlib.textpath import TextToPath  # noqa: E402
 from attrib_bench.errors import PlotError  # noqa: E402
 from attrib_bench.models.protocols import probability_label  # noqa: E402
 from attrib_bench.registry import METHODS  # noqa: E402
+from attrib_bench.store import mean_band  # noqa: E402
 
 #: Methods in the order the paper lists them, then the ones it dropped on CIFAR-10.
 METHOD_ORDER: tuple[str, ...] = ("inherent", "grad", "ixg", "intgrad", "deeplift", "gradcam",
@@ -66,8 +67,6 @@ MAX_COLUMNS = 3
 MIN_WIDTH, MAX_WIDTH = 5.0, 15.0
 #: Most layers labelled on a randomisation figure's x axis (the others get unlabelled ticks).
 MAX_LAYER_LABELS = 15
-#: Seeded bootstrap resamples for the bands around mean curves (figures stay byte-identical).
-BAND_RESAMPLES = 1000
 #: Sideways shift between methods in the temperature figure, in decades of T.
 _DODGE_DECADES = 0.02
 _TEXT_PATHS = TextToPath()
@@ -78,7 +77,9 @@ _TEXT_PATHS = TextToPath()
 
 @dataclass
 class RunTables:
-    """A finished run's tables: ``results`` (tidy rows), ``summary`` and the ``manifest``."""
+    """A finished run's (or a store's) tables: ``results`` (tidy rows; a store's per-sample
+    values), ``summary``, the ``manifest`` and ``curves`` (:func:`attrib_bench.store.curve_table`:
+    the mean curves with their bands that the pixel-removal figure draws)."""
 
     path: Path
     results: pd.DataFrame
@@ -86,6 +87,7 @@ class RunTables:
     manifest: dict[str, Any] = field(default_factory=dict)
     #: Each run folder's own manifest (folder → manifest), for per-run provenance and samples.
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    curves: pd.DataFrame | None = None
 
     def temperatures(self) -> dict[str, float]:
         """Model name → T for the models that have one (CoDA-Nets), from the manifest."""
@@ -123,14 +125,21 @@ def temperature_series(manifest: Mapping[str, Any] | None, temperatures: Mapping
 
 
 def load_run(path: str | Path) -> RunTables:
-    """Read ``results.parquet``, ``summary.csv`` and ``manifest.json`` from a run folder.
+    """Read ``results.parquet``, ``summary.csv`` and ``manifest.json`` from a run folder, or a
+    results store's tables (:mod:`attrib_bench.store`; ``manifests``: its runs').
 
     Raises :class:`PlotError` (one line, naming the fix) for a missing folder, an unfinished run,
-    an empty summary, tables written by an older attrib-bench (missing columns), or a table
-    whose sha256 is not the one the run recorded in its manifest (``tables_sha256``; runs
-    before 2026-11-30 have none and are read as they are).
+    an empty summary, tables written by an older attrib-bench (missing columns or no
+    ``tables_sha256`` in the manifest), or a table whose sha256 is not the one the run recorded
+    in its manifest.
     """
+    from attrib_bench import store
+
     path = Path(path)
+    if store.is_store(path):
+        held = store.read_store(path)
+        return RunTables(path, held.values, held.summary, held.manifest,
+                         dict(held.manifest.get("runs", {})), held.curves)
     if not path.is_dir():
         raise PlotError(f"no results folder {path}: write one with attrib-bench run --out {path}")
     table = path / "results.parquet"
@@ -159,26 +168,24 @@ def load_run(path: str | Path) -> RunTables:
     _require_columns(summary, SUMMARY_COLUMNS, summary_file)
     manifest_file = path / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    _check_tables(path, manifest.get("tables_sha256") or {})
-    return RunTables(path, results, summary, manifest)
+    if not manifest.get("tables_sha256"):
+        raise PlotError(f"{path} has no manifest with the tables' sha256 (written by an older "
+                        "attrib-bench, or not a run folder): re-run attrib-bench run")
+    _check_tables(path, manifest["tables_sha256"])
+    return RunTables(path, results, summary, manifest, curves=store.curve_table(results))
 
 
 def _read_results(table: Path) -> pd.DataFrame:
     """A results table with its text columns as plain Python strings (object dtype).
 
     pandas' default Arrow-backed strings make every boolean selection copy the text through
-    ``pyarrow.compute.take`` (≈ 5 s per selection on the 2.4 M rows of the committed
-    reproduction, 10 × the object-dtype copy); the columns hold few distinct values, so reading
-    them dictionary-encoded and expanding the small dictionaries is also the faster load.
+    ``pyarrow.compute.take`` (≈ 5 s per selection on 2.4 M rows, 10 × the object-dtype copy);
+    the columns hold few distinct values, so reading them dictionary-encoded and expanding the
+    small dictionaries is also the faster load.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from attrib_bench.store import _read_parquet
 
-    schema = pq.read_schema(table)
-    text = [field.name for field in schema
-            if pa.types.is_string(field.type) or pa.types.is_large_string(field.type)]
-    results = pq.read_table(table, read_dictionary=text).to_pandas()
-    return results.astype({name: object for name in text})
+    return _read_parquet(table)
 
 
 def _check_tables(path: Path, digests: Mapping[str, str]) -> None:
@@ -220,7 +227,7 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> RunTables:
         only = tables[0]
         return RunTables(Path(given[0]), only.results, only.summary,
                          {**only.manifest, "runs": [str(only.path)]},
-                         {str(only.path): only.manifest})
+                         only.manifests or {str(only.path): only.manifest}, only.curves)
     keys = pd.concat([t.results[["model", "method", "metric"]].drop_duplicates().assign(
         run=str(t.path)) for t in tables])
     clash = keys[keys.duplicated(["model", "method", "metric"], keep=False)]
@@ -238,9 +245,13 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> RunTables:
                 manifest["config"]["metrics"].append(metric)
         for key in ("hardware", "git_commit", "versions"):
             manifest.setdefault(key, t.manifest.get(key))
+    manifests: dict[str, dict[str, Any]] = {}
+    for t in tables:
+        manifests.update(t.manifests or {str(t.path): t.manifest})
+    curves = [t.curves for t in tables if t.curves is not None and not t.curves.empty]
     return RunTables(Path(given[0]), pd.concat([t.results for t in tables], ignore_index=True),
                      pd.concat([t.summary for t in tables], ignore_index=True), manifest,
-                     {str(t.path): t.manifest for t in tables})
+                     manifests, pd.concat(curves, ignore_index=True) if curves else None)
 
 
 def _require_columns(table: pd.DataFrame, columns: Iterable[str], where: Path) -> None:
@@ -301,12 +312,14 @@ def method_label(name: str) -> str:
 
 def _ordered_models(names: Iterable[str], manifest: Mapping[str, Any] | None = None
                     ) -> list[str]:
-    """Models in first-seen order (the run's order), the ones with a T in the manifest (the
-    CoDA-Nets) first, by T. Every figure uses this order for its panels."""
+    """Models with a T in the manifest (the CoDA-Nets) first, by T, then by parameter count
+    (the manifest's) and name: an order that does not depend on the rows' order, so a store and
+    the run folders it came from draw the same panels. Every figure uses this order."""
     names = list(dict.fromkeys(names))
     temperatures = model_temperatures(manifest, names)
+    info = (manifest or {}).get("models", {})
     return sorted(names, key=lambda n: (n not in temperatures, temperatures.get(n, 0),
-                                        names.index(n)))
+                                        info.get(n, {}).get("parameters") or 0, n))
 
 
 def method_styles(names: Iterable[str]) -> dict[str, dict[str, str]]:
@@ -379,19 +392,6 @@ def panel_grid(count: int, size: tuple[float, float], sharey: bool = False
     for ax in flat[count:]:
         fig.delaxes(ax)
     return fig, flat[:count]
-
-
-def mean_band(values: np.ndarray, seed: int = 0, resamples: int = BAND_RESAMPLES,
-              level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over samples of ``values`` (n, k) and its seeded percentile-bootstrap CI: three
-    (k,) arrays (mean, low, high). Resampling counts are multinomial, so memory is O(B·(n+k))."""
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
-    means = counts @ values / n  # (B, k)
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
-    return values.mean(axis=0), low, high
 
 
 @dataclass(frozen=True)
@@ -491,33 +491,25 @@ def localisation_figure(results: pd.DataFrame, metric: str = "localisation",
     return fig
 
 
-def _pixel_fraction(rows: pd.DataFrame, manifest: Mapping[str, Any], model: str) -> pd.Series:
-    """Removed pixels as a percentage of the image, from the sample info or the metric config."""
+def _image_pixels(manifest: Mapping[str, Any], model: str, rows: pd.DataFrame) -> float:
+    """The pixels of one of ``model``'s pixel-removal images: the run's sample info, or, for
+    rows drawn without a manifest, the pixels the metric's ``fraction`` stands for (the last
+    point removes that fraction of the image)."""
     info = manifest.get("samples", {}).get(f"{model}/pixel-removal", {})
-    pixels = info.get("image_pixels")
-    if pixels is None:  # older manifests: the last step removes `fraction` of the image
-        fraction = _config_value(rows, "fraction") or 0.25
-        pixels = rows["removed"].max() / fraction
-    return 100.0 * rows["removed"] / pixels
+    if "image_pixels" in info:
+        return float(info["image_pixels"])
+    fraction = _config_value(rows, "fraction") if "metric_config" in rows else None
+    if not fraction:
+        raise PlotError(f"no image size for {model}'s pixel-removal curves: pass the run's "
+                        "manifest (its samples record image_pixels)")
+    return float(rows["removed"].max()) / float(fraction)
 
 
 def removal_probability(manifest: Mapping[str, Any], model: str) -> str:
-    """The probability ("sigmoid" or "softmax") ``model``'s pixel-removal ``prob`` rows hold.
-
-    Read from the run's sample info; runs from before it was recorded scored every model by its
-    sigmoid, so "sigmoid".
-    """
+    """The probability ("sigmoid" or "softmax") ``model``'s pixel-removal ``prob`` rows hold,
+    from the run's sample info ("" if it records none)."""
     info = manifest.get("samples", {}).get(f"{model}/pixel-removal", {})
-    return str(info.get("probability", "sigmoid"))
-
-
-def _curves(rows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Method → (x (k,), per-sample values (n, k)) of one panel's removal curves."""
-    found = {}
-    for method, sub in rows.groupby("method"):
-        table = sub.pivot_table(index="sample", columns="percent", values="value")
-        found[str(method)] = (table.columns.to_numpy(float), table.to_numpy(float))
-    return found
+    return str(info.get("probability", ""))
 
 
 def identical_curves(curves: Mapping[str, np.ndarray]) -> dict[str, str]:
@@ -543,61 +535,78 @@ def _markevery(k: int, count: int, points: int) -> tuple[int, int]:
 
 def pixel_removal_figure(results: pd.DataFrame, summary: pd.DataFrame | None = None,
                          manifest: Mapping[str, Any] | None = None,
-                         stat: str = "prob") -> Figure:
+                         stat: str = "prob", curves: pd.DataFrame | None = None) -> Figure:
     """Mean target probability (or logit) with a bootstrap 95 % band against removed pixels; one
-    row per model (per sample group), a column per order (paper Fig. 6, right).
+    row per model, a column per order (paper Fig. 6, right).
 
-    Within a row every method is drawn on the same images (:func:`sample_groups`); the row's
-    legend (outside the axes) gives each method's mean AUC on those images per order, and
-    notes methods whose curves coincide. Each y axis names the probability its model was scored
-    with (:func:`removal_probability`). ``summary`` is not needed (kept for callers).
+    Drawn from ``curves`` (:func:`attrib_bench.store.curve_table`; default: made from
+    ``results``' per-step rows): each method's mean over its own images, its n in the legend
+    when the methods' n differ, with the AUC of each order (the mean of the images' AUCs; the
+    statistics that pair methods on shared images are in the summary and ``compare``). Methods
+    whose curves coincide are noted. Each y axis names the probability its model was scored with
+    (:func:`removal_probability`); ``manifest`` gives the images' pixel counts.
+    ``summary`` is not needed (kept for callers).
     """
     from attrib_bench.metrics.pixel_removal import curve_auc
+    from attrib_bench.store import curve_table
 
-    rows = metric_rows(results, "pixel-removal")
-    rows = rows[rows["stat"] == stat]
-    if rows.empty:
-        raise PlotError(f"pixel-removal rows have no stat {stat!r}: use prob or logit")
     manifest = manifest or {}
+    raw = None
+    if curves is None:
+        raw = metric_rows(results, "pixel-removal")
+        curves = curve_table(raw)
+    rows = curves[(curves["metric"] == "pixel-removal") & (curves["stat"] == stat)]
+    if rows.empty:
+        raise PlotError(f"pixel-removal curves have no stat {stat!r}: use prob or logit")
     orders = [o for o in PIXEL_ORDERS if o in set(rows["variant"])]
     colours, styles = method_colours(results["method"].unique()), method_styles(rows["method"])
-    panels = _model_groups(rows, manifest)
-    fig, axes = plt.subplots(len(panels), len(orders), figsize=(4.4 * len(orders) + 3.0,
-                             3.3 * len(panels)), squeeze=False, layout="constrained")
-    for r, (model, group, alone) in enumerate(panels):
-        sub = group.select(rows[rows["model"] == model])
-        sub = sub.assign(percent=_pixel_fraction(sub, manifest, model))
-        per_order = {order: _curves(sub[sub["variant"] == order]) for order in orders}
-        twins = identical_curves({m: np.concatenate([per_order[o][m][1].mean(0) for o in orders])
-                                  for m in group.methods})
-        aucs: dict[str, list[str]] = {m: [] for m in group.methods}
+    models = _ordered_models(rows["model"], manifest)
+    fig, axes = plt.subplots(len(models), len(orders), figsize=(4.4 * len(orders) + 3.0,
+                             3.3 * len(models)), squeeze=False, layout="constrained")
+    for r, model in enumerate(models):
+        sub = rows[rows["model"] == model]
+        pixels = _image_pixels(manifest, model, raw[raw["model"] == model] if raw is not None
+                               else pd.DataFrame(columns=["removed"]))
+        methods = ordered_methods(sub["method"].unique())
+        per_order = {order: {m: sub[(sub["variant"] == order) & (sub["method"] == m)]
+                             .sort_values("x") for m in methods} for order in orders}
+        twins = identical_curves({m: np.concatenate([per_order[o][m]["mean"].to_numpy(float)
+                                                     for o in orders]) for m in methods})
+        counts = {m: int(per_order[orders[0]][m]["n"].max()) for m in methods}
+        same_n = len(set(counts.values())) == 1
+        aucs: dict[str, list[str]] = {m: [] for m in methods}
         for c, order in enumerate(orders):
             ax = axes[r, c]
-            for k, method in enumerate(group.methods):
-                x, values = per_order[order][method]
-                mean, low, high = mean_band(values)
-                ax.fill_between(x, low, high, color=colours[method], linewidth=0,
-                                alpha=_band_alpha(len(group.methods)))
+            for k, method in enumerate(methods):
+                curve = per_order[order][method]
+                x = 100.0 * curve["x"].to_numpy(float) / pixels
+                mean = curve["mean"].to_numpy(float)
+                ax.fill_between(x, curve["low"].to_numpy(float), curve["high"].to_numpy(float),
+                                color=colours[method], linewidth=0,
+                                alpha=_band_alpha(len(methods)))
                 ax.plot(x, mean, color=colours[method], linewidth=1.5, markersize=3.5,
-                        markevery=_markevery(k, len(group.methods), len(x)),
+                        markevery=_markevery(k, len(methods), len(x)),
                         label=_twin_label(method, twins), **styles[method])
-                aucs[method].append(f"{curve_auc(values).mean():.3f}")
-            ax.set_title(_panel_title(model, PIXEL_ORDERS[order], group.note("images", alone),
-                                      width=3.5), fontsize="medium")
-            ax.set_ylabel((f"{probability_label(removal_probability(manifest, model))}"
-                           if stat == "prob" else f"target {stat}") + " (mean)")
+                aucs[method].append(f"{float(curve_auc(mean)):.3f}")
+            note = (f"{counts[methods[0]]} images per method" if same_n
+                    else "images per method: n in the legend")
+            ax.set_title(_panel_title(model, PIXEL_ORDERS[order], note, width=3.5),
+                         fontsize="medium")
+            kind = removal_probability(manifest, model)
+            ax.set_ylabel((probability_label(kind) if stat == "prob" and kind
+                           else f"target {stat}") + " (mean)")
             ax.set_xlabel("pixels removed (%)")
             if stat == "prob":
                 ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
         handles, labels = axes[r, 0].get_legend_handles_labels()
-        labels = [f"{label}  {' · '.join(aucs[m])}" for label, m in zip(labels, group.methods,
-                                                                         strict=True)]
+        labels = [f"{label}{'' if same_n else f' (n {counts[m]})'}  {' · '.join(aucs[m])}"
+                  for label, m in zip(labels, methods, strict=True)]
         title = "AUC (" + " · ".join(_ORDER_SHORT[o] for o in orders) + ")"
         axes[r, -1].legend(handles, labels, title=title, fontsize="small",
                            title_fontsize="small", frameon=False, loc="center left",
                            bbox_to_anchor=(1.02, 0.5))
-    _suptitle(fig, "Pixel removal: mean with bootstrap 95 % band; AUC on the panel's images")
+    _suptitle(fig, "Pixel removal: mean with bootstrap 95 % band; AUC of the mean curve")
     return fig
 
 
@@ -936,7 +945,8 @@ def figures_for(tables: RunTables) -> dict[str, Figure]:
         if metric in present:
             figures[metric] = localisation_figure(results, metric, tables.manifest)
     if "pixel-removal" in present:
-        figures["pixel-removal"] = pixel_removal_figure(results, tables.summary, tables.manifest)
+        figures["pixel-removal"] = pixel_removal_figure(results, tables.summary, tables.manifest,
+                                                        curves=tables.curves)
     if present & {"localisation", "pixel-removal"}:
         series = temperature_series(tables.manifest, tables.temperatures())
         for i, temperatures in enumerate(series):

@@ -178,7 +178,7 @@ def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None,
         for index, row in group.iterrows():
             kind = probability.get((row["model"], row["method"], row["metric"]), "")
             if not kind and row["metric"] == "pixel-removal" and manifest is not None:
-                kind = removal_probability(manifest, row["model"])  # runs before the column
+                kind = removal_probability(manifest, row["model"])  # the run's sample info
             stat = f"{row['stat']} ({kind})" if kind and str(row["stat"]).startswith("prob") \
                 else str(row["stat"])
             ci = ("-" if pd.isna(row["ci_low"]) else
@@ -239,6 +239,12 @@ def provenance_rows(tables: RunTables) -> list[list[str]]:
         superseded = manifest.get("superseded") or []
         gone = ", ".join(f"{len(s.get('parts', []))} parts by {s.get('by', '?')}"
                          for s in superseded)
+        # a store lists the parts a later run replaced, each with the run that computed it
+        replaced = [p for p in tables.manifest.get("superseded", []) if isinstance(p, dict)
+                    and p.get("run") == Path(folder).name and "superseded_by" in p]
+        if replaced:
+            by = sorted({p["superseded_by"] for p in replaced})
+            gone = ", ".join(x for x in (gone, f"{len(replaced)} parts by {', '.join(by)}") if x)
         seed = config.get("seed")
         rows.append([Path(folder).name, ", ".join(config.get("models", [])) or "-",
                      ", ".join(map(method_label, config.get("methods", []))) or "-",
@@ -270,19 +276,16 @@ _SAMPLE_LABELS = {"n": "images", "grid": "grid (n×n)", "seconds": "drawing (s)"
 
 
 def _grid_info(info: dict[str, Any]) -> dict[str, Any]:
-    """A grid metric's sample info with its side as ``grid`` and without ``n``, which duplicates
-    ``grids`` in runs since 2026-11-29 (the count) and was the side before (no ``grid_size``)."""
-    side = info.get("grid_size", info.get("n"))
+    """A grid metric's sample info with its side as ``grid`` ("3×3") and without ``n``, which
+    repeats ``grids`` (the count)."""
+    side = info["grid_size"]
     rest = {k: v for k, v in info.items() if k not in ("n", "grid_size")}
     return {"grid": f"{side}×{side}", **rest}
 
 
 def _sample_cell(key: str, info: dict[str, Any]) -> str:
-    if key == "probability" and key not in info:
-        # runs before it was recorded scored every model by its sigmoid (plots.removal_probability)
-        return "sigmoid (then every model's)"
     if key not in info:
-        return "not recorded"  # a run older than the key
+        return "-"
     if key == "seconds" and isinstance(info[key], (int, float)):
         return f"{info[key]:.1f}"
     return _cell(info[key])
@@ -290,8 +293,7 @@ def _sample_cell(key: str, info: dict[str, Any]) -> str:
 
 def sample_tables(tables: RunTables) -> dict[str, tuple[list[str], list[list[str]]]]:
     """Metric → (header, rows) of the sample sets each run recorded (one row per run and model;
-    a column per recorded key, named for what it holds, "not recorded" where an older run did not
-    record it)."""
+    a column per recorded key, named for what it holds, "-" where a run has no such key)."""
     found: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
     for folder, manifest in (tables.manifests or {str(tables.path): tables.manifest}).items():
         for key, info in manifest.get("samples", {}).items():

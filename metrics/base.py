@@ -163,6 +163,11 @@ class Metric:
     #: ``--n-samples`` sets, so that the recorded configuration shows the count that ran and the
     #: two spellings share a cache key; None: ``n_samples`` reaches :meth:`select` instead.
     sample_count: ClassVar[str | None] = None
+    #: The row column that is a curve's x axis when :meth:`evaluate` writes a curve per sample
+    #: (pixel removal: "removed"); None when every row is itself a per-sample value. A results
+    #: store (:mod:`attrib_bench.store`) keeps a curve metric's per-sample values
+    #: (:meth:`summarise`) and each curve's mean with its bootstrap band, not every point.
+    curve_key: ClassVar[str | None] = None
 
     def __init__(self, **hparams: Any) -> None:
         self.hparams: dict[str, Any] = dict(hparams)

@@ -495,6 +495,7 @@ class PixelRemoval(Metric):
     """
 
     name: ClassVar[str] = "pixel-removal"
+    curve_key: ClassVar[str | None] = "removed"
     description: ClassVar[str] = "CoDA-Nets pixel removal: target probability as pixels go"
     #: "order/summary stat" → "higher" or "lower" is better.
     directions: ClassVar[dict[str, str]] = {

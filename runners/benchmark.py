@@ -165,9 +165,6 @@ def _prepare_out(out: Store, identity: dict[str, Any], overwrite: bool) -> None:
             previous = json.loads(out.read_text(run_file))
         except ValueError:
             previous = {}
-        if "batch_size" in previous and "chunk_size" not in previous:  # before the rename
-            previous["chunk_size"] = previous.pop("batch_size")
-        previous.setdefault("dataset_options", {})  # runs from before dataset options
         nothing_done = not out.glob("parts", "*", "*", "*", "chunk-*.parquet")
         if previous != identity:
             if not overwrite and not nothing_done:  # a run that wrote no chunk loses nothing

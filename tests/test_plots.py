@@ -18,6 +18,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.text import Text
 from PIL import Image
 
+from attrib_bench.checkpoints import sha256_file
 from attrib_bench.cli import cli
 from attrib_bench.errors import PlotError
 from attrib_bench.metrics.base import make_rows
@@ -99,11 +100,14 @@ def write_run(folder: Path, results: pd.DataFrame) -> Path:
     results.to_parquet(folder / "results.parquet", index=False)
     summary.to_csv(folder / "summary.csv", index=False)
     manifest = {
-        "config": {"metrics": sorted(results["metric"].unique()), "seed": 0},
+        "config": {"metrics": sorted(results["metric"].unique()), "seed": 0,
+                   "dataset": "toy", "metric_hparams": settings},
+        "tables_sha256": {name: sha256_file(folder / name)
+                          for name in ("results.parquet", "summary.csv")},
         "models": {name: {"class": "Toy", "parameters": 1000, "temperature": t}
                    for name, t in MODELS.items()},
-        "samples": {f"{name}/pixel-removal": {"n": 3, "image_pixels": PIXELS}
-                    for name in MODELS},
+        "samples": {f"{name}/pixel-removal": {"n": 3, "image_pixels": PIXELS,
+                                              "probability": "sigmoid"} for name in MODELS},
         "hardware": "test", "git_commit": "abc"}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
@@ -214,7 +218,6 @@ def test_pixel_removal_curves_are_the_mean_per_step_with_auc_in_the_legend(run_d
     assert ax.get_title() == ("toy-t10\nleast important first (higher is better)\n"
                               "3 images per method")
     assert ax.get_xlabel() == "pixels removed (%)"
-    # a run from before the probability was recorded: every model was scored by its sigmoid
     assert ax.get_ylabel() == "sigmoid probability of the target (mean)"
     labels = _texts(fig.axes[1].get_legend().get_texts())  # the row's legend, right of it
     auc = tables.summary.query("model == 'toy-t10' and metric == 'pixel-removal' and "
@@ -755,11 +758,14 @@ def test_runs_split_by_cost_are_drawn_together_with_n_per_method(tmp_path):
                                     "method == 'inherent' and sample < 2")["value"]
     assert round(float(inherent.median()), 9) in medians
     fig = pixel_removal_figure(tables.results, tables.summary, tables.manifest)
-    assert "2 images, shared by all 3 methods (runs: up to 3)" in fig.axes[0].get_title(
-    ).replace("\n", " ").replace("\u00a0", " ")
+    # each method's curve is over its own images; the legend gives each n
+    assert "images per method: n in the legend" in fig.axes[0].get_title().replace("\n", " ")
+    labels = _texts(fig.axes[1].get_legend().get_texts())
+    assert [label.split("  ")[0] for label in labels] == [
+        "Inherent (W·x) (n 3)", "IxG (n 3)", "mine (n 2)"]
     rows = tables.results.query("model == 'toy-t10' and metric == 'pixel-removal' and "
                                 "variant == 'least-first' and stat == 'prob' and "
-                                "method == 'inherent' and sample < 2")
+                                "method == 'inherent'")
     np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(),
                                rows.groupby("removed")["value"].mean().to_numpy())
     write_run(tmp_path / "again", cheap.copy())

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from test_plots import _rows, synthetic_results, write_run
 
+from attrib_bench.checkpoints import sha256_file
 from attrib_bench.cli import cli
 from attrib_bench.metrics.base import make_rows
 from attrib_bench.plots import RunTables, load_runs
@@ -155,7 +156,9 @@ def test_a_run_of_a_plugin_metric_alone_gets_a_report(tmp_path):
                   "direction": "higher"}).to_csv(folder / "summary.csv", index=False)
     (folder / "manifest.json").write_text(json.dumps(
         {"config": {"metrics": ["map-mass"], "seed": 0, "models": ["toy"],
-                    "methods": ["ixg", "grad"]}, "git_commit": "c" * 40}))
+                    "methods": ["ixg", "grad"]}, "git_commit": "c" * 40,
+         "tables_sha256": {name: sha256_file(folder / name)
+                           for name in ("results.parquet", "summary.csv")}}))
     result = CliRunner().invoke(cli, ["report", "--results", str(folder)])
     assert result.exit_code == 0, result.output
     page = (folder / "report.html").read_text()
@@ -167,22 +170,22 @@ def test_a_run_of_a_plugin_metric_alone_gets_a_report(tmp_path):
 
 
 def test_sample_columns_say_what_they_hold():
-    """A grid metric's side is shown n×n: from ``grid_size`` (runs since 2026-11-29, whose "n"
-    is the grid count) or from "n" (older runs, where it was the side); "n" is the image count
-    for pixel removal; a key an older run did not record reads "not recorded"."""
+    """A grid metric's side is shown n×n from ``grid_size`` ("n" is the grid count, left out);
+    "n" is the image count for pixel removal; a key one run did not record reads "-"."""
     manifests = {
-        "runs/old": {"samples": {"m/localisation": {"n": 3, "grids": 32, "seconds": 104.196},
-                                 "m/pixel-removal": {"n": 32, "seconds": 0.0}}},
-        "runs/new": {"samples": {"m/localisation": {"grids": 8, "grid_size": 2, "seconds": 1.0,
-                                                    "probability": "sigmoid", "n": 8}}}}
+        "runs/a": {"samples": {"m/localisation": {"n": 32, "grids": 32, "grid_size": 3,
+                                                  "seconds": 104.196},
+                               "m/pixel-removal": {"n": 32, "seconds": 0.0}}},
+        "runs/b": {"samples": {"m/localisation": {"grids": 8, "grid_size": 2, "seconds": 1.0,
+                                                  "probability": "sigmoid", "n": 8}}}}
     tables = RunTables(Path("runs"), pd.DataFrame(), pd.DataFrame(), {}, manifests)
     header, rows = sample_tables(tables)["localisation"]
     assert header == ["run", "model", "grid (n×n)", "grids", "drawing (s)", "probability"]
-    assert rows == [["old", "m", "3×3", "32", "104.2", "sigmoid (then every model's)"],
-                    ["new", "m", "2×2", "8", "1.0", "sigmoid"]]
+    assert rows == [["a", "m", "3×3", "32", "104.2", "-"],
+                    ["b", "m", "2×2", "8", "1.0", "sigmoid"]]
     header, rows = sample_tables(tables)["pixel-removal"]
     assert header == ["run", "model", "images", "drawing (s)"]
-    assert rows == [["old", "m", "32", "0.0"]]
+    assert rows == [["a", "m", "32", "0.0"]]
 
 
 def test_probability_stats_name_their_probability():

@@ -1,0 +1,403 @@
+"""A results store: one folder per dataset that holds a reproduction as one set of tables.
+
+A run folder (``attrib-bench run --out DIR``) keeps every row its metrics wrote, among them each
+pixel-removal curve point of each image (129 points × 2 orders × 2 stats per image and method:
+nine tenths of the bytes). A store keeps what the figures and the statistics need, for every
+part (model, method, metric) it holds, whichever run computed it:
+
+- ``values.parquet``: the per-sample values. A metric whose rows are per-sample values already
+  (localisation and DiFull: one row per grid cell; randomisation: per sample and layer) keeps
+  its rows as the run wrote them; a metric that writes a curve per sample
+  (:attr:`~attrib_bench.metrics.base.Metric.curve_key`, pixel removal) keeps each sample's
+  value from :meth:`~attrib_bench.metrics.base.Metric.summarise` (its AUC), the value the run's
+  summary and any paired comparison use.
+- ``curves.parquet``: per (model, method, metric, variant, stat) and curve point, the mean over
+  the part's samples with a seeded percentile-bootstrap 95 % band (:func:`mean_band`) and n:
+  what the pixel-removal figure draws. The per-sample points themselves stay in the run folder.
+- ``summary.csv``: the runs' own summary rows of the parts held.
+- ``manifest.json``: ``parts`` (each part's run, n, seconds, commit, clean tree or not,
+  hardware), ``superseded`` (parts a later run replaced, with what replaced them), ``runs``
+  (each contributing run's manifest), the merged ``models`` and ``samples``, and the tables'
+  sha256.
+
+:func:`add_runs` (``attrib-bench store --into DIR RUN...``) adds finished run folders; a part
+the store holds already is replaced by the new run's (a re-run at a larger n), never duplicated.
+:func:`attrib_bench.plots.load_run` reads a store like a run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from attrib_bench.errors import PlotError
+
+#: The ``format`` key of a store's manifest (a run folder's manifest has none).
+STORE_FORMAT = "attrib-bench store 1"
+VALUES, CURVES, SUMMARY, MANIFEST = "values.parquet", "curves.parquet", "summary.csv", \
+    "manifest.json"
+PART = ["model", "method", "metric"]
+#: Seeded bootstrap resamples for the bands around mean curves (figures stay byte-identical).
+BAND_RESAMPLES = 1000
+#: Columns of ``curves.parquet`` after the part and (variant, stat) columns.
+CURVE_COLUMNS = ("probability", "x", "mean", "low", "high", "n")
+#: What a run manifest keeps when it becomes one of the store's ``runs`` (the rest, such as the
+#: cache folder or the table digests, describes the run folder, not the results).
+_RUN_KEYS = ("config", "samples", "models", "git_commit", "device", "hardware", "cuda_float32",
+             "versions", "executor", "wall_seconds_this_run", "seconds_per_part_all_runs",
+             "skipped", "superseded", "annotations", "parts")
+_UNCOMMITTED = "(uncommitted changes)"
+
+
+def mean_band(values: np.ndarray, seed: int = 0, resamples: int = BAND_RESAMPLES,
+              level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over samples of ``values`` (n, k) and its seeded percentile-bootstrap CI: three
+    (k,) arrays (mean, low, high). Resampling counts are multinomial, so memory is O(B·(n+k))."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    means = counts @ values / n  # (B, k)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
+    return values.mean(axis=0), low, high
+
+
+def curve_key(metric: str) -> str | None:
+    """The curve column of a registered metric (None: its rows are per-sample values, or the
+    metric is not registered here, e.g. a plugin not loaded)."""
+    from attrib_bench.registry import METRICS
+
+    if metric not in METRICS:
+        return None
+    factory = METRICS.get(metric).factory
+    return getattr(factory, "curve_key", None)
+
+
+def _metric(name: str, hparams: Mapping[str, Any]) -> Any:
+    from attrib_bench.registry import METRICS
+
+    return METRICS.create(name, **dict(hparams))
+
+
+def per_sample_values(results: pd.DataFrame, metric_hparams: Mapping[str, Mapping[str, Any]]
+                      ) -> pd.DataFrame:
+    """The store's rows of ``results`` (a run's tidy rows): per-sample rows as they are; a curve
+    metric's rows reduced to one value per (sample, variant, stat) by its ``summarise``, with the
+    part's columns and the probability its "prob" rows held (``metric_hparams``: metric name →
+    the run's hyper-parameters, to build the metric)."""
+    pieces = []
+    for (model, method, name), rows in results.groupby(PART, sort=True):
+        if curve_key(str(name)) is None:
+            pieces.append(rows)
+            continue
+        from attrib_bench.metrics.base import ROW_COLUMNS
+
+        per = _metric(str(name), metric_hparams.get(str(name), {})).summarise(
+            rows[list(ROW_COLUMNS)])
+        first = rows.iloc[0]
+        prob = rows.loc[rows["stat"] == "prob", "probability"] if "probability" in rows \
+            else pd.Series(dtype=object)
+        kind = str(prob.iloc[0]) if len(prob) else ""
+        pieces.append(per.assign(
+            model=model, method=method, metric=name, key="",
+            flag=np.where(np.isfinite(per["value"].to_numpy(np.float64)), "", "nonfinite"),
+            probability=np.where(per["stat"].astype(str).str.startswith("prob"), kind, ""),
+            **{c: first[c] for c in ("dataset", "seed", "method_config", "metric_config")
+               if c in rows}))
+    if not pieces:
+        return results.iloc[:0]
+    out = pd.concat(pieces, ignore_index=True)
+    columns = [c for c in results.columns if c in out.columns and c != "removed"]
+    return out[columns + [c for c in out.columns if c not in columns]]
+
+
+def curve_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, method, metric, variant, stat) and curve point ``x`` of every curve metric in
+    ``results``: the mean over samples with its bootstrap band (:func:`mean_band`) and n."""
+    out = []
+    for (model, method, name), rows in results.groupby(PART, sort=True):
+        key = curve_key(str(name))
+        if key is None:
+            continue
+        for (variant, stat), sub in rows.groupby(["variant", "stat"], sort=True):
+            table = sub.pivot(index="sample", columns=key, values="value").sort_index(axis=1)
+            mean, low, high = mean_band(table.to_numpy(np.float64))
+            kind = sub["probability"].iloc[0] if "probability" in sub else ""
+            out.append(pd.DataFrame({
+                "model": model, "method": method, "metric": name, "variant": variant,
+                "stat": stat, "probability": kind, "x": table.columns.to_numpy(np.int64),
+                "mean": mean, "low": low, "high": high, "n": len(table)}))
+    if not out:
+        return pd.DataFrame(columns=[*PART, "variant", "stat", *CURVE_COLUMNS])
+    return pd.concat(out, ignore_index=True)
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether ``path`` holds a store (its manifest names :data:`STORE_FORMAT`)."""
+    manifest = Path(path) / MANIFEST
+    if not (Path(path) / VALUES).is_file() or not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("format") == STORE_FORMAT
+    except ValueError:
+        return False
+
+
+@dataclass
+class Store:
+    """A store's tables in memory (see the module docstring)."""
+
+    values: pd.DataFrame
+    curves: pd.DataFrame
+    summary: pd.DataFrame
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def empty_store(dataset: str) -> Store:
+    """A store of ``dataset`` holding nothing yet."""
+    return Store(pd.DataFrame(columns=[*PART, "sample", "key", "variant", "stat", "value"]),
+                 curve_table(pd.DataFrame(columns=PART)), pd.DataFrame(columns=PART),
+                 {"format": STORE_FORMAT, "dataset": dataset, "parts": [], "superseded": [],
+                  "runs": {}, "models": {}, "samples": {}, "config": {"metrics": []}})
+
+
+def read_store(path: str | Path) -> Store:
+    """The store in ``path``, its tables checked against the manifest's sha256.
+
+    Raises :class:`~attrib_bench.errors.PlotError` (one line) for a folder that is not a store
+    or a table that changed after the store was written.
+    """
+    from attrib_bench.checkpoints import sha256_file
+
+    path = Path(path)
+    if not is_store(path):
+        raise PlotError(f"{path} is not a results store: make one with attrib-bench store "
+                        f"--into {path} RUN_FOLDER")
+    manifest = json.loads((path / MANIFEST).read_text())
+    for name, digest in manifest.get("tables_sha256", {}).items():
+        if not (path / name).is_file() or sha256_file(path / name) != digest:
+            raise PlotError(f"{path / name} is missing or changed after the store was written "
+                            "(its sha256 is not the manifest's): restore it with git checkout, "
+                            "or rebuild the store with attrib-bench store")
+    summary = pd.read_csv(path / SUMMARY, keep_default_na=False, na_values=[""],
+                          dtype={"variant": str})
+    summary["variant"] = summary["variant"].fillna("").astype(str)
+    return Store(_read_parquet(path / VALUES), _read_parquet(path / CURVES), summary, manifest)
+
+
+def _read_parquet(table: Path) -> pd.DataFrame:
+    """A table with its text columns as plain Python strings (object dtype): pandas' Arrow
+    strings copy the text on every boolean selection (≈ 10 × slower on large tables)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(table)
+    text = [f.name for f in schema if pa.types.is_string(f.type)
+            or pa.types.is_large_string(f.type)]
+    frame = pq.read_table(table, read_dictionary=text).to_pandas()
+    return frame.astype({name: object for name in text})
+
+
+def _part_keys(frame: pd.DataFrame) -> set[tuple[str, str, str]]:
+    if frame.empty:
+        return set()
+    return {tuple(map(str, k)) for k in frame[PART].drop_duplicates().itertuples(index=False)}
+
+
+def _drop_parts(frame: pd.DataFrame, parts: set[tuple[str, str, str]]) -> pd.DataFrame:
+    if frame.empty or not parts:
+        return frame
+    keys = pd.MultiIndex.from_frame(frame[PART].astype(str))
+    return frame[~keys.isin(list(parts))].reset_index(drop=True)
+
+
+def clean_tree(commit: str | None) -> bool | None:
+    """Whether a manifest's ``git_commit`` says the run's code was committed (None: unknown)."""
+    if not commit:
+        return None
+    return not str(commit).endswith(_UNCOMMITTED)
+
+
+def last_call(manifest: Mapping[str, Any]) -> str:
+    """Where a run's last call ran, as a chunk records it ("cpu x2": torch threads; the device
+    for another), read from the manifest's ``hardware``."""
+    hardware = str(manifest.get("hardware", ""))
+    threads = re.search(r"(\d+) torch threads", hardware)
+    device = re.search(r"device (\S+)", hardware)
+    return (f"cpu x{int(threads.group(1)) if threads else 1}"
+            if not device or device.group(1) == "cpu" else device.group(1))
+
+
+def _part_record(run: str, manifest: Mapping[str, Any], part: tuple[str, str, str],
+                 n: int) -> dict[str, Any]:
+    """A part's provenance: its run, n, seconds summed over every call that computed it and
+    where they ran (``seconds_by_compute``; chunks that recorded no place count as the run's
+    last call), the method as built, the commit and whether the tree was clean."""
+    model, method, metric = part
+
+    def find(key: str) -> dict[str, Any]:
+        return next((p for p in manifest.get(key, [])
+                     if (p.get("model"), p.get("method"), p.get("metric")) == part), {})
+
+    timing, built = find("seconds_per_part_all_runs"), find("parts")
+    where: dict[str, float] = {}
+    if "seconds" in timing:
+        for label, seconds in (timing.get("seconds_by_compute")
+                               or {"unknown": timing["seconds"]}).items():
+            label = last_call(manifest) if label == "unknown" else label
+            where[label] = where.get(label, 0.0) + float(seconds)
+    commit = manifest.get("git_commit")
+    return {"model": model, "method": method, "metric": metric, "run": run, "n": n,
+            "seconds": timing.get("seconds"), "seconds_by_compute": where,
+            "built": built.get("built"), "rows_taken_from": built.get("rows_taken_from"),
+            "git_commit": str(commit).split(" ")[0] if commit else None,
+            "clean_tree": clean_tree(commit), "hardware": manifest.get("hardware")}
+
+
+def _run_name(store: Store, folder: Path, manifest: Mapping[str, Any]) -> str:
+    """The run's name in the store: its folder's name, made unique."""
+    name, k = folder.name, 2
+    while name in store.manifest["runs"]:
+        if store.manifest["runs"][name].get("git_commit") == manifest.get("git_commit") and \
+                store.manifest["runs"][name].get("config") == manifest.get("config"):
+            return name  # the same run added again
+        name, k = f"{folder.name}-{k}", k + 1
+    return name
+
+
+def add_run(store: Store, folder: str | Path) -> list[tuple[str, str, str]]:
+    """Add the finished run in ``folder`` to ``store`` (in memory); returns the parts it held.
+
+    Each of the run's parts (model, method, metric) replaces the store's part of the same name,
+    which moves to ``superseded`` with the replacing run's name. Raises
+    :class:`~attrib_bench.errors.PlotError` for a run of another dataset or an unfinished run.
+    """
+    from attrib_bench.plots import load_run
+
+    folder = Path(folder)
+    if is_store(folder):
+        raise PlotError(f"{folder} is a store, not a run folder: add run folders")
+    tables = load_run(folder)
+    manifest = tables.manifest
+    config = manifest.get("config", {})
+    dataset = config.get("dataset")
+    if dataset != store.manifest["dataset"]:
+        raise PlotError(f"{folder} holds a run on {dataset!r}, the store holds "
+                        f"{store.manifest['dataset']!r}: one store per dataset, pass another "
+                        "--into")
+    name = _run_name(store, folder, manifest)
+    values = per_sample_values(tables.results, config.get("metric_hparams", {}))
+    parts = sorted(_part_keys(values))
+    taken = set(parts)
+    old = {(p["model"], p["method"], p["metric"]): p for p in store.manifest["parts"]}
+    for part in parts:
+        if part in old:
+            store.manifest["superseded"].append({**old[part], "superseded_by": name})
+    store.manifest["parts"] = [p for key, p in old.items() if key not in taken]
+    store.values = _concat(_drop_parts(store.values, taken), values)
+    store.curves = _concat(_drop_parts(store.curves, taken), tables.curves)
+    store.summary = _concat(_drop_parts(store.summary, taken), tables.summary)
+    counts = values.groupby(PART)["sample"].nunique()
+    for part in parts:
+        store.manifest["parts"].append(_part_record(name, manifest, part, int(counts[part])))
+    store.manifest["runs"][name] = {k: manifest[k] for k in _RUN_KEYS if k in manifest}
+    store.manifest["models"].update(manifest.get("models", {}))
+    held = {(p["model"], p["metric"]) for p in store.manifest["parts"]
+            if p["run"] == name}
+    store.manifest["samples"].update({key: info for key, info in
+                                      manifest.get("samples", {}).items()
+                                      if tuple(key.rsplit("/", 1)) in held})
+    for metric in config.get("metrics", []):
+        if metric not in store.manifest["config"]["metrics"]:
+            store.manifest["config"]["metrics"].append(metric)
+    return parts
+
+
+def _concat(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    if old.empty:
+        return new.reset_index(drop=True)
+    if new.empty:
+        return old
+    return pd.concat([old, new], ignore_index=True)
+
+
+def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    keys = [k for k in keys if k in frame.columns]
+    return frame.sort_values(keys, kind="stable", ignore_index=True) if keys else frame
+
+
+def write_store(store: Store, path: str | Path) -> Path:
+    """Write ``store`` to the folder ``path`` (atomically per file; the manifest last, with the
+    tables' sha256); returns the folder."""
+    from attrib_bench.checkpoints import sha256_file
+    from attrib_bench.runners.storage import atomic_write
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    values = _sorted(store.values, [*PART, "variant", "stat", "sample", "key"])
+    curves = _sorted(store.curves, [*PART, "variant", "stat", "x"])
+    summary = _sorted(store.summary, [*PART, "variant", "stat"])
+    for name, frame in ((VALUES, values), (CURVES, curves)):
+        atomic_write(path / name, lambda tmp, f=frame: _write_parquet(f, tmp))
+    atomic_write(path / SUMMARY, lambda tmp: summary.to_csv(tmp, index=False))
+    manifest = dict(store.manifest)
+    manifest["parts"] = sorted(manifest["parts"], key=lambda p: (p["model"], p["method"],
+                                                                 p["metric"]))
+    manifest["written_with"] = _code_version()
+    manifest["tables_sha256"] = {name: sha256_file(path / name)
+                                 for name in (VALUES, CURVES, SUMMARY)}
+    text = json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n"
+    atomic_write(path / MANIFEST, lambda tmp: tmp.write_text(text))
+    return path
+
+
+def _code_version() -> dict[str, Any]:
+    """The commit of the code that wrote the store, and whether its tree was clean."""
+    from attrib_bench.provenance import git_commit
+
+    commit = git_commit()
+    return {"git_commit": commit.split(" ")[0] if commit else None,
+            "clean_tree": clean_tree(commit)}
+
+
+def _write_parquet(frame: pd.DataFrame, target: Path) -> None:
+    """zstd with dictionaries for the repeated text, byte-stream-split for the floats."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    floats = [f.name for f in table.schema if pa.types.is_floating(f.type)]
+    pq.write_table(table, target, compression="zstd", compression_level=19,
+                   use_dictionary=[f.name for f in table.schema if f.name not in floats],
+                   column_encoding=dict.fromkeys(floats, "BYTE_STREAM_SPLIT"))
+
+
+def add_runs(into: str | Path, folders: Iterable[str | Path], dataset: str | None = None
+             ) -> list[tuple[str, str, str]]:
+    """Add run ``folders`` (in order: a later run's part replaces an earlier one's) to the store
+    in ``into`` (made if missing, for the runs' dataset or ``dataset``); returns the parts
+    added. Nothing is written unless every folder is read and added."""
+    from attrib_bench.plots import load_run
+
+    into = Path(into)
+    folders = [Path(f) for f in folders]
+    if not folders:
+        raise PlotError("no run folder given: attrib-bench store --into DIR RUN [RUN ...]")
+    if is_store(into):
+        store = read_store(into)
+    elif into.exists() and any(into.iterdir()):
+        raise PlotError(f"{into} exists and is not a results store: pass an empty or new "
+                        "folder to --into")
+    else:
+        first = dataset or load_run(folders[0]).manifest.get("config", {}).get("dataset")
+        store = empty_store(str(first))
+    added = [part for folder in folders for part in add_run(store, folder)]
+    write_store(store, into)
+    return added

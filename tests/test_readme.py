@@ -1,19 +1,24 @@
-"""Every fenced code block of README.md works as written.
+"""Every fenced code block of README.md and of the documentation (docs/**/*.md) works as written.
 
-The README is parsed here and each block becomes one or more test cases whose id names the README
-line (``README:L130-python``, ``README:L206-bash-dry-run``):
+Each page is parsed here and each block becomes one or more test cases whose id names the page and
+line (``README:L40-python``, ``docs/runs.md:L7-bash-dry-run``):
 
 - ``python`` blocks whose first line names a file (``# my_module.py``) are plugins: the block is
   written to that file in a temporary folder, and the ``attrib-bench ...`` commands the block
   names (in that first-line comment, or in the sentence right after the block) are run *from that
   folder* with ``PYTHONPATH`` unset, as a user would. A ``list`` command must show the registered
   name (and a method's typed hyper-parameters, read from its signature).
-- other ``python`` blocks run as scripts from the repository root.
-- ``bash`` blocks (and bare blocks with ``$ `` prompts) are split into commands. The CI lines are
-  skipped (CI runs them itself); ``list``/``eval``/``plot``/``report`` run as written (plot and
-  report on a copy of ``results/cifar10``); ``run`` runs as written plus ``--dry-run``, with
-  ``--out`` in a temporary folder; ``train`` and ``examples`` are parsed by click only (see
-  ``ParseCase``); ``VAR=... bash results/reproduce.sh`` checks its settings (see ``EnvCase``).
+- other ``python`` blocks run as scripts, from a temporary folder.
+- ``bash`` blocks (and bare blocks with ``$ `` prompts, whose output lines must be exactly what
+  the command prints) are split into commands. The CI lines are skipped (CI runs them itself), and
+  so are the documentation's own build commands (``tests/test_docs.py`` runs the strict build);
+  ``list``/``eval``/``plot``/``report`` run as written (plot and report on a copy of
+  ``results/cifar10``); ``run`` runs as written plus ``--dry-run``, with ``--out`` in a temporary
+  folder; ``train`` and ``examples`` are parsed by click only (see ``ParseCase``);
+  ``[VAR=...] bash results/reproduce.sh`` checks its settings (see ``EnvCase``).
+- ``toml`` blocks are parsed, and an entry-point table must name attrib-bench's plug-in group.
+
+The same code in two places (the README's tour repeats examples of docs/your-own.md) runs once.
 
 Markers: cases that need ``../shared`` (data, ResNet-56 weights) are ``real``. ``run`` dry runs
 with a localisation metric are also ``readme_long``, which the default selection leaves out
@@ -21,9 +26,8 @@ with a localisation metric are also ``readme_long``, which the default selection
 test images per model, and runs every method's preflight per (model, metric); that took 10-12
 minutes per README command on the shared 2-core CPU here, over the suite's 10-minute budget (the
 pool logits are cached once sample selection is paid once, issue 17). The rest of the file takes
-about a minute (``plot`` and ``report`` of the committed reproduction cost about 30 s each;
-the ``plot`` case of the reproduction command is the check that a fresh clone regenerates every
-committed figure byte for byte).
+a few minutes (``plot`` and ``report`` cost 30-60 s each; the ``plot`` case of the reproduction
+command is the check that a fresh clone regenerates every committed figure byte for byte).
 
 Nothing is written into the repository: every output path is rewritten into pytest's tmp folder
 and the commands run with a tmp folder as their current directory. The commands are started as
@@ -50,6 +54,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+#: The pages whose blocks are checked: the README, then the documentation site's pages.
+PAGES = [README, *sorted((REPO / "docs").rglob("*.md"))]
 REPRODUCE = REPO / "results" / "reproduce.sh"
 COMMITTED = REPO / "results" / "cifar10"
 #: The console script of this environment (next to the interpreter running the tests).
@@ -57,6 +63,9 @@ ATTRIB_BENCH = str(Path(sys.executable).with_name("attrib-bench"))
 #: Commands the README's first block shows and CI (`.ci/run`) runs itself: installing, linting,
 #: the test suite. Running them from a test would reinstall the package or recurse into pytest.
 CI_PREFIXES = ("python3 -m venv", "pip ", "ruff ", "python -m pytest", ".venv/bin/")
+#: The documentation's own build commands: tests/test_docs.py runs the strict build (``serve``
+#: never returns).
+DOCS_PREFIXES = ("mkdocs ", ".venv/bin/mkdocs ")
 TIMEOUT_S = 900
 RESULTS, OUT = "{RESULTS}", "{OUT}"  # placeholders for the tmp copies, filled in per job
 #: A README ``--results`` folder that is not in the repository (``runs/full``) stands for the
@@ -76,9 +85,18 @@ class Block:
     lang: str
     body: list[str]
     after: str  # the paragraph right after the closing fence
+    page: str = "README"  # "README" or the page's path, e.g. "docs/runs.md"
+
+    @property
+    def where(self) -> str:
+        return f"{self.page}:L{self.line}"
 
 
-def read_blocks(text: str) -> list[Block]:
+def page_name(path: Path) -> str:
+    return "README" if path == README else path.relative_to(REPO).as_posix()
+
+
+def read_blocks(text: str, page: str = "README") -> list[Block]:
     lines = text.splitlines()
     blocks, i = [], 0
     while i < len(lines):
@@ -87,7 +105,7 @@ def read_blocks(text: str) -> list[Block]:
             i += 1
             continue
         end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), None)
-        assert end is not None, f"README.md:{i + 1}: code block is never closed"
+        assert end is not None, f"{page}:{i + 1}: code block is never closed"
         k = end + 1
         while k < len(lines) and not lines[k].strip():
             k += 1
@@ -99,13 +117,13 @@ def read_blocks(text: str) -> list[Block]:
         lang = fence.group(1)
         if not lang and any(line.startswith("$ ") for line in body):
             lang = "console"  # `$ ` prompt lines: commands (counted as bash), the rest output
-        blocks.append(Block(i + 1, lang, body, " ".join(after)))
+        blocks.append(Block(i + 1, lang, body, " ".join(after), page))
         i = end + 1
     return blocks
 
 
 def _logical_lines(block: Block) -> list[tuple[int, str]]:
-    """(README line, command text) with ``\\`` continuations joined."""
+    """(page line, command text) with ``\\`` continuations joined."""
     out, buf, start = [], "", 0
     for n, raw in enumerate(block.body, start=block.line + 1):
         if not buf:
@@ -286,9 +304,9 @@ class SubprocessCase(Case):
 class CliCase(SubprocessCase):
     """One ``attrib-bench`` command run as written, outputs redirected into tmp."""
 
-    def __init__(self, line: int, tokens: list[str], expected: list[str] | None = None,
+    def __init__(self, where: str, tokens: list[str], expected: list[str] | None = None,
                  suffix: str = "bash") -> None:
-        self.line, self.tokens, self.expected = line, tokens, expected
+        self.where, self.tokens, self.expected = where, tokens, expected
         self.global_args, self.sub, self.rest = _subcommand(tokens)
         argv = list(tokens[1:])
         self.results_as_written = None
@@ -319,7 +337,7 @@ class CliCase(SubprocessCase):
         self.slow = self.sub == "run" and ("localisation" in metrics or metrics == "all")
         self.cost = 9 if self.slow else 3 if self.sub in ("plot", "report") else 2
         self.key = ("cli", tuple(argv))
-        self.id = f"README:L{line}-{suffix}" + ("-dry-run" if self.sub == "run" else "")
+        self.id = f"{where}-{suffix}" + ("-dry-run" if self.sub == "run" else "")
 
     def execute(self, workdir: Path, cwd: Path | None = None) -> Done:
         if RESULTS in self.argv:
@@ -333,7 +351,8 @@ class CliCase(SubprocessCase):
             failing = self.expected[0].startswith("Error:")
             assert done.rc == (1 if failing else 0), done.explain()
             assert done.output.strip() == "\n".join(self.expected).strip(), (
-                f"README shows:\n{chr(10).join(self.expected)}\n\nactual:\n{done.explain()}")
+                f"{self.where} shows:\n{chr(10).join(self.expected)}\n\n"
+                f"actual:\n{done.explain()}")
             return
         assert done.rc == 0, done.explain()
         assert "Traceback" not in done.output, done.explain()
@@ -365,18 +384,24 @@ class CliCase(SubprocessCase):
 
 
 def _copy_results(as_written: str, to: Path) -> None:
-    """The README's first ``--results`` folder, copied to ``to``: the folder itself if the
-    repository has it, else the stand-in for a run of the reader's own
-    (:data:`STAND_IN_MAX_BYTES`)."""
+    """A page's first ``--results`` folder, copied to ``to``: the folder itself if the
+    repository has it, else the stand-in for a run of the reader's own: the committed run
+    folders under :data:`STAND_IN_MAX_BYTES`, or the committed results store itself where the
+    reproduction is one store (``plot`` and ``report`` read a store like a run folder)."""
     source = REPO / as_written
     if source.is_dir():
         shutil.copytree(source, to)
         return
+    small = [folder for folder in sorted(p for p in COMMITTED.iterdir() if p.is_dir())
+             if (folder / "results.parquet").is_file()
+             and (folder / "results.parquet").stat().st_size < STAND_IN_MAX_BYTES]
+    if len(small) < 2:
+        assert (COMMITTED / "manifest.json").is_file(), f"no stand-in runs for {as_written}"
+        shutil.copytree(COMMITTED, to)
+        return
     for folder in sorted(p for p in COMMITTED.iterdir() if p.is_dir()):
-        table = folder / "results.parquet"
-        if not table.is_file() or table.stat().st_size < STAND_IN_MAX_BYTES:
+        if folder in small or not (folder / "results.parquet").is_file():
             shutil.copytree(folder, to / folder.name)
-    assert len(list(to.glob("*/results.parquet"))) >= 2, f"no stand-in runs for {as_written}"
 
 
 class PluginCase(SubprocessCase):
@@ -385,13 +410,14 @@ class PluginCase(SubprocessCase):
     def __init__(self, block: Block, filename: str, commands: list[tuple[str, list[str]]]):
         self.block, self.filename = block, filename
         self.code = "\n".join(block.body) + "\n"
-        self.commands = [(where, CliCase(block.line, tokens)) for where, tokens in commands]
+        self.commands = [(where, CliCase(block.where, tokens)) for where, tokens in commands]
         self.names = re.findall(r"@register_\w+\(\s*[\"']([^\"']+)[\"']", self.code)
         self.real = any(cmd.real for _, cmd in self.commands) or _loads_real(self.code)
         self.slow = any(cmd.slow for _, cmd in self.commands)
         self.cost = sum(cmd.cost for _, cmd in self.commands)
-        self.key = ("plugin", block.line)
-        self.id = f"README:L{block.line}-python"
+        # the same file and commands on two pages run once
+        self.key = ("plugin", filename, self.code, tuple(tuple(c.argv) for _, c in self.commands))
+        self.id = f"{block.where}-python"
 
     def execute(self, workdir: Path) -> list[Done]:
         folder = workdir / "plugin"
@@ -401,11 +427,11 @@ class PluginCase(SubprocessCase):
                 for i, (_, cmd) in enumerate(self.commands)]
 
     def check(self, workdir: Path, dones: list[Done]) -> None:
-        assert self.commands, f"README:{self.block.line}: the plugin block names no command"
-        assert self.names, f"README:{self.block.line}: the plugin block registers nothing"
+        assert self.commands, f"{self.block.where}: the plugin block names no command"
+        assert self.names, f"{self.block.where}: the plugin block registers nothing"
         for (where, cmd), done in zip(self.commands, dones, strict=True):
             cmd.check(workdir, done)
-            if cmd.sub == "list":  # the command the README names must show what it registered
+            if cmd.sub == "list":  # the command the page names must show what it registered
                 for name in self.names:
                     assert re.search(rf"(?m)^\s*{re.escape(name)}\s", done.stdout), (
                         f"{where}: {name!r} not listed\n{done.explain()}")
@@ -431,21 +457,22 @@ def _loads_real(code: str) -> bool:
 
 
 class ScriptCase(SubprocessCase):
-    """A plain python block: run as a script from the repository root."""
+    """A plain python block: run as a script from a tmp folder (it must not need the
+    repository's files: a user runs it from anywhere)."""
 
     def __init__(self, block: Block) -> None:
         self.block = block
         self.code = "\n".join(block.body) + "\n"
         self.real = _loads_real(self.code)
         self.cost = 2
-        self.key = ("script", block.line)
-        self.id = f"README:L{block.line}-python"
+        self.key = ("script", self.code)
+        self.id = f"{block.where}-python"
 
     def execute(self, workdir: Path) -> Done:
         workdir.mkdir(parents=True)
-        script = workdir / f"readme_L{self.block.line}.py"
+        script = workdir / f"block_L{self.block.line}.py"
         script.write_text(self.code)
-        return _execute([sys.executable, str(script)], REPO)
+        return _execute([sys.executable, str(script)], workdir / "cwd")
 
     def check(self, workdir: Path, done: Done) -> None:
         assert done.rc == 0, done.explain()
@@ -460,9 +487,9 @@ class ParseCase(Case):
     and checking the model and method names are registered.
     """
 
-    def __init__(self, line: int, tokens: list[str], extra: list[list[str]]) -> None:
-        self.line, self.tokens, self.extra = line, tokens, extra
-        self.id = f"README:L{line}-bash-parse-only"
+    def __init__(self, where: str, tokens: list[str], extra: list[list[str]]) -> None:
+        self.where, self.tokens, self.extra = where, tokens, extra
+        self.id = f"{where}-bash-parse-only"
 
     def run(self, request) -> None:
         for more in [[], *self.extra]:  # e.g. "add --resume after a kill"
@@ -492,19 +519,19 @@ def _parse(args: list[str]) -> dict:
 
 
 class EnvCase(Case):
-    """``GRIDS=32 ... bash results/reproduce.sh``: parsed, not run (hours of compute).
+    """``[GRIDS=32 ...] bash results/reproduce.sh``: parsed, not run (hours of compute).
 
     Every variable must be one the script reads (``${NAME:-default}``). Then the script runs with
     ``AB`` (its attrib-bench command) set to a stub that only records its arguments, and each
     recorded command is parsed by click as in :class:`ParseCase`.
     """
 
-    def __init__(self, line: int, tokens: list[str]) -> None:
-        self.line = line
+    def __init__(self, where: str, tokens: list[str]) -> None:
+        self.where = where
         n = next(i for i, t in enumerate(tokens) if not re.match(r"^[A-Z_][A-Z0-9_]*=", t))
         self.env = dict(t.split("=", 1) for t in tokens[:n])
         self.command = tokens[n:]
-        self.id = f"README:L{line}-bash-parse-only"
+        self.id = f"{where}-bash-parse-only"
 
     def run(self, request) -> None:
         assert self.command == ["bash", "results/reproduce.sh"], self.command
@@ -527,21 +554,41 @@ class EnvCase(Case):
 
 
 class SkipCase(Case):
-    def __init__(self, line: int, reason: str, slug: str) -> None:
+    def __init__(self, where: str, reason: str, slug: str) -> None:
         self.reason = reason
-        self.id = f"README:L{line}-bash-skipped-{slug}"
+        self.id = f"{where}-bash-skipped-{slug}"
 
     def param(self):
         return pytest.param(self, id=self.id, marks=pytest.mark.skip(reason=self.reason))
 
 
 class UnknownCase(Case):
-    def __init__(self, line: int, lang: str, text: str) -> None:
-        self.line, self.text = line, text
-        self.id = f"README:L{line}-{lang or 'plain'}"
+    def __init__(self, where: str, lang: str, text: str) -> None:
+        self.where, self.text = where, text
+        self.id = f"{where}-{lang or 'plain'}"
 
     def run(self, request) -> None:
-        pytest.fail(f"README.md:{self.line}: no rule to check this block/command: {self.text!r}")
+        pytest.fail(f"{self.where}: no rule to check this block/command: {self.text!r}")
+
+
+class TomlCase(Case):
+    """A ``toml`` block: valid TOML; an entry-point table names attrib-bench's plug-in group."""
+
+    def __init__(self, block: Block) -> None:
+        self.block = block
+        self.id = f"{block.where}-toml"
+
+    def run(self, request) -> None:
+        import tomllib
+
+        from attrib_bench.registry import PLUGIN_GROUP
+
+        data = tomllib.loads("\n".join(self.block.body))
+        groups = data.get("project", {}).get("entry-points", {})
+        assert groups, f"{self.block.where}: no rule for a toml block without entry points"
+        assert set(groups) == {PLUGIN_GROUP}, (self.block.where, groups)
+        for name, target in groups[PLUGIN_GROUP].items():
+            assert re.fullmatch(r"[\w.]+(:[\w.]+)?", target), (name, target)
 
 
 def _bash_cases(block: Block) -> list[Case]:
@@ -549,6 +596,7 @@ def _bash_cases(block: Block) -> list[Case]:
     lines = _logical_lines(block)
     console = block.lang == "console"
     for index, (line, text) in enumerate(lines):
+        where = f"{block.page}:L{line}"
         if console:
             if not text.startswith("$ "):
                 continue  # output of the previous command
@@ -563,23 +611,28 @@ def _bash_cases(block: Block) -> list[Case]:
         stripped = text.strip()
         if not stripped or stripped.startswith("#"):
             continue
+        if stripped.startswith(DOCS_PREFIXES):
+            cases.append(SkipCase(where, "the documentation's build: tests/test_docs.py runs "
+                                  "mkdocs build --strict", "docs-build"))
+            continue
         if stripped.startswith(CI_PREFIXES):
-            cases.append(SkipCase(line, "install, lint and test suite: CI (.ci/run) runs these "
+            cases.append(SkipCase(where, "install, lint and test suite: CI (.ci/run) runs these "
                                   "two lines itself", "CI-runs-it"))
             continue
         match = re.search(r"#\s*add ((?:--[\w-]+\s*)+)", stripped)
         extra = [match.group(1).split()] if match else []
         tokens = shlex.split(_drop_optional(stripped), comments=True)
         suffix = "bash" if block.lang == "bash" else "console"
-        if re.match(r"^[A-Z_][A-Z0-9_]*=", tokens[0]):
-            cases.append(EnvCase(line, tokens))
+        reproduce = tokens[:2] == ["bash", "results/reproduce.sh"]
+        if re.match(r"^[A-Z_][A-Z0-9_]*=", tokens[0]) or reproduce:
+            cases.append(EnvCase(where, tokens))
         elif tokens[0] == "attrib-bench" and _subcommand(tokens)[1] in ("train", "examples"):
-            cases.append(ParseCase(line, tokens, extra))
+            cases.append(ParseCase(where, tokens, extra))
         elif tokens[0] == "attrib-bench" and _subcommand(tokens)[1] in (
                 "list", "eval", "plot", "report", "run"):
-            cases.append(CliCase(line, tokens, expected or None, suffix))
+            cases.append(CliCase(where, tokens, expected or None, suffix))
         else:
-            cases.append(UnknownCase(line, block.lang, stripped))
+            cases.append(UnknownCase(where, block.lang, stripped))
     return cases
 
 
@@ -597,16 +650,19 @@ def _python_case(block: Block) -> Case:
     return PluginCase(block, named.group(1), commands)
 
 
-def collect_cases() -> list[Case]:
+def collect_cases(pages: list[Path] = PAGES) -> list[Case]:
     cases: list[Case] = []
-    for block in read_blocks(README.read_text()):
-        if block.lang == "python":
-            cases.append(_python_case(block))
-        elif block.lang in ("bash", "console"):
-            found = _bash_cases(block)
-            cases += found or [UnknownCase(block.line, block.lang, "(no command)")]
-        else:
-            cases.append(UnknownCase(block.line, block.lang, "\n".join(block.body)))
+    for path in pages:
+        for block in read_blocks(path.read_text(), page_name(path)):
+            if block.lang == "python":
+                cases.append(_python_case(block))
+            elif block.lang in ("bash", "console"):
+                found = _bash_cases(block)
+                cases += found or [UnknownCase(block.where, block.lang, "(no command)")]
+            elif block.lang == "toml":
+                cases.append(TomlCase(block))
+            else:
+                cases.append(UnknownCase(block.where, block.lang, "\n".join(block.body)))
     return cases
 
 
@@ -616,7 +672,12 @@ CASES = collect_cases()
 def test_readme_blocks_were_found():
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids)), ids
-    assert sum(isinstance(c, PluginCase) for c in CASES) >= 3, ids
+    pages = {c.id.split(":L")[0] for c in CASES}
+    assert {"README", "docs/getting-started.md", "docs/your-own.md"} <= pages, pages
+    plugins = [c.id for c in CASES if isinstance(c, PluginCase)]
+    # the README's tour: a method, a model, a metric; the docs: those and a dataset
+    assert sum(i.startswith("README:") for i in plugins) >= 3, plugins
+    assert sum(i.startswith("docs/your-own.md:") for i in plugins) >= 5, plugins
 
 
 @pytest.mark.parametrize("case", [c.param() for c in CASES])

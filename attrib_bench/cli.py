@@ -501,7 +501,7 @@ def store_cmd(into: str, runs: tuple[str, ...]) -> None:
 @click.option("--method", "methods", default="all", show_default=True,
               help="Method name(s), comma-separated, or all (those that apply to the model).")
 @click.option("--results", "results_dir", required=True, type=click.Path(file_okay=False),
-              help="Run folder; writes RESULTS/examples/<model>.safetensors for `plot`.")
+              help="Run folder or results store; writes RESULTS/examples/<model>.safetensors.")
 @click.option("--count", type=click.IntRange(min=1, max=10), default=6, show_default=True,
               help="Images in the method sheet (one per class).")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -8,9 +8,10 @@
 4. writes the zoo entry: NAME.safetensors, NAME.json (with a "zoo" section: accuracy,
    provenance) and NAME.history.csv into --zoo-dir (default: the package's models/weights, which
    registers it as a model at import), and the README zoo row (replaced if NAME has one);
-5. unpacks tables.tar.gz into --tables-dir, one run folder per sweep, and says which sweeps are
-   complete; incomplete ones (and the weights) are staged in .carry/resume so that the next
-   device call continues them instead of starting again.
+5. unpacks tables.tar.gz into --tables-dir (default runs/gpu), one run folder per sweep, and
+   says which sweeps are complete (add those to the store: attrib-bench store --into
+   results/cifar10 runs/gpu/SWEEP); incomplete ones (and the weights) are staged in
+   .carry/resume so that the next device call continues them instead of starting again.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--published", type=float, default=93.2,
                         help="The paper's accuracy for this model (Table 1), or -1 for none.")
     parser.add_argument("--zoo-dir", type=Path, default=ROOT / "models" / "weights")
-    parser.add_argument("--tables-dir", type=Path, default=ROOT / "results" / "cifar10-gpu")
+    parser.add_argument("--tables-dir", type=Path, default=ROOT / "runs" / "gpu")
     parser.add_argument("--resume-dir", type=Path, default=ROOT / ".carry" / "resume")
     parser.add_argument("--readme", default=str(ROOT / "README.md"),
                         help="README whose zoo table gets the row ('' for none).")
@@ -158,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     print(row)
     sweeps = unpack_tables(args.out, args.tables_dir)
     for sweep, complete in sweeps.items():
-        print(f"tables {args.tables_dir / sweep}: {'complete' if complete else 'INCOMPLETE'}")
+        print(f"tables {args.tables_dir / sweep}: {'complete' if complete else 'INCOMPLETE'}"
+              + (f" (add it: attrib-bench store --into results/cifar10 {args.tables_dir / sweep})"
+                 if complete else ""))
     if not all(sweeps.values()):
         args.resume_dir.mkdir(parents=True, exist_ok=True)
         for path in (weights, weights.with_suffix(".json"), history, args.out / "tables.tar.gz"):

@@ -1,13 +1,13 @@
 """``plot``/``report`` on the committed reproduction: Arrow-backed vs object text columns.
 
-Reads the run folders with :func:`attrib_bench.plots.load_runs` and builds every figure with
-:func:`attrib_bench.plots.figures_for` (no file written), once with the results tables read
-as pandas' default (Arrow-backed ``str`` columns, ``pd.read_parquet``) and once as
-``attrib_bench.plots._read_results`` reads them (dictionary-encoded, expanded to object
+Reads the results store or run folders with :func:`attrib_bench.plots.load_runs` and builds
+every figure with :func:`attrib_bench.plots.figures_for` (no file written), once with the
+tables read as pandas' default (Arrow-backed ``str`` columns, ``pd.read_parquet``) and once as
+``attrib_bench.store._read_parquet`` reads them (dictionary-encoded, expanded to object
 dtype), interleaved. Prints the median seconds of each step and the ratio, and checks that
 both readings give equal tables.
 
-    .venv/bin/python benchmarks/results_loading.py results/cifar10 results/cifar10-gpu
+    .venv/bin/python benchmarks/results_loading.py results/cifar10
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from unittest import mock
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from attrib_bench import plots
+from attrib_bench import plots, store
 
-READERS = {"arrow str": pd.read_parquet, "object": plots._read_results}
+READERS = {"arrow str": pd.read_parquet, "object": store._read_parquet}
 
 
 def _timed(folders: list[str], reader) -> tuple[pd.DataFrame, float, float]:
-    with mock.patch.object(plots, "_read_results", reader):
+    with mock.patch.object(store, "_read_parquet", reader):
         start = time.perf_counter()
         tables = plots.load_runs(folders)
         loaded = time.perf_counter()

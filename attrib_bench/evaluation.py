@@ -129,6 +129,24 @@ def predict_logits(model: nn.Module, images: BaseImageSet, batch_size: int = INF
     return torch.cat(outputs).cpu()
 
 
+@torch.inference_mode()
+def max_logit_difference(model: nn.Module, images: BaseImageSet, index: torch.Tensor,
+                         expected: torch.Tensor, device: str | torch.device = "cpu") -> float:
+    """Largest |logit − expected| when ``model`` classifies images ``index`` (one batch, as
+    :func:`predict_logits` would: uint8 → float in [0, 1] on ``device``, IEEE float32 on a GPU);
+    ``expected`` (len(index), K). NaN if a logit is not finite: how a run checks logits it did
+    not compute (shipped with a zoo entry) against a few images it classifies again."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    with ieee_float32(device):
+        batch = images.uint8(index).to(device)
+        logits = model(batch.float().div_(255)).float().cpu()
+    if logits.shape != expected.shape:
+        return float("nan")
+    diff = (logits - expected.float()).abs()
+    return float("nan") if not torch.isfinite(diff).all() else float(diff.max())
+
+
 def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Percentage of rows whose argmax equals the label."""
     return 100.0 * (logits.argmax(1) == labels.to(logits.device)).double().mean().item()

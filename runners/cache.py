@@ -5,7 +5,11 @@ inputs): a second run with another metric on the same inputs (pixel removal and 
 both explain the first test images for their labels) reuses them instead of recomputing them.
 **Pool logits** (:class:`PoolLogits`) are a model's logits on every image of a dataset, stored
 once per (model weights, dataset images and labels): sample selections that rank a test set
-(both grid localisations) classify it once per cache, not once per metric and run.
+(both grid localisations) classify it once per cache, not once per metric and run. A zoo entry
+may ship them (:class:`ShippedLogits`, written by :func:`write_shipped_logits`): a run whose cache
+lacks them reads the shipped file instead of classifying the dataset, once its sha256, its key
+(the same key as the cache's: weights and dataset content) and a re-classification of a few of
+its images have checked out; a file that fails a check is one line on stderr and the pass runs.
 
 Entries are safetensors files named by the sha256 of their key and carry the sha256 of their
 tensor in their metadata: a truncated or altered entry is detected, deleted and recomputed.
@@ -17,8 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +34,25 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
 
-from attrib_bench.evaluation import INFERENCE_BATCH, predict_logits
+from attrib_bench.checkpoints import sha256_file
+from attrib_bench.evaluation import INFERENCE_BATCH, max_logit_difference, predict_logits
 from attrib_bench.imageset import BaseImageSet, tensor_digest
 from attrib_bench.runners.storage import Store, atomic_write
 
-__all__ = ["AttributionCache", "CacheStats", "PoolLogits", "atomic_write", "cached_explainer",
-           "model_digest", "tensor_digest"]
+__all__ = ["AttributionCache", "CacheStats", "PoolLogits", "PoolStats", "ShippedLogits",
+           "atomic_write", "cached_explainer", "model_digest", "pool_key", "tensor_digest",
+           "write_shipped_logits"]
+
+#: ``$ATTRIB_BENCH_SHIPPED_LOGITS=0``: never read a zoo entry's shipped logits (always classify).
+SHIPPED_ENV_VAR = "ATTRIB_BENCH_SHIPPED_LOGITS"
+#: The sidecar section that records a zoo entry's shipped logits, one entry per dataset name.
+SHIPPED_SECTION = "pool_logits"
+#: Images that a run classifies again when it reads shipped logits, spread over the dataset.
+SPOT_CHECK_IMAGES = 16
+#: Largest difference allowed between those images' logits and the shipped rows, relative to
+#: max(1, the rows' largest |logit|): batch composition and CPU kernels move float32 logits by
+#: about 1e-6 of that; changed forward code or weights move them by far more.
+SPOT_CHECK_TOLERANCE = 1e-4
 
 
 def model_digest(model: nn.Module) -> str:
@@ -121,6 +140,150 @@ class AttributionCache(TensorCache):
         return hashlib.sha256((text + tensor_digest(inputs, target)).encode()).hexdigest()
 
 
+def pool_key(model_hash: str, dataset_name: str, data_digest: str) -> str:
+    """The pool-logits key: sha256 of the model's weights hash (:func:`model_digest`), the
+    dataset's name and its content digest (:meth:`BaseImageSet.digest`)."""
+    text = json.dumps({"model": model_hash, "dataset": dataset_name, "data": data_digest})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PoolStats(CacheStats):
+    """:class:`CacheStats` of the pool logits, plus ``shipped``: passes read from a zoo entry's
+    shipped logits (neither computed nor found in the cache)."""
+
+    shipped: int = 0
+
+    def __add__(self, other: CacheStats) -> PoolStats:
+        return PoolStats(self.hits + other.hits, self.misses + other.misses,
+                         self.corrupt + other.corrupt,
+                         self.shipped + getattr(other, "shipped", 0))
+
+
+@dataclass(frozen=True)
+class ShippedLogits:
+    """One zoo entry's logits on one dataset, as its sidecar records them.
+
+    The sidecar (``NAME.json`` beside the weights) has a ``"pool_logits"`` section with one entry
+    per dataset name: ``file`` (beside the sidecar), its ``sha256``, the ``model`` hash
+    (:func:`model_digest` of the loaded weights, with ``weights_sha256`` the weights file's), the
+    dataset's ``data`` digest and the ``key`` (:func:`pool_key` of those: what a run's cache
+    would file the same logits under), plus where they came from (``source``, ``command``, ...).
+    """
+
+    sidecar: Path
+    dataset: str
+    file: Path
+    sha256: str
+    model: str
+    data: str
+    key: str
+
+    @classmethod
+    def in_sidecar(cls, sidecar: str | Path) -> list[ShippedLogits]:
+        """The entries of ``sidecar``'s ``"pool_logits"`` section ([] when it has none)."""
+        sidecar = Path(sidecar)
+        section = json.loads(sidecar.read_text()).get(SHIPPED_SECTION) or {}
+        return [cls(sidecar, dataset, sidecar.parent / entry["file"], entry["sha256"],
+                    entry["model"], entry["data"], entry["key"])
+                for dataset, entry in sorted(section.items())]
+
+    @classmethod
+    def find(cls, folders: Iterable[str | Path], model_hash: str,
+             dataset_name: str) -> list[ShippedLogits]:
+        """Entries in the ``*.json`` sidecars of ``folders`` for these weights on a dataset of
+        this name (an entry for other weights or another dataset makes no claim: not listed)."""
+        found = []
+        for folder in folders:
+            for sidecar in sorted(Path(folder).glob("*.json")):
+                try:
+                    entries = cls.in_sidecar(sidecar)
+                except (ValueError, KeyError, TypeError, AttributeError, OSError):
+                    continue  # not a zoo sidecar, or one without a readable section
+                found += [e for e in entries
+                          if e.model == model_hash and e.dataset == dataset_name]
+        return found
+
+    def read(self, key: str, shape: tuple[int, int]) -> tuple[torch.Tensor | None, str]:
+        """(logits, "") when the file matches its sha256, ``key`` and ``shape``, else
+        (None, the one-line reason)."""
+        if self.key != key:
+            return None, (f"it was computed for other {self.dataset} images or labels (data "
+                          f"digest {self.data[:12]}…, key {self.key[:12]}…; this run's key "
+                          f"{key[:12]}…)")
+        if not self.file.is_file():
+            return None, f"{self.file} is missing"
+        if sha256_file(self.file) != self.sha256:
+            return None, f"its sha256 is not the one recorded in {self.sidecar.name}"
+        try:
+            data = self.file.read_bytes()
+            logits = load(data)["logits"]
+            header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+            metadata = header.get("__metadata__", {})
+        except (SafetensorError, KeyError, ValueError) as exc:
+            return None, f"it is not a logits file ({type(exc).__name__})"
+        if metadata.get("key") != key:
+            return None, f"its own key is not {self.sidecar.name}'s"
+        if metadata.get("sha256") != tensor_digest(logits):
+            return None, "its tensor does not match the digest in its metadata"
+        if tuple(logits.shape) != tuple(shape) or logits.dtype != torch.float32:
+            return None, (f"it holds {logits.dtype} {tuple(logits.shape)}, not float32 "
+                          f"{tuple(shape)}")
+        return logits, ""
+
+
+def write_shipped_logits(sidecar: str | Path, model: nn.Module, dataset: BaseImageSet, *,
+                         logits: torch.Tensor | None = None, device: str | torch.device = "cpu",
+                         progress: bool = False, **provenance: Any) -> Path:
+    """Ship ``model``'s logits on ``dataset`` beside a zoo entry's ``sidecar``; returns the file.
+
+    The generator of :class:`ShippedLogits`: classifies every image (:func:`predict_logits` at
+    the :data:`INFERENCE_BATCH`, as a run's pool pass does, so that the file holds the same bytes
+    as a run's cache entry on this machine) unless ``logits`` are given, writes them as float32
+    to ``<sidecar stem>.<dataset name>.logits.safetensors`` (metadata: key, model hash, data
+    digest, tensor digest) and records the file, its sha256 and its key in the sidecar's
+    ``"pool_logits"`` section under the dataset's name, with ``provenance`` (JSON values: where
+    the data came from, the command) and the hardware. ``attrib_bench.models.zoo.ship_pool_logits``
+    does this for a zoo entry by name. Both files are written atomically.
+    """
+    from attrib_bench.provenance import describe_hardware
+
+    sidecar = Path(sidecar)
+    model_hash = model_digest(model)
+    data = dataset.digest()
+    key = pool_key(model_hash, dataset.name, data)
+    if logits is None:
+        logits = predict_logits(model, dataset, INFERENCE_BATCH, device, progress=progress)
+    logits = logits.detach().float().contiguous().cpu()
+    if tuple(logits.shape) != (len(dataset), dataset.num_classes):
+        raise ValueError(f"logits {tuple(logits.shape)} do not fit {dataset.name} "
+                         f"({len(dataset)} images, {dataset.num_classes} classes)")
+    target = sidecar.with_name(f"{sidecar.stem}.{dataset.name}.logits.safetensors")
+    atomic_write(target, lambda tmp: save_file(
+        {"logits": logits}, str(tmp), metadata={
+            "key": key, "model": model_hash, "dataset": dataset.name, "data": data,
+            "sha256": tensor_digest(logits)}))
+    content = json.loads(sidecar.read_text())
+    content.setdefault(SHIPPED_SECTION, {})[dataset.name] = {
+        "file": target.name, "sha256": sha256_file(target), "model": model_hash, "data": data,
+        "key": key, "shape": list(logits.shape), "dtype": "float32", "images": len(dataset),
+        "batch": INFERENCE_BATCH, "hardware": describe_hardware(torch.device(device)),
+        **provenance}
+    text = json.dumps(content, indent=2) + "\n"
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
+    return target
+
+
+def _default_shipped_folders() -> list[Path]:
+    """The zoo's folders (the package's weights and ``$ATTRIB_BENCH_ZOO``); none when
+    ``$ATTRIB_BENCH_SHIPPED_LOGITS`` is 0."""
+    if os.environ.get(SHIPPED_ENV_VAR, "").strip() == "0":
+        return []
+    from attrib_bench.models.zoo import zoo_folders
+
+    return zoo_folders()
+
+
 class PoolLogits:
     """``predict(model, dataset) -> logits (N, K)``, cached in ``root`` (the run's
     ``cache/logits``), keyed by the model's weights sha256 and the dataset's images and labels.
@@ -129,36 +292,83 @@ class PoolLogits:
     result is also kept in memory for this object's life (two metrics of one run share it).
     New entries wait in memory until :meth:`flush`: the runner flushes once the run folder is
     checked, and a dry run never does (it writes nothing). ``stats`` counts lookups (a miss is a
-    pass computed here); ``seconds`` is the time those passes took.
+    pass computed here; ``shipped``: read from a zoo entry's file); ``seconds`` is the time those
+    passes took.
+
+    On a cache miss, the :class:`ShippedLogits` of ``shipped`` (folders of sidecars; default:
+    the zoo's folders, none if ``$ATTRIB_BENCH_SHIPPED_LOGITS=0``) for the same weights and
+    dataset are read instead of classifying the dataset, provided that the file's sha256, its
+    key (the same as this cache's) and its shape check out, and that
+    :data:`SPOT_CHECK_IMAGES` images classified again here agree with their rows (within
+    :data:`SPOT_CHECK_TOLERANCE`): the selection is then the one the pass would give. A file
+    that fails is one line on stderr (``refused`` keeps it) and the pass runs. Shipped logits
+    are not copied into the cache.
     """
 
     def __init__(self, root: str | Path | Store | None, device: torch.device, *,
-                 hashes: dict[int, str] | None = None, progress: bool = False) -> None:
+                 hashes: dict[int, str] | None = None, progress: bool = False,
+                 shipped: Iterable[str | Path] | None = None) -> None:
         self.cache = TensorCache(root)
         self.device = device
         self.hashes = dict(hashes or {})
         self.progress = progress
+        self.shipped = None if shipped is None else [Path(p) for p in shipped]
         self.seconds = 0.0
-        self._hits = self._computed = 0
+        self._hits = self._computed = self._shipped = 0
+        #: "file: reason" for each shipped file that failed a check.
+        self.refused: list[str] = []
         self._memory: dict[str, torch.Tensor] = {}
         self._pending: dict[str, torch.Tensor] = {}
         self._datasets: dict[int, str] = {}
 
     @property
-    def stats(self) -> CacheStats:
-        """Hits (in memory or in the cache folder), misses (passes computed), corrupt entries."""
-        return CacheStats(self._hits + self.cache.hits, self._computed, self.cache.corrupt)
+    def stats(self) -> PoolStats:
+        """Hits (in memory or in the cache folder), misses (passes computed), corrupt entries,
+        shipped (passes read from a zoo entry's file)."""
+        return PoolStats(self._hits + self.cache.hits, self._computed, self.cache.corrupt,
+                         self._shipped)
 
-    def key(self, model: nn.Module, dataset: BaseImageSet) -> str:
-        """sha256 of the model's weights hash, the dataset's name and its content digest
-        (:meth:`~attrib_bench.imageset.BaseImageSet.digest`: images and labels in memory, or
-        each file's path, size, mtime and label), computed once per dataset object."""
+    def _parts(self, model: nn.Module, dataset: BaseImageSet) -> tuple[str, str]:
         model_hash = self.hashes.get(id(model)) or model_digest(model)
         data = self._datasets.get(id(dataset))
         if data is None:
             data = self._datasets[id(dataset)] = dataset.digest()
-        text = json.dumps({"model": model_hash, "dataset": dataset.name, "data": data})
-        return hashlib.sha256(text.encode()).hexdigest()
+        return model_hash, data
+
+    def key(self, model: nn.Module, dataset: BaseImageSet) -> str:
+        """:func:`pool_key` of the model's weights hash, the dataset's name and its content
+        digest (:meth:`~attrib_bench.imageset.BaseImageSet.digest`: images and labels in memory,
+        or each file's path, size, mtime and label), computed once per dataset object."""
+        model_hash, data = self._parts(model, dataset)
+        return pool_key(model_hash, dataset.name, data)
+
+    def _read_shipped(self, model: nn.Module, dataset: BaseImageSet,
+                      key: str) -> torch.Tensor | None:
+        """A shipped file's logits after its checks, or None (reasons printed, kept)."""
+        folders = _default_shipped_folders() if self.shipped is None else self.shipped
+        model_hash = self._parts(model, dataset)[0]
+        for entry in ShippedLogits.find(folders, model_hash, dataset.name):
+            logits, reason = entry.read(key, (len(dataset), dataset.num_classes))
+            if logits is not None:
+                count = min(SPOT_CHECK_IMAGES, len(dataset))
+                index = torch.linspace(0, len(dataset) - 1, count).round().long().unique()
+                diff = max_logit_difference(model, dataset, index, logits[index], self.device)
+                scale = max(1.0, float(logits[index].abs().max()))
+                if not diff <= SPOT_CHECK_TOLERANCE * scale:  # NaN fails too
+                    logits, reason = None, (
+                        f"{len(index)} of its images classified again differ from its rows by "
+                        f"up to {diff:.3g} (> {SPOT_CHECK_TOLERANCE:g} x {scale:.3g}): the "
+                        "model's forward code changed since it was written")
+            if logits is not None:
+                self._shipped += 1
+                if self.progress:
+                    print(f"{dataset.name}: logits from {entry.file.name} (sha256, key and "
+                          f"{len(index)} images classified again checked)", file=sys.stderr)
+                return logits
+            self.refused.append(f"{entry.file}: {reason}")
+            print(f"note: shipped logits {entry.file.name} not used: {reason}; classifying "
+                  f"{dataset.name} instead", file=sys.stderr)
+        return None
 
     def predict(self, model: nn.Module, dataset: BaseImageSet) -> torch.Tensor:
         """The logits (N, K) of ``model`` on every image of ``dataset``, on the CPU."""
@@ -167,6 +377,8 @@ class PoolLogits:
             self._hits += 1
             return self._memory[key]
         logits = self.cache.get(key)
+        if logits is None:
+            logits = self._read_shipped(model, dataset, key)
         if logits is None:
             start = time.perf_counter()
             logits = predict_logits(model, dataset, INFERENCE_BATCH, self.device,

@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_localisation import LabelReader, _synthetic
 
 from attrib_bench.evaluation import INFERENCE_BATCH
@@ -16,7 +17,7 @@ from attrib_bench.metrics.base import SelectContext
 from attrib_bench.metrics.localisation import Localisation
 from attrib_bench.runners import cache as cache_module
 from attrib_bench.runners.benchmark import run
-from attrib_bench.runners.cache import PoolLogits
+from attrib_bench.runners.cache import PoolLogits, write_shipped_logits
 
 
 def _localise(out, cache, **kw):
@@ -141,3 +142,114 @@ def test_a_metric_with_the_old_select_contract_is_one_line(tmp_path, params):
     finally:
         METRICS.remove("old-contract")
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- shipped logits
+
+
+def _ship(folder, model, data, **kw):
+    """A zoo folder in ``folder`` whose sidecar ships ``model``'s logits on ``data``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sidecar = folder / "reader.json"
+    if not sidecar.exists():
+        sidecar.write_text("{}\n")
+    return write_shipped_logits(sidecar, model, data, **kw), sidecar
+
+
+def test_shipped_logits_replace_the_pool_pass_and_give_the_same_tables(tmp_path, monkeypatch):
+    model, data = LabelReader(), _synthetic()
+    shipped, sidecar = _ship(tmp_path / "zoo", model, data)
+    entry = json.loads(sidecar.read_text())["pool_logits"]["synthetic"]
+    assert entry["file"] == shipped.name == "reader.synthetic.logits.safetensors"
+    assert entry["key"] == PoolLogits(None, torch.device("cpu")).key(model, data)
+    passes: list[int] = []
+    real = cache_module.predict_logits
+    monkeypatch.setattr(cache_module, "predict_logits",
+                        lambda *a, **k: passes.append(1) or real(*a, **k))
+    zoo_folders = cache_module._default_shipped_folders
+    monkeypatch.setattr(cache_module, "_default_shipped_folders", lambda: [tmp_path / "zoo"])
+    with_file = _localise(tmp_path / "a", tmp_path / "cache-a")
+    assert passes == []  # no pass over the dataset
+    pool = _manifest(tmp_path / "a")["pool_logits_cache"]
+    assert (pool["shipped"], pool["misses"], pool["hits"]) == (1, 0, 0)
+    assert not (tmp_path / "cache-a" / "logits").exists()  # not copied into the cache
+    monkeypatch.setenv(cache_module.SHIPPED_ENV_VAR, "0")  # never read shipped logits
+    monkeypatch.setattr(cache_module, "_default_shipped_folders", zoo_folders)
+    assert zoo_folders() == []
+    recomputed = _localise(tmp_path / "b", tmp_path / "cache-b")
+    assert passes == [1]
+    pool = _manifest(tmp_path / "b")["pool_logits_cache"]
+    assert (pool["shipped"], pool["misses"]) == (0, 1)
+    cached = next((tmp_path / "cache-b" / "logits").rglob("*.safetensors"))
+    assert torch.equal(load_file(cached)["maps"], load_file(shipped)["logits"])
+    assert with_file.equals(recomputed)
+    assert (_manifest(tmp_path / "a")["tables_sha256"]
+            == _manifest(tmp_path / "b")["tables_sha256"])
+
+
+def _tamper_file(path, sidecar, model, data):
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def _other_images(path, sidecar, model, data):  # same name, other content: another key
+    write_shipped_logits(sidecar, model, _synthetic(seed=1))
+
+
+def _stale_logits(path, sidecar, model, data):  # weights or code changed since: the rows differ
+    write_shipped_logits(sidecar, model, data, logits=model(data.float_images()) + 0.5)
+
+
+def _missing(path, sidecar, model, data):
+    path.unlink()
+
+
+@pytest.mark.parametrize(("spoil", "reason"), [
+    (_tamper_file, "its sha256 is not the one recorded in reader.json"),
+    (_other_images, "it was computed for other synthetic images or labels"),
+    (_stale_logits, "images classified again differ from its rows by up to 0.5"),
+    (_missing, "reader.synthetic.logits.safetensors is missing"),
+])
+def test_a_shipped_file_that_fails_a_check_is_one_line_and_the_pass_runs(tmp_path, capsys, spoil,
+                                                                         reason):
+    model, data = LabelReader(), _synthetic()
+    path, sidecar = _ship(tmp_path, model, data)
+    spoil(path, sidecar, model, data)
+    pool = PoolLogits(None, torch.device("cpu"), shipped=[tmp_path])
+    logits = pool.predict(model, data)
+    assert torch.equal(logits, PoolLogits(None, torch.device("cpu"), shipped=[]).predict(model,
+                                                                                         data))
+    assert (pool.stats.shipped, pool.stats.misses) == (0, 1)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and reason in lines[0] and len(pool.refused) == 1
+    assert lines[0].startswith("note: shipped logits reader.synthetic.logits.safetensors not "
+                               "used: ") and lines[0].endswith("classifying synthetic instead")
+
+
+def test_shipped_logits_of_other_weights_make_no_claim(tmp_path, capsys):
+    class OtherReader(LabelReader):
+        pass
+
+    data = _synthetic()
+    _ship(tmp_path, OtherReader(), data)
+    pool = PoolLogits(None, torch.device("cpu"), shipped=[tmp_path])
+    pool.predict(LabelReader(), data)
+    assert (pool.stats.shipped, pool.stats.misses, pool.refused) == (0, 1, [])
+    assert capsys.readouterr().err == ""
+
+
+def test_the_cache_comes_first_and_a_shipped_read_is_counted(tmp_path):
+    model, data = LabelReader(), _synthetic()
+    _ship(tmp_path / "zoo", model, data)
+    shipped = PoolLogits(tmp_path / "cache", torch.device("cpu"), shipped=[tmp_path / "zoo"])
+    shipped.predict(model, data)
+    shipped.predict(model, data)  # the second time from memory
+    shipped.flush()  # nothing to store: shipped logits stay out of the cache
+    assert shipped.stats.as_dict() == {"hits": 1, "misses": 0, "corrupt": 0, "shipped": 1}
+    computed = PoolLogits(tmp_path / "cache", torch.device("cpu"), shipped=[])
+    computed.predict(model, data)
+    computed.flush()
+    cached = PoolLogits(tmp_path / "cache", torch.device("cpu"), shipped=[tmp_path / "zoo"])
+    cached.predict(model, data)
+    assert cached.stats.as_dict() == {"hits": 1, "misses": 0, "corrupt": 0, "shipped": 0}

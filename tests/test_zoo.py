@@ -14,6 +14,7 @@ from attrib_bench.errors import CheckpointError
 from attrib_bench.evaluation import predict_logits, top1_accuracy
 from attrib_bench.models.zoo import BUNDLED_DIR, TRAINED, register_zoo_folder
 from attrib_bench.registry import MODELS, create_model, list_models
+from attrib_bench.runners.cache import PoolLogits, ShippedLogits, model_digest
 
 NAMES = sorted(TRAINED)
 
@@ -108,3 +109,38 @@ def test_a_zoo_sidecar_without_its_dataset_is_one_line(tmp_path):
     with pytest.raises(CheckpointError, match=r"old.json: no registered_dataset .*add it"):
         register_zoo_folder(tmp_path)
     assert "xs-coda-old-sidecar" not in MODELS.names()
+
+
+#: (zoo name, entry) of the shipped logits: the pool a run's grid localisation ranks.
+SHIPPED = [(_zoo_names_by_file()[json.loads(path.read_text())["file"]], entry)
+           for path in sorted(BUNDLED_DIR.glob("*.json"))
+           for entry in ShippedLogits.in_sidecar(path)]
+
+
+def test_the_quick_runs_model_ships_its_test_set_logits_small_and_checked():
+    assert {name for name, _ in SHIPPED} >= {"xs-coda-sq-t1000"}
+    total = 0
+    for name, entry in SHIPPED:
+        recorded = json.loads(entry.sidecar.read_text())["pool_logits"][entry.dataset]
+        assert entry.file.parent == BUNDLED_DIR and sha256_file(entry.file) == entry.sha256
+        assert recorded["weights_sha256"] == MODELS.get(name).metadata["pretrained_cfg"].sha256
+        # keyed by the weights as a run loads them: a run's cache key for this model matches
+        assert entry.model == model_digest(create_model(name))
+        total += entry.file.stat().st_size
+    assert total <= 512 * 1024
+
+
+@pytest.mark.real
+def test_shipped_logits_are_what_a_pass_computes(data_root):
+    """The shipped file is used for the real test set (its key matches, the spot check passes)
+    and its rows are the logits a pass over the first 128 images computes here."""
+    test_set = load_cifar10("test", root=data_root)
+    for name, entry in SHIPPED:
+        model = create_model(name)
+        pool = PoolLogits(None, torch.device("cpu"), shipped=[BUNDLED_DIR])
+        logits = pool.predict(model, test_set)
+        assert (pool.stats.shipped, pool.stats.misses, pool.refused) == (1, 0, [])
+        assert entry.data == test_set.digest()
+        subset = predict_logits(model, test_set.subset(128), progress=False)
+        torch.testing.assert_close(logits[:128], subset, rtol=1e-5, atol=1e-5)
+        assert torch.equal(logits[:128].argmax(1), subset.argmax(1))

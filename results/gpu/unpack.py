@@ -7,7 +7,8 @@
 3. measures the stored (float16) weights' top-1 here, on the original CIFAR-10 test set;
 4. writes the zoo entry: NAME.safetensors, NAME.json (with a "zoo" section: accuracy,
    provenance) and NAME.history.csv into --zoo-dir (default: the package's models/weights, which
-   registers it as a model at import), and the README zoo row (replaced if NAME has one);
+   registers it as a model at import), and the zoo row of docs/models.md (replaced if NAME has
+   one);
 5. unpacks tables.tar.gz into --tables-dir (default runs/gpu), one run folder per sweep, and
    says which sweeps are complete (add those to the store: attrib-bench store --into
    results/cifar10 runs/gpu/SWEEP); incomplete ones (and the weights) are staged in
@@ -128,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoo-dir", type=Path, default=ROOT / "models" / "weights")
     parser.add_argument("--tables-dir", type=Path, default=ROOT / "runs" / "gpu")
     parser.add_argument("--resume-dir", type=Path, default=ROOT / ".carry" / "resume")
-    parser.add_argument("--readme", default=str(ROOT / "README.md"),
-                        help="README whose zoo table gets the row ('' for none).")
+    parser.add_argument("--readme", default=str(ROOT / "docs" / "models.md"),
+                        help="The Markdown page whose zoo table gets the row ('' for none).")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--limit", type=int, default=None, help="Test images (rehearsals).")
     parser.add_argument("--device", default="cpu")

@@ -113,5 +113,6 @@ def test_unpack_puts_the_zoo_row_into_the_readme_table_once(tmp_path):
     lines = readme.read_text().splitlines()
     mine = [i for i, line in enumerate(lines) if line.startswith("| `s-coda-sq-t1000` |")]
     assert len(mine) == 1 and lines[mine[0]].endswith("92.50 |")
-    table = [i for i, line in enumerate(lines) if line.startswith("| `xs-coda-sq-t")]
-    assert mine[0] == max(table) + 1  # the last row of the zoo table
+    first = next(i for i, line in enumerate(lines) if line.startswith("| `xs-coda-sq-t"))
+    last = next(i for i in range(first, len(lines)) if not lines[i].startswith("|")) - 1
+    assert mine[0] == last  # the last row of the zoo table (the first table of zoo rows)

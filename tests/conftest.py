@@ -1,12 +1,44 @@
-"""Shared fixtures: the real data and weights in ../shared are optional; tests needing them skip."""
+"""Shared fixtures: the real data and weights in ../shared are optional; tests needing them skip.
+
+Under pytest-xdist (``-n``, see pyproject's addopts) each worker process computes with one torch
+thread, and so do the processes the tests start (``OMP_NUM_THREADS=1``): two workers on two
+cores, not two workers × two threads.
+
+Tiny data shared by the training tests (``test_train.py``, ``test_cuda.py``,
+``test_device_run.py``): ``signal_set(n, size, seed)``, an ImageSet of random images whose red
+channel encodes the label (a class signal a few steps can learn), and ``packed_signal_sets(root,
+n_train, n_test)``, a packed dataset of two of them with CIFAR-10's class names (what
+``--data-root`` reads).
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from attrib_bench.checkpoints import resolve_weights_root
-from attrib_bench.data import resolve_data_root
+from attrib_bench.data import ImageSet, resolve_data_root
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"  # the subprocesses a test starts
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (torch allows it once, before any parallel work)
+        pass
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+
+#: A 5-layer CoDA-Net (``create_model("xs-coda", **TINY_CODA_PLAN)``): the XS plan shortened
+#: (32 px → 8×8 in the last layer), for tests whose cost grows with the layers (torch.compile's
+#: tracing, the CPU reference of the device tests).
+TINY_CODA_PLAN = {"out_channels": (8, 8, 16, 16, 10), "ranks": (8, 8, 16, 16, 16),
+                  "kernels": (3, 3, 3, 3, 1), "strides": (1, 2, 1, 2, 1),
+                  "paddings": (1, 1, 1, 1, 0)}
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +60,44 @@ def weights_root():
     if not (root / "resnet56-4bfd9763.th").is_file():
         pytest.skip(f"shared weights not found under {root} (set ATTRIB_BENCH_WEIGHTS)")
     return root
+
+
+def make_signal_set(n: int = 32, size: int = 16, seed: int = 0, *,
+                    names: tuple[str, ...] | None = None, name: str = "tiny") -> ImageSet:
+    """``n`` random uint8 images of ``size`` px, labels 0..9 in turn, the red channel = 25 ×
+    label (a learnable class signal); class names "0".."9" unless ``names``."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    images[:, 0] = (labels * 25).to(torch.uint8)[:, None, None]
+    return ImageSet(images, labels, names or tuple(str(i) for i in range(10)), name)
+
+
+def make_packed_signal_sets(root: str | Path, n_train: int = 256, n_test: int = 64,
+                            size: int = 32) -> Path:
+    """A packed dataset (``attrib_bench.packed``) at ``root``: a train and a test split of
+    signal sets with CIFAR-10's class names, readable with ``--data-root root``."""
+    from attrib_bench.packed import pack_image_sets
+
+    train = make_signal_set(n_train, size, 0, names=CIFAR10_CLASSES)
+    test = make_signal_set(n_test, size, 1, names=CIFAR10_CLASSES)
+    pack_image_sets(train, test, root, batch_size=256, tiles_per_row=16, webp_method=0)
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def signal_set():
+    """:func:`make_signal_set`."""
+    return make_signal_set
+
+
+@pytest.fixture(scope="session")
+def packed_signal_sets():
+    """:func:`make_packed_signal_sets`."""
+    return make_packed_signal_sets
+
+
+@pytest.fixture(scope="session")
+def tiny_coda_plan() -> dict:
+    """:data:`TINY_CODA_PLAN` (a copy)."""
+    return dict(TINY_CODA_PLAN)

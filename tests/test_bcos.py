@@ -168,18 +168,18 @@ def _shipped_bcos() -> list[str]:
 @pytest.mark.real
 @pytest.mark.parametrize("name", _shipped_bcos())
 def test_shipped_bcos_accuracy_completeness_and_package_agreement(name, data_root):
-    """A shipped B-cos model on the original CIFAR-10 test set: the recorded top-1 to 0.05, and on
-    16 real images its `inherent` maps complete (float32 rtol 1e-4, float64 1e-9) and equal the
-    package's own explanation to 1e-5."""
+    """A shipped B-cos model on the original CIFAR-10 test set: its recorded predictions
+    (tests/data/test_set_predictions.json, keyed by the weights' sha256) score the recorded top-1
+    and the model classifies every 20th test image as recorded (all of them: `-m full_pass`,
+    below); on 16 real images its `inherent` maps complete (float32 rtol 1e-4, float64 1e-9)
+    and equal the package's own explanation to 1e-5."""
+    from reference_predictions import check_recorded
+
     from attrib_bench.data import load_cifar10
-    from attrib_bench.evaluation import predict_logits, top1_accuracy
-    from attrib_bench.registry import MODELS
 
     model = create_model(name, pretrained=True).eval()
     test_set = load_cifar10("test", root=data_root)
-    logits = predict_logits(model, test_set, progress=False)
-    assert top1_accuracy(logits, test_set.labels) == pytest.approx(
-        MODELS.get(name).metadata["pretrained_cfg"].accuracy, abs=0.05)
+    check_recorded(name, model, test_set)
     x, target = test_set.float_images(slice(0, 16)), test_set.labels[:16]
     for dtype, rtol in ((torch.float32, 1e-4), (torch.float64, 1e-9)):
         typed = model.to(dtype)
@@ -195,3 +195,21 @@ def test_shipped_bcos_accuracy_completeness_and_package_agreement(name, data_roo
             theirs = model.net.explain(model.encode(x[i:i + 1]), idx=int(target[i]))
         torch.testing.assert_close(maps[i], theirs["contribution_map"][0].detach(), rtol=0,
                                    atol=1e-5)
+
+
+@pytest.mark.real
+@pytest.mark.full_pass
+@pytest.mark.parametrize("name", _shipped_bcos())
+def test_shipped_bcos_classifies_the_whole_test_set_as_recorded(name, data_root):
+    """The full pass behind the test above: every test image classified as recorded, the
+    recorded top-1 (with the logits' own accuracy to 0.05)."""
+    from reference_predictions import check_recorded
+
+    from attrib_bench.data import load_cifar10
+    from attrib_bench.evaluation import top1_accuracy
+    from attrib_bench.registry import MODELS
+
+    test_set = load_cifar10("test", root=data_root)
+    logits = check_recorded(name, create_model(name, pretrained=True).eval(), test_set, full=True)
+    assert top1_accuracy(logits, test_set.labels) == pytest.approx(
+        MODELS.get(name).metadata["pretrained_cfg"].accuracy, abs=0.05)

@@ -76,9 +76,34 @@ def test_eval_resnet56_subset(data_root, weights_root):
 
 
 @pytest.mark.real
-@pytest.mark.slow
+def test_resnet56_classifies_the_test_set_as_recorded_with_its_published_accuracy(
+        data_root, weights_root):
+    """The shared weights score exactly their published 93.39 % on the original test set: the
+    recorded predictions (tests/data/test_set_predictions.json, keyed by the weights' sha256)
+    score 9339/10000 on the real labels, and the model classifies every 20th test image as
+    recorded (the full pass: `-m full_pass`, below)."""
+    from reference_predictions import check_recorded, load
+
+    from attrib_bench.data import load_cifar10
+    from attrib_bench.registry import create_model
+
+    assert load("resnet56")["correct"] == 9339
+    check_recorded("resnet56", create_model("resnet56", pretrained=True),
+                   load_cifar10("test", root=data_root))
+
+
+@pytest.mark.real
+@pytest.mark.full_pass
 def test_eval_resnet56_full_test_set_matches_published_accuracy(data_root, weights_root):
-    """The shared weights score exactly their published 93.39 % on the original test set."""
+    """The shared weights score exactly their published 93.39 % on the original test set, every
+    image classified as recorded (a full pass: about a minute, so `-m full_pass` only)."""
+    from reference_predictions import check_recorded
+
+    from attrib_bench.data import load_cifar10
+    from attrib_bench.registry import create_model
+
+    check_recorded("resnet56", create_model("resnet56", pretrained=True),
+                   load_cifar10("test", root=data_root), full=True)
     result = _run("eval", "--model", "resnet56", "--data-root", str(data_root))
     assert result.exit_code == 0, result.output
     assert "top-1 93.39 % (9339/10000)" in result.output

@@ -22,6 +22,40 @@ import torch
 from attrib_bench.checkpoints import resolve_weights_root
 from attrib_bench.data import ImageSet, resolve_data_root
 
+#: Workers when the whole suite runs (``python -m pytest`` without paths) and pytest-xdist is
+#: installed: "auto" (one per CPU; PYTEST_XDIST_AUTO_NUM_WORKERS overrides), tests handed out
+#: to whichever worker is free (``load``), the slow ones first (see
+#: :func:`pytest_collection_modifyitems`). ``-n 0`` runs in this process; ``pytest
+#: tests/test_x.py`` too (the device call's smoke stage runs test_cuda.py so).
+XDIST_WORKERS = "auto"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Spread the whole suite over the CPUs (see :data:`XDIST_WORKERS`)."""
+    option = config.option
+    if (config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput")
+            and config.args_source == pytest.Config.ArgsSource.TESTPATHS
+            and getattr(option, "numprocesses", 0) is None and option.dist == "no"
+            and not option.collectonly and not config.getoption("usepdb", False)):
+        option.numprocesses = XDIST_WORKERS
+        option.dist = "load"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first, then those on the ``real`` data, then the rest, each group
+    in file order: on several workers the longest tests start first and run side by side
+    instead of one of them ending the run alone. Only on xdist's workers: a run in one process
+    keeps pytest's order."""
+    if not hasattr(config, "workerinput"):
+        return
+
+    def rank(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("real") else 2
+
+    items[:] = sorted(items, key=rank)  # stable: file order within a group
+
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"  # the subprocesses a test starts
     torch.set_num_threads(1)
@@ -44,6 +78,17 @@ TINY_CODA_PLAN = {"out_channels": (8, 8, 16, 16, 10), "ranks": (8, 8, 16, 16, 16
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _plugin_modules():
+    """Each test starts with the plugin modules the process had: a plugin a test loaded (and
+    removed from sys.modules) is not shipped to the Dask workers of a later test."""
+    from attrib_bench.registry import PLUGIN_MODULES
+
+    before = list(PLUGIN_MODULES)
+    yield
+    PLUGIN_MODULES[:] = before
 
 
 @pytest.fixture(scope="session")
@@ -95,6 +140,24 @@ def signal_set():
 def packed_signal_sets():
     """:func:`make_packed_signal_sets`."""
     return make_packed_signal_sets
+
+
+def assert_one_line(error: BaseException | pytest.ExceptionInfo, *fragments: str,
+                    limit: int = 300) -> str:
+    """The message of ``error`` (an exception or ``pytest.raises``' info): one non-empty line of
+    fewer than ``limit`` characters holding every fragment. Returns it."""
+    message = str(error.value if isinstance(error, pytest.ExceptionInfo) else error)
+    assert message and "\n" not in message, message
+    assert len(message) < limit, (len(message), message)
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+@pytest.fixture(scope="session")
+def one_line():
+    """:func:`assert_one_line`: an error the user sees is one line naming what to fix."""
+    return assert_one_line
 
 
 @pytest.fixture(scope="session")

@@ -13,59 +13,53 @@ from attrib_bench.models.zoo import RESNET56_CIFAR10, load_pretrained
 from attrib_bench.registry import create_model
 
 
-def _one_line(exc: pytest.ExceptionInfo) -> str:
-    message = str(exc.value)
-    assert "\n" not in message
-    return message
-
-
-def test_sha256_mismatch_is_refused_before_loading(tmp_path):
+def test_sha256_mismatch_is_refused_before_loading(one_line, tmp_path):
     path = tmp_path / "w.safetensors"
     save_file({"a": torch.ones(3)}, str(path))
     verify_sha256(path, sha256_file(path))  # the right hash passes
     with pytest.raises(ChecksumError) as info:
         read_state_dict(path, sha256="0" * 64)
-    assert "sha256" in _one_line(info)
+    assert "sha256" in one_line(info)
 
 
-def test_tampered_zoo_file_fails_with_one_line(tmp_path):
+def test_tampered_zoo_file_fails_with_one_line(one_line, tmp_path):
     """A copy of the ResNet-56 file with one byte changed is rejected by its recorded sha256."""
     model = resnet56()
     fake = tmp_path / RESNET56_CIFAR10.file
     torch.save({"state_dict": model.state_dict()}, fake)  # right structure, wrong bytes
     with pytest.raises(ChecksumError) as info:
         load_pretrained(resnet56(), RESNET56_CIFAR10, weights_root=tmp_path)
-    assert "corrupt" in _one_line(info)
+    assert "corrupt" in one_line(info)
 
 
-def test_missing_weights_name_the_fix(tmp_path):
+def test_missing_weights_name_the_fix(one_line, tmp_path):
     with pytest.raises(CheckpointError) as info:
         create_model("resnet56", pretrained=True, weights_root=tmp_path)
-    assert "ATTRIB_BENCH_WEIGHTS" in _one_line(info)
+    assert "ATTRIB_BENCH_WEIGHTS" in one_line(info)
 
 
-def test_corrupt_and_wrong_checkpoints(tmp_path):
+def test_corrupt_and_wrong_checkpoints(one_line, tmp_path):
     garbage = tmp_path / "g.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError) as info:
         read_state_dict(garbage)
-    assert "corrupt" in _one_line(info)
+    assert "corrupt" in one_line(info)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_state_dict(tmp_path / "nope.pt")
     other = tmp_path / "other.safetensors"
     save_file({"linear.weight": torch.zeros(10, 64)}, str(other))
     with pytest.raises(CheckpointError) as info:
         create_model("resnet56", checkpoint=other)
-    assert "missing" in _one_line(info)
+    assert "missing" in one_line(info)
     with pytest.raises(CheckpointError) as info:
         load_into(resnet56(), {**resnet56().state_dict(), "linear.bias": torch.zeros(3)}, other)
-    assert "wrong shape" in _one_line(info)
+    assert "wrong shape" in one_line(info)
     trained = tmp_path / "checkpoint.pt"  # what `attrib-bench train` saves to resume
     torch.save({"config": {}, "epoch": 1, "model": resnet56().state_dict(), "optimizer": {}},
                trained)
     with pytest.raises(CheckpointError) as info:
         create_model("resnet56", checkpoint=trained)
-    assert "training checkpoint" in _one_line(info) and "NAME.safetensors" in _one_line(info)
+    assert "training checkpoint" in one_line(info) and "NAME.safetensors" in one_line(info)
 
 
 def test_pickled_code_is_not_executed(tmp_path):

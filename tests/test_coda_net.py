@@ -27,7 +27,9 @@ def _images(size: int, batch: int = 2, dtype=torch.float32) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, dtype=dtype)
 
 
-@pytest.mark.parametrize("size", sorted(CONFIGS))
+# L and XL take 5-20 s each (their per-forward weight products dominate, not the input size)
+@pytest.mark.parametrize("size", [pytest.param(size, marks=pytest.mark.slow)
+                                  if size in ("l", "xl") else size for size in sorted(CONFIGS)])
 @pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 1e-4), (torch.float64, 1e-9)])
 def test_completeness(size, dtype, rtol):
     """Σ over channels and pixels of W0→L ⊙ x_enc equals logit_target − b0 (1/T included)."""

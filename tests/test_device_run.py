@@ -1,9 +1,9 @@
 """The prepared GPU call, rehearsed on the CPU: results/gpu/device_run.sh then unpack.py.
 
 The same script that runs on the H200 (results/gpu/README.md) runs here with DEVICE=cpu, a tiny
-CoDA-Net, a tiny packed dataset, a 15-second training budget and n = 2: it must leave exactly the
-documented $OUT files, and unpack.py must turn them into a zoo entry that `attrib-bench eval`
-loads by name.
+CoDA-Net, a tiny packed dataset (conftest's packed_signal_sets), a training budget capped at one
+epoch and n = 2: it must leave exactly the documented $OUT files, and unpack.py must turn them
+into a zoo entry that `attrib-bench eval` loads by name.
 """
 
 from __future__ import annotations
@@ -16,24 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-from attrib_bench.data import ImageSet
-from attrib_bench.packed import pack_image_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "results" / "gpu" / "device_run.sh"
 NAME = "rehearsal-xs-coda"
-
-
-def _tiny(n: int, seed: int) -> ImageSet:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 10
-    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-    images[:, 0, :8] = (labels * 25).to(torch.uint8)[:, None, None]  # a learnable class signal
-    names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-             "truck")
-    return ImageSet(images, labels, names, "tiny")
 
 
 def test_script_fits_the_device_limits():
@@ -45,16 +31,16 @@ def test_script_fits_the_device_limits():
 
 
 @pytest.mark.slow
-def test_cpu_rehearsal_produces_the_documented_out_and_a_loadable_zoo_entry(tmp_path):
-    data = tmp_path / "data"
-    pack_image_sets(_tiny(96, 0), _tiny(40, 1), data, batch_size=64, tiles_per_row=8,
-                    webp_method=0)
+def test_cpu_rehearsal_produces_the_documented_out_and_a_loadable_zoo_entry(packed_signal_sets,
+                                                                          tmp_path):
+    # 32 train images: two steps of 16 (what the rehearsal checks is the script, not training)
+    data = packed_signal_sets(tmp_path / "data", n_train=32, n_test=40)
     out, work = tmp_path / "out", tmp_path / "work"
     env = {**os.environ, "OUT": str(out), "WORK": str(work), "DEVICE": "cpu",
            "MODEL": "xs-coda", "T": "10", "NAME": NAME, "DATA": str(data),
            "WHEELS": str(tmp_path / "no-wheels"), "RESUME": str(tmp_path / "no-resume"),
            "PY": sys.executable, "STAGES": "probe,train,eval,protocol",
-           # a budget a loaded machine's setup cannot exhaust; one epoch (6 steps) caps the time
+           # a budget a loaded machine's setup cannot exhaust; one epoch (2 steps) caps the time
            "TRAIN_BUDGET": "90", "EPOCHS": "1", "BATCH": "16", "LR": "2e-3",
            "WARMUP": "0.5", "PROBE_SECONDS": "0.2",
            "PROBE_ARGS": "--no-compile --precisions fp32", "PROTOCOL_BUDGET": "120",

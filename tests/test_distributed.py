@@ -70,6 +70,7 @@ def test_two_worker_cluster_gives_the_in_process_table(shipped, tmp_path, cluste
     assert len(manifest["parts"]) == 5
 
 
+@pytest.mark.slow
 def test_killed_worker_mid_sweep_leaves_a_complete_table_without_duplicates(
         shipped, tmp_path, cluster):
     out = tmp_path / "killed"

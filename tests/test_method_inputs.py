@@ -83,15 +83,6 @@ def _build(name: str, model: nn.Module, **hparams):
         pytest.skip(f"does not apply: {exc}")
 
 
-def _one_line(exc: BaseException, *fragments: str, limit: int = 300) -> str:
-    message = str(exc)
-    assert message and "\n" not in message, message
-    assert len(message) < limit, (len(message), message)
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
-
-
 ALL = METHODS.names()
 
 
@@ -113,7 +104,7 @@ def test_every_method_explains_a_proper_batch(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_out_of_range_inputs_are_refused_before_the_model_runs(name):
+def test_out_of_range_inputs_are_refused_before_the_model_runs(one_line, name):
     model = _tiny()
     method = _build(name, model)
     x, t = _images(), torch.tensor([1, 2])
@@ -121,11 +112,11 @@ def test_out_of_range_inputs_are_refused_before_the_model_runs(name):
         model.calls = 0
         with pytest.raises(InputShapeError) as info:
             method.attribute(bad, t)
-        _one_line(info.value, "[0, 1]", fix)
+        one_line(info.value, "[0, 1]", fix)
         assert model.calls == 0
 
 
-def test_check_range_tolerance_and_messages():
+def test_check_range_tolerance_and_messages(one_line):
     x = _images(1)
     assert check_range(x) is x
     assert check_range(x.clamp(1e-3, 1 - 1e-3) + 5e-7) is not None  # within the tolerance
@@ -136,26 +127,26 @@ def test_check_range_tolerance_and_messages():
     for bad, fix in cases:
         with pytest.raises(InputShapeError) as info:
             check_range(bad)
-        _one_line(info.value, fix, f"[{bad.min().item():.4g}, {bad.max().item():.4g}]")
+        one_line(info.value, fix, f"[{bad.min().item():.4g}, {bad.max().item():.4g}]")
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_inputs_in_another_dtype_than_the_model_are_one_line(name):
+def test_inputs_in_another_dtype_than_the_model_are_one_line(one_line, name):
     model = _tiny()
     method = _build(name, model)
     t = torch.tensor([1, 2])
     with pytest.raises(InputShapeError) as info:
         method.attribute(_images(dtype=torch.float64), t)
-    _one_line(info.value, "torch.float64", "torch.float32", "inputs.float()", "model.double()")
+    one_line(info.value, "torch.float64", "torch.float32", "inputs.float()", "model.double()")
     assert model.calls == 0
     double = _build(name, _tiny(dtype=torch.float64))
     with pytest.raises(InputShapeError) as info:
         double.attribute(_images(), t)
-    _one_line(info.value, "inputs.double()", "model.float()")
+    one_line(info.value, "inputs.double()", "model.float()")
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_an_empty_batch_gives_an_empty_map_without_running_the_model(name):
+def test_an_empty_batch_gives_an_empty_map_without_running_the_model(one_line, name):
     for dtype in (torch.float32, torch.float64):
         model = _tiny(dtype=dtype)
         method = _build(name, model)
@@ -166,7 +157,7 @@ def test_an_empty_batch_gives_an_empty_map_without_running_the_model(name):
         assert model.calls == 0
         with pytest.raises(TargetError) as info:  # the target's shape is still checked
             method.attribute(x, torch.tensor([1]))
-        _one_line(info.value, "shape (0,)")
+        one_line(info.value, "shape (0,)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,30 +165,30 @@ def test_an_empty_batch_gives_an_empty_map_without_running_the_model(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_a_tuple_output_is_one_short_line(name):
+def test_a_tuple_output_is_one_short_line(one_line, name):
     method = _build(name, _tiny("tuple"))
     with pytest.raises(ModelOutputError) as info:
         method.attribute(_images(), torch.tensor([1, 2]))
-    message = _one_line(info.value, "TinyNet", "tuple", "logits")
+    message = one_line(info.value, "TinyNet", "tuple", "logits")
     assert "tensor(" not in message  # shapes, never values
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_a_model_ending_in_softmax_is_refused(name):
+def test_a_model_ending_in_softmax_is_refused(one_line, name):
     method = _build(name, _tiny("softmax"))
     with pytest.raises(ModelOutputError) as info:
         method.attribute(_images(), torch.tensor([1, 2]))
-    _one_line(info.value, "probabilities", "softmax")
+    one_line(info.value, "probabilities", "softmax")
 
 
-def test_a_wrong_output_shape_is_one_line():
+def test_a_wrong_output_shape_is_one_line(one_line):
     class Flat(nn.Module):
         def forward(self, x):
             return x.mean(1)  # (B, H, W)
 
     with pytest.raises(ModelOutputError) as info:
         create_method("grad", Flat()).attribute(_images(), torch.tensor([1, 2]))
-    _one_line(info.value, "(1, K)", "(1, 16, 16)")
+    one_line(info.value, "(1, K)", "(1, 16, 16)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +200,7 @@ class Declared(TinyNet):
 
 
 @pytest.mark.parametrize("cls", [RISE, LIME])
-def test_score_none_is_the_models_declared_probability(cls):
+def test_score_none_is_the_models_declared_probability(one_line, cls):
     torch.manual_seed(0)
     sigmoid_model = Declared().eval()
     assert protocols.probability(sigmoid_model) == "sigmoid"
@@ -221,7 +212,7 @@ def test_score_none_is_the_models_declared_probability(cls):
     sigmoid_model.probability = "tanh"
     with pytest.raises(ModelOutputError) as info:
         cls(sigmoid_model)
-    _one_line(info.value, "'sigmoid' or 'softmax'")
+    one_line(info.value, "'sigmoid' or 'softmax'")
 
 
 def test_rise_with_the_default_score_explains_the_declared_probability():
@@ -256,14 +247,14 @@ class ReusedReLU(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore:Setting forward, backward hooks")
-def test_deeplift_on_a_reused_relu_is_one_not_applicable_line():
+def test_deeplift_on_a_reused_relu_is_one_not_applicable_line(one_line):
     torch.manual_seed(0)
     x, t = _images(), torch.tensor([1, 2])
     method = create_method("deeplift", ReusedReLU().eval())
     for call in (lambda: method.attribute(x, t), lambda: method.preflight(x[:1], t[:1])):
         with pytest.raises(NotApplicableError) as info:
             call()
-        _one_line(info.value, "'act'", "2 times", "give each use its own nn.ReLU module")
+        one_line(info.value, "'act'", "2 times", "give each use its own nn.ReLU module")
     # The fix named in the message works, and matches captum.
     from captum.attr import DeepLift
 
@@ -278,7 +269,7 @@ def test_deeplift_on_a_reused_relu_is_one_not_applicable_line():
 
 
 @pytest.mark.filterwarnings("ignore:Setting forward, backward hooks")
-def test_deeplift_checks_each_image_shape_once_and_wraps_captum_errors(monkeypatch):
+def test_deeplift_checks_each_image_shape_once_and_wraps_captum_errors(one_line, monkeypatch):
     torch.manual_seed(0)
     model = ReusedReLU(separate=True).eval()
     method = create_method("deeplift", model)
@@ -295,7 +286,7 @@ def test_deeplift_checks_each_image_shape_once_and_wraps_captum_errors(monkeypat
     with pytest.raises(MethodError) as info:
         method.attribute(_images(), t)
     assert not isinstance(info.value, NotApplicableError)
-    _one_line(info.value, "deeplift", "captum", limit=400)
+    one_line(info.value, "deeplift", "captum", limit=400)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,20 +312,20 @@ def test_gradcam_layer_by_path_equals_captum_on_that_module():
     assert by_module.layer_name == "features.3"
 
 
-def test_gradcam_wrong_layer_is_one_line_listing_the_conv_layers():
+def test_gradcam_wrong_layer_is_one_line_listing_the_conv_layers(one_line):
     model = _tiny()
     with pytest.raises(MethodError) as info:
         create_method("gradcam", model, layer="features.9")
-    _one_line(info.value, "'features.9'", "features.0", "features.3")
+    one_line(info.value, "'features.9'", "features.0", "features.3")
     with pytest.raises(MethodError) as info:
         create_method("gradcam", model, layer=nn.Conv2d(3, 3, 1))  # not the model's
-    _one_line(info.value, "not a module of TinyNet")
+    one_line(info.value, "not a module of TinyNet")
     import torchvision
 
     resnet = torchvision.models.resnet18(weights=None)
     with pytest.raises(MethodError) as info:
         create_method("gradcam", resnet, layer="layer5")
-    message = _one_line(info.value, "'layer5'", "conv1", "…", limit=600)
+    message = one_line(info.value, "'layer5'", "conv1", "…", limit=600)
     assert "layer4.1.conv2" not in message  # bounded: the first few candidates only
 
 
@@ -379,7 +370,7 @@ def test_gradcam_default_layers():
     torch.testing.assert_close(maps, _gradcam_reference(resnet, resnet.layer4, x, t).detach())
 
 
-def test_gradcam_without_a_conv_is_not_applicable():
+def test_gradcam_without_a_conv_is_not_applicable(one_line):
     class NoConv(nn.Module):
         def __init__(self):
             super().__init__()
@@ -391,4 +382,4 @@ def test_gradcam_without_a_conv_is_not_applicable():
     assert GradCAM.requires == ()
     with pytest.raises(NotApplicableError) as info:
         create_method("gradcam", NoConv())
-    _one_line(info.value, "NoConv", "nn.Conv2d", "layer=")
+    one_line(info.value, "NoConv", "nn.Conv2d", "layer=")

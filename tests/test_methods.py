@@ -113,13 +113,6 @@ def _build(name: str, model: nn.Module, **hparams):
         pytest.skip(f"does not apply: {exc}")
 
 
-def _one_line(exc: BaseException, *fragments: str) -> None:
-    message = str(exc)
-    assert message and "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, message
-
-
 # ---------------------------------------------------------------------------------------------
 # Against captum
 
@@ -206,31 +199,31 @@ def test_inherent_sums_to_logit_minus_bias_and_is_ixg_on_the_encoded_input():
     assert not torch.allclose(maps, (plain * x_enc).sum(1), rtol=1e-3)
 
 
-def test_inherent_on_a_resnet_is_one_line_naming_the_methods_that_apply():
+def test_inherent_on_a_resnet_is_one_line_naming_the_methods_that_apply(one_line):
     with pytest.raises(NotApplicableError) as info:
         create_method("inherent", _resnet())
-    _one_line(info.value, "inherent", "CifarResNet", "contributions", "gradcam", "rise")
+    one_line(info.value, "inherent", "CifarResNet", "contributions", "gradcam", "rise")
     assert "inherent" not in applicable_methods(_resnet())
     assert set(applicable_methods(_coda())) == set(METHODS.names())
 
 
-def test_inherent_built_directly_names_the_listing_instead():
+def test_inherent_built_directly_names_the_listing_instead(one_line):
     """The class cannot ask the registry (an import cycle): its line points to the listing."""
     from attrib_bench.methods import Inherent
 
     with pytest.raises(NotApplicableError) as info:
         Inherent(_resnet())
-    _one_line(info.value, "inherent", "CifarResNet", "model.contributions",
+    one_line(info.value, "inherent", "CifarResNet", "model.contributions",
               "`attrib-bench list methods`")
     assert "methods that apply" not in str(info.value)
 
 
-def test_gradcam_on_a_model_without_a_conv_needs_layer():
+def test_gradcam_on_a_model_without_a_conv_needs_layer(one_line):
     """No gradcam_layer and no convolution: nothing to default to (any conv model has one)."""
     model = Linear(torch.zeros(10, 3, 8, 8), torch.zeros(10))
     with pytest.raises(NotApplicableError) as info:
         create_method("gradcam", model)
-    _one_line(info.value, "gradcam_layer", "layer=", "spatial (B, C, h, w) output")
+    one_line(info.value, "gradcam_layer", "layer=", "spatial (B, C, h, w) output")
     assert "gradcam" not in applicable_methods(model) and "grad" in applicable_methods(model)
     plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
     with pytest.raises(NotApplicableError) as info:  # the alternatives it names apply
@@ -497,7 +490,7 @@ def test_cli_lists_methods_with_their_hyper_parameters():
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_non_finite_input_and_bad_targets_are_one_line(name):
+def test_non_finite_input_and_bad_targets_are_one_line(one_line, name):
     model = _coda()
     method = _build(name, model)
     x, t = _images(2), _targets(2)
@@ -506,40 +499,40 @@ def test_non_finite_input_and_bad_targets_are_one_line(name):
         bad[1, 0, 3, 4] = bad_value
         with pytest.raises(InputShapeError) as info:
             method.attribute(bad, t)
-        _one_line(info.value, "NaN or inf", "[1]")
+        one_line(info.value, "NaN or inf", "[1]")
     for target, fragment in ((torch.tensor([0, 10]), "[0, 10)"), (torch.tensor([-1, 0]), "[0, 10)"),
                              (torch.tensor([[0], [1]]), "shape (2,)"),
                              (torch.tensor([0.0, 1.0]), "integer"), ([0, 1], "LongTensor")):
         with pytest.raises(TargetError) as info:
             method.attribute(x, target)
-        _one_line(info.value, fragment)
+        one_line(info.value, fragment)
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_non_finite_maps_are_one_line(name):
+def test_non_finite_maps_are_one_line(one_line, name):
     method = _build(name, NaNModel().double())
     with pytest.raises(MethodError) as info:
         method.attribute(_images(2), _targets(2))
-    _one_line(info.value, name if name not in ("occ5", "occ9") else "occlusion", "NaN or inf")
+    one_line(info.value, name if name not in ("occ5", "occ9") else "occlusion", "NaN or inf")
 
 
-def test_wrong_shapes_hparams_and_modes_are_one_line():
+def test_wrong_shapes_hparams_and_modes_are_one_line(one_line):
     model, x, t = _resnet(), _images(2), _targets(2)
     method = create_method("grad", model)
     for bad, fragment in ((x[0], "x[None]"), (x[:, :1], "(B, 3, H, W)"),
                           ((x * 255).long(), "floating point")):
         with pytest.raises(InputShapeError) as info:
             method.attribute(bad, t)
-        _one_line(info.value, fragment)
+        one_line(info.value, fragment)
     with pytest.raises(AttribBenchError) as info:  # by name: the typed registry refuses it
         create_method("rise", model, score="prob")
-    _one_line(info.value, "score", "prob")
+    one_line(info.value, "score", "prob")
     from attrib_bench.methods import LIME, RISE
 
     for cls in (RISE, LIME):  # the class itself, for callers that build it directly
         with pytest.raises(MethodError) as info:
             cls(model, score="prob")
-        _one_line(info.value, "softmax, sigmoid, logit", "None")
+        one_line(info.value, "softmax, sigmoid, logit", "None")
     for name, hparams, fragment in (("intgrad", {"n_step": 20}, "n_steps"),
                                     ("intgrad", {"n_steps": 0}, "positive"),
                                     ("rise", {"p1": 1.5}, "(0, 1]"),
@@ -549,13 +542,13 @@ def test_wrong_shapes_hparams_and_modes_are_one_line():
         # MethodError from the method, or SettingError where the typed registry refuses first
         with pytest.raises(AttribBenchError) as info:
             create_method(name, model, **hparams)
-        _one_line(info.value, fragment)
+        one_line(info.value, fragment)
     with torch.inference_mode(), pytest.raises(MethodError) as info:
         method.attribute(x, t)
-    _one_line(info.value, "inference_mode")
+    one_line(info.value, "inference_mode")
     with pytest.raises(MethodError) as info:
         create_method("occ9", model).attribute(_images(1, size=6), _targets(1))
-    _one_line(info.value, "patch_size 8")
+    one_line(info.value, "patch_size 8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,7 +568,7 @@ def grad_norm(model, inputs, target, p: float = 2):
 '''
 
 
-def test_a_user_method_in_a_plugin_is_listed_and_runs_by_name(tmp_path, monkeypatch):
+def test_a_user_method_in_a_plugin_is_listed_and_runs_by_name(one_line, tmp_path, monkeypatch):
     assert len(PLUGIN.strip().splitlines()) < 15
     (tmp_path / "my_methods_test.py").write_text(textwrap.dedent(PLUGIN))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -594,13 +587,13 @@ def test_a_user_method_in_a_plugin_is_listed_and_runs_by_name(tmp_path, monkeypa
         torch.testing.assert_close(maps, reference)
         with pytest.raises(MethodError) as info:
             create_method("grad-norm-test", model, q=3)
-        _one_line(info.value, "q")
+        one_line(info.value, "q")
     finally:
         METHODS.remove("grad-norm-test")
         sys.modules.pop("my_methods_test", None)
 
 
-def test_a_function_method_gets_the_seed_and_its_shape_is_checked():
+def test_a_function_method_gets_the_seed_and_its_shape_is_checked(one_line):
     def noise(model, inputs, target, seed, scale=1.0):
         """Seeded noise (B, 3, H, W), summed over channels by the toolkit."""
         g = torch.Generator().manual_seed(seed)
@@ -620,7 +613,7 @@ def test_a_function_method_gets_the_seed_and_its_shape_is_checked():
         assert a.shape == (2, 16, 16) and torch.equal(a, b)
         with pytest.raises(MethodError) as info:
             create_method("broken-test", model).attribute(x, t)
-        _one_line(info.value, "broken-test", "(2, 16, 16)")
+        one_line(info.value, "broken-test", "(2, 16, 16)")
     finally:
         METHODS.remove("noise-test")
         METHODS.remove("broken-test")

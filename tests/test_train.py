@@ -247,6 +247,7 @@ def test_channels_last_trains_like_nchw(signal_set, tmp_path):
     assert all(value.is_contiguous() for value in last.state_dict().values())
 
 
+@pytest.mark.slow
 def test_compile_flag_compiles_the_training_forward(signal_set, tiny_coda_plan, tmp_path,
                                                     monkeypatch):
     """--compile wraps the forward in torch.compile (here with the aot_eager backend, which

@@ -331,44 +331,6 @@ def zoo_folders() -> list[Path]:
     return list(_FOLDERS)
 
 
-def ship_pool_logits(name: str, data_root: str | Path | None = None,
-                     device: str = "cpu", progress: bool = True) -> Path:
-    """Write zoo entry ``name``'s logits on its dataset's evaluation split beside its weights, so
-    that a run's grid localisation reads them instead of classifying the whole split (the
-    generator of the shipped ``NAME.<dataset>.logits.safetensors``; returns its path).
-
-    One pass of :func:`attrib_bench.evaluation.predict_logits` (as a run's pool pass), then
-    :func:`attrib_bench.runners.cache.write_shipped_logits` records the file's sha256 and key
-    (the weights' and the images' digests) in ``NAME.json``'s ``"pool_logits"`` section, with
-    CIFAR-10's ``test_batch`` md5 where it is read from the original batches. Run it after
-    changing the weights or the forward code::
-
-        .venv/bin/python -c "from attrib_bench.models.zoo import ship_pool_logits as s; \
-            s('xs-coda-sq-t1000')"
-    """
-    import hashlib
-
-    from attrib_bench.data import evaluation_split, get_dataset, resolve_data_root
-    from attrib_bench.registry import create_model
-    from attrib_bench.runners.cache import write_shipped_logits
-
-    cfg = MODELS.get(name).metadata.get("pretrained_cfg")
-    if cfg is None:
-        raise CheckpointError(f"{name} has no zoo weights to ship logits for")
-    sidecar = cfg.path().with_suffix(".json")
-    split = evaluation_split(cfg.dataset)
-    dataset = get_dataset(cfg.dataset, split, root=data_root)
-    source = {"split": f"{cfg.dataset} {split}"}
-    batch = resolve_data_root(data_root) / "cifar-10-batches-py" / "test_batch"
-    if cfg.dataset == "cifar10" and split == "test" and batch.is_file():
-        source["test_batch_md5"] = hashlib.md5(batch.read_bytes()).hexdigest()
-    command = (f".venv/bin/python -c \"from attrib_bench.models.zoo import ship_pool_logits as "
-               f"s; s('{name}')\"")
-    return write_shipped_logits(sidecar, create_model(name, pretrained=True), dataset,
-                                device=device, progress=progress, weights_sha256=cfg.sha256,
-                                source=source, command=command)
-
-
 def register_zoo_folder(folder: str | Path, bundled: bool = False) -> list[str]:
     """Register every ``*.json`` sidecar with a ``"zoo"`` section in ``folder``; returns names.
 

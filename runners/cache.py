@@ -243,7 +243,7 @@ def write_shipped_logits(sidecar: str | Path, model: nn.Module, dataset: BaseIma
     to ``<sidecar stem>.<dataset name>.logits.safetensors`` (metadata: key, model hash, data
     digest, tensor digest) and records the file, its sha256 and its key in the sidecar's
     ``"pool_logits"`` section under the dataset's name, with ``provenance`` (JSON values: where
-    the data came from, the command) and the hardware. ``attrib_bench.models.zoo.ship_pool_logits``
+    the data came from, the command) and the hardware. ``ship_pool_logits``
     does this for a zoo entry by name. Both files are written atomically.
     """
     from attrib_bench.provenance import describe_hardware
@@ -272,6 +272,44 @@ def write_shipped_logits(sidecar: str | Path, model: nn.Module, dataset: BaseIma
     text = json.dumps(content, indent=2) + "\n"
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
     return target
+
+
+def ship_pool_logits(name: str, data_root: str | Path | None = None,
+                     device: str = "cpu", progress: bool = True) -> Path:
+    """Write zoo entry ``name``'s logits on its dataset's evaluation split beside its weights, so
+    that a run's grid localisation reads them instead of classifying the whole split (the
+    generator of the shipped ``NAME.<dataset>.logits.safetensors``; returns its path).
+
+    One pass of :func:`attrib_bench.evaluation.predict_logits` (as a run's pool pass), then
+    :func:`attrib_bench.runners.cache.write_shipped_logits` records the file's sha256 and key
+    (the weights' and the images' digests) in ``NAME.json``'s ``"pool_logits"`` section, with
+    CIFAR-10's ``test_batch`` md5 where it is read from the original batches. Run it after
+    changing the weights or the forward code::
+
+        .venv/bin/python -c "from attrib_bench.runners.cache import ship_pool_logits as s; \
+            s('xs-coda-sq-t1000')"
+    """
+    import hashlib
+
+    from attrib_bench.data import evaluation_split, get_dataset, resolve_data_root
+    from attrib_bench.errors import CheckpointError
+    from attrib_bench.registry import MODELS, create_model
+
+    cfg = MODELS.get(name).metadata.get("pretrained_cfg")
+    if cfg is None:
+        raise CheckpointError(f"{name} has no zoo weights to ship logits for")
+    sidecar = cfg.path().with_suffix(".json")
+    split = evaluation_split(cfg.dataset)
+    dataset = get_dataset(cfg.dataset, split, root=data_root)
+    source = {"split": f"{cfg.dataset} {split}"}
+    batch = resolve_data_root(data_root) / "cifar-10-batches-py" / "test_batch"
+    if cfg.dataset == "cifar10" and split == "test" and batch.is_file():
+        source["test_batch_md5"] = hashlib.md5(batch.read_bytes()).hexdigest()
+    command = (f".venv/bin/python -c \"from attrib_bench.runners.cache import ship_pool_logits as "
+               f"s; s('{name}')\"")
+    return write_shipped_logits(sidecar, create_model(name, pretrained=True), dataset,
+                                device=device, progress=progress, weights_sha256=cfg.sha256,
+                                source=source, command=command)
 
 
 def _default_shipped_folders() -> list[Path]:

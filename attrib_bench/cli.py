@@ -438,17 +438,74 @@ def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None,
         return
     manifest = json.loads(Path(out_dir, "manifest.json").read_text()) \
         if "://" not in out_dir else {"skipped": []}
-    summary = pd.read_csv(f"{out_dir}/summary.csv", keep_default_na=False)
-    shown = summary[["model", "method", "metric", "variant", "stat", "mean", "ci_low", "ci_high",
-                     "n", "direction"]]
-    with pd.option_context("display.width", 140, "display.max_rows", 200,
-                           "display.float_format", "{:.4f}".format):
-        click.echo(shown.to_string(index=False))
+    if "://" in out_dir:
+        summary = pd.read_csv(f"{out_dir}/summary.csv", keep_default_na=False)
+        click.echo(summary[["model", "method", "metric", "variant", "stat", "mean", "ci_low",
+                            "ci_high", "n", "direction"]].to_string(index=False))
+    else:
+        _echo_verdict(out_dir, seed)
     for item in manifest.get("skipped", []):
         click.echo(f"skipped: {item['model']} · {item['method']} · {item['metric']}: "
                    f"{item['reason']}")
     click.echo(f"rows: {out_dir}/results.parquet (+ .csv); summary: {out_dir}/summary.csv; "
                f"manifest: {out_dir}/manifest.json")
+
+
+def _echo_verdict(out_dir: str, seed: int) -> None:
+    """The run's ranking per metric (groups and rank CIs), or its summary if nothing ranks."""
+    import pandas as pd
+
+    from attrib_bench.compare import load_values, rankings, verdict
+
+    values, summary, dataset = load_values(out_dir)
+    _, ranks = rankings(values, summary, dataset, seed=seed)
+    lines = verdict(ranks) if len(ranks) else []
+    if lines:
+        click.echo("Ranking (paired on shared samples; a letter = a group the Holm-adjusted "
+                   "paired tests do not separate; rank [95 % CI]):")
+        click.echo("\n".join(lines))
+    ranked = {tuple(k) for k in ranks[["model", "method", "metric"]].to_numpy().tolist()} \
+        if len(ranks) else set()
+    rest = summary[[tuple(k) not in ranked for k in
+                    summary[["model", "method", "metric"]].to_numpy().tolist()]]
+    if len(rest):  # single methods and checks such as randomisation: their summary rows
+        with pd.option_context("display.width", 140, "display.max_rows", 200,
+                               "display.float_format", "{:.4f}".format):
+            click.echo(rest[["model", "method", "metric", "variant", "stat", "mean", "ci_low",
+                             "ci_high", "n", "direction"]].to_string(index=False))
+
+
+@cli.command("compare")
+@click.option("--results", "results_dirs", required=True, multiple=True,
+              type=click.Path(file_okay=False),
+              help="A run folder or results store (repeatable).")
+@click.option("--metric", default=None, help="Only this metric's families.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="CSV of every method pair (default: print the rankings only).")
+@click.option("--ranks", "ranks_file", type=click.Path(dir_okay=False), default=None,
+              help="CSV of every family's ranks, groups and P(first).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+def compare_cmd(results_dirs: tuple[str, ...], metric: str | None, out_file: str | None,
+                ranks_file: str | None, seed: int) -> None:
+    """Compare methods on the samples they share: paired bootstrap CIs, Wilcoxon with Holm,
+    effect sizes, ranks with CIs and letter groups, per (model, metric, variant, stat)."""
+    from attrib_bench.compare import load_values, rankings, verdict
+    from attrib_bench.runners.storage import atomic_write
+
+    values, summary, dataset = load_values(results_dirs)
+    pairs, ranks = rankings(values, summary, dataset, metric, seed)
+    if pairs.empty:
+        raise click.ClickException(f"no family with two or more ranked methods in "
+                                   f"{', '.join(results_dirs)}"
+                                   + (f" for metric {metric!r}" if metric else ""))
+    for path, table in ((out_file, pairs), (ranks_file, ranks)):
+        if path:
+            atomic_write(Path(path), lambda tmp, t=table: t.to_csv(tmp, index=False))
+            click.echo(f"wrote {path}")
+    click.echo("\n".join(verdict(ranks)))
+    separated = int((pairs["better"] != "none").sum())
+    click.echo(f"{len(pairs)} pairs in {len(ranks.groupby(['model', 'metric', 'variant', 'stat']))}"
+               f" families: {separated} separated, {len(pairs) - separated} not")
 
 
 @cli.command("plot")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +36,30 @@ from matplotlib.textpath import TextToPath  # noqa: E402
 
 from attrib_bench.errors import PlotError  # noqa: E402
 from attrib_bench.models.protocols import probability_label  # noqa: E402
-from attrib_bench.registry import METHODS  # noqa: E402
-from attrib_bench.store import mean_band  # noqa: E402
+from attrib_bench.registry import (  # noqa: E402
+    METHOD_ORDER,
+    _method_metadata,
+    method_label,
+    ordered_methods,
+)
+from attrib_bench.store import (  # noqa: E402
+    RESULT_COLUMNS,
+    SUMMARY_COLUMNS,
+    RunTables,
+    load_run,
+    load_runs,
+    mean_band,
+    model_temperatures,
+    run_folders,
+)
 
-#: Methods in the order the paper lists them, then the ones it dropped on CIFAR-10.
-METHOD_ORDER: tuple[str, ...] = ("inherent", "grad", "ixg", "intgrad", "deeplift", "gradcam",
-                                 "occlusion", "occ5", "occ9", "rise", "lime")
+__all__ = ["METHOD_ORDER", "RESULT_COLUMNS", "SUMMARY_COLUMNS", "RunTables", "load_run",
+           "load_runs", "method_label", "model_temperatures", "ordered_methods", "run_folders"]
+
 #: Colours for methods whose registry entry has no ``colour`` (or that are not registered now,
 #: e.g. results from a plugin not loaded), in :func:`ordered_methods` order.
 _EXTRA_COLOURS: tuple[str, ...] = ("#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
                                    "#e6550d", "#31a354", "#756bb1", "#636363")
-RESULT_COLUMNS: tuple[str, ...] = ("model", "method", "metric", "sample", "key", "variant",
-                                   "stat", "value", "flag", "metric_config")
-SUMMARY_COLUMNS: tuple[str, ...] = ("model", "method", "metric", "variant", "stat", "mean",
-                                    "ci_low", "ci_high", "n", "direction")
 PIXEL_ORDERS: dict[str, str] = {"least-first": "least important first (higher is better)",
                                 "most-first": "most important first (lower is better)"}
 _ORDER_SHORT: dict[str, str] = {"least-first": "least first ↑", "most-first": "most first ↓"}
@@ -75,37 +85,6 @@ _TEXT_PATHS = TextToPath()
 # ----------------------------------------------------------------------------- reading
 
 
-@dataclass
-class RunTables:
-    """A finished run's (or a store's) tables: ``results`` (tidy rows; a store's per-sample
-    values), ``summary``, the ``manifest`` and ``curves`` (:func:`attrib_bench.store.curve_table`:
-    the mean curves with their bands that the pixel-removal figure draws)."""
-
-    path: Path
-    results: pd.DataFrame
-    summary: pd.DataFrame
-    manifest: dict[str, Any] = field(default_factory=dict)
-    #: Each run folder's own manifest (folder → manifest), for per-run provenance and samples.
-    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
-    curves: pd.DataFrame | None = None
-
-    def temperatures(self) -> dict[str, float]:
-        """Model name → T for the models that have one (CoDA-Nets), from the manifest."""
-        return model_temperatures(self.manifest, self.results["model"].unique())
-
-
-def model_temperatures(manifest: Mapping[str, Any] | None, names: Iterable[str]
-                       ) -> dict[str, float]:
-    """Model name → T for those of ``names`` whose manifest entry records a ``temperature``.
-
-    The manifest is the one source: the runner records T for every model that has one, so
-    figures need neither the model zoo nor a T parsed from a model's name.
-    """
-    info = (manifest or {}).get("models", {})
-    found = {name: info.get(name, {}).get("temperature") for name in names}
-    return {name: float(value) for name, value in found.items() if value is not None}
-
-
 def temperature_series(manifest: Mapping[str, Any] | None, temperatures: Mapping[str, float]
                        ) -> list[dict[str, float]]:
     """The models of ``temperatures`` split into series that differ in T alone.
@@ -122,143 +101,6 @@ def temperature_series(manifest: Mapping[str, Any] | None, temperatures: Mapping
         groups.setdefault(key, {})[name] = value
     series = [group for group in groups.values() if len(set(group.values())) >= 2]
     return sorted(series, key=lambda group: (-len(set(group.values())), sorted(group)))
-
-
-def load_run(path: str | Path) -> RunTables:
-    """Read ``results.parquet``, ``summary.csv`` and ``manifest.json`` from a run folder, or a
-    results store's tables (:mod:`attrib_bench.store`; ``manifests``: its runs').
-
-    Raises :class:`PlotError` (one line, naming the fix) for a missing folder, an unfinished run,
-    an empty summary, tables written by an older attrib-bench (missing columns or no
-    ``tables_sha256`` in the manifest), or a table whose sha256 is not the one the run recorded
-    in its manifest.
-    """
-    from attrib_bench import store
-
-    path = Path(path)
-    if store.is_store(path):
-        held = store.read_store(path)
-        return RunTables(path, held.values, held.summary, held.manifest,
-                         dict(held.manifest.get("runs", {})), held.curves)
-    if not path.is_dir():
-        raise PlotError(f"no results folder {path}: write one with attrib-bench run --out {path}")
-    table = path / "results.parquet"
-    if not table.is_file():
-        hint = ("the run did not finish: re-run the same attrib-bench run command to resume"
-                if (path / "parts").is_dir() else
-                f"write one with attrib-bench run --out {path}")
-        raise PlotError(f"no results.parquet in {path}: {hint}")
-    try:
-        results = _read_results(table)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise PlotError(f"{table} cannot be read ({type(exc).__name__}): re-run attrib-bench "
-                        "run with --overwrite") from None
-    _require_columns(results, RESULT_COLUMNS, table)
-    summary_file = path / "summary.csv"
-    if not summary_file.is_file():
-        raise PlotError(f"no summary.csv in {path}: re-run the same attrib-bench run command "
-                        "(it rewrites the tables from the finished chunks)")
-    try:
-        summary = pd.read_csv(summary_file, keep_default_na=False, na_values=[""],
-                              dtype={"variant": str})
-    except pd.errors.EmptyDataError:
-        raise PlotError(f"{summary_file} is empty (the run has no rows left): leave {path} out "
-                        "of --results, or re-run the same attrib-bench run command") from None
-    summary["variant"] = summary["variant"].fillna("").astype(str)
-    _require_columns(summary, SUMMARY_COLUMNS, summary_file)
-    manifest_file = path / "manifest.json"
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    if not manifest.get("tables_sha256"):
-        raise PlotError(f"{path} has no manifest with the tables' sha256 (written by an older "
-                        "attrib-bench, or not a run folder): re-run attrib-bench run")
-    _check_tables(path, manifest["tables_sha256"])
-    return RunTables(path, results, summary, manifest, curves=store.curve_table(results))
-
-
-def _read_results(table: Path) -> pd.DataFrame:
-    """A results table with its text columns as plain Python strings (object dtype).
-
-    pandas' default Arrow-backed strings make every boolean selection copy the text through
-    ``pyarrow.compute.take`` (≈ 5 s per selection on 2.4 M rows, 10 × the object-dtype copy);
-    the columns hold few distinct values, so reading them dictionary-encoded and expanding the
-    small dictionaries is also the faster load.
-    """
-    from attrib_bench.store import _read_parquet
-
-    return _read_parquet(table)
-
-
-def _check_tables(path: Path, digests: Mapping[str, str]) -> None:
-    """One :class:`PlotError` line for a results or summary table that differs from what the
-    run wrote (its sha256 in the manifest)."""
-    from attrib_bench.checkpoints import sha256_file
-
-    for name in ("results.parquet", "results.csv", "summary.csv"):
-        # results.csv is the parquet's readable copy: a committed run may leave it out
-        if (name in digests and (path / name).is_file()
-                and sha256_file(path / name) != digests[name]):
-            raise PlotError(f"{path / name} changed after the run wrote it (its sha256 is not "
-                            "the manifest's): re-run the same attrib-bench run command, which "
-                            "rewrites the tables from the verified chunks")
-
-
-def run_folders(path: str | Path) -> list[Path]:
-    """``path`` itself if it holds a run, else its sub-folders that do (sorted), else [path]
-    (so that :func:`load_run` names what is missing)."""
-    path = Path(path)
-    if (path / "results.parquet").is_file() or not path.is_dir():
-        return [path]
-    found = sorted(p.parent for p in path.glob("*/results.parquet"))
-    return found or [path]
-
-
-def load_runs(paths: str | Path | Iterable[str | Path]) -> RunTables:
-    """One or more run folders (or parents of run folders) as one :class:`RunTables`.
-
-    Runs may split a sweep by cost (e.g. gradient methods at the paper's n, perturbation methods
-    at a smaller n); a (model, method, metric) found in two runs is an error. The merged tables
-    keep the first path as their ``path`` (the default figure folder).
-    """
-    given = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    if not given:
-        raise PlotError("no results folder given: pass --results DIR")
-    tables = [load_run(folder) for path in given for folder in run_folders(path)]
-    if len(tables) == 1:
-        only = tables[0]
-        return RunTables(Path(given[0]), only.results, only.summary,
-                         {**only.manifest, "runs": [str(only.path)]},
-                         only.manifests or {str(only.path): only.manifest}, only.curves)
-    keys = pd.concat([t.results[["model", "method", "metric"]].drop_duplicates().assign(
-        run=str(t.path)) for t in tables])
-    clash = keys[keys.duplicated(["model", "method", "metric"], keep=False)]
-    if not clash.empty:
-        row = clash.iloc[0]
-        raise PlotError(f"({row['model']}, {row['method']}, {row['metric']}) is in more than "
-                        f"one run ({', '.join(sorted(set(clash['run'])))}): plot them separately")
-    manifest: dict[str, Any] = {"runs": [str(t.path) for t in tables], "models": {},
-                                "samples": {}, "config": {"metrics": []}}
-    for t in tables:
-        manifest["models"].update(t.manifest.get("models", {}))
-        manifest["samples"].update(t.manifest.get("samples", {}))
-        for metric in t.manifest.get("config", {}).get("metrics", []):
-            if metric not in manifest["config"]["metrics"]:
-                manifest["config"]["metrics"].append(metric)
-        for key in ("hardware", "git_commit", "versions"):
-            manifest.setdefault(key, t.manifest.get(key))
-    manifests: dict[str, dict[str, Any]] = {}
-    for t in tables:
-        manifests.update(t.manifests or {str(t.path): t.manifest})
-    curves = [t.curves for t in tables if t.curves is not None and not t.curves.empty]
-    return RunTables(Path(given[0]), pd.concat([t.results for t in tables], ignore_index=True),
-                     pd.concat([t.summary for t in tables], ignore_index=True), manifest,
-                     manifests, pd.concat(curves, ignore_index=True) if curves else None)
-
-
-def _require_columns(table: pd.DataFrame, columns: Iterable[str], where: Path) -> None:
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise PlotError(f"{where} lacks columns {', '.join(missing)}: it was written by an older "
-                        "attrib-bench; re-run attrib-bench run with --overwrite")
 
 
 def metric_rows(results: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -280,18 +122,6 @@ def _config_value(rows: pd.DataFrame, key: str) -> Any:
 # ----------------------------------------------------------------------------- styling
 
 
-def ordered_methods(names: Iterable[str]) -> list[str]:
-    """The paper's order for known methods, then any others alphabetically."""
-    names = set(names)
-    return [m for m in METHOD_ORDER if m in names] + sorted(names - set(METHOD_ORDER))
-
-
-def _method_metadata(name: str) -> dict[str, Any]:
-    """The registry metadata of method ``name``; empty when it is not registered in this process
-    (results written with a plugin that is not loaded now still plot, under their names)."""
-    return METHODS.get(name).metadata if name in METHODS else {}
-
-
 def method_colours(names: Iterable[str]) -> dict[str, str]:
     """A fixed colour per method: its registered ``colour``, else the next spare colour."""
     colours = {}
@@ -303,11 +133,6 @@ def method_colours(names: Iterable[str]) -> dict[str, str]:
             extra += 1
         colours[name] = colour
     return colours
-
-
-def method_label(name: str) -> str:
-    """The name figures show for method ``name``: its registered ``label``, else the name."""
-    return _method_metadata(name).get("label", name)
 
 
 def _ordered_models(names: Iterable[str], manifest: Mapping[str, Any] | None = None
@@ -764,6 +589,64 @@ def labelled_layers(count: int, most: int = MAX_LAYER_LABELS) -> list[int]:
     return sorted({round(float(x)) for x in np.linspace(1, count, most)})
 
 
+def _family_label(row: Mapping[str, Any], side: str, drop: str) -> str:
+    """A family's short name in an agreement panel: what varies in that panel."""
+    if drop == "model":
+        parts = [row[f"{side}_metric"].replace("localisation-difull", "DiFull"),
+                 row[f"{side}_variant"], row[f"{side}_stat"]]
+    else:
+        parts = [row[f"{side}_model"]]
+    return " ".join(str(p) for p in parts if p)
+
+
+def agreement_figure(taus: pd.DataFrame, by: str = "model",
+                     manifest: Mapping[str, Any] | None = None) -> Figure:
+    """Kendall's τ between method rankings (:func:`attrib_bench.compare.agreement`) as
+    heatmaps: ``by="model"``, one panel per model with its metrics against each other (do the
+    metrics agree?); ``by="metric"``, one panel per metric, variant and stat with the models
+    against each other (do models and temperatures agree?). Cells: τ (−1 … 1), blank where two
+    rankings share fewer than three methods. Models with a T in ``manifest`` come first, by T.
+    """
+    if by == "model":
+        same = taus[taus["a_model"] == taus["b_model"]]
+        panels = {m: same[same["a_model"] == m]
+                  for m in _ordered_models(same["a_model"], manifest)}
+    else:
+        keys = ["metric", "variant", "stat"]
+        same = taus[np.all([taus[f"a_{k}"] == taus[f"b_{k}"] for k in keys], axis=0)]
+        groups = same.groupby([f"a_{k}" for k in keys], sort=True)
+        panels = {" ".join(str(x) for x in key if x): rows for key, rows in groups}
+    panels = {k: v for k, v in panels.items() if len(v)}
+    if not panels:
+        raise PlotError("no two rankings share three methods: nothing to compare")
+    other = "model" if by == "metric" else "metric"
+    sizes = [len({_family_label(r, s, by) for r in rows.to_dict("records") for s in "ab"})
+             for rows in panels.values()]
+    side = max(3.2, 0.42 * max(sizes) + 2.2)
+    fig, axes = panel_grid(len(panels), (side, side))
+    norm = Normalize(-1, 1)
+    for ax, (title, rows) in zip(axes, panels.items(), strict=True):
+        records = rows.to_dict("records")
+        names = list(dict.fromkeys(_family_label(r, s, by) for r in records for s in "ab"))
+        grid = np.full((len(names), len(names)), np.nan)
+        np.fill_diagonal(grid, 1.0)
+        for r in records:
+            i, j = names.index(_family_label(r, "a", by)), names.index(_family_label(r, "b", by))
+            grid[i, j] = grid[j, i] = r["tau"]
+        ax.imshow(grid, cmap="RdBu", norm=norm)
+        for (i, j), value in np.ndenumerate(grid):
+            if np.isfinite(value) and i != j:
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize="x-small")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize="small")
+        ax.set_yticks(range(len(names)), names, fontsize="small")
+        ax.set_title(_panel_title(title, f"τ between its {other}s' rankings",
+                                  width=side - 0.8), fontsize="medium")
+    fig.colorbar(ScalarMappable(norm=norm, cmap="RdBu"), ax=list(axes), shrink=0.6,
+                 label="Kendall's τ")
+    _suptitle(fig, "Agreement between method rankings (Kendall's τ of the methods' means)")
+    return fig
+
+
 def randomisation_figure(results: pd.DataFrame, model: str,
                          stats: Sequence[str] = ("spearman_abs", "ssim")) -> Figure:
     """Mean similarity to the original maps (bootstrap 95 % band) against the randomised layer,
@@ -952,6 +835,15 @@ def figures_for(tables: RunTables) -> dict[str, Figure]:
         for i, temperatures in enumerate(series):
             name = "temperature" if i == 0 else f"temperature-{min(temperatures)}"
             figures[name] = temperature_figure(tables.summary, temperatures)
+    if present & {"localisation", "localisation-difull", "pixel-removal"}:
+        from attrib_bench.compare import agreement, tables_values
+
+        taus = agreement(*tables_values(tables), resamples=0)
+        for by in ("model", "metric"):
+            try:
+                figures[f"agreement-{by}s"] = agreement_figure(taus, by, tables.manifest)
+            except PlotError:  # fewer than three shared methods: nothing to draw
+                pass
     if "randomisation" in present:
         randomised = results.loc[results["metric"] == "randomisation", "model"]
         for model in _ordered_models(randomised, tables.manifest):

@@ -419,3 +419,27 @@ def _import_plugin(name: str, load: Callable[[], Any], debug: bool) -> None:
         raise PluginError(f"plugin {name!r} failed while it was imported: "
                           f"{type(exc).__name__}: {text} (--debug shows its traceback)") \
             from None
+
+
+# ----------------------------------------------------------------------------- method order, labels
+
+#: Methods in the order the paper lists them, then the ones it dropped on CIFAR-10.
+METHOD_ORDER: tuple[str, ...] = ("inherent", "grad", "ixg", "intgrad", "deeplift", "gradcam",
+                                 "occlusion", "occ5", "occ9", "rise", "lime")
+
+
+def ordered_methods(names: Iterable[str]) -> list[str]:
+    """The paper's order for known methods, then any others alphabetically."""
+    names = set(names)
+    return [m for m in METHOD_ORDER if m in names] + sorted(names - set(METHOD_ORDER))
+
+
+def _method_metadata(name: str) -> dict[str, Any]:
+    """The registry metadata of method ``name``; empty when it is not registered in this process
+    (results written with a plugin that is not loaded now still plot, under their names)."""
+    return METHODS.get(name).metadata if name in METHODS else {}
+
+
+def method_label(name: str) -> str:
+    """The name figures show for method ``name``: its registered ``label``, else the name."""
+    return _method_metadata(name).get("label", name)

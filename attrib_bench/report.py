@@ -30,10 +30,6 @@ from attrib_bench.plots import (  # plots sets the Agg backend before pyplot loa
     removal_probability,
 )
 
-#: Metrics whose direction is a pass/fail check, not a ranking of methods: the summary marks no
-#: best method for them. A plugin metric opts out with registry metadata ``ranks=False``.
-NON_RANKING_METRICS: frozenset[str] = frozenset({"randomisation"})
-
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222;
        padding: 0 1em; }
@@ -53,8 +49,10 @@ _CAPTIONS: tuple[tuple[str, str], ...] = (
     ("localisation", "Grid localisation: per-cell scores, boxes over the grids all methods of a "
                      "panel share."),
     ("pixel-removal", "Pixel removal: mean probability of the target with a bootstrap 95 % "
-                      "band, on the images all methods of a row share."),
+                      "band, each method over its own images (n in the legend)."),
     ("temperature", "Localisation and pixel-removal AUC against the CoDA-Nets' temperature."),
+    ("agreement", "Kendall's τ between method rankings: across metrics (per model) and across "
+                  "models (per metric)."),
     ("randomisation", "Parameter randomisation: similarity of the maps to the unrandomised "
                       "model's."),
     ("contributions", "Contribution maps for each cell's class on a multi-image (Fig. 7)."),
@@ -92,46 +90,13 @@ def _table(header: list[str], rows: list[list[str]], classes: list[str] | None =
 
 def ranks_methods(metric: str) -> bool:
     """Whether a metric's direction ranks methods (not for a sanity check such as
-    randomisation, nor for a plugin registered with ``ranks=False``)."""
-    from attrib_bench.registry import METRICS
+    randomisation, registered with ``ranks=False``, as a plugin may be)."""
+    from attrib_bench.compare import ranks_methods as ranks
 
-    if metric in NON_RANKING_METRICS:
-        return False
-    return bool(METRICS.get(metric).metadata.get("ranks", True)) if metric in METRICS else True
-
-
-def best_marks(group: pd.DataFrame, direction: str) -> dict[Any, str]:
-    """Index → "best" or "tie" for one (model, metric, variant, stat) group.
-
-    The leader is the best mean in ``direction`` ("higher"/"lower"); it is "best" only when its
-    95 % CI overlaps no other method's; otherwise it and every method whose CI overlaps its CI
-    are a "tie". No marks for another direction, or for fewer than two methods. A missing CI
-    counts as unbounded (it separates nothing).
-    """
-    valid = group[group["mean"].notna()]
-    if direction not in ("higher", "lower") or len(valid) < 2:
-        return {}
-    sign = 1.0 if direction == "higher" else -1.0
-    leader = (sign * valid["mean"]).idxmax()
-    low = valid["ci_low"].astype(float).fillna(-np.inf)
-    high = valid["ci_high"].astype(float).fillna(np.inf)
-    overlap = (low <= high[leader]) & (high >= low[leader])
-    if overlap.sum() == 1:
-        return {leader: "best"}
-    return dict.fromkeys(valid.index[overlap], "tie")
+    return ranks(metric)
 
 
 _GROUP = ["model", "metric", "variant", "stat"]
-
-
-def sample_sets(results: pd.DataFrame) -> pd.Series:
-    """(model, method, metric, variant, stat) → an id of the set of samples its rows cover, equal
-    for two methods exactly when they were evaluated on the same samples."""
-    if results.empty or "sample" not in results:
-        return pd.Series(dtype=int)
-    sets = results.groupby([*_GROUP[:1], "method", *_GROUP[1:]], sort=False)["sample"].agg(
-        lambda s: tuple(sorted(set(s.tolist()))))
-    return pd.Series(pd.factorize(sets)[0], index=sets.index)
 
 
 def _probabilities(results: pd.DataFrame | None) -> dict[tuple[str, str, str], str]:
@@ -146,53 +111,67 @@ def _probabilities(results: pd.DataFrame | None) -> dict[tuple[str, str, str], s
 
 
 def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None,
-                 manifest: Mapping[str, Any] | None = None) -> tuple[list[list[str]], list[str]]:
-    """Summary rows as text, methods in plot order, with classes from :func:`best_marks` ("best",
-    "tie" or "") for metrics that rank methods (:func:`ranks_methods`).
-
-    Marks compare only methods evaluated on the same samples (the sample sets in ``results``;
-    without it, the same n): a method run on 4 grids is not ranked against one run on 32.
-    """
+                 manifest: Mapping[str, Any] | None = None, ranks: pd.DataFrame | None = None,
+                 prefix: pd.DataFrame | None = None) -> tuple[list[list[str]], list[str]]:
+    """Summary rows as text, methods in plot order, each ranked method with its letter group,
+    mean rank [95 % CI] and P(first) from ``ranks`` (:func:`attrib_bench.compare.rankings`:
+    paired tests on shared samples), class "best" for the first group; a note where the part's
+    first samples differ from the rest (``prefix``, :func:`attrib_bench.compare.prefix_check`).
+    Nothing is marked from overlapping CIs."""
     rows, classes = [], []
     order = {m: i for i, m in enumerate(ordered_methods(summary["method"].unique()))}
     table = summary.assign(_order=summary["method"].map(order)).sort_values(
         [*_GROUP, "_order"], kind="stable")
-    sets = sample_sets(results) if results is not None else pd.Series(dtype=int)
     probability = _probabilities(results)
-    keys = [(r.model, r.method, r.metric, r.variant, r.stat) for r in
-            table[["model", "method", "metric", "variant", "stat"]].itertuples(index=False)]
-    table["_samples"] = [sets.get(k, -1) if len(sets) else -1 for k in keys]
-    table.loc[table["_samples"] < 0, "_samples"] = -1 - table["n"].astype(int)  # by n
-    # a CI from one sample is no interval: shown as "-", and it separates nothing
+    # a CI from one sample is no interval: shown as "-"
     table.loc[table["n"] < 2, ["ci_low", "ci_high"]] = np.nan
-    words = {"best": "best", "tie": "tied best"}
-    for (_, metric, _, _), group in table.groupby(_GROUP, sort=False):
-        direction = str(group["direction"].iloc[0]) if "direction" in group else ""
+    ranked = {} if ranks is None or ranks.empty else {
+        (r["model"], r["method"], r["metric"], r["variant"], r["stat"]): r
+        for r in ranks.to_dict("records")}
+    notes = {} if prefix is None or prefix.empty else {
+        (r["model"], r["method"], r["metric"], r["variant"], r["stat"]): r
+        for r in prefix.to_dict("records") if r["differs"]}
+    for _, row in table.iterrows():
+        metric = str(row["metric"])
+        direction = str(row["direction"]) if "direction" in row else ""
         direction = "" if direction == "nan" else direction
-        marks: dict[Any, str] = {}
-        if ranks_methods(str(metric)):
-            for _, same in group.groupby("_samples", sort=False):
-                marks.update(best_marks(same, direction))
-        # with methods on different sample sets a block has one mark per set: say which
-        several = group["_samples"].nunique() > 1
-        for index, row in group.iterrows():
-            kind = probability.get((row["model"], row["method"], row["metric"]), "")
-            if not kind and row["metric"] == "pixel-removal" and manifest is not None:
-                kind = removal_probability(manifest, row["model"])  # the run's sample info
-            stat = f"{row['stat']} ({kind})" if kind and str(row["stat"]).startswith("prob") \
-                else str(row["stat"])
-            ci = ("-" if pd.isna(row["ci_low"]) else
-                  f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]")
-            word = words.get(marks.get(index, ""), "")
-            if word and several:
-                word += f" of the n = {int(row['n'])}"
-            rows.append([row["model"], method_label(row["method"]), row["metric"],
-                         str(row["variant"]), stat, f"{row['mean']:.4f}", ci, str(int(row["n"])),
-                         str(int(row.get("n_nonfinite", 0))),
-                         (direction or "-") if ranks_methods(str(metric))
-                         else f"{direction or '-'} (a check, not a ranking)", word])
-            classes.append(marks.get(index, ""))
+        kind = probability.get((row["model"], row["method"], row["metric"]), "")
+        if not kind and row["metric"] == "pixel-removal" and manifest is not None:
+            kind = removal_probability(manifest, row["model"])  # the run's sample info
+        stat = f"{row['stat']} ({kind})" if kind and str(row["stat"]).startswith("prob") \
+            else str(row["stat"])
+        ci = ("-" if pd.isna(row["ci_low"]) else
+              f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]")
+        key = (row["model"], row["method"], row["metric"], str(row["variant"]), row["stat"])
+        mark, css = "", ""
+        if key in ranked and ranks_methods(metric):
+            r = ranked[key]
+            mark = (f"{r['group']} · rank {r['rank_mean']:.1f} [{r['rank_low']:g}, "
+                    f"{r['rank_high']:g}] · P(first) {r['p_first']:.2f} (n {int(r['n_common'])})")
+            css = "best" if "a" in str(r["group"]) else ""
+        if key in notes:
+            p = notes[key]
+            mark += (("; " if mark else "") + f"first {int(p['first'])}: {p['mean_first']:.3f}"
+                     f" vs the other {int(p['n']) - int(p['first'])}: {p['mean_rest']:.3f}")
+        rows.append([row["model"], method_label(row["method"]), row["metric"],
+                     str(row["variant"]), stat, f"{row['mean']:.4f}", ci, str(int(row["n"])),
+                     str(int(row.get("n_nonfinite", 0))),
+                     (direction or "-") if ranks_methods(metric)
+                     else f"{direction or '-'} (a check, not a ranking)", mark])
+        classes.append(css)
     return rows, classes
+
+
+def agreement_rows(taus: pd.DataFrame) -> list[list[str]]:
+    """:func:`attrib_bench.compare.agreement`'s table as text rows."""
+    def name(row: Mapping[str, Any], side: str) -> str:
+        parts = (row[f"{side}_model"], row[f"{side}_metric"], row[f"{side}_variant"],
+                 row[f"{side}_stat"])
+        return " ".join(str(p) for p in parts if p)
+
+    return [[name(r, "a"), name(r, "b"), str(r["methods"]).replace(",", ", "),
+             f"{r['tau']:.2f}", f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"]
+            for r in taus.to_dict("records")]
 
 
 # ----------------------------------------------------------------------------- models, runs
@@ -335,13 +314,16 @@ def render_report(tables: RunTables) -> str:
              f"<h1>attrib-bench report: {name}</h1>",
              f"<p class='note'>{len(tables.results)} rows from {len(runs)} run"
              f"{'s' if len(runs) != 1 else ''}. Means with percentile-bootstrap 95 % confidence "
-             "intervals over samples. <b>Bold</b>: the best method of a group in the metric's "
-             "direction, its CI clear of every other's; <i>italic</i> (\"tied best\"): the "
-             "leader and the methods whose CIs overlap its CI. Marks compare only methods "
-             "evaluated on the same samples (a method on 4 grids is not ranked against one on "
-             "32; a mark then names its n). A CI needs two samples (\"-\" from one); from fewer "
-             "than about ten it is rough. Checks such as randomisation rank nothing; their mean "
-             "is over the randomised layers as well as the samples.</p>"]
+             "intervals over samples. Methods are compared on the samples they share "
+             "(attrib-bench compare): the <i>group</i> letters come from paired tests "
+             "(Wilcoxon signed-rank, Holm-adjusted within each model, metric and stat, with a "
+             "paired bootstrap CI of the mean difference that excludes 0); methods sharing a "
+             "letter are not separated. <i>Rank</i>: the mean rank over bootstrap resamples "
+             "of the samples every method has, with its 95 % CI and the probability of "
+             "ranking first. <b>Bold</b>: the first group. A note names parts whose first "
+             "samples (the most confident grids, drawn first) differ from the rest. A CI needs "
+             "two samples (\"-\" from one). Checks such as randomisation rank nothing; their "
+             "mean is over the randomised layers as well as the samples.</p>"]
     parts.append("<h2>Runs and code</h2>")
     parts.append(_table(["run", "models", "methods", "metrics", "seed", "commit", "tree",
                          "attrib-bench", "hardware", "superseded"], provenance_rows(tables),
@@ -361,10 +343,30 @@ def render_report(tables: RunTables) -> str:
                      f"<figcaption>{html.escape(stem)}: {html.escape(_caption(stem))}"
                      "</figcaption></figure>")
     parts.append("<h2>Summary</h2>")
-    rows, classes = summary_rows(tables.summary, tables.results, tables.manifest)
+    from attrib_bench.compare import agreement, prefix_check, rankings, tables_values
+
+    values, summary, dataset = tables_values(tables)
+    _, ranks = rankings(values, summary, dataset)
+    rows, classes = summary_rows(tables.summary, tables.results, tables.manifest, ranks,
+                                 prefix_check(values))
     parts.append(_table(["model", "method", "metric", "variant", "stat", "mean", "95 % CI", "n",
-                         "non-finite", "better", "marked"], rows, classes, text_columns=5,
-                        emphasis=(5, 6)))
+                         "non-finite", "better", "group · rank [95 % CI] · P(first); notes"],
+                        rows, classes, text_columns=5, emphasis=(5, 6)))
+    flagged = ranks[ranks["control_above"].fillna("") != ""] if "control_above" in ranks else []
+    for key, fam in (flagged.groupby(["model", "metric", "variant", "stat"]) if len(flagged)
+                     else []):
+        parts.append(f"<p class='note'>Flag: on {html.escape(' '.join(map(str, key)))} a "
+                     f"control map ranks above a real method "
+                     f"({html.escape(str(fam['control_above'].iloc[0]))}).</p>")
+    taus = agreement(values, summary, dataset, resamples=200)
+    if len(taus):
+        parts.append("<h2>Agreement between rankings</h2>")
+        parts.append("<p class='note'>Kendall's τ between the method rankings (means, "
+                     "oriented so that higher is better) of two families that share three or "
+                     "more methods, with a 95 % bootstrap CI (each family's samples resampled, "
+                     "200 times).</p>")
+        parts.append(_table(["ranking A", "ranking B", "methods", "τ", "95 % CI"],
+                            agreement_rows(taus), text_columns=3))
     samples = sample_tables(tables)
     if samples:
         parts.append("<h2>Samples</h2>")

@@ -70,6 +70,7 @@ from torch import nn
 from attrib_bench.data import BaseImageSet
 from attrib_bench.errors import MetricError
 from attrib_bench.evaluation import INFERENCE_BATCH, eval_mode
+from attrib_bench.hashing import hashed_normal
 from attrib_bench.metrics.base import (
     EvalContext,
     Metric,
@@ -271,44 +272,6 @@ def road_impute(images: torch.Tensor, removed: torch.Tensor, tol: float = ROAD_T
         p = z + beta * p
         rz = rz_next
     return (keep * x_all + mask * x).reshape(n, c, h, w)
-
-
-_M32 = 0xFFFFFFFF
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x · c) mod 2³² for int64 x in [0, 2³²), without int64 overflow (16-bit halves)."""
-    lo, hi = x & 0xFFFF, x >> 16
-    return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _M32
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer mixing function (xor-shift-multiply) on int64 tensors in [0, 2³²)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def hashed_normal(seed: int, samples: torch.Tensor, shape: Sequence[int],
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normal noise (n, *shape), a pure function of (seed, sample id, position).
-
-    Counter-based (hash, then Box-Muller), so it is the same on every device, for every batch
-    composition and chunk size, and leaves the global RNG untouched. ``samples``: (n,) int ids.
-    """
-    device = samples.device
-    count = math.prod(shape)
-    h = torch.full((1, 1), _hash32(torch.tensor(seed & _M32)).item() ^ ((seed >> 32) & _M32),
-                   dtype=torch.int64, device=device)
-    ids = samples.to(torch.int64).reshape(-1, 1)
-    h = _hash32(_hash32(h ^ (ids & _M32)) ^ ((ids >> 32) & _M32))
-    pos = torch.arange(count, dtype=torch.int64, device=device).reshape(1, -1) * 2
-    u1 = (_hash32(h ^ pos).double() + 0.5) / 2.0**32
-    u2 = (_hash32(h ^ (pos + 1)).double() + 0.5) / 2.0**32
-    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
-    return z.to(dtype).reshape(len(ids), *shape)
 
 
 def road_fill(samples: torch.Tensor, noise: float, seed: int, tol: float = ROAD_TOL,

@@ -239,7 +239,7 @@ NUM_IMAGES = 100
 
 # ----------------------------------------------------------------------------- metric
 
-@register_metric("randomisation", family="sanity-check",
+@register_metric("randomisation", family="sanity-check", ranks=False,
                  reference="Adebayo et al. 2018, model-parameter randomisation")
 class Randomisation(Metric):
     """Model-parameter randomisation test: similarity of maps before and after randomising layers.

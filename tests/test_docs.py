@@ -29,7 +29,7 @@ README_MAX_LINES = 250
 TABLES = {
     "README.md": ["headline"],
     "docs/reproduction.md": ["parts", "localisation", "difull", "pixel-removal-least",
-                             "pixel-removal-most", "temperature"],
+                             "pixel-removal-most", "temperature", "claims"],
     "docs/benchmarks.md": ["rates"],
 }
 #: Site pages a user must find (the navigation's and the API's).

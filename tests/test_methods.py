@@ -508,8 +508,11 @@ def test_non_finite_input_and_bad_targets_are_one_line(one_line, name):
         one_line(info.value, fragment)
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", [n for n in METHODS.names()
+                                  if not METHODS.get(n).metadata.get("control")])
 def test_non_finite_maps_are_one_line(one_line, name):
+    """A model whose output is NaN gives NaN maps: one line (the controls never use the
+    model's output, so their maps stay finite: not tested here)."""
     method = _build(name, NaNModel().double())
     with pytest.raises(MethodError) as info:
         method.attribute(_images(2), _targets(2))

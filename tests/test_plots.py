@@ -644,7 +644,8 @@ def test_plot_results_writes_every_figure_and_regenerates_identical_files(run_di
     save_examples(_toy_examples(), run_dir / "examples" / "toy-t10.safetensors")
     written = plot_results(run_dir)
     names = sorted(p.name for p in written)
-    assert names == ["contributions-toy-t10.png", "localisation.png", "methods-toy-t10.png",
+    assert names == ["agreement-metrics.png", "agreement-models.png",
+                     "contributions-toy-t10.png", "localisation.png", "methods-toy-t10.png",
                      "pixel-removal.png", "randomisation-toy-t10.png",
                      "randomisation-toy-t1000.png", "temperature.png"]
     first = {p.name: p.read_bytes() for p in written}
@@ -694,14 +695,19 @@ def test_report_is_one_offline_page_with_figures_tables_and_the_best_marked(run_
     result = CliRunner().invoke(cli, ["report", "--results", str(run_dir)])
     assert result.exit_code == 0, result.output
     page = (run_dir / "report.html").read_text()
-    assert page.count("<img") == 5  # localisation, pixel removal, T series, 2 randomisation
+    # localisation, pixel removal, T series, agreement by model and by metric, 2 randomisation
+    assert page.count("<img") == 7
     assert "src='http" not in page and "<script" not in page and "<link" not in page
     best = [line for line in page.splitlines() if line.startswith('<tr class="best">')]
     localisation_best = [line for line in best if ">localisation<" in line]
     assert len(localisation_best) == 2 and all("Inherent" in line for line in localisation_best)
-    # most-first pixel removal: lower is better, and inherent's curve drops fastest
-    most = [line for line in best if ">most-first<" in line and ">prob-auc (" in line]
-    assert most and all("Inherent" in line for line in most)
+    assert all(">a · rank 1.0 [1, 1] · P(first) 1.00" in line for line in localisation_best)
+    # most-first pixel removal: lower is better; inherent's curve drops fastest (3 images
+    # separate nothing, so every method shares group a, inherent ranked first)
+    most = [line for line in best if ">most-first<" in line and ">prob-auc (" in line
+            and "Inherent" in line]
+    assert len(most) == 2 and all("rank 1.0 [1, 1]" in line for line in most)
+    assert "tied" not in page and "Agreement between rankings" in page
     assert "toy-t1000" in page and "1000" in page and "manifest.json" in page
 
 

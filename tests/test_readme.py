@@ -482,7 +482,8 @@ class ParseCase(Case):
     """Parsed by click only, never run.
 
     ``train`` trains for an hour or more on this CPU; ``examples`` with its default methods
-    (RISE with 6000 masks and LIME among them) ran more than 10 minutes here. Both are checked by
+    (RISE with 6000 masks and LIME among them) ran more than 10 minutes here; ``compare`` on the
+    committed store takes a minute (tests/test_compare.py runs the command). They are checked by
     parsing every option with the real command (``make_context``: option names, types, choices)
     and checking the model and method names are registered.
     """
@@ -628,7 +629,8 @@ def _bash_cases(block: Block) -> list[Case]:
         reproduce = tokens[:2] == ["bash", "results/reproduce.sh"]
         if re.match(r"^[A-Z_][A-Z0-9_]*=", tokens[0]) or reproduce:
             cases.append(EnvCase(where, tokens))
-        elif tokens[0] == "attrib-bench" and _subcommand(tokens)[1] in ("train", "examples"):
+        elif tokens[0] == "attrib-bench" and _subcommand(tokens)[1] in (
+                "train", "examples", "compare"):
             cases.append(ParseCase(where, tokens, extra))
         elif tokens[0] == "attrib-bench" and _subcommand(tokens)[1] in (
                 "list", "eval", "plot", "report", "run"):

@@ -16,10 +16,11 @@ from test_plots import _rows, synthetic_results, write_run
 
 from attrib_bench.checkpoints import sha256_file
 from attrib_bench.cli import cli
+from attrib_bench.compare import rankings
 from attrib_bench.metrics.base import make_rows
 from attrib_bench.plots import RunTables, load_runs
 from attrib_bench.provenance import git_commit
-from attrib_bench.report import best_marks, code_version, render_report, sample_tables, summary_rows
+from attrib_bench.report import code_version, render_report, sample_tables, summary_rows
 
 
 def _group(means, lows, highs, direction="higher", metric="localisation") -> pd.DataFrame:
@@ -30,57 +31,35 @@ def _group(means, lows, highs, direction="higher", metric="localisation") -> pd.
                          "direction": direction})
 
 
-def test_the_leader_is_best_only_when_its_ci_is_clear_of_every_other():
-    group = _group([0.9, 0.5, 0.4], [0.85, 0.45, 0.3], [0.95, 0.55, 0.5])
-    assert best_marks(group, "higher") == {0: "best"}
-    assert best_marks(group, "lower") == {2: "tie", 1: "tie"}  # 0.4 [0.3, 0.5] vs [0.45, 0.55]
-
-
-def test_overlapping_cis_are_a_tie_in_the_metrics_direction():
-    # the issue's case, lower is better: Grad 4.93 [0.51, 9.62] vs IxG 5.71 [0.80, 10.42]
-    group = _group([4.93, 5.71, 20.0], [0.51, 0.80, 18.0], [9.62, 10.42, 22.0], "lower")
-    assert best_marks(group, "lower") == {0: "tie", 1: "tie"}
-    # equal means at the ceiling (Occ9, RISE, LIME at 1.0000) are a tie, not a win
-    group = _group([1.0, 1.0, 1.0, 0.5], [1.0, 1.0, 1.0, 0.4], [1.0, 1.0, 1.0, 0.6])
-    assert best_marks(group, "higher") == {0: "tie", 1: "tie", 2: "tie"}
-
-
-def test_no_marks_without_a_ranking_direction_or_a_second_method():
-    group = _group([0.9, 0.5], [0.85, 0.45], [0.95, 0.55])
-    assert best_marks(group, "") == {}
-    assert best_marks(group.iloc[:1], "higher") == {}
-    # a missing CI separates nothing
-    group = _group([0.9, 0.5], [np.nan, 0.45], [np.nan, 0.55])
-    assert best_marks(group, "higher") == {0: "tie", 1: "tie"}
-
-
-def test_summary_rows_mark_best_and_ties_but_never_randomisation():
-    table = pd.concat([_group([0.9, 0.5], [0.85, 0.45], [0.95, 0.55]),
+def test_summary_rows_show_groups_and_rank_cis_but_never_rank_randomisation():
+    """Marks come from the paired groups and rank CIs of compare.rankings, never from CIs."""
+    rng = np.random.default_rng(0)
+    level = rng.normal(0.5, 0.1, 30)
+    values = pd.concat([pd.DataFrame({
+        "model": "m", "method": method, "metric": "localisation", "sample": np.arange(30),
+        "key": "0", "variant": "", "stat": "score", "flag": "",
+        "value": level + shift + 0.01 * rng.normal(size=30)})
+        for method, shift in (("x0", 0.3), ("x1", 0.0))], ignore_index=True)
+    # overlapping CIs, which the old marks called a tie: the paired test separates them
+    table = pd.concat([_group([0.8, 0.5], [0.4, 0.45], [0.95, 0.9]),
                        _group([-0.5, 0.2], [-0.6, 0.1], [-0.4, 0.3], "lower",
                               "randomisation")], ignore_index=True)
-    rows, classes = summary_rows(table)
+    _, ranks = rankings(values, table)
+    rows, classes = summary_rows(table, ranks=ranks)
     marked = {(row[2], row[1]): (cls, row[-1]) for row, cls in zip(rows, classes, strict=True)}
-    assert marked[("localisation", "x0")] == ("best", "best")
-    assert marked[("localisation", "x1")] == ("", "")
-    assert marked[("randomisation", "x0")] == ("", "")  # most negative Spearman: no "best"
+    assert marked[("localisation", "x0")] == ("best", "a · rank 1.0 [1, 1] · P(first) 1.00 (n 30)")
+    assert marked[("localisation", "x1")] == ("", "b · rank 2.0 [2, 2] · P(first) 0.00 (n 30)")
+    assert marked[("randomisation", "x0")] == ("", "")  # a check: never ranked
     assert "not a ranking" in rows[-1][-2]
 
 
-def test_marks_compare_only_methods_on_the_same_samples():
-    """x0 (0.9) on samples 0–3 is not ranked against x1 and x2 on samples 0–31: x1 is best
-    among those two, x0 has no mark (alone on its set); without results, n decides alike."""
-    table = _group([0.9, 0.6, 0.2], [0.85, 0.55, 0.15], [0.95, 0.65, 0.25])
-    table["n"] = [4, 32, 32]
-    results = pd.DataFrame({"model": "m", "method": ["x0"] * 4 + ["x1"] * 32 + ["x2"] * 32,
-                            "metric": "localisation", "variant": "", "stat": "score",
-                            "sample": [*range(4), *range(32), *range(32)], "value": 0.5})
-    for rows, classes in (summary_rows(table, results), summary_rows(table)):
-        assert [(row[1], cls) for row, cls in zip(rows, classes, strict=True)] == [
-            ("x0", ""), ("x1", "best"), ("x2", "")]
-    # same n, other samples (e.g. another run's draw): not compared either
-    shifted = results.assign(sample=[*range(4), *range(32), *range(100, 132)])
-    rows, classes = summary_rows(table, shifted)
-    assert classes == ["", "", ""]
+def test_a_part_whose_first_samples_differ_is_noted():
+    table = _group([0.6], [0.55], [0.65])
+    prefix = pd.DataFrame([{"model": "m", "method": "x0", "metric": "localisation",
+                            "variant": "", "stat": "score", "n": 500, "first": 32,
+                            "mean_first": 0.72, "mean_rest": 0.57, "differs": True}])
+    rows, _ = summary_rows(table, prefix=prefix)
+    assert rows[0][-1] == "first 32: 0.720 vs the other 468: 0.570"
 
 
 @pytest.fixture()
@@ -113,7 +92,8 @@ def test_report_puts_figures_first_and_samples_in_tables(run_dir):
     assert marked and all(line.count(" em\"") == 2 for line in marked)  # mean and CI only
     stems = re.findall(r"<img alt='([^']+)'", page)
     ranks = [next(i for i, p in enumerate(("localisation", "pixel-removal", "temperature",
-                                           "randomisation", "contributions", "methods"))
+                                           "agreement", "randomisation", "contributions",
+                                           "methods"))
                   if stem.startswith(p)) for stem in stems]
     assert stems and ranks == sorted(ranks)
     assert "seed -" not in page
@@ -164,7 +144,11 @@ def test_a_run_of_a_plugin_metric_alone_gets_a_report(tmp_path):
     page = (folder / "report.html").read_text()
     assert "<img" not in page and "No figures" in page
     best = [line for line in page.splitlines() if line.startswith('<tr class="best">')]
-    assert len(best) == 1 and ">Grad<" in best[0] and ">map-mass<" in best[0]
+    # 4 samples cannot separate the two (Wilcoxon's smallest p is 0.125): both in group a,
+    # Grad ranked first
+    assert len(best) == 2 and all(">map-mass<" in line and ">a · rank " in line
+                                  for line in best)
+    assert any(">Grad<" in line and "rank 1.0 [1, 1]" in line for line in best)
     plot = CliRunner().invoke(cli, ["plot", "--results", str(folder)])
     assert plot.exit_code == 1 and "nothing to plot" in plot.output
 
@@ -199,13 +183,12 @@ def test_probability_stats_name_their_probability():
     assert [row[4] for row in rows] == ["logit-auc", "prob-auc (sigmoid)"]
 
 
-def test_one_sample_has_no_interval_and_marks_name_their_n():
-    """n = 1: the CI reads "-" and separates nothing; where one block holds methods on two
-    sample sets, each mark names its n."""
-    table = _group([0.9, 0.2, 0.6, 0.3], [0.85, 0.15, 0.6, 0.25], [0.95, 0.25, 0.6, 0.35])
-    table["n"] = [32, 32, 1, 4]
+def test_one_sample_has_no_interval():
+    table = _group([0.9, 0.6], [0.85, 0.6], [0.95, 0.6])
+    table["n"] = [32, 1]
     rows, classes = summary_rows(table)
     by_method = {row[1]: (row[6], row[-1]) for row in rows}
-    assert by_method["x2"] == ("-", "")  # alone on its one sample: no interval, no mark
-    assert by_method["x0"] == ("[0.8500, 0.9500]", "best of the n = 32")
-    assert by_method["x3"][1] == ""  # alone on its 4
+    assert by_method["x1"] == ("-", "") and by_method["x0"] == ("[0.8500, 0.9500]", "")
+    assert classes == ["", ""]  # without ranks nothing is marked
+
+

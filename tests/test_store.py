@@ -142,7 +142,8 @@ def test_figures_from_the_store_equal_the_run_folders_byte_for_byte(tmp_path, re
     from_runs = plot_results([cheap, costly], tmp_path / "figures-runs")
     from_store = plot_results(tmp_path / "store", tmp_path / "figures-store")
     assert [p.name for p in from_runs] == [p.name for p in from_store]
-    assert len(from_store) == 5  # localisation, pixel removal, T series, 2 randomisation
+    # localisation, pixel removal, T series, 2 agreement, 2 randomisation
+    assert len(from_store) == 7
     for a, b in zip(from_runs, from_store, strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name
 
@@ -154,7 +155,7 @@ def test_the_store_is_read_like_a_run_and_reports(tmp_path, results):
     out = CliRunner().invoke(cli, ["report", "--results", str(tmp_path / "store")])
     assert out.exit_code == 0, out.output
     page = (tmp_path / "store" / "report.html").read_text()
-    assert page.count("<img") == 5 and ">run<" in page
+    assert page.count("<img") == 7 and ">run<" in page
 
 
 def test_wrong_inputs_are_refused_in_one_line(tmp_path, results):

@@ -5,13 +5,14 @@
 when a method is built, so listing the registry stays fast.
 """
 
-from attrib_bench.methods import gradcam, gradients, inherent, lime, occlusion, rise
+from attrib_bench.methods import controls, gradcam, gradients, inherent, lime, occlusion, rise
 from attrib_bench.methods.base import (
     AttributionMethod,
     FunctionMethod,
     eval_mode,
     function_method,
 )
+from attrib_bench.methods.controls import CentreControl, EdgesControl, RandomControl
 from attrib_bench.methods.gradcam import GradCAM
 from attrib_bench.methods.gradients import DeepLift, Grad, InputXGradient, IntegratedGradients
 from attrib_bench.methods.inherent import Inherent
@@ -24,7 +25,9 @@ __all__ = [
     "LIME",
     "RISE",
     "AttributionMethod",
+    "CentreControl",
     "DeepLift",
+    "EdgesControl",
     "FunctionMethod",
     "Grad",
     "GradCAM",
@@ -32,7 +35,9 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "Occlusion",
+    "RandomControl",
     "applicable_methods",
+    "controls",
     "eval_mode",
     "function_method",
     "gradcam",

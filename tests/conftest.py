@@ -24,7 +24,9 @@ from attrib_bench.data import ImageSet, resolve_data_root
 
 #: Workers when the whole suite runs (``python -m pytest`` without paths) and pytest-xdist is
 #: installed: "auto" (one per CPU; PYTEST_XDIST_AUTO_NUM_WORKERS overrides), tests handed out
-#: to whichever worker is free (``load``), the slow ones first (see
+#: to whichever worker is free (``loadgroup``: the documentation's command cases, marked
+#: ``xdist_group("readme")``, all on one worker, whose session runner starts their commands
+#: once), the slow ones first (see
 #: :func:`pytest_collection_modifyitems`). ``-n 0`` runs in this process; ``pytest
 #: tests/test_x.py`` too (the device call's smoke stage runs test_cuda.py so).
 XDIST_WORKERS = "auto"
@@ -39,7 +41,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
             and getattr(option, "numprocesses", 0) is None and option.dist == "no"
             and not option.collectonly and not config.getoption("usepdb", False)):
         option.numprocesses = XDIST_WORKERS
-        option.dist = "load"
+        option.dist = "loadgroup"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

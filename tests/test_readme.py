@@ -68,12 +68,11 @@ CI_PREFIXES = ("python3 -m venv", "pip ", "ruff ", "python -m pytest", ".venv/bi
 DOCS_PREFIXES = ("mkdocs ", ".venv/bin/mkdocs ")
 TIMEOUT_S = 900
 RESULTS, OUT = "{RESULTS}", "{OUT}"  # placeholders for the tmp copies, filled in per job
-#: A README ``--results`` folder that is not in the repository (``runs/full``) stands for the
-#: committed reproduction without its largest tables: the run folders whose results.parquet is
-#: under this size, and every folder that holds no run (examples/, figures/). ``plot`` and
-#: ``report`` of the whole reproduction cost a minute each (per-step pixel-removal rows);
-#: the README's own ``plot --results results/cifar10`` still reads all of it, byte for byte.
-STAND_IN_MAX_BYTES = 1_000_000
+#: A ``--results`` folder that is not in the repository (``runs/full``, the reader's own run)
+#: stands for the committed store cut to this model (the one the tour runs) and its example
+#: maps: ``plot`` and ``report`` of all nine models cost a minute each here; the docs' own
+#: ``plot --results results/cifar10`` still reads all of it, byte for byte.
+STAND_IN_MODEL = "xs-coda-sq-t1000"
 
 
 # --------------------------------------------------------------------------- README parsing
@@ -281,7 +280,10 @@ class Case:
     slow = False
 
     def param(self):
-        marks = [pytest.mark.real] if self.real else []
+        # one xdist worker runs every case: the session's runner starts all their commands
+        # at once, which two workers would each do again
+        marks = [pytest.mark.xdist_group("readme")]
+        marks += [pytest.mark.real] if self.real else []
         marks += [pytest.mark.readme_long] if self.slow else []
         return pytest.param(self, id=self.id, marks=marks)
 
@@ -385,23 +387,24 @@ class CliCase(SubprocessCase):
 
 def _copy_results(as_written: str, to: Path) -> None:
     """A page's first ``--results`` folder, copied to ``to``: the folder itself if the
-    repository has it, else the stand-in for a run of the reader's own: the committed run
-    folders under :data:`STAND_IN_MAX_BYTES`, or the committed results store itself where the
-    reproduction is one store (``plot`` and ``report`` read a store like a run folder)."""
+    repository has it, else the stand-in for a run of the reader's own: the committed store cut
+    to :data:`STAND_IN_MODEL` (``plot`` and ``report`` read a store like a run folder)."""
+    from attrib_bench.store import read_store, write_store
+
     source = REPO / as_written
     if source.is_dir():
         shutil.copytree(source, to)
         return
-    small = [folder for folder in sorted(p for p in COMMITTED.iterdir() if p.is_dir())
-             if (folder / "results.parquet").is_file()
-             and (folder / "results.parquet").stat().st_size < STAND_IN_MAX_BYTES]
-    if len(small) < 2:
-        assert (COMMITTED / "manifest.json").is_file(), f"no stand-in runs for {as_written}"
-        shutil.copytree(COMMITTED, to)
-        return
-    for folder in sorted(p for p in COMMITTED.iterdir() if p.is_dir()):
-        if folder in small or not (folder / "results.parquet").is_file():
-            shutil.copytree(folder, to / folder.name)
+    held = read_store(COMMITTED)
+    keep = {p["run"] for p in held.manifest["parts"] if p["model"] == STAND_IN_MODEL}
+    held.values = held.values[held.values["model"] == STAND_IN_MODEL]
+    held.curves = held.curves[held.curves["model"] == STAND_IN_MODEL]
+    held.summary = held.summary[held.summary["model"] == STAND_IN_MODEL]
+    held.manifest["parts"] = [p for p in held.manifest["parts"] if p["model"] == STAND_IN_MODEL]
+    held.manifest["runs"] = {k: v for k, v in held.manifest["runs"].items() if k in keep}
+    write_store(held, to)
+    (to / "examples").mkdir()
+    shutil.copy(COMMITTED / "examples" / f"{STAND_IN_MODEL}.safetensors", to / "examples")
 
 
 class PluginCase(SubprocessCase):

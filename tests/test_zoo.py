@@ -63,15 +63,35 @@ def test_a_trained_name_loads_its_weights_unless_told_not_to(name):
 FULL_PASS = "xs-coda-sq-t1000"
 
 
+SHIPPED_LOGITS = BUNDLED_DIR / f"{FULL_PASS}.cifar10-test.logits.safetensors"
+#: Every STRIDE-th test image is classified again against the shipped logits (500 images).
+STRIDE = 20
+
+
+def _shipped_logits() -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(SHIPPED_LOGITS)["logits"]
+
+
 @pytest.mark.real
 @pytest.mark.parametrize("name", NAMES)
 def test_accuracy_and_completeness_on_real_images(name, data_root):
+    """The registered accuracy on the whole test set: for FULL_PASS from its shipped logits
+    (their sha256 and key are checked in tests/test_pool_cache.py), which the model reproduces
+    on every 20th test image (the whole pass: ``-m full_pass``, below); completeness on 16."""
     model = create_model(name, pretrained=True)
     test_set = load_cifar10("test", root=data_root)
     if name == FULL_PASS:
-        logits = predict_logits(model, test_set, progress=False)
-        assert top1_accuracy(logits, test_set.labels) == pytest.approx(
+        shipped = _shipped_logits()
+        assert top1_accuracy(shipped, test_set.labels) == pytest.approx(
             TRAINED[name][3].accuracy, abs=0.05)
+        every = torch.arange(0, len(test_set), STRIDE)
+        with torch.inference_mode():
+            again = torch.cat([model.eval()(test_set.float_images(every[i:i + 100]))
+                               for i in range(0, len(every), 100)])
+        torch.testing.assert_close(again, shipped[every], rtol=1e-4, atol=1e-4)
+        logits = shipped
     else:
         logits = predict_logits(model, test_set.subset(16), progress=False)
     x, target = test_set.float_images(slice(0, 16)), test_set.labels[:16]
@@ -144,3 +164,16 @@ def test_shipped_logits_are_what_a_pass_computes(data_root):
         subset = predict_logits(model, test_set.subset(128), progress=False)
         torch.testing.assert_close(logits[:128], subset, rtol=1e-5, atol=1e-5)
         assert torch.equal(logits[:128].argmax(1), subset.argmax(1))
+
+
+@pytest.mark.real
+@pytest.mark.full_pass
+def test_the_full_pass_scores_the_registered_accuracy_and_gives_the_shipped_logits(data_root):
+    """All 10,000 test images classified again (about a minute here): the accuracy the zoo
+    registers and the shipped logits, image for image."""
+    model = create_model(FULL_PASS, pretrained=True)
+    test_set = load_cifar10("test", root=data_root)
+    logits = predict_logits(model, test_set, progress=False)
+    assert top1_accuracy(logits, test_set.labels) == pytest.approx(
+        TRAINED[FULL_PASS][3].accuracy, abs=0.05)
+    torch.testing.assert_close(logits, _shipped_logits(), rtol=1e-4, atol=1e-4)

@@ -20,7 +20,7 @@ left out.
 - :func:`agreement` — Kendall's τ (``scipy.stats.kendalltau``) between the method rankings of two
   families, with a bootstrap CI (units resampled within each family).
 - :func:`prefix_check` — whether a part's first samples (the protocol draws the most confident
-  grids first) differ from the rest.
+  grids first) differ from the rest; :func:`precision` — the CI half-width against n.
 
 Inputs are per-sample values as a results store holds them (:mod:`attrib_bench.store`); a run
 folder's rows are reduced the same way (:func:`attrib_bench.store.per_sample_values`).
@@ -340,6 +340,28 @@ def prefix_check(values: pd.DataFrame, prefix: int = PREFIX, seed: int = 0) -> p
                      "mean_first": float(first.mean()), "mean_rest": float(rest.mean()),
                      "ci_low": float(low), "ci_high": float(high),
                      "differs": bool(low > 0 or high < 0)})
+    return pd.DataFrame(rows)
+
+
+#: Sample counts at which :func:`precision` gives the CI half-width.
+SIZES = (16, 32, 64, 128, 256, 512, 1024)
+
+
+def precision(values: pd.DataFrame, sizes: Iterable[int] = SIZES) -> pd.DataFrame:
+    """Is n enough? Per part (model, method, metric, variant, stat): the 95 % CI half-width of
+    the mean, 1.96 · s / √n′, over the first n′ samples (the protocol's drawing order) for each
+    n′ of ``sizes`` below the part's n, and at n itself (columns ``hw_<n′>`` and ``hw_n``); a
+    sample's value is its mean over keys (a grid's cells), as in the summary."""
+    rows = []
+    finite = values[values["flag"].fillna("").astype(str) == ""] if "flag" in values else values
+    for key, part in finite.groupby(["model", "method", "metric", "variant", "stat"]):
+        per = part.groupby("sample")["value"].mean().sort_index().to_numpy(np.float64)
+        row = dict(zip(["model", "method", "metric", "variant", "stat"], key, strict=True))
+        row["n"] = len(per)
+        for k in [*(k for k in sizes if k < len(per)), len(per)]:
+            name = "hw_n" if k == len(per) else f"hw_{k}"
+            row[name] = 1.96 * float(per[:k].std(ddof=1)) / np.sqrt(k) if k > 1 else np.nan
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -162,6 +162,19 @@ def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None,
     return rows, classes
 
 
+def precision_rows(widths: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """:func:`attrib_bench.compare.precision`'s table as (header, text rows): "±0.012"."""
+    sizes = [c for c in widths.columns if c.startswith("hw_") and c != "hw_n"]
+    sizes = sorted(sizes, key=lambda c: int(c[3:]))
+    header = ["model", "method", "metric", "variant", "stat", *(f"n′ = {c[3:]}" for c in sizes),
+              "at n", "n"]
+    rows = [[r["model"], method_label(r["method"]), r["metric"], str(r["variant"]), r["stat"],
+             *("" if pd.isna(r[c]) else f"±{r[c]:.3f}" for c in sizes),
+             "" if pd.isna(r["hw_n"]) else f"±{r['hw_n']:.3f}", str(int(r["n"]))]
+            for r in widths.to_dict("records")]
+    return header, rows
+
+
 def agreement_rows(taus: pd.DataFrame) -> list[list[str]]:
     """:func:`attrib_bench.compare.agreement`'s table as text rows."""
     def name(row: Mapping[str, Any], side: str) -> str:
@@ -343,7 +356,13 @@ def render_report(tables: RunTables) -> str:
                      f"<figcaption>{html.escape(stem)}: {html.escape(_caption(stem))}"
                      "</figcaption></figure>")
     parts.append("<h2>Summary</h2>")
-    from attrib_bench.compare import agreement, prefix_check, rankings, tables_values
+    from attrib_bench.compare import (
+        agreement,
+        precision,
+        prefix_check,
+        rankings,
+        tables_values,
+    )
 
     values, summary, dataset = tables_values(tables)
     _, ranks = rankings(values, summary, dataset)
@@ -358,6 +377,13 @@ def render_report(tables: RunTables) -> str:
         parts.append(f"<p class='note'>Flag: on {html.escape(' '.join(map(str, key)))} a "
                      f"control map ranks above a real method "
                      f"({html.escape(str(fam['control_above'].iloc[0]))}).</p>")
+    widths = precision(values)
+    if len(widths):
+        parts.append("<details><summary>Is n enough? The 95 % CI half-width of each part's mean "
+                     "over its first n′ samples (1.96 · s / √n′, the drawing order), and at its "
+                     "n</summary>")
+        parts.append(_table(*precision_rows(widths), text_columns=5))
+        parts.append("</details>")
     taus = agreement(values, summary, dataset, resamples=200)
     if len(taus):
         parts.append("<h2>Agreement between rankings</h2>")

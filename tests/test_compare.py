@@ -19,6 +19,7 @@ from attrib_bench.compare import (
     holm,
     letter_groups,
     paired_test,
+    precision,
     prefix_check,
     rankings,
 )
@@ -220,3 +221,12 @@ def test_the_compare_command_writes_both_tables_and_prints_the_ranking(tmp_path)
     assert out.output.strip().splitlines()[-1].startswith(f"{len(pairs)} pairs in ")
     bad = CliRunner().invoke(cli, ["compare", "--results", str(run), "--metric", "nope"])
     assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1
+
+
+def test_precision_gives_the_half_width_of_each_prefix_and_at_n():
+    values, _ = _values({"a": 0.0}, n=40)
+    row = precision(values, sizes=(16, 32)).iloc[0]
+    per = values.sort_values("sample")["value"].to_numpy()
+    for k, column in ((16, "hw_16"), (32, "hw_32"), (40, "hw_n")):
+        assert row[column] == pytest.approx(1.96 * per[:k].std(ddof=1) / np.sqrt(k))
+    assert row["n"] == 40 and "hw_64" not in row

@@ -504,8 +504,10 @@ def compare_cmd(results_dirs: tuple[str, ...], metric: str | None, out_file: str
             click.echo(f"wrote {path}")
     click.echo("\n".join(verdict(ranks)))
     separated = int((pairs["better"] != "none").sum())
-    click.echo(f"{len(pairs)} pairs in {len(ranks.groupby(['model', 'metric', 'variant', 'stat']))}"
-               f" families: {separated} separated, {len(pairs) - separated} not")
+    families = len(ranks.groupby(["model", "metric", "variant", "stat"]))
+    click.echo(f"{len(pairs)} pairs in {families} families: {separated} separated, "
+               f"{len(pairs) - separated} not (above: the families of the probability; logit "
+               "AUCs and every pair are in --out and --ranks)")
 
 
 @cli.command("plot")

@@ -841,7 +841,9 @@ def figures_for(tables: RunTables) -> dict[str, Figure]:
         taus = agreement(*tables_values(tables), resamples=0)
         for by in ("model", "metric"):
             try:
-                figures[f"agreement-{by}s"] = agreement_figure(taus, by, tables.manifest)
+                across = "metrics" if by == "model" else "models"
+                figures[f"agreement-across-{across}"] = agreement_figure(taus, by,
+                                                                         tables.manifest)
             except PlotError:  # fewer than three shared methods: nothing to draw
                 pass
     if "randomisation" in present:

@@ -67,7 +67,7 @@ def cell(summary: pd.DataFrame, model: str, method: str, metric: str, variant: s
     if r is None:
         return "–"
     below = " ▼" if paper is not None and r["ci_high"] < paper else ""
-    return f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] ({int(r['n'])}){below}"
+    return f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] ({int(r['n'])}){below}"
 
 
 def method_table(summary: pd.DataFrame, metric: str, variant: str, stat: str,
@@ -181,7 +181,7 @@ CODA = [m for m in MODELS if "coda" in m]
 
 def _p(p: float) -> str:
     """A p-value as the tables print it; "< 1e-300" where it underflows to 0."""
-    return "< 1e-300" if p == 0 else f"{p:.0e}"
+    return "< 1e-300" if p == 0 else f"{p:.3f}" if p >= 0.001 else f"{p:.0e}"
 
 
 def _pair_text(row: pd.Series, method: str) -> str:
@@ -189,7 +189,7 @@ def _pair_text(row: pd.Series, method: str) -> str:
     to ``method`` with its paired CI and Holm-adjusted Wilcoxon p."""
     sign = 1 if row["method_a"] == "inherent" else -1
     low, high = sorted((sign * row["ci_low"], sign * row["ci_high"]))
-    return (f"{_label(method)} {sign * row['mean_diff']:+.2f} [{low:+.2f}, {high:+.2f}], "
+    return (f"{_label(method)} {sign * row['mean_diff']:+.3f} [{low:+.3f}, {high:+.3f}], "
             f"p {_p(row['p_holm'])} (n {int(row['n'])})")
 
 
@@ -223,7 +223,7 @@ def claims_table(pairs: pd.DataFrame, summary: pd.DataFrame) -> str:
             tied = [m for m, r in zip(other, rows.itertuples(), strict=True) if r.better == "none"]
             verdict = ("**fails**: " + ", ".join(map(_label, ahead)) + " ahead" if ahead else
                        "not shown: " + ", ".join(map(_label, tied)) + " not separated" if tied
-                       else f"**holds** against all {len(other)}")
+                       else f"**holds** against all {len(other)} methods run on it")
             sign = np.where(rows.method_a == "inherent", 1.0, -1.0)
             closest = int(np.argmin(sign * rows["mean_diff"].to_numpy()))
             lines.append(f"| {claim} | {model} | {verdict} | "
@@ -236,7 +236,7 @@ def claims_table(pairs: pd.DataFrame, summary: pd.DataFrame) -> str:
         verdict = (f"**holds**: each of the {len(ups)} steps up in T has a CI above the last"
                    if all(ups) else "**fails** at T = " + ", ".join(
                        str(temps[i + 1]) for i, up in enumerate(ups) if not up))
-        means = " → ".join(f"{c['mean']:.2f}" for c in cells)
+        means = " → ".join(f"{c['mean']:.3f}" for c in cells)
         lines.append(f"| Higher T gives better localisation of the inherent maps. | "
                      f"xs-coda-sq-t10 … t5000 | {verdict} | means {means} (unpaired: each "
                      "model draws its own grids) |")

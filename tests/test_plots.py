@@ -644,7 +644,7 @@ def test_plot_results_writes_every_figure_and_regenerates_identical_files(run_di
     save_examples(_toy_examples(), run_dir / "examples" / "toy-t10.safetensors")
     written = plot_results(run_dir)
     names = sorted(p.name for p in written)
-    assert names == ["agreement-metrics.png", "agreement-models.png",
+    assert names == ["agreement-across-metrics.png", "agreement-across-models.png",
                      "contributions-toy-t10.png", "localisation.png", "methods-toy-t10.png",
                      "pixel-removal.png", "randomisation-toy-t10.png",
                      "randomisation-toy-t1000.png", "temperature.png"]

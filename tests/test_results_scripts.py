@@ -49,8 +49,8 @@ def test_a_cell_states_n_and_marks_a_ci_below_the_papers_figure():
     table = tables.method_table(summary, "localisation", "", "score")
     lines = table.splitlines()
     assert lines[0] == "| method | paper: S-CoDA-SQ T = 1000 | s-coda-sq-t1000 |"
-    assert lines[2] == "| inherent W(x)⊙x | 0.912 | 0.72 [0.71, 0.73] (500) ▼ |"
-    assert lines[3] == "| Grad | 0.144 | 0.15 [0.14, 0.16] (500) |"  # CI reaches 0.144
+    assert lines[2] == "| inherent W(x)⊙x | 0.912 | 0.720 [0.710, 0.730] (500) ▼ |"
+    assert lines[3] == "| Grad | 0.144 | 0.150 [0.140, 0.160] (500) |"  # CI reaches 0.144
     assert len(lines) == 4  # methods without a figure are left out
 
 

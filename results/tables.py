@@ -35,7 +35,8 @@ MODELS = ["s-coda-sq-t1000", "xs-coda-sq-t10", "xs-coda-sq-t50", "xs-coda-sq-t10
 HEADLINE_MODELS = ["s-coda-sq-t1000", "xs-coda-sq-t1000", "resnet56", "bcos-resnet20-cifar10"]
 METHODS = {"inherent": "inherent W(x)⊙x", "grad": "Grad", "ixg": "IxG", "intgrad": "IntGrad",
            "deeplift": "DeepLIFT", "gradcam": "GradCAM", "occ5": "Occ5", "occ9": "Occ9",
-           "rise": "RISE", "lime": "LIME"}
+           "rise": "RISE", "lime": "LIME", "random": "random (control)",
+           "centre": "centre (control)", "edges": "edges (control)"}
 PAPER_LOCALISATION = {"inherent": 0.912, "grad": 0.144, "ixg": 0.144, "intgrad": 0.154,
                       "deeplift": 0.144, "gradcam": 0.726, "occ5": 0.563, "occ9": 0.842}
 PAPER_TEMPERATURES = {10: 0.314, 50: 0.445, 100: 0.637, 500: 0.840, 1000: 0.912, 5000: 0.908}
@@ -158,8 +159,9 @@ def rates_table(manifest: dict) -> str:
              "|---|---|---|---|---|"]
     order = {m: i for i, m in enumerate(MODELS)}
     keys = rates[["model", "method", "setting"]].drop_duplicates()
+    rank = {m: i for i, m in enumerate(METHODS)}
     keys = keys.assign(_m=keys.model.map(order).fillna(len(order)),
-                       _k=keys.method.map(lambda m: list(METHODS).index(m)))
+                       _k=keys.method.map(lambda m: rank.get(m, len(rank))))
     for row in keys.sort_values(["_m", "_k"]).itertuples():
         cells = [next(iter(rates[(rates.model == row.model) & (rates.method == row.method)
                                  & (rates.metric == metric)].text), "–")

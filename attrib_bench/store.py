@@ -343,6 +343,7 @@ def write_store(store: Store, path: str | Path) -> Path:
     from attrib_bench.checkpoints import sha256_file
     from attrib_bench.runners.storage import atomic_write
 
+    written_with = _code_version()  # before this writes into what may be a tracked folder
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     values = _sorted(store.values, [*PART, "variant", "stat", "sample", "key"])
@@ -354,7 +355,7 @@ def write_store(store: Store, path: str | Path) -> Path:
     manifest = dict(store.manifest)
     manifest["parts"] = sorted(manifest["parts"], key=lambda p: (p["model"], p["method"],
                                                                  p["metric"]))
-    manifest["written_with"] = _code_version()
+    manifest["written_with"] = written_with
     manifest["tables_sha256"] = {name: sha256_file(path / name)
                                  for name in (VALUES, CURVES, SUMMARY)}
     text = json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n"

@@ -43,6 +43,8 @@ PAIR_COLUMNS = [*FAMILY, "method_a", "method_b", "n", "mean_diff", "ci_low", "ci
                 "p_holm", "effect", "better"]
 ALPHA = 0.05
 RESAMPLES = 2000
+#: A part of a family: its method with the family's columns but the dataset.
+PART_KEY = ["model", "method", "metric", "variant", "stat"]
 #: First samples compared with the rest by :func:`prefix_check`.
 PREFIX = 32
 
@@ -69,6 +71,19 @@ def ranks_methods(metric: str) -> bool:
     return bool(METRICS.get(metric).metadata.get("ranks", True)) if metric in METRICS else True
 
 
+def _finite(values: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``values`` whose value is finite (``flag`` empty)."""
+    return values[values["flag"].fillna("").astype(str) == ""] if "flag" in values else values
+
+
+def _per_sample(values: pd.DataFrame) -> Iterator[tuple[tuple[Any, ...], np.ndarray]]:
+    """Per part (model, method, metric, variant, stat): its finite samples' values in sample
+    order (the protocol's drawing order), a sample's value its mean over keys (a grid's cells),
+    as in the summary."""
+    for key, part in _finite(values).groupby(PART_KEY):
+        yield key, part.groupby("sample")["value"].mean().sort_index().to_numpy(np.float64)
+
+
 def families(values: pd.DataFrame, summary: pd.DataFrame, dataset: str = ""
              ) -> Iterator[Family]:
     """The ranking families of per-sample ``values`` (a store's values.parquet), the direction of
@@ -77,7 +92,7 @@ def families(values: pd.DataFrame, summary: pd.DataFrame, dataset: str = ""
     direction = (summary.assign(variant=summary["variant"].fillna("").astype(str))
                  .groupby(["model", "metric", "variant", "stat"])["direction"]
                  .agg(lambda d: next((str(x) for x in d if str(x) in ("higher", "lower")), "")))
-    finite = values[values["flag"].fillna("").astype(str) == ""] if "flag" in values else values
+    finite = _finite(values)
     finite = finite.assign(variant=finite["variant"].fillna("").astype(str),
                            key=finite["key"].astype(str))
     for (model, metric, variant, stat), rows in finite.groupby(
@@ -212,9 +227,10 @@ def family_ranking(family: Family, pairs: pd.DataFrame, seed: int = 0) -> pd.Dat
     common = family.table.dropna()
     methods = ordered(family.table.columns)
     n = len(common)
-    means = {m: float(family.table[m].mean()) for m in methods}
     out = pd.DataFrame({"method": methods, "n_common": n,
                         "mean": [float(common[m].mean()) if n else np.nan for m in methods]})
+    # the letters order methods by these means; with no common unit, by each one's own
+    means = dict(zip(methods, out["mean"] if n else family.table[methods].mean(), strict=True))
     if n >= 1:
         values = common[methods].to_numpy(np.float64)  # (n, M)
         counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=RESAMPLES)
@@ -225,7 +241,6 @@ def family_ranking(family: Family, pairs: pd.DataFrame, seed: int = 0) -> pd.Dat
         out["rank_mean"] = ranks.mean(axis=0)
         out["rank_low"], out["rank_high"] = np.percentile(ranks, [2.5, 97.5], axis=0)
         out["p_first"] = (ranks == 1).mean(axis=0) + 0.0
-        means = dict(zip(methods, out["mean"], strict=True))
     else:
         out["rank_mean"] = out["rank_low"] = out["rank_high"] = out["p_first"] = np.nan
     separated = {frozenset((r["method_a"], r["method_b"])) for r in pairs.to_dict("records")
@@ -326,17 +341,14 @@ def prefix_check(values: pd.DataFrame, prefix: int = PREFIX, seed: int = 0) -> p
     and whether it excludes 0 (``differs``)."""
     rows = []
     rng = np.random.default_rng(seed)
-    finite = values[values["flag"].fillna("").astype(str) == ""] if "flag" in values else values
-    for key, part in finite.groupby(["model", "method", "metric", "variant", "stat"]):
-        per = part.groupby("sample")["value"].mean().sort_index()
+    for key, per in _per_sample(values):
         if len(per) <= 2 * prefix:
             continue
-        first, rest = per.iloc[:prefix].to_numpy(), per.iloc[prefix:].to_numpy()
+        first, rest = per[:prefix], per[prefix:]
         diffs = (first[rng.integers(0, len(first), (RESAMPLES, len(first)))].mean(1)
                  - rest[rng.integers(0, len(rest), (RESAMPLES, len(rest)))].mean(1))
         low, high = np.percentile(diffs, [2.5, 97.5])
-        rows.append({**dict(zip(["model", "method", "metric", "variant", "stat"], key,
-                                strict=True)), "n": len(per), "first": prefix,
+        rows.append({**dict(zip(PART_KEY, key, strict=True)), "n": len(per), "first": prefix,
                      "mean_first": float(first.mean()), "mean_rest": float(rest.mean()),
                      "ci_low": float(low), "ci_high": float(high),
                      "differs": bool(low > 0 or high < 0)})
@@ -353,10 +365,8 @@ def precision(values: pd.DataFrame, sizes: Iterable[int] = SIZES) -> pd.DataFram
     n′ of ``sizes`` below the part's n, and at n itself (columns ``hw_<n′>`` and ``hw_n``); a
     sample's value is its mean over keys (a grid's cells), as in the summary."""
     rows = []
-    finite = values[values["flag"].fillna("").astype(str) == ""] if "flag" in values else values
-    for key, part in finite.groupby(["model", "method", "metric", "variant", "stat"]):
-        per = part.groupby("sample")["value"].mean().sort_index().to_numpy(np.float64)
-        row = dict(zip(["model", "method", "metric", "variant", "stat"], key, strict=True))
+    for key, per in _per_sample(values):
+        row = dict(zip(PART_KEY, key, strict=True))
         row["n"] = len(per)
         for k in [*(k for k in sizes if k < len(per)), len(per)]:
             name = "hw_n" if k == len(per) else f"hw_{k}"

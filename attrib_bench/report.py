@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attrib_bench.compare import ranks_methods
 from attrib_bench.plots import (  # plots sets the Agg backend before pyplot loads
     RunTables,
     figure_metadata,
@@ -86,14 +87,6 @@ def _table(header: list[str], rows: list[list[str]], classes: list[str] | None =
 
 
 # ----------------------------------------------------------------------------- summary
-
-
-def ranks_methods(metric: str) -> bool:
-    """Whether a metric's direction ranks methods (not for a sanity check such as
-    randomisation, registered with ``ranks=False``, as a plugin may be)."""
-    from attrib_bench.compare import ranks_methods as ranks
-
-    return ranks(metric)
 
 
 _GROUP = ["model", "metric", "variant", "stat"]

@@ -199,7 +199,9 @@ def read_store(path: str | Path) -> Store:
 
 def _read_parquet(table: Path) -> pd.DataFrame:
     """A table with its text columns as plain Python strings (object dtype): pandas' Arrow
-    strings copy the text on every boolean selection (≈ 10 × slower on large tables)."""
+    strings copy the text through ``pyarrow.compute.take`` on every boolean selection (≈ 10 ×
+    the object-dtype copy); the columns hold few distinct values, so reading them
+    dictionary-encoded and expanding the small dictionaries is also the faster load."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -464,7 +466,7 @@ def load_run(path: str | Path) -> RunTables:
                 f"write one with attrib-bench run --out {path}")
         raise PlotError(f"no results.parquet in {path}: {hint}")
     try:
-        results = _read_results(table)
+        results = _read_parquet(table)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise PlotError(f"{table} cannot be read ({type(exc).__name__}): re-run attrib-bench "
                         "run with --overwrite") from None
@@ -488,17 +490,6 @@ def load_run(path: str | Path) -> RunTables:
                         "attrib-bench, or not a run folder): re-run attrib-bench run")
     _check_tables(path, manifest["tables_sha256"])
     return RunTables(path, results, summary, manifest, curves=curve_table(results))
-
-
-def _read_results(table: Path) -> pd.DataFrame:
-    """A results table with its text columns as plain Python strings (object dtype).
-
-    pandas' default Arrow-backed strings make every boolean selection copy the text through
-    ``pyarrow.compute.take`` (≈ 5 s per selection on 2.4 M rows, 10 × the object-dtype copy);
-    the columns hold few distinct values, so reading them dictionary-encoded and expanding the
-    small dictionaries is also the faster load.
-    """
-    return _read_parquet(table)
 
 
 def _check_tables(path: Path, digests: Mapping[str, str]) -> None:

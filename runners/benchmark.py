@@ -26,6 +26,8 @@ and the config columns ``dataset, seed, method_config, metric_config``.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import inspect
 import io
@@ -37,7 +39,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -55,7 +57,7 @@ from attrib_bench.evaluation import count_parameters, eval_mode, resolve_device
 from attrib_bench.metrics.base import ROW_COLUMNS, Metric, SampleSet, SelectContext
 from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.registry import MODELS, create_metric, create_model
-from attrib_bench.runners.cache import CacheStats, PoolLogits, model_digest
+from attrib_bench.runners.cache import CacheStats, PoolLogits, model_digest, model_identity
 from attrib_bench.runners.jobs import (
     ChunkResult,
     Executor,
@@ -283,28 +285,125 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
     config = configure()
     out_store = _check_out(out)
     cache_store = _check_out(cache, "--cache", "cache")
-    torch_device = resolve_device(device)
-    images = (dataset if isinstance(dataset, BaseImageSet)
-              else get_dataset(config.dataset, config.split, root=data_root,
-                               **config.dataset_options))
-    if config.defaults_from_data["image_size"] != list(images.image_size):
-        config = configure(images.image_size)  # the metadata did not say (or said otherwise)
-    runner = _executor(executor, client, scheduler, workers, progress) if not dry_run else None
-    try:
-        with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
-            out_store = out_store or Store(tmp)
-            cache_store = cache_store or out_store.child("cache")
-            plan = plan_run(config, out_store, cache_store, torch_device, images, given_models,
-                            progress)
-            run.last_plan = plan  # type: ignore[attr-defined]
-            if runner is None:  # a dry run
-                if cache is not None:
-                    plan.pool.flush()
-                return pd.DataFrame(columns=[*ID_COLUMNS, *ROW_COLUMNS[1:]])
-            return _run(config, plan, out_store, torch_device, overwrite, runner, started)
-    finally:
-        if runner is not None:
-            runner.close()
+    with contextlib.ExitStack() as guard:
+        if out_store is not None and not dry_run:  # a second run on the folder refuses now
+            guard.enter_context(out_store.lock())
+        guard.callback(_keep_module_state(given_models.values()))
+        torch_device = resolve_device(device)
+        images = (dataset if isinstance(dataset, BaseImageSet)
+                  else get_dataset(config.dataset, config.split, root=data_root,
+                                   **config.dataset_options))
+        if config.defaults_from_data["image_size"] != list(images.image_size):
+            config = configure(images.image_size)  # the metadata did not say (or said otherwise)
+        runner = (_executor(executor, client, scheduler, workers, progress) if not dry_run
+                  else None)
+        try:
+            with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
+                out_store = out_store or Store(tmp)
+                cache_store = cache_store or out_store.child("cache")
+                plan = plan_run(config, out_store, cache_store, torch_device, images,
+                                given_models, progress)
+                run.last_plan = plan  # type: ignore[attr-defined]
+                if runner is None:  # a dry run
+                    if cache is not None:
+                        plan.pool.flush()
+                    return pd.DataFrame(columns=[*ID_COLUMNS, *ROW_COLUMNS[1:]])
+                try:
+                    return _run(config, plan, out_store, torch_device, overwrite, runner,
+                                started)
+                except OSError as exc:
+                    error = _write_error(exc, out_store, cache_store)
+                    if error is None:
+                        raise
+                    raise error from None
+        finally:
+            if runner is not None:
+                runner.close()
+
+
+#: The errors of a write that the file system refused, with what each means: a full disk or
+#: quota, or a folder that was made unwritable or read-only while the run wrote to it.
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device holding {folder}",
+                errno.EDQUOT: "the disk quota on {folder} is used up",
+                errno.EFBIG: "a file in {folder} grew larger than its file system allows",
+                errno.EACCES: "permission to write in {folder} was denied",
+                errno.EPERM: "writing in {folder} was not permitted",
+                errno.EROFS: "{folder} is on a file system that is now read-only"}
+_WRITE_FIXES = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there or raise the "
+                "quota", errno.EFBIG: "free space or use another file system",
+                errno.EACCES: "make it writable", errno.EPERM: "make it writable",
+                errno.EROFS: "remount it read-write"}
+
+
+class OutputWriteError(RunError):
+    """A run's folder or cache stopped taking writes (a full disk, a quota, a permission or
+    a read-only file system, :data:`WRITE_ERRNOS`). ``path``: the file being written; ``errno``
+    the system's error number. The chunks already written are kept and checked: re-running the
+    same command resumes from them (nothing is lost, nothing is duplicated)."""
+
+    def __init__(self, message: str, path: str, errno: int) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+
+def _write_error(exc: OSError, out: Store, cache: Store) -> OutputWriteError | None:
+    """The one-line :class:`OutputWriteError` for a refused write (``exc.filename``: the file,
+    :meth:`Store.write` sets it), or None for another ``OSError`` (raised as it is)."""
+    if exc.errno not in WRITE_ERRNOS:
+        return None
+    path = str(exc.filename or "")
+
+    def holds(store: Store) -> bool:
+        return path.startswith(store.root.rstrip("/") + "/")
+
+    folder = (f"the cache folder {cache.url}" if holds(cache) and not holds(out)
+              else f"the run folder {out.url}" if holds(out)
+              else os.path.dirname(path) or "the run folder")
+    where = WRITE_ERRNOS[exc.errno].format(folder=folder)
+    return OutputWriteError(
+        f"{where} ({exc.strerror or exc} writing {path or 'a file'}): {_WRITE_FIXES[exc.errno]}, "
+        "then run the same command again: it resumes from the chunks already written "
+        "(nothing is lost)", path, exc.errno)
+
+
+def _keep_module_state(models: Iterable[nn.Module]) -> Callable[[], None]:
+    """A function that puts ``models`` back as they are now: each submodule's ``training``
+    flag, each parameter's and buffer's device, each parameter's ``requires_grad`` and
+    ``.grad``. A run switches the models it is given to eval mode on the run's device
+    (:func:`_load_model`); the caller's models (one being trained, say) come back as they
+    were, also when the run raises, as a method's ``attribute()`` restores the mode. Tensors
+    are moved back in place (``.data``), so that an optimizer's references stay valid."""
+    saved = []
+    for model in models:
+        if not isinstance(model, nn.Module):
+            continue
+        for module in model.modules():
+            saved.append((module, module.training,
+                          {name: (p.device, p.requires_grad, p.grad)
+                           for name, p in module.named_parameters(recurse=False)},
+                          {name: b.device for name, b in module.named_buffers(recurse=False)}))
+
+    def restore() -> None:
+        with torch.no_grad():
+            for module, training, parameters, buffers in saved:
+                module.training = training  # not train(): that would set the submodules too
+                for name, (device, requires_grad, grad) in parameters.items():
+                    param = module._parameters.get(name)
+                    if param is None:
+                        continue
+                    if param.device != device:
+                        param.data = param.data.to(device)
+                    if param.grad is not grad:
+                        param.grad = grad
+                    if param.requires_grad != requires_grad:
+                        param.requires_grad_(requires_grad)
+                for name, device in buffers.items():
+                    buffer = module._buffers.get(name)
+                    if buffer is not None and buffer.device != device:
+                        module._buffers[name] = buffer.to(device)
+
+    return restore
 
 
 def _executor(name: str, client: Any, scheduler: str | None, workers: int | None,
@@ -351,7 +450,7 @@ def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwr
                 "executor": executor.describe(),
                 **_manifest_extras(results, plan, done, device, time.perf_counter() - started),
                 "plan_seconds_this_run": round(planned - started, 3),
-                "models": {name: _model_info(model, plan.hashes[name])
+                "models": {name: _model_info(model, plan.weights[name], plan.hashes[name])
                            for name, model in plan.models.items()},
                 "seconds_per_part_all_runs": timings}
     out.write_text(out.path("manifest.json"), json.dumps(manifest, indent=1, default=str))
@@ -421,8 +520,11 @@ def _part_seconds(jobs: list[PartJob], done: list[ChunkResult]) -> list[dict[str
 class Plan:
     """What a run will evaluate, built and checked before anything is written.
 
-    ``pool``: the whole-dataset logits the selections used (flushed to the cache once the run
-    folder is checked; a dry run writes nothing)."""
+    ``hashes``: each model's :func:`~attrib_bench.runners.cache.model_identity` (the cache's
+    and the run folder's key); ``weights``: its
+    :func:`~attrib_bench.runners.cache.model_digest` (the weights alone, the manifest's
+    ``sha256``). ``pool``: the whole-dataset logits the selections used (flushed to the cache
+    once the run folder is checked; a dry run writes nothing)."""
 
     models: dict[str, nn.Module]
     hashes: dict[str, str]
@@ -431,6 +533,7 @@ class Plan:
     samples: dict[str, dict[str, Any]]
     skipped: list[dict[str, str]]
     pool: PoolLogits
+    weights: dict[str, str]
 
 
 def _skip(skipped: list[dict[str, str]], model: str, method: str, metric: str,
@@ -487,9 +590,12 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
                 and not metadata.get("pretrained_cfg")))
     loaded = {name: _load_model(name, given_models.get(name), config.checkpoint, device)
               for name in config.models}
-    hashes = {name: model_digest(model) for name, model in loaded.items()}
+    weights = {name: model_digest(model) for name, model in loaded.items()}
+    # the cache's and the run folder's key: weights, buffers, structure, code and the name
+    hashes = {name: model_identity(model, name) for name, model in loaded.items()}
     pool = PoolLogits(cache.child("logits"), device, progress=progress,
-                      hashes={id(model): hashes[name] for name, model in loaded.items()})
+                      hashes={id(model): hashes[name] for name, model in loaded.items()},
+                      weights={id(model): weights[name] for name, model in loaded.items()})
     select_ctx = SelectContext(device, pool.predict, progress)
     for name, model in loaded.items():
         check_output_classes(name, model, images, device=device, fix=CLASSES_FIX)
@@ -553,7 +659,7 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
     for item in skipped:
         print(f"skipped: {item['model']} · {item['method']} · {item['metric']}: "
               f"{item['reason']}", file=sys.stderr)
-    return Plan(loaded, hashes, metrics, jobs, samples_info, skipped, pool)
+    return Plan(loaded, hashes, metrics, jobs, samples_info, skipped, pool, weights)
 
 
 #: How a run fixes a model whose head is not the dataset's class count.
@@ -590,7 +696,9 @@ def _gather(out: Store, config: RunConfig, parts: list[Part]) -> pd.DataFrame:
                                      "stat"]).sum()
     if duplicated:
         raise RunError(f"{duplicated} duplicated rows in {out.url}/parts: the folder was "
-                       "written by two runs at once; re-run with --overwrite")
+                       "written by two runs at once; run the same command again (it keeps one "
+                       "copy of each chunk and recovers the exact tables; --overwrite would "
+                       "recompute everything)")
     return results
 
 
@@ -607,13 +715,15 @@ def write_tables(out: Store, results: pd.DataFrame, summary: pd.DataFrame) -> di
     return {name: hashlib.sha256(data).hexdigest() for name, data in tables.items()}
 
 
-def _model_info(model: nn.Module, digest: str) -> dict[str, Any]:
-    """What plots and reports need to know about a model: class, size, temperature, weights."""
+def _model_info(model: nn.Module, digest: str, identity: str) -> dict[str, Any]:
+    """What plots and reports need to know about a model: class, size, temperature, weights
+    (``sha256``: :func:`~attrib_bench.runners.cache.model_digest`; ``identity``: what keys its
+    cache entries, :func:`~attrib_bench.runners.cache.model_identity`)."""
     temperature = getattr(model, "temperature", None)
     info = {"class": type(model).__qualname__,
             "parameters": count_parameters(model),
             "temperature": float(temperature) if isinstance(temperature, (int, float)) else None,
-            "sha256": digest}
+            "sha256": digest, "identity": identity}
     checkpoint_sha256 = getattr(model, "checkpoint_sha256", None)
     if checkpoint_sha256:  # a library model's weights file (torchvision:/timm: --checkpoint)
         info["checkpoint_sha256"] = checkpoint_sha256

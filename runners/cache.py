@@ -19,11 +19,15 @@ which callers add up (a Dask worker's counts come back in its task's result).
 
 from __future__ import annotations
 
+import enum
+import functools
 import hashlib
 import json
 import os
+import re
 import sys
 import time
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +44,8 @@ from attrib_bench.imageset import BaseImageSet, tensor_digest
 from attrib_bench.runners.storage import Store, atomic_write
 
 __all__ = ["AttributionCache", "CacheStats", "PoolLogits", "PoolStats", "ShippedLogits",
-           "atomic_write", "cached_explainer", "model_digest", "pool_key", "tensor_digest",
+           "atomic_write", "cached_explainer", "model_digest", "model_identity", "pool_key",
+           "tensor_digest",
            "write_shipped_logits"]
 
 #: ``$ATTRIB_BENCH_SHIPPED_LOGITS=0``: never read a zoo entry's shipped logits (always classify).
@@ -61,6 +66,120 @@ def model_digest(model: nn.Module) -> str:
     for name, value in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor_digest(value).encode())
+    return digest.hexdigest()
+
+
+#: nn.Module's own bookkeeping in a module's ``__dict__``: parameters, buffers and submodules
+#: are hashed through the state dict and the module tree, hooks by their code, the mode is
+#: set by the run (eval).
+_MODULE_INTERNALS = frozenset({
+    "training", "_parameters", "_buffers", "_modules", "_non_persistent_buffers_set",
+    "_backward_pre_hooks", "_backward_hooks", "_is_full_backward_hook", "_forward_hooks",
+    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_compiled_call_impl"})
+_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _code_digest(code: types.CodeType, doc: str | None = None) -> str:
+    """sha256 of a code object's bytecode, names and constants (nested code objects
+    included; line numbers, comments and the docstring left out)."""
+    digest = hashlib.sha256(code.co_code)
+    digest.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            digest.update(_code_digest(const).encode())
+        elif not (doc is not None and const == doc):
+            digest.update(_const_text(const).encode())
+    return digest.hexdigest()
+
+
+def _const_text(const: Any) -> str:
+    """``repr`` of a code constant, with sets sorted (their order follows the string hash
+    seed, which differs between processes)."""
+    if isinstance(const, (frozenset, set)):
+        return "{" + ",".join(sorted(map(_const_text, const))) + "}"
+    if isinstance(const, tuple):
+        return "(" + ",".join(map(_const_text, const)) + ")"
+    return repr(const)
+
+
+def _class_digest(cls: type, memo: dict[type, str]) -> str:
+    """sha256 of the code of every function a module class and its bases (up to
+    ``nn.Module``) define: an edited ``forward`` (or a helper it calls as a method) is another
+    class even under the same name."""
+    if cls not in memo:
+        digest = hashlib.sha256()
+        for klass in cls.__mro__:
+            if klass in (nn.Module, object):
+                break
+            digest.update(f"{klass.__module__}.{klass.__qualname__}".encode())
+            for name, value in sorted(vars(klass).items()):
+                function = getattr(value, "__func__", value)  # classmethod, staticmethod
+                code = getattr(function, "__code__", None)
+                if isinstance(code, types.CodeType):
+                    digest.update(name.encode())
+                    digest.update(_code_digest(code, getattr(function, "__doc__", None)).encode())
+        memo[cls] = digest.hexdigest()
+    return memo[cls]
+
+
+def _describe(value: Any, depth: int = 0) -> str:
+    """A text that changes when a plain attribute's value changes (no memory addresses)."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor:{tensor_digest(value.detach())}"
+    if isinstance(value, (str, int, float, bool, complex, type(None), torch.dtype, torch.device,
+                          torch.Size, enum.Enum)):
+        return repr(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_describe(v, depth + 1) for v in value]
+        if isinstance(value, (set, frozenset)):  # set order follows the string hash seed
+            items.sort()
+        return f"{type(value).__name__}[{','.join(items)}]"
+    if isinstance(value, dict):
+        return "dict{" + ",".join(f"{k!r}:{_describe(v, depth + 1)}"
+                                  for k, v in sorted(value.items(), key=lambda kv: repr(kv[0])))\
+            + "}"
+    code = getattr(getattr(value, "__func__", value), "__code__", None)
+    if isinstance(code, types.CodeType):  # a function, lambda or bound method
+        return f"code:{_code_digest(code)}"
+    if isinstance(value, functools.partial):
+        return f"partial({_describe(value.func, depth + 1)},{_describe(value.args, depth + 1)}," \
+               f"{_describe(value.keywords, depth + 1)})"
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    if depth < 3 and hasattr(value, "__dict__") and not isinstance(value, (type, nn.Module)):
+        return f"{kind}{_describe(vars(value), depth + 1)}"
+    return f"{kind}:{_ADDRESS.sub('', repr(value))}"
+
+
+def model_identity(model: nn.Module, name: str = "") -> str:
+    """sha256 of everything a run can see that decides a model's output: the name it runs
+    under (a registered name, or the key of ``run({"name": model})``), the weights and every
+    buffer (:func:`model_digest`, plus non-persistent buffers), and for every submodule its
+    path, its class (qualified name and the bytecode of the functions it and its bases
+    define), its plain attributes (flags, sizes, unregistered tensors, functions, partials)
+    and the code of its hooks.
+
+    This keys the attribution maps and the pool logits of the run's cache, so two models that
+    differ in any of these never share an entry. What it cannot see: globals or closures the
+    forward reads, a monkeypatched library function, randomness in the forward; give a model
+    whose output depends on such state a name that says so (``run({"m-v2": model})``).
+    """
+    digest = hashlib.sha256(json.dumps({"name": name, "weights": model_digest(model)}).encode())
+    memo: dict[type, str] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        digest.update(f"|{path}:{_class_digest(type(module), memo)}".encode())
+        for key, value in sorted(vars(module).items()):
+            if key not in _MODULE_INTERNALS:
+                digest.update(f"{key}={_describe(value)}".encode())
+        for key in sorted(module._non_persistent_buffers_set):
+            buffer = module._buffers.get(key)
+            if buffer is not None:
+                digest.update(f"{key}:{tensor_digest(buffer)}".encode())
+        for hooks in _HOOK_DICTS:
+            for hook in getattr(module, hooks, {}).values():
+                digest.update(f"{hooks}:{_describe(hook)}".encode())
     return digest.hexdigest()
 
 
@@ -141,8 +260,9 @@ class AttributionCache(TensorCache):
 
 
 def pool_key(model_hash: str, dataset_name: str, data_digest: str) -> str:
-    """The pool-logits key: sha256 of the model's weights hash (:func:`model_digest`), the
-    dataset's name and its content digest (:meth:`BaseImageSet.digest`)."""
+    """The pool-logits key: sha256 of a model hash (:func:`model_identity` in a run's cache,
+    :func:`model_digest` in a shipped file, which the spot check backs), the dataset's name
+    and its content digest (:meth:`BaseImageSet.digest`)."""
     text = json.dumps({"model": model_hash, "dataset": dataset_name, "data": data_digest})
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -323,9 +443,12 @@ def _default_shipped_folders() -> list[Path]:
 
 class PoolLogits:
     """``predict(model, dataset) -> logits (N, K)``, cached in ``root`` (the run's
-    ``cache/logits``), keyed by the model's weights sha256 and the dataset's images and labels.
+    ``cache/logits``), keyed by the model's :func:`model_identity` and the dataset's images
+    and labels.
 
-    ``hashes``: id(model) → weights sha256 the caller already has (else computed here). A
+    ``hashes``: id(model) → the model's :func:`model_identity` the caller already has (else
+    computed here, without a name); ``weights``: id(model) → its :func:`model_digest` (the
+    weights alone, which a shipped file records; else computed here). A
     result is also kept in memory for this object's life (two metrics of one run share it).
     New entries wait in memory until :meth:`flush`: the runner flushes once the run folder is
     checked, and a dry run never does (it writes nothing). ``stats`` counts lookups (a miss is a
@@ -343,11 +466,12 @@ class PoolLogits:
     """
 
     def __init__(self, root: str | Path | Store | None, device: torch.device, *,
-                 hashes: dict[int, str] | None = None, progress: bool = False,
-                 shipped: Iterable[str | Path] | None = None) -> None:
+                 hashes: dict[int, str] | None = None, weights: dict[int, str] | None = None,
+                 progress: bool = False, shipped: Iterable[str | Path] | None = None) -> None:
         self.cache = TensorCache(root)
         self.device = device
         self.hashes = dict(hashes or {})
+        self.weights = dict(weights or {})
         self.progress = progress
         self.shipped = None if shipped is None else [Path(p) for p in shipped]
         self.seconds = 0.0
@@ -366,24 +490,32 @@ class PoolLogits:
                          self._shipped)
 
     def _parts(self, model: nn.Module, dataset: BaseImageSet) -> tuple[str, str]:
-        model_hash = self.hashes.get(id(model)) or model_digest(model)
+        model_hash = self.hashes.get(id(model)) or model_identity(model)
         data = self._datasets.get(id(dataset))
         if data is None:
             data = self._datasets[id(dataset)] = dataset.digest()
         return model_hash, data
 
     def key(self, model: nn.Module, dataset: BaseImageSet) -> str:
-        """:func:`pool_key` of the model's weights hash, the dataset's name and its content
-        digest (:meth:`~attrib_bench.imageset.BaseImageSet.digest`: images and labels in memory,
-        or each file's path, size, mtime and label), computed once per dataset object."""
+        """:func:`pool_key` of the model's identity (:func:`model_identity`), the dataset's name
+        and its content digest (:meth:`~attrib_bench.imageset.BaseImageSet.digest`: images and
+        labels in memory, or each file's path, size, mtime and label), computed once per
+        dataset object."""
         model_hash, data = self._parts(model, dataset)
         return pool_key(model_hash, dataset.name, data)
 
-    def _read_shipped(self, model: nn.Module, dataset: BaseImageSet,
-                      key: str) -> torch.Tensor | None:
+    def shipped_key(self, model: nn.Module, dataset: BaseImageSet) -> str:
+        """The key a shipped file for this model and dataset records: :func:`pool_key` of the
+        weights (:func:`model_digest`; a file cannot know the name a run gives the model, so
+        the spot check stands in for the rest of :func:`model_identity`) and the dataset."""
+        weights = self.weights.get(id(model)) or model_digest(model)
+        return pool_key(weights, dataset.name, self._parts(model, dataset)[1])
+
+    def _read_shipped(self, model: nn.Module, dataset: BaseImageSet) -> torch.Tensor | None:
         """A shipped file's logits after its checks, or None (reasons printed, kept)."""
         folders = _default_shipped_folders() if self.shipped is None else self.shipped
-        model_hash = self._parts(model, dataset)[0]
+        model_hash = self.weights.get(id(model)) or model_digest(model)
+        key = self.shipped_key(model, dataset)
         for entry in ShippedLogits.find(folders, model_hash, dataset.name):
             logits, reason = entry.read(key, (len(dataset), dataset.num_classes))
             if logits is not None:
@@ -415,7 +547,7 @@ class PoolLogits:
             return self._memory[key]
         logits = self.cache.get(key)
         if logits is None:
-            logits = self._read_shipped(model, dataset, key)
+            logits = self._read_shipped(model, dataset)
         if logits is None:
             start = time.perf_counter()
             logits = predict_logits(model, dataset, INFERENCE_BATCH, self.device,

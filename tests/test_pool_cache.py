@@ -161,7 +161,7 @@ def test_shipped_logits_replace_the_pool_pass_and_give_the_same_tables(tmp_path,
     shipped, sidecar = _ship(tmp_path / "zoo", model, data)
     entry = json.loads(sidecar.read_text())["pool_logits"]["synthetic"]
     assert entry["file"] == shipped.name == "reader.synthetic.logits.safetensors"
-    assert entry["key"] == PoolLogits(None, torch.device("cpu")).key(model, data)
+    assert entry["key"] == PoolLogits(None, torch.device("cpu")).shipped_key(model, data)
     passes: list[int] = []
     real = cache_module.predict_logits
     monkeypatch.setattr(cache_module, "predict_logits",

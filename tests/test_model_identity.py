@@ -1,0 +1,144 @@
+"""What keys a model's cache entries (:func:`model_identity`): everything a run can see that
+decides the output, so that two models share maps or pool logits only when they are the same
+model (round-3 case ``cache_same_weights_other_forward.py``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from attrib_bench.runners.benchmark import run
+from attrib_bench.runners.cache import PoolLogits, model_digest, model_identity
+
+
+class View(nn.Module):
+    """The case's wrapper: the same weights, mirrored or not (a plain attribute)."""
+
+    def __init__(self, net: nn.Module, mirror: bool) -> None:
+        super().__init__()
+        self.net, self.mirror = net, mirror
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flip(-1) if self.mirror else x)
+
+
+def small_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(32, 10)).eval()
+
+
+def _class(body: str) -> type:
+    """A module class named ``Head`` (same module and qualified name each time) whose
+    forward is ``body``: two classes a name cannot tell apart."""
+    namespace: dict = {"nn": nn, "torch": torch}
+    exec(textwrap.dedent(f'''
+        class Head(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 10)
+
+            def forward(self, x):
+                """The docstring does not count."""
+                return {body}
+    '''), namespace)
+    return namespace["Head"]
+
+
+def test_same_weights_other_forward_never_share_maps(signal_set):
+    """Two models in one run with one class and one state dict but another forward: each
+    gets its own maps, as when it runs alone (the case: max difference 11.92, silently)."""
+    net = small_cnn()
+    kw = dict(methods="grad", metrics="pixel-removal", n_samples=3, progress=False,
+              dataset=signal_set(20, 16), settings=["pixel-removal.steps=4"])
+    both = run({"plain": View(net, False), "mirrored": View(net, True)}, **kw)
+    key = ["sample", "variant", "stat", "removed"]
+    for name, mirror in (("plain", False), ("mirrored", True)):
+        alone = run({name: View(net, mirror)}, **kw).sort_values(key).value.to_numpy()
+        together = both[both.model == name].sort_values(key).value.to_numpy()
+        np.testing.assert_array_equal(together, alone)
+    plain = both[both.model == "plain"].sort_values(key).value.to_numpy()
+    mirrored = both[both.model == "mirrored"].sort_values(key).value.to_numpy()
+    assert np.abs(plain - mirrored).max() > 0  # the two forwards do differ on these images
+
+
+def test_identity_sees_what_decides_the_output():
+    net = small_cnn()
+    base = model_identity(View(net, False), "m")
+    assert model_identity(View(net, False), "m") == base
+    assert model_digest(View(net, True)) == model_digest(View(net, False))  # weights alike
+    assert model_identity(View(net, True), "m") != base  # a plain attribute
+    assert model_identity(View(net, False), "other") != base  # the name it runs under
+    assert model_identity(View(small_cnn(1), False), "m") != base  # the weights
+
+    tensor_attr = View(net, False)
+    tensor_attr.offset = torch.zeros(3)  # a tensor that is neither parameter nor buffer
+    changed = View(net, False)
+    changed.offset = torch.ones(3)
+    assert model_identity(tensor_attr, "m") != model_identity(changed, "m")
+
+    hidden = View(net, False)
+    hidden.register_buffer("scale", torch.ones(1), persistent=False)  # not in the state dict
+    other = View(net, False)
+    other.register_buffer("scale", torch.full((1,), 2.0), persistent=False)
+    assert model_digest(hidden) == model_digest(other)
+    assert model_identity(hidden, "m") != model_identity(other, "m")
+
+    hooked = View(net, False)
+    hooked.register_forward_hook(lambda module, args, output: output * 2)
+    assert model_identity(hooked, "m") != base
+
+
+def test_identity_sees_the_forward_code_not_its_docstring():
+    first, second = _class("self.fc(x)"), _class("self.fc(x).relu()")
+    assert first.__qualname__ == second.__qualname__ and first.__module__ == second.__module__
+    a, b = first(), second()
+    b.load_state_dict(a.state_dict())
+    assert model_digest(a) == model_digest(b)
+    assert model_identity(a, "m") != model_identity(b, "m")
+    again = _class("self.fc(x)")()
+    again.load_state_dict(a.state_dict())
+    assert model_identity(again, "m") == model_identity(a, "m")
+
+
+def test_identity_is_stable_across_processes_and_forwards():
+    """Set iteration order follows the string hash seed: the key must not."""
+    here = str(Path(__file__).parent)
+    code = (f"import torch, sys; sys.path.insert(0, {here!r}); "
+            "from test_model_identity import *; m = View(small_cnn(), True); "
+            "m.register_buffer('s', torch.ones(1), persistent=False); "
+            "print(model_identity(m, 'm'))")
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}
+                           ).stdout.strip()
+            for seed in (1, 2)}
+    assert len(seen) == 1, seen
+    model = View(small_cnn(), True)
+    before = model_identity(model, "m")
+    model(torch.rand(2, 3, 8, 8))
+    assert model_identity(model, "m") == before
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_pool_logits_are_keyed_by_identity(signal_set, tmp_path, mirror):
+    """The pool logits (sample selection) of two models with the same weights and another
+    forward are two entries; each equals its own model's logits."""
+    net = small_cnn()
+    data = signal_set(12, 8)
+    pool = PoolLogits(tmp_path, torch.device("cpu"), shipped=[])
+    plain, view = View(net, False), View(net, mirror)
+    first = pool.predict(plain, data)
+    second = pool.predict(view, data)
+    assert (pool.key(plain, data) == pool.key(view, data)) == (not mirror)
+    with torch.no_grad():
+        expected = view(data.float_images(torch.arange(12)))
+    torch.testing.assert_close(second, expected)
+    assert torch.equal(first, second) == (not mirror)

@@ -9,7 +9,11 @@ ancestor below the root that has one: a DAU layer (its ``reduce`` and ``expand``
 together), a Conv2d, a Linear, a BatchNorm. Modules the forward pass never calls are left out.
 They are ordered **top-first**: by the last time the forward pass calls them, output end first, so
 layer 0 is the CoDA-Net's ``layers.8`` and the ResNet's ``linear``. Parameters outside any layer
-(e.g. a ViT's position embedding) are never randomised.
+(e.g. a ViT's position embedding) are never randomised. Layers that share a parameter or buffer
+(one tied weight, or views of one storage) cannot be randomised apart: they are one layer named
+by their members joined with ``+`` top first (``"b+a"``), randomised together, scored and
+reported once; the run's manifest names the shared tensors (``samples`` → ``layer_groups``),
+and naming one member alone in ``layers`` is refused in one line naming the group.
 
 **Randomising a layer** means one thing for every layer type: re-initialise it with its own
 ``reset_parameters()``, i.e. with the distribution it was built with (PyTorch's default for
@@ -105,7 +109,63 @@ def randomisation_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
 
     forward_with_hooks(model, example, [(module, recorder(name))
                                         for name, module in candidates.items()])
-    return sorted(last_call, key=last_call.__getitem__, reverse=True)
+    order = sorted(last_call, key=last_call.__getitem__, reverse=True)
+    groups = shared_groups({name: candidates[name] for name in order})
+    return [GROUP_SEPARATOR.join(group) for group in groups]
+
+
+#: Joins the names of layers that share a parameter or buffer into one layer name ("a+b").
+GROUP_SEPARATOR = "+"
+
+
+def shared_groups(layers: dict[str, nn.Module]) -> list[list[str]]:
+    """``layers`` (name → module, top first) grouped where they share a tensor.
+
+    Two layers share when a parameter or buffer of one is stored in memory that one of the other
+    uses (the same ``nn.Parameter`` tied to two modules, or views of one storage): randomising
+    either then changes both, so they are one layer of the test. Each group keeps the top-first
+    order and sits where its top member is. Layers that share nothing are groups of one.
+    """
+    names = list(layers)
+    parent = list(range(len(names)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[tuple[str, int], int] = {}
+    for i, name in enumerate(names):
+        module = layers[name]
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.numel() == 0:
+                continue
+            storage = (str(tensor.device), tensor.untyped_storage().data_ptr())
+            j = owner.setdefault(storage, i)
+            parent[root(i)] = root(j)
+    grouped: dict[int, list[str]] = {}
+    for i, name in enumerate(names):
+        grouped.setdefault(root(i), []).append(name)
+    return list(grouped.values())
+
+
+def shared_tensors(model: nn.Module, group: str) -> list[str]:
+    """The qualified names of the parameters and buffers that the members of ``group`` (a name
+    of :func:`randomisation_layers`) share, e.g. ``["a.weight = b.weight"]``; [] for one layer."""
+    members = group.split(GROUP_SEPARATOR)
+    if len(members) < 2:
+        return []
+    modules = dict(model.named_modules())
+    seen: dict[tuple[str, int], list[str]] = {}
+    for member in members:
+        tensors = [*modules[member].named_parameters(remove_duplicate=False),
+                   *modules[member].named_buffers(remove_duplicate=False)]
+        for key, tensor in tensors:
+            if tensor.numel():
+                storage = (str(tensor.device), tensor.untyped_storage().data_ptr())
+                seen.setdefault(storage, []).append(f"{member}.{key}")
+    return [" = ".join(names) for names in seen.values() if len(names) > 1]
 
 
 def layer_seed(seed: int, name: str) -> int:
@@ -140,17 +200,20 @@ def randomised_models(model: nn.Module, layers: Sequence[str], mode: Mode, seed:
     if mode not in MODES:
         raise MetricError(f"randomisation mode must be one of {', '.join(MODES)}, "
                                f"got {mode!r}")
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(model)  # deepcopy keeps tied parameters tied
     modules = dict(work.named_modules())
     for name in layers:
-        module = modules[name]
+        members = [modules[member] for member in name.split(GROUP_SEPARATOR)]
         saved = None
         if mode == "independent":
-            saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        randomise_layer(module, seed, name)
+            saved = [{k: v.detach().clone() for k, v in module.state_dict().items()}
+                     for module in members]
+        for member, module in zip(name.split(GROUP_SEPARATOR), members, strict=True):
+            randomise_layer(module, seed, member)
         yield name, work
         if saved is not None:
-            module.load_state_dict(saved)
+            for module, state in zip(members, saved, strict=True):
+                module.load_state_dict(state)
 
 
 # ----------------------------------------------------------------------------- similarities
@@ -285,10 +348,16 @@ class Randomisation(Metric):
             index = torch.as_tensor(np.asarray(batch, dtype=np.int64))
             return dataset.float_images(index), dataset.labels[index]
 
-        if self.hparams["layers"] is not None and len(ids):  # named layers: checked up front
-            self.layers_to_randomise(model, fetch(ids[:1])[0].to(ctx.device))
-        return SampleSet(ids, fetch, {"requested": wanted, "selected": len(ids),
-                                      "targets": "ground truth"})
+        info: dict[str, Any] = {"requested": wanted, "selected": len(ids),
+                                "targets": "ground truth"}
+        if len(ids) and isinstance(model, nn.Module):  # named layers checked up front;
+            # layers that share a tensor are named in the manifest
+            layers = self.layers_to_randomise(model, fetch(ids[:1])[0].to(ctx.device))
+            tied = {name: shared_tensors(model, name) for _, name in layers
+                    if GROUP_SEPARATOR in name}
+            if tied:
+                info["layer_groups"] = tied
+        return SampleSet(ids, fetch, info)
 
     def layers_to_randomise(self, model: nn.Module, example: torch.Tensor
                             ) -> list[tuple[int, str]]:
@@ -302,7 +371,12 @@ class Randomisation(Metric):
                 raise MetricError(f"metric 'randomisation': layers={chosen} but the model "
                                        f"has {len(names)} layers; pass at most {len(names)}")
             return list(enumerate(names[:chosen]))
+        grouped = {m: n for n in names for m in n.split(GROUP_SEPARATOR) if m != n}
         for name in chosen:
+            if name in grouped:
+                raise MetricError(f"metric 'randomisation': layer {name!r} shares a parameter "
+                                  f"with {grouped[name]!r} (randomising one changes the "
+                                  f"others): name the group {grouped[name]!r}")
             if name not in names:
                 close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
                 hint = f"did you mean {', '.join(close)}?" if close else f"top: {names[0]}"

@@ -346,3 +346,56 @@ def test_an_undefined_layer_makes_the_sample_non_finite_in_the_summary():
                          "value": [0.5, np.nan, 0.25, 0.75], "target": 0, "flag": ""})
     summary = summarise(rows, {"randomisation": metric})
     assert summary[["mean", "n", "n_nonfinite"]].values.tolist() == [[0.5, 1, 1]]
+
+
+# ----------------------------------------------------------------------------- shared tensors
+
+
+class _Tied(nn.Module):
+    """The round-3 case: two convolutions that share one weight Parameter, and a head."""
+
+    def __init__(self, view: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.a, self.b = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+        if view:  # two Parameters over one storage: the same sharing, not the same object
+            self.b.weight = nn.Parameter(self.a.weight.data.view_as(self.a.weight))
+        else:
+            self.b.weight = self.a.weight
+        self.head = nn.Linear(3 * 16 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.a(x)).flatten(1))
+
+
+@pytest.mark.parametrize("view", [False, True])
+def test_layers_that_share_a_parameter_are_one_layer(view):
+    """Randomising ``a`` changes ``b`` too: they are randomised, scored and reported as one
+    layer ``b+a`` (top first), in both modes; the original stays untouched."""
+    net = _Tied(view).eval()  # float32: .double() would give a view its own storage
+    x, t = _images(2)
+    x = x.float()
+    assert randomisation_layers(net, x[:1]) == ["head", "b+a"]
+    reference = {k: v.clone() for k, v in net.state_dict().items()}
+    for mode in ("cascading", "independent"):
+        steps = [(name, _changed(model, reference, ["a", "b", "head"]))
+                 for name, model in randomised_models(net, ["head", "b+a"], mode, 0)]
+        assert steps == [("head", {"head"}),
+                         ("b+a", {"a", "b", "head"} if mode == "cascading" else {"a", "b"})]
+    assert all(torch.equal(v, reference[k]) for k, v in net.state_dict().items())
+    rows = Randomisation(modes="independent").evaluate(_context(net), x, t, np.arange(2))
+    assert rows.drop_duplicates("key").set_index("key")["layer_index"].to_dict() == {
+        "head": 0, "b+a": 1}
+
+
+def test_shared_layers_are_named_in_the_samples_info_and_refused_alone(one_line):
+    net = _Tied().eval()
+    data = ImageSet(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), torch.tensor([1, 2]),
+                    tuple("0123456789"), "t")
+    info = Randomisation().select(net, data, None, SelectContext()).info
+    assert info["layer_groups"] == {"b+a": ["b.weight = a.weight"]}
+    assert "layer_groups" not in Randomisation().select(_resnet(), data, None,
+                                                        SelectContext()).info
+    with pytest.raises(MetricError) as error:
+        Randomisation(layers=["a"]).select(net, data, None, SelectContext())
+    one_line(error, "'a' shares a parameter with 'b+a'", "name the group 'b+a'")

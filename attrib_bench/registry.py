@@ -352,13 +352,39 @@ def create_model(name: str, pretrained: bool | None = None, **kwargs: Any) -> An
     (metadata ``trained``, e.g. ``xs-coda-sq-t1000``, ``bcos-resnet20-cifar10``) loads them; an
     architecture name (``xs-coda``, ``resnet56``, ``torchvision:resnet18``) is randomly
     initialised, as in timm. ``pretrained=False`` on a trained name gives its architecture with
-    random weights (what training or a randomisation baseline starts from). Raises
+    random weights (what training or a randomisation baseline starts from).
+
+    ``checkpoint=FILE`` always loads the file or raises: a factory that names a ``checkpoint``
+    parameter loads it itself (the built-ins, ``torchvision:``/``timm:``); any other (a plugin's
+    ``def f(pretrained=False, **kw)``) builds the architecture and the file is loaded here
+    with :func:`~attrib_bench.checkpoints.load_into` (every key and shape must match). Raises
     :class:`~attrib_bench.errors.CheckpointError` when asked weights are missing or fail
     their sha256.
     """
     if pretrained is None:
         pretrained = bool(MODELS.get(name).metadata.get("trained", False))
+    checkpoint = kwargs.get("checkpoint")
+    if checkpoint is not None and not takes_checkpoint(MODELS.get(name).factory):
+        # A factory that does not name ``checkpoint`` would drop it in its **kwargs (or end in
+        # a TypeError): build the architecture, then load the file here, strictly.
+        from attrib_bench.checkpoints import load_into, read_state_dict
+
+        kwargs.pop("checkpoint")
+        model = MODELS.create(name, pretrained=False, **kwargs)
+        load_into(model, read_state_dict(checkpoint), checkpoint)
+        return model.eval()
     return MODELS.create(name, pretrained=pretrained, **kwargs)
+
+
+def takes_checkpoint(factory: Callable[..., Any]) -> bool:
+    """Whether a model factory names a ``checkpoint`` parameter (and so loads the file itself,
+    as the built-in and library factories do); ``**kwargs`` does not count."""
+    try:
+        parameter = inspect.signature(factory).parameters.get("checkpoint")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 def create_method(name: str, model: Any, **hparams: Any) -> Any:

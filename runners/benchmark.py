@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from attrib_bench import evaluation
+from attrib_bench.checkpoints import sha256_file
 from attrib_bench.data import BaseImageSet, get_dataset
 from attrib_bench.errors import AttribBenchError, MetricError, NotApplicableError, RunError
 from attrib_bench.evaluation import count_parameters, eval_mode, resolve_device
@@ -450,7 +451,8 @@ def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwr
                 "executor": executor.describe(),
                 **_manifest_extras(results, plan, done, device, time.perf_counter() - started),
                 "plan_seconds_this_run": round(planned - started, 3),
-                "models": {name: _model_info(model, plan.weights[name], plan.hashes[name])
+                "models": {name: {**_model_info(model, plan.weights[name], plan.hashes[name]),
+                                  "weights_file": plan.sources[name]}
                            for name, model in plan.models.items()},
                 "seconds_per_part_all_runs": timings}
     out.write_text(out.path("manifest.json"), json.dumps(manifest, indent=1, default=str))
@@ -534,6 +536,7 @@ class Plan:
     skipped: list[dict[str, str]]
     pool: PoolLogits
     weights: dict[str, str]
+    sources: dict[str, dict[str, str]]
 
 
 def _skip(skipped: list[dict[str, str]], model: str, method: str, metric: str,
@@ -547,6 +550,21 @@ def _first_sample(samples: SampleSet, device: torch.device) -> tuple[torch.Tenso
     """One sample's input (1, 3, H, W) and one target class (1,), for the checks."""
     inputs, target = samples.fetch(samples.ids[:1])
     return inputs.to(device), target.reshape(len(target), -1)[:, 0].long().to(device)
+
+
+def _weights_source(name: str, given: nn.Module | None, checkpoint: str | None
+                    ) -> dict[str, str]:
+    """Where a model's weights were read from, for the manifest: the ``file`` (absolute path)
+    and its ``sha256`` for ``--checkpoint`` or a zoo entry's weights; else what built them."""
+    if given is not None:
+        return {"source": "the module given to run()"}
+    if checkpoint is not None:
+        path = Path(checkpoint).resolve()
+        return {"file": str(path), "sha256": sha256_file(path)}
+    cfg = MODELS.get(name).metadata.get("pretrained_cfg")
+    if cfg is not None:
+        return {"file": str(cfg.path()), "sha256": cfg.sha256}
+    return {"source": f"the factory of {name!r}"}
 
 
 def _load_model(name: str, model: nn.Module | None, checkpoint: str | None,
@@ -659,7 +677,9 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
     for item in skipped:
         print(f"skipped: {item['model']} · {item['method']} · {item['metric']}: "
               f"{item['reason']}", file=sys.stderr)
-    return Plan(loaded, hashes, metrics, jobs, samples_info, skipped, pool, weights)
+    sources = {name: _weights_source(name, given_models.get(name), config.checkpoint)
+               for name in loaded}
+    return Plan(loaded, hashes, metrics, jobs, samples_info, skipped, pool, weights, sources)
 
 
 #: How a run fixes a model whose head is not the dataset's class count.

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,11 +84,65 @@ def read_state_dict(path: str | Path, sha256: str | None = None,
     return state
 
 
+#: Prefixes that wrappers put before every key of the state dict they save:
+#: ``nn.DataParallel``/``DistributedDataParallel`` (``module.``), ``torch.compile``
+#: (``_orig_mod.``), a Lightning module or a wrapper such as this package's library models
+#: (``model.``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+#: Entries of a training checkpoint that hold the model's state dict (Lightning and the
+#: akamaster ResNet files: ``state_dict``; torchvision's reference scripts: ``model``).
+NESTED_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def unwrap_state(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """The model's tensors in a loaded checkpoint, one rule for every ``--checkpoint``.
+
+    When the top level is not all tensors, its first :data:`NESTED_KEYS` entry that is a dict is
+    taken (not in a checkpoint ``attrib-bench train`` saves to resume: ``config``, ``model``
+    and ``optimizer``, which :func:`load_into` refuses naming the file to pass). Then each
+    :data:`WRAPPER_PREFIXES` prefix that every key carries and none of the model's own keys
+    does is removed, repeatedly (``module._orig_mod.`` too). Anything else is left for
+    :func:`load_into` to match or refuse.
+    """
+    ours = {"config", "model", "optimizer"} <= set(state)
+    if state and not ours and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        for key in NESTED_KEYS:
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    own = set(model.state_dict())
+    stripped = True
+    while stripped and state and not own & set(state):
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(isinstance(k, str) and k.startswith(prefix) for k in state):
+                state = {k.removeprefix(prefix): v for k, v in state.items()}
+                stripped = True
+    return state
+
+
+def _common_prefix_hint(own: Iterable[str], state: Iterable[str]) -> str:
+    """", every key starts with 'net.' …" when stripping one first component of every key of
+    ``state`` would give ``own``'s keys; "" otherwise."""
+    firsts = {k.split(".", 1)[0] for k in state if isinstance(k, str) and "." in k}
+    if len(firsts) != 1:
+        return ""
+    prefix = f"{firsts.pop()}."
+    if all(isinstance(k, str) and k.startswith(prefix) for k in state) and set(own) <= {
+            k.removeprefix(prefix) for k in state}:
+        return (f"; every key of the file starts with {prefix!r} (a wrapper's attribute): "
+                f"save the inner model's state dict, or strip {prefix!r} from the keys")
+    return ""
+
+
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
     """Load ``state`` into ``model``, as strict as ``strict=True``, with a one-line error on any
-    mismatch. Tensors are cast to each parameter's dtype (checkpoints may be stored in float16).
-    Keys a module knows to be optional (BatchNorm's ``num_batches_tracked``) may be absent.
+    mismatch. The state is first unwrapped (:func:`unwrap_state`: a nested ``state_dict`` entry,
+    ``module.``/``_orig_mod.``/``model.`` prefixes). Tensors are cast to each parameter's dtype
+    (checkpoints may be stored in float16). Keys a module knows to be optional (BatchNorm's
+    ``num_batches_tracked``) may be absent.
     """
+    state = unwrap_state(state, model)
     own = model.state_dict()
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
     cast = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
@@ -106,8 +162,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Pa
                 f"checkpoint {source} is a training checkpoint (model, optimizer, ...), not "
                 "weights: pass the NAME.safetensors that `attrib-bench train` writes beside it "
                 "when training ends")
+        hint = _common_prefix_hint(own, state) or " — is it for another model or config?"
         raise CheckpointError(
-            f"checkpoint {source} does not fit {type(model).__name__}: {'; '.join(parts)} "
-            "— is it for another model or config?"
+            f"checkpoint {source} does not fit {type(model).__name__}: {'; '.join(parts)}{hint}"
         )
     return model

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attrib_bench.checkpoints import load_into, read_state_dict, sha256_file
+from attrib_bench.checkpoints import load_into, read_state_dict, sha256_file, unwrap_state
 from attrib_bench.checks import check_images
 from attrib_bench.errors import AttribBenchError, CheckpointError, SettingError, UnknownNameError
 from attrib_bench.models import protocols
@@ -298,25 +298,6 @@ def split_kind(library: str, model: nn.Module, probe: nn.Module | None,
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _state_of(state: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """The library model's tensors from a loaded checkpoint.
-
-    A nested ``"state_dict"`` or ``"model"`` entry (training checkpoints) is taken when the top
-    level is not all tensors; a ``module.`` (DataParallel) or ``model.`` (this wrapper's own
-    state dict) prefix on every key is removed when the library model's keys lack it.
-    """
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    own = set(model.state_dict())
-    for prefix in ("module.", "model."):
-        if state and all(k.startswith(prefix) for k in state) and not own & set(state):
-            state = {k.removeprefix(prefix): v for k, v in state.items()}
-    return state
-
-
 def _classifier_path(model: nn.Module) -> str | None:
     """The head's ``nn.Linear`` path: timm's ``get_classifier()``, else the last Linear."""
     if callable(getattr(model, "get_classifier", None)):
@@ -392,12 +373,12 @@ def create_library_model(library: str, arch: str, pretrained: bool = False,
         digest = sha256.lower() if sha256 else sha256_file(checkpoint)
         if num_classes is None:
             probe = _meta_build(library, arch, None, options)
-            num_classes = head_classes(probe, _state_of(state, probe)) if probe else None
+            num_classes = head_classes(probe, unwrap_state(state, probe)) if probe else None
     use_pretrained = pretrained and checkpoint is None
     model = (_build_pretrained(library, arch, num_classes, options) if use_pretrained
              else _build(library, arch, False, num_classes, options))
     if state is not None:
-        load_into(model, _state_of(state, model), checkpoint)
+        load_into(model, state, checkpoint)
     probe = _meta_build(library, arch, num_classes, options)
     mean, std, size = preprocessing(library, arch, model, use_pretrained)
     split = split_kind(library, model, probe, size)

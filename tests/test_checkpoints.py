@@ -91,3 +91,55 @@ def test_real_resnet56_structure(weights_root):
     assert sum(p.numel() for p in model.parameters()) == 853_018
     raw = torch.load(weights_root / RESNET56_CIFAR10.file, map_location="cpu", weights_only=True)
     torch.testing.assert_close(model.conv1.weight, raw["state_dict"]["module.conv1.weight"])
+
+
+# ----------------------------------------------------------------------------- wrapped keys
+
+
+def _wrapped(state: dict[str, torch.Tensor], how: str) -> dict:
+    """``state`` as a wrapper saves it (round-4 kind: pytorch#9176, timm#2003)."""
+    if how == "dataparallel":
+        return {f"module.{k}": v for k, v in state.items()}
+    if how == "compiled":
+        return {f"_orig_mod.{k}": v for k, v in state.items()}
+    if how == "compiled-dataparallel":
+        return {f"module._orig_mod.{k}": v for k, v in state.items()}
+    if how == "lightning":
+        return {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3,
+                "global_step": 30}
+    if how == "torchvision-reference":
+        return {"model": state, "optimizer": {}, "epoch": 3}
+    return state
+
+
+@pytest.mark.parametrize("how", ["dataparallel", "compiled", "compiled-dataparallel",
+                                 "lightning", "torchvision-reference"])
+def test_wrapped_checkpoints_load_by_one_rule(tmp_path, how):
+    """Every --checkpoint path unwraps the same way: the built-ins, a plugin's factory and a
+    library model (``create_model`` → ``load_into``)."""
+    torch.manual_seed(5)
+    source = resnet56().state_dict()
+    path = tmp_path / f"{how}.pt"
+    torch.save(_wrapped(source, how), path)
+    model = create_model("resnet56", checkpoint=path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, source[key]), key
+
+
+def test_a_foreign_prefix_is_named_in_the_refusal(tmp_path, one_line):
+    path = tmp_path / "net.pt"
+    torch.save({f"net.{k}": v for k, v in resnet56().state_dict().items()}, path)
+    with pytest.raises(CheckpointError) as info:
+        create_model("resnet56", checkpoint=path)
+    one_line(info, "every key of the file starts with 'net.'", "strip 'net.'", limit=400)
+
+
+@pytest.mark.real
+def test_the_zoo_file_itself_loads_through_checkpoint(weights_root):
+    """The akamaster file that ``pretrained=True`` reads (nested ``state_dict``, ``module.``
+    keys, a ``best_prec1`` entry) loads with --checkpoint too, to the same weights."""
+    by_checkpoint = create_model("resnet56", checkpoint=weights_root / "resnet56-4bfd9763.th")
+    pretrained = create_model("resnet56", pretrained=True)
+    for (key, a), b in zip(by_checkpoint.state_dict().items(),
+                           pretrained.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import time
 from pathlib import Path
@@ -15,10 +16,20 @@ from attrib_bench.errors import AttribBenchError
 from attrib_bench.registry import DATASETS, METHODS, METRICS, MODELS, Registry, load_plugins
 from attrib_bench.runners.recipes import RECIPES
 
+#: ``OSError`` numbers that the file system, not attrib-bench, decides (a full disk, a quota, a
+#: permission, a read-only mount), and the fix the one-line error names.
+_FILE_SYSTEM_ERRNOS = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there",
+                       errno.EFBIG: "free space there", errno.EACCES: "check its permissions",
+                       errno.EPERM: "check its permissions",
+                       errno.EROFS: "remount it read-write or use another folder"}
+
 
 class _Group(click.Group):
     """Turns every :class:`AttribBenchError` into click's one-line ``Error: …`` (no traceback),
-    unless ``--debug`` asked for tracebacks."""
+    unless ``--debug`` asked for tracebacks; so too an ``OSError`` that the file system decides
+    (:data:`_FILE_SYSTEM_ERRNOS`: a disk that filled up or a folder that became unwritable
+    while a command wrote), which names the file and the fix. ``run`` says more (what it
+    kept, that re-running resumes: :class:`~attrib_bench.runners.benchmark.OutputWriteError`)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -27,6 +38,12 @@ class _Group(click.Group):
             if ctx.meta.get("attrib_bench.debug"):
                 raise
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if ctx.meta.get("attrib_bench.debug") or exc.errno not in _FILE_SYSTEM_ERRNOS:
+                raise
+            raise click.ClickException(
+                f"{exc.strerror or exc}: {exc.filename or 'a file'}: "
+                f"{_FILE_SYSTEM_ERRNOS[exc.errno]}, then run the command again") from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

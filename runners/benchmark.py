@@ -34,6 +34,7 @@ import io
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -268,6 +269,16 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
     ``run.last_plan``. The checks select the samples, which for the grid localisations means one
     pass over the test set: with an explicit ``cache``, a dry run stores those pool logits there
     (a cache, not the run's output), so the real run does not pay the pass again.
+
+    **The run folder.** Its path is literal (``exp[1]``, ``a*b`` are those folders; see
+    :mod:`attrib_bench.runners.storage`). A local ``out`` is held by this run from before the
+    models are loaded until the tables are written (:meth:`Store.lock`): a second run on it
+    raises :class:`~attrib_bench.runners.storage.FolderInUseError` at once, naming the first.
+    A write the file system refuses mid-run (no space, a quota, a permission, read-only) raises
+    :class:`OutputWriteError`, naming the folder and the file; the chunks already written are
+    kept and re-running resumes from them. The models given as modules come back with every
+    submodule's mode and every tensor's device, ``requires_grad`` and ``.grad`` as they were,
+    also when the run raises.
     """
     started = time.perf_counter()
     if batch_size is not None:
@@ -322,18 +333,15 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
                 runner.close()
 
 
-#: The errors of a write that the file system refused, with what each means: a full disk or
+#: The errors of a write that the file system refused, what each says and its fix: a full disk or
 #: quota, or a folder that was made unwritable or read-only while the run wrote to it.
-WRITE_ERRNOS = {errno.ENOSPC: "no space left on the device holding {folder}",
-                errno.EDQUOT: "the disk quota on {folder} is used up",
-                errno.EFBIG: "a file in {folder} grew larger than its file system allows",
-                errno.EACCES: "permission to write in {folder} was denied",
-                errno.EPERM: "writing in {folder} was not permitted",
-                errno.EROFS: "{folder} is on a file system that is now read-only"}
-_WRITE_FIXES = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there or raise the "
-                "quota", errno.EFBIG: "free space or use another file system",
-                errno.EACCES: "make it writable", errno.EPERM: "make it writable",
-                errno.EROFS: "remount it read-write"}
+WRITE_ERRNOS = {
+    errno.ENOSPC: ("the disk holding {folder} is full", "free space there"),
+    errno.EDQUOT: ("the disk quota of {folder} is used up", "free space or raise the quota"),
+    errno.EFBIG: ("a file grew too large for the file system of {folder}", "free space"),
+    errno.EACCES: ("permission denied writing in {folder}", "make it writable"),
+    errno.EPERM: ("writing in {folder} is not permitted", "make it writable"),
+    errno.EROFS: ("{folder} became read-only", "remount it read-write")}
 
 
 class OutputWriteError(RunError):
@@ -358,14 +366,14 @@ def _write_error(exc: OSError, out: Store, cache: Store) -> OutputWriteError | N
     def holds(store: Store) -> bool:
         return path.startswith(store.root.rstrip("/") + "/")
 
-    folder = (f"the cache folder {cache.url}" if holds(cache) and not holds(out)
-              else f"the run folder {out.url}" if holds(out)
+    store = cache if holds(cache) and not holds(out) else out if holds(out) else None
+    folder = (f"the {'cache' if store is cache else 'run'} folder {store.url}" if store
               else os.path.dirname(path) or "the run folder")
-    where = WRITE_ERRNOS[exc.errno].format(folder=folder)
+    what, fix = WRITE_ERRNOS[exc.errno]
+    file = re.sub(r"([0-9a-f]{8})[0-9a-f]{56}", r"\1…", _inside(store, path) if store else path)
     return OutputWriteError(
-        f"{where} ({exc.strerror or exc} writing {path or 'a file'}): {_WRITE_FIXES[exc.errno]}, "
-        "then run the same command again: it resumes from the chunks already written "
-        "(nothing is lost)", path, exc.errno)
+        f"{what.format(folder=folder)} (writing {file or 'a file'}): {fix}, then re-run the "
+        "same command; it resumes from the chunks written, nothing is lost", path, exc.errno)
 
 
 def _keep_module_state(models: Iterable[nn.Module]) -> Callable[[], None]:
@@ -394,7 +402,11 @@ def _keep_module_state(models: Iterable[nn.Module]) -> Callable[[], None]:
                     if param is None:
                         continue
                     if param.device != device:
-                        param.data = param.data.to(device)
+                        moved = param.data.to(device)
+                        try:
+                            param.data = moved  # in place: an optimizer's references hold
+                        except RuntimeError:  # a meta tensor cannot take real data
+                            param = module._parameters[name] = nn.Parameter(moved, requires_grad)
                     if param.grad is not grad:
                         param.grad = grad
                     if param.requires_grad != requires_grad:

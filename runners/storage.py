@@ -312,6 +312,7 @@ def _describe_holder(path: str) -> str:
     text = f"pid {holder['pid']} on host {holder.get('host', '?')}"
     if holder.get("started"):
         text += f" since {holder['started']}"
-    if holder.get("command"):
-        text += f": {' '.join(str(holder['command']).split())}"
+    command = " ".join(str(holder.get("command") or "").split())
+    if command:
+        text += f": {command[:120]}{'…' if len(command) > 120 else ''}"
     return text

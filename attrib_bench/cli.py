@@ -13,7 +13,16 @@ import click
 import torch
 
 from attrib_bench.errors import AttribBenchError
-from attrib_bench.registry import DATASETS, METHODS, METRICS, MODELS, Registry, load_plugins
+from attrib_bench.registry import (
+    DATASETS,
+    METHODS,
+    METRICS,
+    MODELS,
+    Registry,
+    load_plugins,
+    plugin_hint,
+    unknown_name_hint,
+)
 from attrib_bench.runners.recipes import RECIPES
 
 #: ``OSError`` numbers that the file system, not attrib-bench, decides (a full disk, a quota, a
@@ -48,8 +57,9 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
-              help="Import MODULE first so its @register_* names exist (repeatable); the "
-                   "current folder is importable, as with python -m.")
+              help="Import MODULE first so its @register_* names exist (repeatable): a module "
+                   "name (the current folder is importable, as with python -m) or the path of "
+                   "a .py file.")
 @click.option("--debug", is_flag=True,
               help="Show full tracebacks (of attrib-bench's errors and of failing plugins).")
 @click.version_option(package_name="attrib-bench")
@@ -62,7 +72,9 @@ def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool) -> None:
     # Every command runs fixed-shape batches: keeping freed memory avoids page faults that cost
     # half of the CPU time here (CoDA-Net evaluation of the test set: 113 s -> 54 s).
     retain_freed_memory()
-    load_plugins(plugins, debug=debug)
+    loaded = load_plugins(plugins, debug=debug)
+    # for this command, an unknown name says how a plugin's names are made known
+    ctx.with_resource(unknown_name_hint(plugin_hint(loaded[:len(plugins)])))
 
 
 def _model_rows(names: list[str]) -> list[tuple[str, ...]]:
@@ -151,6 +163,29 @@ def _print_hparams(registry: Registry, names: list[str]) -> None:
                        f"{spec.default!r}")
 
 
+def _check_checkpoint(path: str | None) -> None:
+    """``--checkpoint FILE`` exists and can be read, checked before any model is built: one
+    :class:`~attrib_bench.errors.CheckpointError` line otherwise (a model factory that ignores
+    or mishandles the file must never be where a wrong path shows up)."""
+    from attrib_bench.errors import CheckpointError
+
+    if path is None:
+        return
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise CheckpointError(f"--checkpoint {path} does not exist ({file.absolute()}): pass "
+                              "the path of a weights file (.safetensors or torch)")
+    try:
+        with open(file, "rb") as handle:
+            empty = not handle.read(1)
+    except OSError as exc:
+        raise CheckpointError(f"--checkpoint {path} cannot be read ({exc.strerror or exc}): "
+                              "check its permissions, or pass another file") from None
+    if empty:
+        raise CheckpointError(f"--checkpoint {path} is empty: pass a weights file "
+                              "(.safetensors or torch)")
+
+
 def _dataset_flags(command: Any) -> Any:
     """Add ``--dataset NAME`` and the repeatable ``--dataset-option KEY=VALUE`` to a command."""
     command = click.option(
@@ -207,6 +242,7 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
     from attrib_bench.runners.settings import check_model_fits, check_output_classes
 
     MODELS.get(model_name)  # an unknown name fails first, before any data is read
+    _check_checkpoint(checkpoint)  # then a missing weights file, before any model is built
     options = _dataset_options(dataset, dataset_option_items)  # then a bad dataset
     torch_device = resolve_device(device)
     from attrib_bench.models.zoo import checkpoint_kwargs
@@ -431,6 +467,7 @@ def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None,
 
     from attrib_bench.runners.benchmark import run
 
+    _check_checkpoint(checkpoint)  # before any model is built
     if old_batch_size is not None:
         if chunk_size is not None and chunk_size != old_batch_size:
             raise click.UsageError("--batch-size is the old name of --chunk-size: pass one")
@@ -596,6 +633,7 @@ def examples_cmd(model_name: str, methods: str, results_dir: str, count: int, se
     from attrib_bench.registry import create_model
     from attrib_bench.runners.examples import compute_examples, examples_file, save_examples
 
+    _check_checkpoint(checkpoint)  # before any model is built
     options = _dataset_options(dataset, dataset_option_items)
     model = create_model(model_name, pretrained=checkpoint is None, checkpoint=checkpoint)
     images = get_dataset(dataset, evaluation_split(dataset), root=data_root, **options)

@@ -607,6 +607,8 @@ def agreement_figure(taus: pd.DataFrame, by: str = "model",
     against each other (do models and temperatures agree?). Cells: τ (−1 … 1), blank where two
     rankings share fewer than three methods. Models with a T in ``manifest`` come first, by T.
     """
+    if taus.empty:  # no two rankings to compare (e.g. a run of one or two methods)
+        raise PlotError("no two rankings share three methods: nothing to compare")
     if by == "model":
         same = taus[taus["a_model"] == taus["b_model"]]
         panels = {m: same[same["a_model"] == m]
@@ -816,7 +818,13 @@ def method_sheet(images: np.ndarray, maps: Mapping[str, np.ndarray], labels: Seq
 def figures_for(tables: RunTables) -> dict[str, Figure]:
     """Every figure the run's tables support, by file stem (none for a run of plugin metrics
     only). A metric the run was configured with but that has no rows raises
-    :class:`PlotError` (an unfinished or broken run)."""
+    :class:`PlotError` (an unfinished or broken run). Methods are labelled and coloured as the
+    runs recorded them (:meth:`RunTables.drawn_as_recorded`), then as the registry has them."""
+    with tables.drawn_as_recorded():
+        return _figures_for(tables)
+
+
+def _figures_for(tables: RunTables) -> dict[str, Figure]:
     results, present = tables.results, set(tables.results["metric"].unique())
     configured = tables.manifest.get("config", {}).get("metrics", [])
     for metric in configured:

@@ -8,17 +8,21 @@ without forking through ``--plugin my_module`` or the ``attrib_bench.plugins`` e
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import fnmatch
 import functools
 import importlib
+import importlib.util
 import inspect
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from attrib_bench.errors import (
@@ -30,6 +34,11 @@ from attrib_bench.errors import (
 from attrib_bench.hparams import convert, hparams_of
 
 Patterns = str | Iterable[str]
+#: What an unknown-name message adds about plugins ("" from Python: a script imports its own
+#: plugin modules). The CLI sets it for the length of a command (:func:`plugin_hint`), since a
+#: plugin's name is unknown exactly when ``--plugin MODULE`` was not given.
+UNKNOWN_NAME_HINT: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "attrib_bench_unknown_name_hint", default="")
 #: A method's figure colour: "#rgb" or "#rrggbb".
 _HEX_COLOUR = re.compile(r"#(?:[0-9a-fA-F]{3}){1,2}")
 
@@ -145,9 +154,11 @@ class Registry:
         hint = f"did you mean {', '.join(close)}?" if close else "none is close"
         families = (f"; or PREFIX:NAME with prefix {', '.join(sorted(self._prefixes))}"
                     if self._prefixes else "")
+        plugin = UNKNOWN_NAME_HINT.get()
         raise UnknownNameError(
             f"unknown {self.kind} {name!r}: {hint} "
-            f"(`attrib-bench list {self.kind}s` shows all {len(self._entries)}{families})")
+            f"(`attrib-bench list {self.kind}s` shows all {len(self._entries)}{families})"
+            + (f"; {plugin}" if plugin else ""))
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the factory registered under ``name``.
@@ -406,20 +417,31 @@ PLUGIN_MODULES: list[str] = []
 
 def load_plugins(modules: Iterable[str] = (), entry_point_group: str = PLUGIN_GROUP, *,
                  debug: bool = False) -> list[str]:
-    """Import user plugin modules (by dotted name) and every installed entry point of the group.
+    """Import user plugin modules and every installed entry point of the group.
 
-    Importing a plugin runs its ``@register_*`` decorators. The current folder is importable
-    (put first on ``sys.path``, as ``python -m`` does), so ``--plugin my_module`` finds
-    ``./my_module.py``. A plugin that cannot be found, or raises while it is imported, is one
-    :class:`PluginError` line naming it and its own error (``debug=True``: its traceback).
-    Returns the names imported.
+    Importing a plugin runs its ``@register_*`` decorators. A plugin is a dotted module name
+    (``my_methods``, ``mypkg.methods``) or the path of a ``.py`` file (``my_methods.py``,
+    ``plugins/my_methods.py``), imported as the module named by its stem with its folder on
+    ``sys.path`` (as ``python FILE`` would; :func:`_import_file`). The current folder is
+    importable (put first on ``sys.path``, as ``python -m`` does), so ``--plugin my_module``
+    finds ``./my_module.py``. A plugin that cannot be found, or raises while it is imported, is
+    one :class:`PluginError` line naming it and its own error (``debug=True``: its traceback).
+    Returns the names imported (a file as its absolute path, which Dask workers import too).
     """
     loaded = []
     cwd = os.getcwd()
     if modules and cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
     for module in modules:
-        _import_plugin(module, lambda m=module: importlib.import_module(m), debug)
+        if module.endswith(".py"):
+            path = Path(module).expanduser().resolve()
+            _import_plugin(module, lambda m=module, p=path: _import_file(m, p), debug)
+            module = str(path)
+        elif "/" in module or "\\" in module:
+            raise PluginError(f"--plugin {module!r}: pass a module name (my_methods, "
+                              "mypkg.methods) or the path of a .py file (plugins/my_methods.py)")
+        else:
+            _import_plugin(module, lambda m=module: importlib.import_module(m), debug)
         loaded.append(module)
         if module not in PLUGIN_MODULES:
             PLUGIN_MODULES.append(module)
@@ -429,15 +451,80 @@ def load_plugins(modules: Iterable[str] = (), entry_point_group: str = PLUGIN_GR
     return loaded
 
 
+def _import_file(given: str, path: Path) -> None:
+    """Import the plugin file ``path`` as the module named by its stem (``my_methods.py`` →
+    ``my_methods``), once: a file already imported under that name (by its path or as a module
+    from the current folder) is not run again, so its ``@register_*`` names are not registered
+    twice. Its folder goes first on ``sys.path``, so it can import the modules beside it, and
+    pickled classes (Dask) find it by name. Another module of the same name is one
+    :class:`PluginError` line."""
+    if not path.is_file():
+        raise PluginError(f"--plugin {given!r}: no such file ({path}): pass an existing .py file "
+                          "or a module name")
+    name = path.stem
+    known = sys.modules.get(name)
+    if known is not None:
+        origin = getattr(known, "__file__", None)
+        if origin is not None and Path(origin).resolve() == path:
+            return
+        raise PluginError(f"--plugin {given!r}: a module named {name!r} is already imported "
+                          f"(from {origin or 'a built-in'}): rename the file")
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"--plugin {given!r}: {path} cannot be imported as a module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)  # as a failed import leaves no module behind
+        raise
+
+
+def plugin_hint(loaded: Iterable[str] = ()) -> str:
+    """What an unknown name's message adds in the CLI (:data:`UNKNOWN_NAME_HINT`), given the
+    ``--plugin`` modules ``loaded`` for this command."""
+    names = [Path(m).stem if m.endswith(".py") else m for m in loaded]
+    if names:
+        return (f"if it is defined in another plugin module, pass that too: --plugin MODULE "
+                f"(loaded: {', '.join(names)})")
+    return ("if it is defined in a plugin module, pass --plugin MODULE (before the command: "
+            "attrib-bench --plugin MODULE run ...)")
+
+
+@contextlib.contextmanager
+def unknown_name_hint(text: str) -> Iterator[None]:
+    """Within the block, unknown-name messages end with ``text`` (:data:`UNKNOWN_NAME_HINT`)."""
+    token = UNKNOWN_NAME_HINT.set(text)
+    try:
+        yield
+    finally:
+        UNKNOWN_NAME_HINT.reset(token)
+
+
 def _import_plugin(name: str, load: Callable[[], Any], debug: bool) -> None:
-    """Run ``load``; turn what it raises into one :class:`PluginError` line."""
+    """Run ``load``; turn what it raises into one :class:`PluginError` line: a plugin that is
+    not found names where it is looked for; a module the plugin itself imports that is missing
+    (``import timm`` inside it) is the plugin's own error, like any other."""
     try:
         load()
+    except PluginError:
+        raise
     except ModuleNotFoundError as exc:
         if debug:
             raise
-        raise PluginError(f"cannot import plugin {name!r} ({exc}): run from the folder that "
-                          "holds it, put it on PYTHONPATH or install it") from None
+        missing = exc.name or ""
+        if missing and (name == missing or name.startswith(missing + ".")):
+            raise PluginError(f"cannot import plugin {name!r} ({exc}): run from the folder "
+                              "that holds it, put it on PYTHONPATH, install it, or pass the "
+                              "path of its .py file") from None
+        text = " ".join(str(exc).split())[:200]
+        raise PluginError(f"plugin {name!r} failed while it was imported: "
+                          f"{type(exc).__name__}: {text} (--debug shows its traceback)") \
+            from None
     except Exception as exc:  # noqa: BLE001 - a plugin's own error, reported in one line
         if debug:
             raise
@@ -460,12 +547,58 @@ def ordered_methods(names: Iterable[str]) -> list[str]:
     return [m for m in METHOD_ORDER if m in names] + sorted(names - set(METHOD_ORDER))
 
 
+#: Method name → {"label", "colour"} as the run being drawn recorded them (its manifest's
+#: ``display``), set by :func:`recorded_display` while figures and reports are drawn.
+_RECORDED_DISPLAY: contextvars.ContextVar[Mapping[str, Mapping[str, Any]] | None] = \
+    contextvars.ContextVar("attrib_bench_recorded_display", default=None)
+
+
+def method_display(names: Iterable[str]) -> dict[str, Any]:
+    """What a run records so that its figures look the same wherever they are drawn, with or
+    without its plugins loaded: ``{"methods": {name: {"label": str, "colour": str | None}}}``,
+    each method's registered label (else its name) and colour (None: the next spare colour, by
+    the figure's method order)."""
+    found = {}
+    for name in ordered_methods(names):
+        metadata = METHODS.get(name).metadata if name in METHODS else {}
+        found[name] = {"label": metadata.get("label", name), "colour": metadata.get("colour")}
+    return {"methods": found}
+
+
+@contextlib.contextmanager
+def recorded_display(*displays: Mapping[str, Any] | None) -> Iterator[None]:
+    """Within the block, method labels and colours come from ``displays`` (runs' recorded
+    :func:`method_display`; the first that names a method wins), then from the registry: a
+    run is drawn as it was recorded, whichever plugins are loaded now."""
+    merged: dict[str, Mapping[str, Any]] = {}
+    for display in displays:
+        for name, entry in ((display or {}).get("methods") or {}).items():
+            if isinstance(entry, Mapping):
+                merged.setdefault(str(name), entry)
+    token = _RECORDED_DISPLAY.set(merged)
+    try:
+        yield
+    finally:
+        _RECORDED_DISPLAY.reset(token)
+
+
 def _method_metadata(name: str) -> dict[str, Any]:
-    """The registry metadata of method ``name``; empty when it is not registered in this process
-    (results written with a plugin that is not loaded now still plot, under their names)."""
-    return METHODS.get(name).metadata if name in METHODS else {}
+    """The metadata of method ``name`` that figures read (``label``, ``colour``): the drawn
+    run's record (:func:`recorded_display`) first, then the registry's; empty when neither
+    knows it (results written with a plugin that is not loaded now and recorded nothing still
+    plot, under their names)."""
+    registered = METHODS.get(name).metadata if name in METHODS else {}
+    recorded = (_RECORDED_DISPLAY.get() or {}).get(name)
+    if recorded is None:
+        return registered
+    label, colour = recorded.get("label"), recorded.get("colour")
+    shown = {**registered, "label": label if isinstance(label, str) and label else name}
+    shown["colour"] = colour if isinstance(colour, str) and _HEX_COLOUR.fullmatch(colour) \
+        else None
+    return shown
 
 
 def method_label(name: str) -> str:
-    """The name figures show for method ``name``: its registered ``label``, else the name."""
-    return _method_metadata(name).get("label", name)
+    """The name figures show for method ``name``: its recorded or registered ``label``
+    (:func:`_method_metadata`), else the name."""
+    return _method_metadata(name).get("label") or name

@@ -311,7 +311,13 @@ def _caption(stem: str) -> str:
 
 def render_report(tables: RunTables) -> str:
     """The report page for ``tables`` as one HTML string: provenance, models, figures, summary,
-    samples, then each run's manifest."""
+    samples, then each run's manifest. Methods are named as the runs recorded them
+    (:meth:`RunTables.drawn_as_recorded`), then as the registry has them."""
+    with tables.drawn_as_recorded():
+        return _render_report(tables)
+
+
+def _render_report(tables: RunTables) -> str:
     name = html.escape(tables.path.name)
     runs = tables.manifests or {str(tables.path): tables.manifest}
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

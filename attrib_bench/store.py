@@ -28,6 +28,7 @@ either).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -57,7 +58,7 @@ CURVE_COLUMNS = ("probability", "x", "mean", "low", "high", "n")
 #: cache folder or the table digests, describes the run folder, not the results).
 _RUN_KEYS = ("config", "samples", "models", "git_commit", "device", "hardware", "cuda_float32",
              "versions", "executor", "wall_seconds_this_run", "seconds_per_part_all_runs",
-             "skipped", "superseded", "annotations", "parts")
+             "skipped", "superseded", "annotations", "parts", "display", "built")
 _UNCOMMITTED = "(uncommitted changes)"
 
 
@@ -170,7 +171,8 @@ def empty_store(dataset: str) -> Store:
     return Store(pd.DataFrame(columns=[*PART, "sample", "key", "variant", "stat", "value"]),
                  curve_table(pd.DataFrame(columns=PART)), pd.DataFrame(columns=PART),
                  {"format": STORE_FORMAT, "dataset": dataset, "parts": [], "superseded": [],
-                  "runs": {}, "models": {}, "samples": {}, "config": {"metrics": []}})
+                  "runs": {}, "models": {}, "samples": {}, "config": {"metrics": []},
+                  "display": {"methods": {}}})
 
 
 def read_store(path: str | Path) -> Store:
@@ -315,6 +317,10 @@ def add_run(store: Store, folder: str | Path) -> list[tuple[str, str, str]]:
         store.manifest["parts"].append(_part_record(name, manifest, part, int(counts[part])))
     store.manifest["runs"][name] = {k: manifest[k] for k in _RUN_KEYS if k in manifest}
     store.manifest["models"].update(manifest.get("models", {}))
+    # the methods' labels and colours as the run drew them (a later run's record replaces an
+    # earlier one's), so the store draws them so without the run's plugins
+    shown = store.manifest.setdefault("display", {}).setdefault("methods", {})
+    shown.update((manifest.get("display") or {}).get("methods") or {})
     held = {(p["model"], p["metric"]) for p in store.manifest["parts"]
             if p["run"] == name}
     store.manifest["samples"].update({key: info for key, info in
@@ -430,6 +436,16 @@ class RunTables:
         """Model name → T for the models that have one (CoDA-Nets), from the manifest."""
         return model_temperatures(self.manifest, self.results["model"].unique())
 
+    def drawn_as_recorded(self) -> contextlib.AbstractContextManager[None]:
+        """A context in which method labels and colours are those the runs recorded (their
+        manifests' ``display``), then the registry's
+        (:func:`attrib_bench.registry.recorded_display`): a run is drawn the same wherever
+        it is opened, with or without ``--plugin``."""
+        from attrib_bench.registry import recorded_display
+
+        return recorded_display(self.manifest.get("display"),
+                                *(m.get("display") for m in self.manifests.values()))
+
 
 def model_temperatures(manifest: Mapping[str, Any] | None, names: Iterable[str]
                        ) -> dict[str, float]:
@@ -520,8 +536,10 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> RunTables:
     """One or more run folders (or parents of run folders) as one :class:`RunTables`.
 
     Runs may split a sweep by cost (e.g. gradient methods at the paper's n, perturbation methods
-    at a smaller n); a (model, method, metric) found in two runs is an error. The merged tables
-    keep the first path as their ``path`` (the default figure folder).
+    at a smaller n); a (model, method, metric) found in two runs is an error, and so are runs
+    whose rows cannot be compared (:func:`check_comparable`: another dataset, other weights
+    under one model name, other settings of one metric). The merged tables keep the first path
+    as their ``path`` (the default figure folder).
     """
     given = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not given:
@@ -532,6 +550,7 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> RunTables:
         return RunTables(Path(given[0]), only.results, only.summary,
                          {**only.manifest, "runs": [str(only.path)]},
                          only.manifests or {str(only.path): only.manifest}, only.curves)
+    check_comparable(tables, given)
     keys = pd.concat([t.results[["model", "method", "metric"]].drop_duplicates().assign(
         run=str(t.path)) for t in tables])
     clash = keys[keys.duplicated(["model", "method", "metric"], keep=False)]
@@ -540,10 +559,13 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> RunTables:
         raise PlotError(f"({row['model']}, {row['method']}, {row['metric']}) is in more than "
                         f"one run ({', '.join(sorted(set(clash['run'])))}): plot them separately")
     manifest: dict[str, Any] = {"runs": [str(t.path) for t in tables], "models": {},
-                                "samples": {}, "config": {"metrics": []}}
+                                "samples": {}, "config": {"metrics": []},
+                                "display": {"methods": {}}}
     for t in tables:
         manifest["models"].update(t.manifest.get("models", {}))
         manifest["samples"].update(t.manifest.get("samples", {}))
+        for name, shown in ((t.manifest.get("display") or {}).get("methods") or {}).items():
+            manifest["display"]["methods"].setdefault(name, shown)
         for metric in t.manifest.get("config", {}).get("metrics", []):
             if metric not in manifest["config"]["metrics"]:
                 manifest["config"]["metrics"].append(metric)
@@ -556,6 +578,107 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> RunTables:
     return RunTables(Path(given[0]), pd.concat([t.results for t in tables], ignore_index=True),
                      pd.concat([t.summary for t in tables], ignore_index=True), manifest,
                      manifests, pd.concat(curves, ignore_index=True) if curves else None)
+
+
+#: Metric settings that do not change a value (how work is batched), left out of
+#: :func:`check_comparable`'s comparison, as is each metric's sample count.
+_EXECUTION_SETTINGS = frozenset({"max_batch"})
+
+
+def _sample_count_key(metric: str) -> str | None:
+    """The setting that holds ``metric``'s sample count (None if unknown here)."""
+    from attrib_bench.registry import METRICS
+
+    return getattr(METRICS.get(metric).factory, "sample_count", None) \
+        if metric in METRICS else None
+
+
+def _runs_of(table: RunTables) -> dict[str, dict[str, Any]]:
+    """Each run a table holds (folder or store run name → its manifest)."""
+    return table.manifests or {str(table.path): table.manifest}
+
+
+def _dataset_identity(manifest: Mapping[str, Any]) -> str | None:
+    """"cifar10 test" (with its options, if any) of a run, None if it recorded none."""
+    config = manifest.get("config", {})
+    name = config.get("dataset") or manifest.get("dataset")
+    if not name:
+        return None
+    options = config.get("dataset_options") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return " ".join(str(x) for x in (name, config.get("split") or "") if x) + \
+        (f" ({shown})" if shown else "")
+
+
+def _short(path: str, parents: list[Path]) -> str:
+    """A run's folder as the user gave it: relative to the --results folder that held it."""
+    for parent in parents:
+        try:
+            return str(Path(path).relative_to(parent)) if Path(path) != parent else str(path)
+        except ValueError:
+            continue
+    return str(path)
+
+
+def check_comparable(tables: list[RunTables], given: list[str | Path]) -> None:
+    """One :class:`PlotError` line unless the runs of ``tables`` (found under ``given``) can be
+    drawn and compared together: the same dataset (name, split, options), the same weights
+    under each model name (the manifest's ``models[].sha256``), and the same settings of each
+    metric they share apart from its sample count and execution settings (``max_batch``):
+    another grid seed or pixel-removal baseline makes rows of the same sample id measure other
+    things. Runs that recorded no such detail (an older attrib-bench) are not compared on it.
+    The line names the runs on each side and how to pick them."""
+    # each run by (its table: a run folder or a store, its folder or name in the store): a
+    # store's own runs were accepted when it was built (a superseded run may differ), so only
+    # differences between tables count
+    runs = {(i, folder): manifest for i, t in enumerate(tables)
+            for folder, manifest in _runs_of(t).items()}
+    parents = [Path(p) for p in given]
+    names = {key: _short(key[1], parents) for key in runs}
+    fix = (f"pass --results one run folder, e.g. --results {tables[0].path}, or repeat "
+           "--results for the runs that go together")
+
+    def refuse(what: str, first: tuple[Any, list[Any]], second: tuple[Any, list[Any]]) -> None:
+        sides = [f"{value} in {', '.join(names[f] for f in folders[:3])}"
+                 + (f" (+{len(folders) - 3})" if len(folders) > 3 else "")
+                 for value, folders in (first, second)]
+        raise PlotError(f"{', '.join(map(str, given))} holds runs that cannot be compared "
+                        f"({what}: {sides[0]}; {sides[1]}): {fix}")
+
+    def check(what: str, values: dict[tuple[int, str], Any]) -> None:
+        groups: dict[str, list[tuple[int, str]]] = {}
+        shown: dict[str, Any] = {}
+        for folder, value in values.items():
+            key = json.dumps(value, sort_keys=True, default=str)
+            groups.setdefault(key, []).append(folder)
+            shown.setdefault(key, value)
+        items = list(groups.items())
+        for i, (a, fa) in enumerate(items):
+            for b, fb in items[i + 1:]:
+                if len({table for table, _ in fa + fb}) > 1:
+                    refuse(what, (shown[a], fa), (shown[b], fb))
+
+    check("datasets differ", {f: d for f, m in runs.items()
+                              if (d := _dataset_identity(m)) is not None})
+    models = sorted({name for m in runs.values() for name in m.get("models", {})})
+    for model in models:
+        check(f"model {model!r} has other weights (sha256)",
+              {f: str(digest)[:12] for f, m in runs.items()
+               if (digest := m.get("models", {}).get(model, {}).get("sha256"))})
+    metrics = sorted({name for m in runs.values()
+                      for name in m.get("config", {}).get("metric_hparams", {})})
+    for metric in metrics:
+        skip = _EXECUTION_SETTINGS | {_sample_count_key(metric)}
+        settings = {f: {k: v for k, v in m["config"]["metric_hparams"][metric].items()
+                        if k not in skip}
+                    for f, m in runs.items()
+                    if metric in m.get("config", {}).get("metric_hparams", {})}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in settings.values()}) > 1:
+            keys = sorted({k for v in settings.values() for k in v
+                           if len({json.dumps(x.get(k), default=str)
+                                   for x in settings.values()}) > 1})
+            check(f"metric {metric!r} ran with other settings",
+                  {f: ", ".join(f"{k}={v.get(k)!r}" for k in keys) for f, v in settings.items()})
 
 
 def _require_columns(table: pd.DataFrame, columns: Iterable[str], where: Path) -> None:

@@ -155,11 +155,8 @@ class Localisation(Metric):
         target = protocols.to_probability(logits, kind).gather(1, dataset.labels[:, None])[:, 0]
         pool = int((correct & (target > 0.5)).sum())
         if grids.exhausted:
-            fix = (f"pass --n-samples {len(grids)}" if len(grids) else
-                   "use a better-trained model or a smaller n")
-            raise MetricError(f"metric {self.name!r}: only {len(grids)} {n}x{n} grids can be "
-                              f"drawn from {dataset.name} ({pool} correctly classified images "
-                              f"with {kind} probability > 0.5), {requested} requested: {fix}")
+            raise MetricError(self._pool_message(len(grids), requested, dataset, pool, kind,
+                                                 (correct & (target > 0.5)).cpu()))
 
         def fetch(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             return grids.batch(torch.as_tensor(np.asarray(ids), dtype=torch.long))
@@ -168,6 +165,28 @@ class Localisation(Metric):
                 "cell_size": list(dataset.image_size), "pool": pool,
                 "correct": int(correct.sum()), "images": len(dataset), "probability": kind}
         return SampleSet(ids=np.arange(len(grids), dtype=np.int64), fetch=fetch, info=info)
+
+    def _pool_message(self, found: int, requested: int, dataset: BaseImageSet, pool: int,
+                      kind: str, confident: torch.Tensor) -> str:
+        """The one line for a pool that allows ``found`` grids of the ``requested``: how many
+        grids and images there are, what a grid needs, and the fixes (fewer grids, a smaller
+        grid, another model or dataset). ``confident``: bool (N,), the pool's images."""
+        n = self.n
+        per_class = torch.bincount(dataset.labels.cpu()[confident],
+                                   minlength=dataset.num_classes)
+        spread = f"{int(per_class.min())} to {int(per_class.max())} per class"
+        fixes = [f"pass --n-samples {found} (or fewer)"] if found else []
+        if n > min(GRID_SIZES):
+            fixes.append(f"a smaller grid (--set {self.name}.n={n - 1})")
+        fixes.append("another model or dataset" if found else
+                     "a better-trained model or another dataset")
+        fix = ", ".join(fixes[:-1]) + (" or " if len(fixes) > 1 else "") + fixes[-1]
+        if not found:
+            fix = "use " + fix
+        return (f"metric {self.name!r}: only {found} {n}x{n} grids can be drawn from "
+                f"{dataset.name} ({pool} correctly classified images with {kind} probability "
+                f"> 0.5, {spread}), {requested} requested; a grid takes {n * n} such images "
+                f"of distinct classes while more than {n * n} classes have one left: {fix}")
 
     def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, target: torch.Tensor,
                  samples: np.ndarray) -> pd.DataFrame:

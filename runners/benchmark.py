@@ -764,8 +764,56 @@ def _model_info(model: nn.Module, digest: str, identity: str) -> dict[str, Any]:
 
 def _manifest_extras(results: pd.DataFrame, plan: Plan, done: list[ChunkResult],
                      device: torch.device, seconds: float) -> dict[str, Any]:
+    """The manifest's provenance beyond the config, among them ``display`` (each method's label
+    and colour, so that ``plot`` and ``report`` draw the run the same without its plugins:
+    :func:`~attrib_bench.registry.method_display`) and ``built`` (each method's and metric's
+    class, the plugin module that registered it, if any, and its hyper-parameters as built,
+    defaults and the run's seed included, for plugins as for the built-in ones)."""
+    from attrib_bench.hparams import hparams_of, unwrap
+    from attrib_bench.registry import METHODS, METRICS, Registry, method_display
+
+    def inherited(registry: Registry, name: str) -> dict[str, Any]:
+        """Defaults a class taking ``**kwargs`` passes on to its bases (a plugin's
+        ``__init__(self, model, *, power=1.0, **kw)``: the base's max_batch and seed)."""
+        target = unwrap(registry.get(name).factory)[0] if name in registry else None
+        init = getattr(target, "__init__", None) if inspect.isclass(target) else None
+        try:
+            takes_any = init is not None and any(
+                p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values())
+        except (TypeError, ValueError):
+            takes_any = False
+        found: dict[str, Any] = {}
+        for base in target.__mro__[1:] if takes_any else ():
+            if "__init__" in vars(base) and base is not object:
+                for key, spec in hparams_of(base).items():
+                    found.setdefault(key, spec.default)
+        return found
+
+    def origin(registry: Registry, name: str) -> dict[str, Any]:
+        target = unwrap(registry.get(name).factory)[0] if name in registry else None
+        module = str(getattr(target, "__module__", "") or "")
+        plugin = None if not module or module.startswith("attrib_bench.") else module
+        source = getattr(sys.modules.get(plugin or ""), "__file__", None)
+        return {"class": f"{module}.{getattr(target, '__qualname__', name)}", "plugin": plugin,
+                **({"plugin_sha256": sha256_file(source)}
+                   if source and os.path.isfile(source) else {})}
+
+    built: dict[str, dict[str, Any]] = {"methods": {}, "metrics": {}}
+    for job in plan.jobs:
+        if job.part.method not in built["methods"]:
+            built["methods"][job.part.method] = {
+                **origin(METHODS, job.part.method),
+                "hparams": {**inherited(METHODS, job.part.method), **job.method_config}}
+        if job.part.metric not in built["metrics"]:
+            config = {k: v for k, v in job.metric_config.items() if k != "name"}
+            built["metrics"][job.part.metric] = {
+                **origin(METRICS, job.part.metric),
+                "hparams": {**inherited(METRICS, job.part.metric), **config,
+                            **dict(getattr(job.metric, "hparams", {}) or {})}}
     maps = sum((r.cache for r in done), CacheStats())
     return {
+        "display": method_display(built["methods"]),
+        "built": built,
         "versions": _versions(),
         "git_commit": git_commit(),
         "device": str(device),

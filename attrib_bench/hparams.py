@@ -8,13 +8,21 @@ against its declared type, and the listings (:func:`describe`) show them. There 
 hand-written copies to drift from the code: a changed default changes the resolved configuration,
 hence the results' ``method_config``/``metric_config`` columns and the attribution-cache key.
 
-Text values are parsed by the declared type: ``bool`` takes true/false/1/0/yes/no (any case),
-``int`` and ``float`` take numbers (an int where a float is declared), ``None`` takes none/null,
-``str`` and ``Literal[...]`` take the text (a Literal checks it is one of its values), sequences
-take a JSON list or comma-separated numbers, and ``nn.Module`` (a layer) takes a module path such
-as ``layer4.2`` that the method resolves on its model. A parameter without a type hint takes a
-JSON value, else the text. Sources: the idea is click's and typer's (types from the signature);
-the code is written here because neither parses into ``Literal`` / unions / module paths.
+Text values are parsed by the declared type (surrounding whitespace ignored, except by ``str``):
+``bool`` takes true/false/1/0/yes/no/on/off (any case), ``int`` an ASCII integer (an optional
+sign, digits, ``_`` between digits as in Python: ``10_000``) that fits in int64, ``float`` an
+ASCII decimal number (``0.5``, ``1e-3``, an int) that is finite, ``None`` takes none/null,
+``str`` takes the text as it is, ``Literal[...]`` one of its values, sequences a JSON list or
+comma-separated items (no empty item: ``[]`` is the empty list; fixed-length tuples check their
+length), and ``nn.Module`` (a layer) a module path such as ``layer4.2`` that the method resolves
+on its model. A parameter without a type hint takes a JSON value, else the text. Python values
+are checked, never converted by guessing: an ``int`` (or NumPy integer, not a bool) where an
+int is declared, an int or float (NumPy's too) that is finite and exact as a float where a
+float is declared, a ``bool`` (or NumPy bool) where a bool is. Anything else — ``"1.5"`` for an
+int, ``"true"`` for a number, NaN, inf, an overflow, digits of other scripts (``"١٢"``) — is one
+:class:`~attrib_bench.errors.SettingError` line. Sources: the idea is click's and typer's (types
+from the signature); the code is written here because neither parses into ``Literal`` / unions
+/ module paths.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import difflib
 import functools
 import inspect
 import json
+import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -39,6 +49,13 @@ _EMPTY = inspect.Parameter.empty
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _NONE = {"none", "null"}
+#: An int as text: ASCII digits, an optional sign, ``_`` between digits (Python's own syntax).
+_INT_TEXT = re.compile(r"[+-]?[0-9]+(_[0-9]+)*")
+#: A float as text: ASCII digits with an optional point and exponent (no nan, inf, hex).
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+(_[0-9]+)*(\.([0-9]+(_[0-9]+)*)?)?|\.[0-9]+(_[0-9]+)*)"
+                         r"([eE][+-]?[0-9]+)?")
+#: The int range a setting may take: what torch and NumPy hold (int64).
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -155,7 +172,7 @@ def _convert(value: Any, annotation: Any, from_text: bool) -> Any:
         if from_text:
             try:
                 return json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON (or nested beyond Python's stack)
                 return value
         return value
     origin = typing.get_origin(annotation)
@@ -175,6 +192,8 @@ def _convert(value: Any, annotation: Any, from_text: bool) -> Any:
         raise _Mismatch
     if origin is Literal:
         allowed = typing.get_args(annotation)
+        if from_text and isinstance(value, str):
+            value = value.strip()
         for option in allowed:
             try:
                 if _convert(value, type(option), from_text) == option:
@@ -183,50 +202,78 @@ def _convert(value: Any, annotation: Any, from_text: bool) -> Any:
                 continue
         raise _Mismatch
     if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if from_text and str(value).strip().lower() in _TRUE | _FALSE:
-            return str(value).strip().lower() in _TRUE
+        if isinstance(value, (bool, _np().bool_)):
+            return bool(value)
+        if from_text and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
         raise _Mismatch
     if annotation is int:
-        if from_text:
-            try:
-                return int(str(value).strip())
-            except ValueError:
-                raise _Mismatch from None
-        if _is_int(value):
-            return int(value)
-        raise _Mismatch
+        if from_text and isinstance(value, str):
+            text = value.strip()
+            if not _INT_TEXT.fullmatch(text):
+                raise _Mismatch
+            value = int(text)
+        elif not _is_int(value):
+            raise _Mismatch
+        value = int(value)
+        if not INT_MIN <= value <= INT_MAX:
+            raise _Mismatch
+        return value
     if annotation is float:
-        if from_text:
+        if from_text and isinstance(value, str):
+            text = value.strip()
+            if not _FLOAT_TEXT.fullmatch(text):
+                raise _Mismatch
+            number = float(text)
+            mantissa = text.lower().partition("e")[0]
+            if number == 0 and any(c in "123456789" for c in mantissa):  # underflow to 0
+                raise _Mismatch
+        elif _is_int(value) or _is_float(value):
             try:
-                return float(str(value).strip())
-            except ValueError:
+                number = float(value)
+            except OverflowError:
                 raise _Mismatch from None
-        if _is_int(value) or _is_float(value):
-            return float(value)
-        raise _Mismatch
+            if _is_int(value) and number != int(value):  # an int a float cannot hold exactly
+                raise _Mismatch
+        else:
+            raise _Mismatch
+        if not math.isfinite(number):
+            raise _Mismatch
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
         raise _Mismatch
     if origin is not None and _is_sequence(origin):
-        (item,) = typing.get_args(annotation)[:1] or (Any,)
-        if from_text:
-            text = str(value).strip()
-            try:
-                items = json.loads(text) if text.startswith("[") else [
-                    t for t in text.split(",") if t.strip()]
-            except ValueError:
-                raise _Mismatch from None
-            if not isinstance(items, list):
+        args = typing.get_args(annotation)
+        if from_text and isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    items = json.loads(text)
+                except (ValueError, RecursionError):
+                    raise _Mismatch from None
+                if not isinstance(items, list):
+                    raise _Mismatch
+            else:
+                items = [t.strip() for t in text.split(",")]
+                if not all(items):  # "", "1,,2", "1,": no empty items ([] is the empty list)
+                    raise _Mismatch
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise _Mismatch
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[int, int]: fixed
+            if len(items) != len(args):
                 raise _Mismatch
-            return [_convert(v, item, isinstance(v, str)) for v in items]
-        if isinstance(value, (list, tuple)):
-            return [_convert(v, item, False) for v in value]
-        raise _Mismatch
+            return tuple(_convert(v, a, from_text and isinstance(v, str))
+                         for v, a in zip(items, args, strict=True))
+        (item,) = args[:1] or (Any,)
+        return [_convert(v, item, from_text and isinstance(v, str)) for v in items]
     if _is_module_type(annotation):
-        if isinstance(value, (str, annotation)):  # a module path, resolved by the method
+        if isinstance(value, str):  # a module path, resolved by the method
+            return value.strip() if from_text else value
+        if isinstance(value, annotation):
             return value
         raise _Mismatch
     if isinstance(annotation, type):
@@ -236,16 +283,18 @@ def _convert(value: Any, annotation: Any, from_text: bool) -> Any:
     return value  # an annotation we cannot check (a Protocol, a TypeVar): taken as given
 
 
-def _is_int(value: Any) -> bool:
+def _np() -> Any:
     import numpy as np
 
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    return np
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, _np().integer)) and not isinstance(value, bool)
 
 
 def _is_float(value: Any) -> bool:
-    import numpy as np
-
-    return isinstance(value, (float, np.floating))
+    return isinstance(value, (float, _np().floating))
 
 
 def convert(value: Any, spec: HParam, owner: str, *, from_text: bool = False) -> Any:
@@ -256,9 +305,19 @@ def convert(value: Any, spec: HParam, owner: str, *, from_text: bool = False) ->
     try:
         return _convert(value, spec.annotation, from_text)
     except _Mismatch:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise SettingError(f"{owner}: {spec.name} must be {spec.type_name}, got {shown}") \
-            from None
+        shown = " ".join(repr(value).split())  # one line, whatever the value's repr
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        rule = next((r for t, r in _RULES if spec.annotation is t), "")
+        raise SettingError(f"{owner}: {spec.name} must be {spec.type_name}, got "
+                           f"{shown}{rule}") from None
+
+
+#: What a value of a plain declared type must look like, for the refusal's line.
+_RULES: tuple[tuple[Any, str], ...] = (
+    (int, ": write an integer within int64 (digits, no point)"),
+    (float, ": write a finite number such as 0.5 or 1e-3"),
+    (bool, ": write true/false, yes/no, on/off or 1/0"),
+)
 
 
 def resolve(owner: str, factory: Callable[..., Any], given: Mapping[str, Any], *,

@@ -67,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attrib_bench.checks import model_label
 from attrib_bench.data import BaseImageSet
 from attrib_bench.errors import MetricError
 from attrib_bench.evaluation import INFERENCE_BATCH, eval_mode
@@ -511,7 +512,7 @@ class PixelRemoval(Metric):
             choices = f"{', '.join(RGB_BASELINES[:-1])} or {RGB_BASELINES[-1]}"
             raise MetricError(f"metric 'pixel-removal': baseline {baseline} needs a model with "
                               f"an encoded input (encode and forward_encoded, as the CoDA-Nets "
-                              f"have), which {type(model).__name__} lacks: use baseline "
+                              f"have), which {model_label(model)} lacks: use baseline "
                               f"{choices}, or None (the model's own)")
         return baseline
 

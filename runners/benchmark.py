@@ -53,6 +53,7 @@ from torch import nn
 
 from attrib_bench import evaluation
 from attrib_bench.checkpoints import sha256_file
+from attrib_bench.checks import naming
 from attrib_bench.data import BaseImageSet, get_dataset
 from attrib_bench.errors import AttribBenchError, MetricError, NotApplicableError, RunError
 from attrib_bench.evaluation import count_parameters, eval_mode, resolve_device
@@ -639,7 +640,8 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
     for model_name, model in loaded.items():
         for metric_name, metric in metrics.items():
             try:
-                view = metric.prepare_model(model)
+                with naming(model_name):  # messages name the model as the run knows it
+                    view = metric.prepare_model(model)
             except MetricError as exc:
                 if not config.all_metrics:
                     raise
@@ -648,8 +650,9 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
             built: dict[str, Any] = {}
             for method_name in config.methods:
                 try:
-                    built[method_name] = build_method(method_name, view,
-                                                      config.method_hparams[method_name])
+                    with naming(model_name):
+                        built[method_name] = build_method(method_name, view,
+                                                          config.method_hparams[method_name])
                 except NotApplicableError as exc:
                     refused.setdefault(method_name, exc)
                     _skip(skipped, model_name, method_name, metric_name, str(exc))
@@ -659,7 +662,8 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
         t0 = time.perf_counter()
         # --n-samples is in the config of a metric with a sample_count setting already
         n_samples = None if sample_count_key(metric_name) else config.n_samples
-        samples = _select(metric_name, metric, model, images, n_samples, select_ctx)
+        with naming(model_name):
+            samples = _select(metric_name, metric, model, images, n_samples, select_ctx)
         samples_info[f"{model_name}/{metric_name}"] = {  # the count wins over info's keys
             **samples.info, "n": len(samples), "seconds": round(time.perf_counter() - t0, 3)}
         example = _first_sample(samples, device) if len(samples) else None

@@ -24,6 +24,23 @@ from attrib_bench.runners.jobs import RunConfig
 #: ``run(executor=...)``: in this process (no Dask import), or Dask tasks.
 EXECUTORS = ("local", "dask")
 
+#: The largest seed a run takes, as the methods do (skimage's quickshift seeds LIME's
+#: superpixels with a C int); the methods' and metrics' seeds derive from it.
+MAX_SEED = 2**31 - 1
+
+
+def _is_int(value: Any) -> bool:
+    """An int of any kind (Python's, NumPy's), not a bool."""
+    import numpy as np
+
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _shown(value: Any) -> str:
+    """``value``'s repr on one line, at most 40 characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 40 else text[:37] + "..."
+
 
 def split_names(value: str | Iterable[str] | Mapping[str, Any]) -> list[str]:
     """Names from "a,b" or an iterable, in order, each once (``grad,grad`` is ``grad``)."""
@@ -119,12 +136,21 @@ def parse_settings(settings: Iterable[str], methods: list[str], metrics: list[st
                    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
     """``["rise.n_masks=500", "pixel-removal.baseline=road"]`` → (method, metric) settings as
     text, split by the selected ``methods`` and ``metrics``; a NAME that is neither, or an item
-    not of the form NAME.KEY=VALUE, is one :class:`SettingError` line with the close matches."""
+    not of the form NAME.KEY=VALUE, is one :class:`SettingError` line with the close matches.
+
+    The item splits at its first ``=`` (the VALUE may hold more) and NAME.KEY at its last dot;
+    whitespace around NAME and KEY is ignored, the VALUE is left to its declared type's parser
+    (:mod:`attrib_bench.hparams`: numbers ignore surrounding whitespace, a ``str`` keeps it).
+    A KEY set twice keeps the last VALUE, as command-line options do."""
     method_settings: dict[str, dict[str, str]] = {}
     metric_settings: dict[str, dict[str, str]] = {}
     for item in settings:
+        if not isinstance(item, str):
+            raise SettingError(f"--set takes NAME.KEY=VALUE text, got {type(item).__name__}: "
+                               "pass a list of strings, e.g. ['rise.n_masks=500']")
         name, eq, text = item.partition("=")
         name, dot, key = name.rpartition(".")
+        name, key = name.strip(), key.strip()
         if not (dot and eq and name and key):
             raise SettingError(f"--set {item!r}: use NAME.KEY=VALUE, e.g. rise.n_masks=500")
         if name in metrics:
@@ -139,7 +165,8 @@ def parse_settings(settings: Iterable[str], methods: list[str], metrics: list[st
 def not_selected(name: str, methods: list[str], metrics: list[str], what: str) -> str:
     """The one line for a setting whose NAME is not a selected method or metric."""
     selected = [*methods, *metrics]
-    close = difflib.get_close_matches(name, selected, n=3, cutoff=0.5)
+    close = [n for n in selected if n.lower() == name.lower()] or difflib.get_close_matches(
+        name, selected, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else (
         f"this run has {', '.join(selected)}")
     registered = name in METHODS or name in METRICS
@@ -168,8 +195,8 @@ def check_executor(executor: str, scheduler: str | None, workers: int | None,
     if scheduler is not None and workers is not None:
         raise RunError("--scheduler uses an existing cluster and --workers starts a local one: "
                        "pass one of them")
-    if workers is not None and (isinstance(workers, bool) or workers < 1):
-        raise RunError(f"--workers must be >= 1, got {workers}")
+    if workers is not None and (not _is_int(workers) or workers < 1):
+        raise RunError(f"--workers must be an int >= 1, got {_shown(workers)}")
 
 
 def resolve_dataset(dataset: str | BaseImageSet, options: Mapping[str, Any] | None = None
@@ -225,10 +252,15 @@ def run_config(models: list[str], methods: str | Iterable[str], metrics: str | I
             METHODS.get(name)
     if checkpoint is not None and len(models) != 1:
         raise RunError("--checkpoint applies to one model: run one --model per checkpoint")
-    if n_samples is not None and (isinstance(n_samples, bool) or n_samples < 1):
-        raise RunError(f"--n-samples must be >= 1, got {n_samples}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise RunError(f"--chunk-size must be an int >= 1, got {chunk_size!r}")
+    if n_samples is not None and (not _is_int(n_samples) or n_samples < 1):
+        raise RunError(f"--n-samples must be an int >= 1, got {_shown(n_samples)}")
+    if not _is_int(chunk_size) or chunk_size < 1:
+        raise RunError(f"--chunk-size must be an int >= 1, got {_shown(chunk_size)}")
+    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+        raise RunError(f"--seed must be an int in [0, 2**31 - 1] (a seed every library here "
+                       f"takes), got {_shown(seed)}")
+    n_samples = None if n_samples is None else int(n_samples)
+    chunk_size, seed = int(chunk_size), int(seed)
     selected_methods = METHODS.names() if all_methods else method_names
     text_methods, text_metrics = parse_settings(settings, selected_methods, metric_names)
     for kind, given, names in (("method_hparams", method_hparams, selected_methods),

@@ -2,10 +2,12 @@
 
 ``Method(model, **hparams).attribute(inputs, target) -> (B, H, W)``: ``inputs`` float RGB in
 [0, 1], shape (B, 3, H, W), in the dtype of the model's parameters; ``target`` class indices,
-LongTensor (B,); the result is one signed value per pixel (channels summed), on the inputs'
-device, in their dtype. :class:`AttributionMethod` validates inputs (shape, finite, range, dtype),
-targets, the model's output (:func:`attrib_bench.models.protocols.check_logits`: logits (B, K),
-not a tuple, not probabilities) and the produced map (one-line :class:`AttribBenchError`
+an integer tensor or array (B,) or one integer scalar of any kind for every image
+(:func:`attrib_bench.checks.check_target`); the result is one signed value per pixel (channels
+summed), on the inputs' device, in their dtype. :class:`AttributionMethod` validates inputs
+(:mod:`attrib_bench.checks`: shape, finite, range; then the dtype), targets, the model's
+output (:func:`attrib_bench.models.protocols.check_logits`: logits (B, K), not a tuple, not
+probabilities) and the produced map (one-line :class:`AttribBenchError`
 subclasses), returns an empty (0, H, W) map for an empty batch without running the model, runs
 the model in eval mode, chunks the batch by ``max_batch`` and sums channels; a method implements
 only :meth:`AttributionMethod._attribute` (or :meth:`AttributionMethod._attribute_chunk`), and
@@ -27,11 +29,19 @@ import inspect
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple, final
 
+import numpy as np
 import torch
 from torch import nn
 
-from attrib_bench.checks import check_images, check_range
-from attrib_bench.errors import InputShapeError, MethodError, NotApplicableError, TargetError
+from attrib_bench.checks import (
+    check_finite,
+    check_images,
+    check_range,
+    check_target,
+    current_model_name,
+    model_label,
+)
+from attrib_bench.errors import InputShapeError, MethodError, NotApplicableError
 from attrib_bench.evaluation import eval_mode, ieee_float32
 from attrib_bench.models import protocols
 
@@ -45,6 +55,10 @@ REFERENCE_SIDE = 32
 #: The fix a method built directly names when it does not apply to a model; built by name, the
 #: registry replaces it with the list of the methods that do apply.
 LISTING_HINT = "`attrib-bench list methods` shows the methods"
+
+#: The largest ``seed`` a method takes: skimage's quickshift (LIME's superpixels) takes a C
+#: int, NumPy below 2**32, torch below 2**64.
+MAX_SEED = 2**31 - 1
 
 
 _DTYPE_CASTS = {torch.float32: "float()", torch.float64: "double()", torch.float16: "half()",
@@ -156,7 +170,16 @@ class AttributionMethod:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise MethodError(f"method {self.name!r}: max_batch must be a positive int, "
                               f"got {max_batch!r}")
+        if (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                or not 0 <= seed <= MAX_SEED):
+            raise MethodError(f"method {self.name!r}: seed must be an int in [0, 2**31 - 1] "
+                              f"(the seeds every library here takes), got {str(seed)[:40]!r}")
         self.model = model
+        #: The model's registered name or the name given to ``run`` when known (set by
+        #: :func:`attrib_bench.checks.naming` around the method's construction), else None;
+        #: messages name the model by ``model_label``: "model 'NAME'", else its Python class.
+        self.model_name: str | None = current_model_name()
+        self.model_label = model_label(self.model, self.model_name)
         self.max_batch = max_batch
         self.seed = int(seed)
         self._num_classes: int | None = None
@@ -179,7 +202,7 @@ class AttributionMethod:
             return
         fix = fix or LISTING_HINT
         raise NotApplicableError(f"method {self.name!r} does not apply to "
-                                 f"{type(self.model).__name__}: it needs model.{attr}; {fix}")
+                                 f"{self.model_label}: it needs model.{attr}; {fix}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_batch={self.max_batch}, seed={self.seed})"
@@ -198,21 +221,20 @@ class AttributionMethod:
         """Attribution maps (B, H, W) of ``inputs`` (B, 3, H, W) for the classes ``target`` (B,).
 
         ``inputs``: RGB in [0, 1] (a 0..255 or normalised batch is refused), finite, in the
-        model's parameters' dtype. An empty batch (B = 0) gives an empty (0, H, W) map once the
-        target's form is checked; the model is not run.
+        model's parameters' dtype. ``target``: class indices in [0, K), an integer tensor or
+        NumPy array (B,), or one integer scalar of any kind (``3``, ``np.int64(3)``,
+        ``torch.tensor(3)``) for every image; bools and floats are refused
+        (:func:`attrib_bench.checks.check_target`). An empty batch (B = 0) gives an empty
+        (0, H, W) map once the target's form is checked; the model is not run.
         """
-        inputs = check_images(inputs).detach()
-        if not torch.isfinite(inputs).all():
-            bad = (~torch.isfinite(inputs)).flatten(1).any(1).nonzero().flatten().tolist()
-            raise InputShapeError(f"inputs contain NaN or inf (images {bad[:5]}): "
-                                  "pass finite RGB values in [0, 1]")
+        inputs = check_finite(check_images(inputs).detach())
         check_range(inputs)
         self._check_dtype(inputs)
         if self.needs_grad and torch.is_inference_mode_enabled():
             raise MethodError(f"method {self.name!r} needs gradients: call it outside "
                               "torch.inference_mode()")
         if len(inputs) == 0:
-            self._check_target_form(target, 0)
+            check_target(target, 0)
             return inputs.new_zeros((0, *inputs.shape[2:]))
         with eval_mode(self.model), ieee_float32(inputs.device):
             target = self._check_target(target, inputs)
@@ -250,32 +272,15 @@ class AttributionMethod:
         expected = model_dtype(self.model)
         if expected is not None and inputs.dtype != expected:
             raise InputShapeError(
-                f"inputs are {inputs.dtype} but {type(self.model).__name__}'s parameters are "
+                f"inputs are {inputs.dtype} but the parameters of {self.model_label} are "
                 f"{expected}: use inputs.{_cast(expected)} or model.{_cast(inputs.dtype)}")
 
-    def _check_target_form(self, target: object, batch: int) -> torch.Tensor:
-        """``target`` as a tensor of ``batch`` integer class indices (its values unchecked)."""
-        if isinstance(target, int) and not isinstance(target, bool):
-            target = torch.full((batch,), target, dtype=torch.long)
-        if not isinstance(target, torch.Tensor):
-            raise TargetError(f"target must be a LongTensor of class indices, shape ({batch},), "
-                              f"got {type(target).__name__}")
-        if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-            raise TargetError(f"target must hold integer class indices, got {target.dtype} "
-                              "(use target.long())")
-        if tuple(target.shape) != (batch,):
-            raise TargetError(f"target must have shape ({batch},), one class per image, "
-                              f"got {tuple(target.shape)}")
-        return target
-
     def _check_target(self, target: object, inputs: torch.Tensor) -> torch.Tensor:
-        batch = len(inputs)
-        target = self._check_target_form(target, batch)
-        classes = self.num_classes(inputs)
-        if batch and (target.min() < 0 or target.max() >= classes):
-            raise TargetError(f"target values must be class indices in [0, {classes}), got "
-                              f"{target.min().item()}..{target.max().item()}")
-        return target.to(device=inputs.device, dtype=torch.long)
+        """``target`` as a LongTensor (B,) on the inputs' device, each value a class of the
+        model (:func:`attrib_bench.checks.check_target`: any integer scalar or an integer
+        tensor/array (B,); never a bool or a float)."""
+        check_target(target, len(inputs))  # the form first: before the model runs
+        return check_target(target, len(inputs), self.num_classes(inputs), inputs.device)
 
     def _check_map(self, maps: object, inputs: torch.Tensor) -> torch.Tensor:
         if not isinstance(maps, torch.Tensor):

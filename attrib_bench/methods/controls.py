@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attrib_bench.errors import MethodError
 from attrib_bench.hashing import M32, hash32, hashed_normal
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
 from attrib_bench.registry import register_method
@@ -70,8 +71,8 @@ class CentreControl(_Control):
     def __init__(self, model: nn.Module, *, sigma: float = 0.25,
                  max_batch: int = DEFAULT_MAX_BATCH, seed: int = 0) -> None:
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"method 'centre': sigma must be a positive number (a fraction of "
-                             f"the image's shorter side), got {sigma!r}")
+            raise MethodError(f"method 'centre': sigma must be a positive number (a fraction "
+                              f"of the image's shorter side), got {str(sigma)[:40]!r}")
         super().__init__(model, max_batch=max_batch, seed=seed)
         self.sigma = float(sigma)
 

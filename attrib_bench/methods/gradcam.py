@@ -1,10 +1,14 @@
 """``gradcam``: GradCAM (Selvaraju et al. 2017) on a layer of any convolutional model, via captum.
 
 The layer: ``layer=`` (a module of the model, or its path such as ``"features.3"`` or
-``"layer4.2"``), else a default found on the model (:func:`default_layer`): the model's declared
-``gradcam_layer`` (:mod:`attrib_bench.models.protocols`), timm's ``feature_info[-1]["module"]``,
-torchvision ResNets' ``layer4``, torchvision VGG/AlexNet/DenseNet-style ``features``, else the
-last ``nn.Conv2d`` in module order.
+``"layer4.2"``), else one rule (:func:`default_layer`): **the output of the model's last
+convolutional block**, the last feature map before the head: the model's declared
+``gradcam_layer`` (:mod:`attrib_bench.models.protocols`), else timm's
+``feature_info[-1]["module"]``, else torchvision's ``layer4`` or ``features`` (when they hold a
+convolution), else found by structure (:func:`last_conv_block`): the largest module holding the
+last ``nn.Conv2d`` and no part of the head, with the activation, normalisation and pooling
+modules that follow it in an ``nn.Sequential`` (a plain ``Sequential``'s ReLU or pool after its
+last convolution, not the convolution itself).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from attrib_bench.checks import model_label
 from attrib_bench.errors import MethodError, NotApplicableError
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
 from attrib_bench.models import protocols
@@ -44,9 +49,11 @@ def _module_path(model: nn.Module, layer: nn.Module) -> str | None:
 WRAPPED = ("model", "net")
 
 
-def resolve_layer(model: nn.Module, path: str, method: str = "gradcam") -> nn.Module:
+def resolve_layer(model: nn.Module, path: str, method: str = "gradcam", *,
+                  model_name: str | None = None) -> nn.Module:
     """The submodule at ``path`` (``"features.3"``); a wrong path is one :class:`MethodError`
-    line listing the model's convolutional layers (the first :data:`MAX_LISTED`).
+    line listing the model's convolutional layers (the first :data:`MAX_LISTED`), naming the
+    model by ``model_name`` (else as :func:`attrib_bench.checks.model_label` does).
 
     A path not found on ``model`` is tried inside the network a wrapper holds
     (:data:`WRAPPED`: ``model.model`` of a torchvision/timm wrapper, ``model.net`` of a B-cos
@@ -65,16 +72,84 @@ def resolve_layer(model: nn.Module, path: str, method: str = "gradcam") -> nn.Mo
     hint = f"did you mean {', '.join(close)}? " if close else ""
     listed = ", ".join(candidates[:MAX_LISTED]) + (", …" if len(candidates) > MAX_LISTED else "")
     shown = path if len(path) <= 60 else path[:57] + "..."
-    raise MethodError(f"method {method!r}: {type(model).__name__} has no layer {shown!r}; "
+    raise MethodError(f"method {method!r}: {model_label(model, model_name)} has no layer "
+                      f"{shown!r}; "
                       f"{hint}layers with a convolution: {listed or 'none'}")
+
+
+#: Modules of a classifier's head: a module holding one is not part of the convolutional block.
+HEAD_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Flatten, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+
+#: Modules that end a convolutional block after its convolution in an ``nn.Sequential``: they
+#: keep a (B, C, h, w) map (activations, normalisation, dropout, fixed-size pooling).
+BLOCK_TAIL: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh,
+    nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Threshold,
+    nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm, nn.modules.dropout._DropoutNd, nn.MaxPool2d, nn.AvgPool2d,
+    nn.LPPool2d, nn.Identity)
+
+
+def _holds_head(module: nn.Module) -> bool:
+    return any(isinstance(m, HEAD_MODULES) for m in module.modules())
+
+
+def _runs_in_order(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Sequential`` whose forward is Sequential's own (its
+    children run one after the other, in order)."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def last_conv_block(model: nn.Module) -> tuple[nn.Module, str] | None:
+    """The module whose output is ``model``'s last convolutional block's, by structure alone,
+    and its path; None without an ``nn.Conv2d``.
+
+    Take the last ``nn.Conv2d`` in module order; the block is the largest module below the
+    model that holds it and no part of a head (:data:`HEAD_MODULES`: ``nn.Linear``,
+    ``nn.Flatten``, adaptive pooling); where that block sits in an ``nn.Sequential``, the
+    activation, normalisation, dropout and fixed-size pooling modules right after it
+    (:data:`BLOCK_TAIL`) belong to it, and the last of them is the layer. So
+    ``Sequential(conv, ReLU, conv, ReLU, MaxPool2d, Flatten, Linear)`` gives its ``MaxPool2d``
+    (index 4), a torchvision ResNet ``layer4``, a VGG-style model ``features``: in each case the
+    map the head reads.
+    """
+    convs = [p for p, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        return None
+    if not convs[-1]:  # the model is a convolution
+        return model, ""
+    parts = convs[-1].split(".")
+    # the convolution's ancestors below the model, outermost first, then the convolution
+    chain = [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+    path = next(p for p in chain if not _holds_head(model.get_submodule(p)))
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    if _runs_in_order(parent):
+        names = list(parent._modules)
+        for name in names[names.index(child) + 1:]:
+            if not isinstance(parent._modules[name], BLOCK_TAIL):
+                break
+            path = f"{parent_path}.{name}" if parent_path else name
+    return model.get_submodule(path), path
 
 
 def default_layer(model: nn.Module) -> tuple[nn.Module, str] | None:
     """GradCAM's default layer of ``model`` and how it was found, or None if there is none.
 
-    In order: ``model.gradcam_layer`` (a declared capability), timm's
-    ``model.feature_info[-1]["module"]``, ``model.layer4`` (torchvision ResNets),
-    ``model.features`` (torchvision VGG, AlexNet, DenseNet, ...), the last ``nn.Conv2d``.
+    One rule: **the output of the model's last convolutional block**, the last (B, C, h, w)
+    feature map before the head pools it: the GradCAM paper weighs the feature maps of the
+    last convolutional layer, the CoDA-Nets paper's GradCAM uses the last DAU layer and the
+    ResNets' last stage, and torchvision's names mean it. Found, in order:
+    the model's declared ``model.gradcam_layer`` (a capability), timm's
+    ``model.feature_info[-1]["module"]`` (the library's last stage), torchvision's names
+    ``model.layer4`` (ResNets) and ``model.features`` (VGG, AlexNet, DenseNet, MobileNet,
+    EfficientNet, ConvNeXt: the convolutional part the ``classifier`` reads) when they hold an
+    ``nn.Conv2d``, else by structure (:func:`last_conv_block`: a plain ``nn.Sequential`` gives
+    the activation or pooling module that ends its last convolution's block, not the
+    convolution itself). ``layer=`` chooses any other module.
     """
     if protocols.has(model, "gradcam_layer"):
         declared = model.gradcam_layer
@@ -93,12 +168,13 @@ def default_layer(model: nn.Module) -> tuple[nn.Module, str] | None:
             module = None
         if isinstance(module, nn.Module):
             return module, 'model.feature_info[-1]["module"]'
-    for attr in ("layer4", "features"):
+    for attr in ("layer4", "features"):  # torchvision's names for the last block's output
         module = getattr(model, attr, None)
-        if isinstance(module, nn.Module):
+        if isinstance(module, nn.Module) and any(isinstance(m, nn.Conv2d)
+                                                 for m in module.modules()):
             return module, f"model.{attr}"
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    return (convs[-1], "the last nn.Conv2d") if convs else None
+    found = last_conv_block(model)
+    return (found[0], "the last convolutional block") if found else None
 
 
 @register_method("gradcam", family="gradient", label="GradCAM", colour="#2ca02c")
@@ -110,10 +186,13 @@ class GradCAM(AttributionMethod):
     (H, W) with captum's ``LayerAttribution.interpolate``. ``interpolation="nearest"`` is what
     the CoDA-Nets authors used: each layer cell becomes a constant block. ``layer``: a module of
     the model or its path (``"features.3"``, ``"layer4.2"``; a path also resolves on copies of
-    the model, as the randomisation metric makes); ``None``: the model's ``gradcam_layer`` (the
-    last DAU layer of a CoDA-Net, the last stage of the CIFAR ResNets), else timm's last
-    ``feature_info`` module, ``layer4``, ``features``, else the last ``nn.Conv2d``
-    (:func:`default_layer`). The chosen layer's path is ``self.layer_name``.
+    the model, as the randomisation metric makes); ``None``: the output of the model's last
+    convolutional block (:func:`default_layer`): its ``gradcam_layer`` (the last DAU layer of
+    a CoDA-Net, the last stage of the CIFAR ResNets), else timm's last ``feature_info`` module,
+    else the largest module holding the last ``nn.Conv2d`` and no part of the head, ended by
+    the activation, normalisation and pooling modules after it in an ``nn.Sequential``
+    (``layer4`` of a ResNet, ``features`` of a VGG-style model). The chosen layer's path is
+    ``self.layer_name``.
     """
 
     name = "gradcam"
@@ -137,16 +216,16 @@ class GradCAM(AttributionMethod):
             if isinstance(layer, nn.Module):
                 return layer, type(layer).__name__
             raise NotApplicableError(f"method 'gradcam' does not apply to "
-                                     f"{type(model).__name__}: it is not an nn.Module; pass "
+                                     f"{self.model_label}: it is not an nn.Module; pass "
                                      "layer=<one of its modules>")
         if isinstance(layer, str):
-            return resolve_layer(model, layer), layer
+            return resolve_layer(model, layer, model_name=self.model_name), layer
         if isinstance(layer, nn.Module):
             path = _module_path(model, layer)
             if path is None:
                 raise MethodError(
                     f"method 'gradcam': the {type(layer).__name__} passed as layer is not a "
-                    f"module of {type(model).__name__}; pass one of its modules or its path, "
+                    f"module of {self.model_label}; pass one of its modules or its path, "
                     f"e.g. {', '.join(conv_layers(model)[:3]) or 'none'}")
             return layer, path or "(the model itself)"
         if layer is not None:
@@ -155,7 +234,7 @@ class GradCAM(AttributionMethod):
         found = default_layer(model)
         if found is None:
             raise NotApplicableError(
-                f"method 'gradcam' does not apply to {type(model).__name__}: it has no "
+                f"method 'gradcam' does not apply to {self.model_label}: it has no "
                 "nn.Conv2d and no model.gradcam_layer; pass layer=<the path of a module "
                 "with a spatial (B, C, h, w) output>")
         module, _ = found

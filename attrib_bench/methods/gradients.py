@@ -64,6 +64,11 @@ class InputXGradient(AttributionMethod):
         return inputs * target_gradients(self.model, inputs, target)
 
 
+#: The most steps ``intgrad`` takes: captum builds the Gauss-Legendre nodes with an n × n
+#: eigenproblem (4096: 0.1 GiB and seconds; 2**31 steps would fail with a MemoryError).
+MAX_STEPS = 4096
+
+
 @register_method("intgrad", family="gradient", label="IntGrad", colour="#17becf")
 class IntegratedGradients(AttributionMethod):
     """Integrated gradients from a black image, 20 steps (captum's IntegratedGradients).
@@ -85,8 +90,11 @@ class IntegratedGradients(AttributionMethod):
             approximation_parameters,
         )
 
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-            raise MethodError(f"method 'intgrad': n_steps must be a positive int, got {n_steps!r}")
+        if (isinstance(n_steps, bool) or not isinstance(n_steps, int)
+                or not 1 <= n_steps <= MAX_STEPS):
+            raise MethodError(f"method 'intgrad': n_steps must be a positive int, at most "
+                              f"{MAX_STEPS} (Gauss-Legendre nodes cost n² memory; the paper's "
+                              f"is 20), got {str(n_steps)[:40]!r}")
         if rule not in SUPPORTED_METHODS:
             raise MethodError(f"method 'intgrad': rule must be one of "
                               f"{', '.join(SUPPORTED_METHODS)}, got {rule!r}")
@@ -154,7 +162,7 @@ class DeepLift(AttributionMethod):
             kind = type(module).__name__
             more = f" (and {len(counts) - 1} more)" if len(counts) > 1 else ""
             raise NotApplicableError(
-                f"method 'deeplift' does not apply to {type(self.model).__name__}: its {kind} "
+                f"method 'deeplift' does not apply to {self.model_label}: its {kind} "
                 f"module {path[:80]!r}{more} is called {calls} times in one forward, and "
                 f"captum's DeepLift needs one module per use: give each use its own nn.{kind} "
                 "module (or use ixg / intgrad)")
@@ -179,7 +187,7 @@ class DeepLift(AttributionMethod):
                 text = " ".join(str(exc).split())
                 text = text if len(text) <= 200 else text[:197] + "..."
                 raise MethodError(f"method 'deeplift' failed in captum on "
-                                  f"{type(self.model).__name__}: {text} (try ixg or intgrad "
+                                  f"{self.model_label}: {text} (try ixg or intgrad "
                                   "for this model)") from exc
 
 

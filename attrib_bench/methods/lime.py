@@ -104,6 +104,13 @@ class LIME(AttributionMethod):
                               f"got {num_samples!r}")
         if not 0.0 <= ratio <= 1.0:
             raise MethodError(f"method 'lime': ratio must be in [0, 1], got {ratio!r}")
+        if not kernel_size >= 1:  # skimage's quickshift: a Gaussian kernel of width >= 1
+            raise MethodError(f"method 'lime': kernel_size must be >= 1 (quickshift's smoothing "
+                              f"width in pixels), got {kernel_size!r}")
+        if not 1e-100 <= kernel_width <= 1e100:  # squared in the kernel: no underflow/overflow
+            raise MethodError(f"method 'lime': kernel_width must be a positive number in "
+                              f"[1e-100, 1e100] (the width of LIME's exponential kernel on "
+                              f"cosine distances, default 0.25), got {kernel_width!r}")
         self.num_samples = num_samples
         self.segmentation = {"kernel_size": kernel_size, "max_dist": max_dist, "ratio": ratio}
         self.score = protocols.resolve_score(score, model, f"method {self.name!r}", MethodError)

@@ -129,6 +129,9 @@ class RISE(AttributionMethod):
 
     def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         b, c, h, w = inputs.shape
+        if self.grid > min(h, w):  # cells smaller than a pixel (and a huge mask grid)
+            raise MethodError(f"method 'rise': grid {self.grid} exceeds the image size {h}×{w}: "
+                              "use a grid of at most the image's shorter side (default 6)")
         masks = self.masks((h, w), inputs.device, inputs.dtype)
         flat = masks.view(self.n_masks, h * w)
         # Identical images (a localisation grid, once per cell class) are masked once: one

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attrib_bench.checks import model_label
 from attrib_bench.errors import CheckpointError, ChecksumError
 
 _CHUNK = 1 << 20
@@ -164,6 +165,6 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source: str | Pa
                 "when training ends")
         hint = _common_prefix_hint(own, state) or " — is it for another model or config?"
         raise CheckpointError(
-            f"checkpoint {source} does not fit {type(model).__name__}: {'; '.join(parts)}{hint}"
+            f"checkpoint {source} does not fit {model_label(model)}: {'; '.join(parts)}{hint}"
         )
     return model

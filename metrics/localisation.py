@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attrib_bench.checks import check_images
+from attrib_bench.checks import check_images, model_label
 from attrib_bench.data import BaseImageSet, GridDataset, compose_grids
 from attrib_bench.errors import InputShapeError, MetricError
 from attrib_bench.metrics.base import (
@@ -256,7 +256,7 @@ class DisconnectedGrid(nn.Module):
             missing = [a for a in protocols.CAPABILITIES["features_head"][0]
                        if getattr(model, a, None) is None]
             raise MetricError(
-                f"{type(model).__name__} has no {' or '.join(f'{a}()' for a in missing)} for the "
+                f"{model_label(model)} has no {' or '.join(f'{a}()' for a in missing)} for the "
                 "DiFull grid: add "
                 "forward_features(x) -> (B, C, h, w) and forward_head(f) -> logits (B, K) with "
                 "forward_head(forward_features(x)) == forward(x), or use metric 'localisation'")

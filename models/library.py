@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from attrib_bench.checkpoints import load_into, read_state_dict, sha256_file, unwrap_state
-from attrib_bench.checks import check_images
+from attrib_bench.checks import check_images, model_label
 from attrib_bench.errors import AttribBenchError, CheckpointError, SettingError, UnknownNameError
 from attrib_bench.models import protocols
 from attrib_bench.models.resnet_cifar import IMAGENET_MEAN, IMAGENET_STD
@@ -45,11 +45,12 @@ from attrib_bench.registry import MODELS
 LIBRARIES: tuple[str, ...] = ("torchvision", "timm")
 TIMM_MISSING = "pip install 'attrib-bench[timm]'"
 
-#: torchvision classes → GradCAM's layer: a module path, or "last-conv:features" (the last
-#: nn.Conv2d inside ``features``), or "last:features" (the last child of ``features``).
+#: torchvision classes → GradCAM's layer, the output of the last convolutional block (the one
+#: rule of :func:`attrib_bench.methods.gradcam.default_layer`): a module path, or
+#: "last:features" (the last child of ``features``, the last stage).
 _TV_GRADCAM: dict[str, str] = {
     "ResNet": "layer4",
-    "VGG": "last-conv:features", "AlexNet": "last-conv:features",
+    "VGG": "features", "AlexNet": "features",  # conv, ReLU, max-pool: the block's output
     "DenseNet": "features",
     "MobileNetV2": "last:features", "MobileNetV3": "last:features",
     "EfficientNet": "last:features", "ConvNeXt": "last:features",
@@ -260,9 +261,6 @@ def gradcam_path(library: str, model: nn.Module) -> str | None:
     features = getattr(model, "features", None)
     if rule is None or (rule != "layer4" and not isinstance(features, nn.Sequential)):
         return None
-    if rule == "last-conv:features":
-        convs = [p for p, m in features.named_modules() if isinstance(m, nn.Conv2d)]
-        return f"features.{convs[-1]}" if convs else None
     if rule == "last:features":
         return f"features.{len(features) - 1}"
     return rule
@@ -414,7 +412,7 @@ def _class_count(model: nn.Module) -> int:
         return count
     path = _classifier_path(model)
     if path is None:
-        raise AttribBenchError(f"cannot tell {type(model).__name__}'s class count: pass "
+        raise AttribBenchError(f"cannot tell {model_label(model)}'s class count: pass "
                                "num_classes=K")
     return int(model.get_submodule(path).out_features)
 

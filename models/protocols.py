@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 import torch
 
+from attrib_bench.checks import model_label
 from attrib_bench.errors import ModelOutputError, SettingError
 
 Probability = Literal["sigmoid", "softmax"]
@@ -66,10 +67,23 @@ CAPABILITIES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+def unwrap(model: object) -> object:
+    """The model inside ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers (``.module``,
+    nested too), else ``model``. Those wrappers only split a batch across GPUs: the numbers
+    are the inner model's, so its capabilities and probability are what count. (A
+    ``torch.compile`` module forwards attribute look-ups to the model itself already.)"""
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
 def has(model: object, capability: str) -> bool:
-    """Whether ``model`` offers ``capability`` (a key of :data:`CAPABILITIES`)."""
+    """Whether ``model`` (or the model inside a DataParallel wrapper, :func:`unwrap`) offers
+    ``capability`` (a key of :data:`CAPABILITIES`)."""
     attributes, _ = CAPABILITIES[capability]
-    return all(getattr(model, a, None) is not None for a in attributes)
+    inner = unwrap(model)
+    return all(getattr(inner, a, None) is not None for a in attributes)
 
 
 def capabilities(model: object) -> list[str]:
@@ -82,17 +96,22 @@ def probability(model: object) -> Probability:
 
     Raises :class:`ModelOutputError` if the model declares something else.
     """
-    declared = getattr(model, "probability", None)
+    declared = getattr(unwrap(model), "probability", None)
     if declared is None:
         return "softmax"
     if declared not in PROBABILITIES:
-        raise ModelOutputError(f"{type(model).__name__}.probability must be 'sigmoid' or "
+        raise ModelOutputError(f"{model_label(model)}: probability must be 'sigmoid' or "
                                f"'softmax', got {str(declared)[:40]!r}")
     return declared
 
 
 def to_probability(logits: torch.Tensor, kind: str) -> torch.Tensor:
-    """Logits (N, K) → probabilities (N, K) by ``kind`` ("sigmoid" or "softmax")."""
+    """Logits (N, K) → probabilities (N, K) by ``kind`` ("sigmoid" or "softmax").
+
+    Raises :class:`ModelOutputError` for "softmax" over one logit (K = 1), which is 1 whatever
+    the input: a score that cannot vary would make every map and curve look alike."""
+    if kind != "sigmoid" and logits.dim() == 2 and logits.shape[1] == 1:
+        raise ModelOutputError(ONE_LOGIT)
     return logits.sigmoid() if kind == "sigmoid" else logits.softmax(dim=1)
 
 
@@ -142,15 +161,22 @@ def describe_output(output: Any) -> str:
     return f"a {type(output).__name__}"
 
 
+#: Why a one-logit model needs a declared sigmoid, and the fix.
+ONE_LOGIT = ("one logit per image (K = 1): its softmax is 1 for every input, so every score "
+             "would be constant; return two logits (e.g. torch.cat([-z, z], 1) / 2), or declare "
+             "model.probability = 'sigmoid' and explain target 0")
+
+
 def check_logits(output: Any, batch: int, model: object = None) -> torch.Tensor:
     """``output`` if it is (batch, K) floating logits; one :class:`ModelOutputError` line if not.
 
     Refused: a tuple/list/dict (e.g. (logits, features): return the logits only, or wrap the
-    model), a shape other than (B, K), and **probabilities**: every row non-negative and summing
-    to 1 (a final softmax; attribution benchmarks explain logits). A model whose logits happen to
-    look like that (K ≥ 2, all rows) is practically impossible.
+    model), a shape other than (B, K), one logit (K = 1) unless the model declares
+    ``probability = "sigmoid"`` (:data:`ONE_LOGIT`), and **probabilities**: every row
+    non-negative and summing to 1 (a final softmax; attribution benchmarks explain logits). A
+    model whose logits happen to look like that (K ≥ 2, all rows) is practically impossible.
     """
-    name = type(model).__name__ if model is not None else "the model"
+    name = model_label(model) if model is not None else "the model"
     if not isinstance(output, torch.Tensor):
         raise ModelOutputError(f"{name} returned {describe_output(output)}; attrib-bench needs "
                                "logits (B, K): return only the logits (wrap the model in a "
@@ -161,6 +187,8 @@ def check_logits(output: Any, batch: int, model: object = None) -> torch.Tensor:
     if not output.is_floating_point():
         raise ModelOutputError(f"{name} returned {output.dtype} values; logits must be floating "
                                "point")
+    if output.shape[1] == 1 and not output.is_meta and probability(model) != "sigmoid":
+        raise ModelOutputError(f"{name}: {ONE_LOGIT}")
     if output.shape[1] >= 2 and output.shape[0] > 0:
         values = output.detach()
         sums = values.double().sum(dim=1)

@@ -58,6 +58,7 @@ from attrib_bench.data import BaseImageSet, get_dataset
 from attrib_bench.errors import AttribBenchError, MetricError, NotApplicableError, RunError
 from attrib_bench.evaluation import count_parameters, eval_mode, resolve_device
 from attrib_bench.metrics.base import ROW_COLUMNS, Metric, SampleSet, SelectContext
+from attrib_bench.models import protocols
 from attrib_bench.provenance import describe_hardware, git_commit
 from attrib_bench.registry import MODELS, create_metric, create_model
 from attrib_bench.runners.cache import CacheStats, PoolLogits, model_digest, model_identity
@@ -582,12 +583,16 @@ def _weights_source(name: str, given: nn.Module | None, checkpoint: str | None
 
 def _load_model(name: str, model: nn.Module | None, checkpoint: str | None,
                 device: torch.device) -> nn.Module:
+    """The model a run explains, on ``device`` in eval mode: ``model`` (a user's module; inside
+    ``nn.DataParallel``/``DistributedDataParallel`` its ``.module``, whose capabilities and
+    numbers those wrappers only hide: :func:`~attrib_bench.models.protocols.unwrap`), else
+    the registered ``name`` built with its weights or ``checkpoint``."""
     if model is None:
         from attrib_bench.models.zoo import checkpoint_kwargs
 
         model = create_model(name, pretrained=checkpoint is None, checkpoint=checkpoint,
                              **checkpoint_kwargs(name, checkpoint))
-    return model.to(device).eval()
+    return protocols.unwrap(model).to(device).eval()
 
 
 def _select(name: str, metric: Metric, model: nn.Module, images: BaseImageSet,

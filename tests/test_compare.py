@@ -23,6 +23,7 @@ from attrib_bench.compare import (
     prefix_check,
     rankings,
 )
+from attrib_bench.errors import MethodError
 from attrib_bench.methods.controls import image_ids
 from attrib_bench.registry import create_method
 
@@ -183,7 +184,7 @@ def test_the_centre_control_peaks_in_the_middle(images):
     # the four pixels around the centre of a 12 × 10 image share the peak
     assert float(maps[0].max()) == float(maps[0][5, 4]) == float(maps[0][6, 5])
     assert float(maps[0][0, 0]) < float(maps[0][5, 4])
-    with pytest.raises(ValueError, match="sigma must be a positive number"):
+    with pytest.raises(MethodError, match="sigma must be a positive number"):
         create_method("centre", _Never(), sigma=0)
 
 

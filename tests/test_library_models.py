@@ -112,7 +112,8 @@ def test_normalisation_is_inside(tv_resnet):
     torch.testing.assert_close(split, wrapped, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize(("arch", "layer"), [("mobilenet_v3_small", "features.12")])
+@pytest.mark.parametrize(("arch", "layer"), [("mobilenet_v3_small", "features.12"),
+                                           ("alexnet", "features")])
 def test_torchvision_features_split_and_layer(arch, layer):
     m = create_model(f"torchvision:{arch}", num_classes=5)
     x, _ = _inputs()

@@ -376,7 +376,7 @@ def test_manifest_records_each_parts_method_as_built_on_its_model(toy, tmp_path)
         progress=False, n_samples=4)
     parts = {p["method"]: p["built"]
              for p in json.loads((out / "manifest.json").read_text())["parts"]}
-    assert parts["gradcam"].startswith("GradCAM(layer='2', ")  # the last Conv2d, found
+    assert parts["gradcam"].startswith("GradCAM(layer='3', ")  # the last conv block's output
     assert parts["grad"] == "Grad(max_batch=64, seed=0)"
 
 

@@ -174,7 +174,8 @@ class AttributionMethod:
                 or not 0 <= seed <= MAX_SEED):
             raise MethodError(f"method {self.name!r}: seed must be an int in [0, 2**31 - 1] "
                               f"(the seeds every library here takes), got {str(seed)[:40]!r}")
-        self.model = model
+        # nn.DataParallel only splits batches: explain (and ask capabilities of) its module
+        self.model = protocols.unwrap(model)
         #: The model's registered name or the name given to ``run`` when known (set by
         #: :func:`attrib_bench.checks.naming` around the method's construction), else None;
         #: messages name the model by ``model_label``: "model 'NAME'", else its Python class.
@@ -183,6 +184,7 @@ class AttributionMethod:
         self.max_batch = max_batch
         self.seed = int(seed)
         self._num_classes: int | None = None
+        self._graph_checked = False  # check_input_graph passed once (needs_grad methods)
         self._check_applicable()
 
     def _check_applicable(self) -> None:
@@ -212,9 +214,36 @@ class AttributionMethod:
         work; raises :class:`NotApplicableError` if the method cannot handle this model.
 
         ``inputs`` (B, 3, H, W) and ``target`` (B,) as for :meth:`attribute` (one sample is
-        enough). The default checks nothing; a method that fails only on some models (DeepLift
-        on a reused non-linearity module) overrides it, and runs it from :meth:`attribute` too.
+        enough). The default checks, for a method that needs gradients, that the model's
+        logits reach the input through autograd (:meth:`check_input_graph`); a method that
+        fails only on some models (DeepLift on a reused non-linearity module) extends it
+        (calling this one), and runs it from :meth:`attribute` too.
         """
+        if self.needs_grad and len(inputs):
+            self.check_input_graph(inputs)
+
+    def check_input_graph(self, inputs: torch.Tensor) -> None:
+        """One forward of one image with gradients: the logits must depend on the input
+        through autograd. A forward that cuts the graph (``torch.no_grad()``, ``.detach()``
+        on the way from the input, a frozen backbone computed without gradients) would make
+        every gradient method fail deep in autograd, or give zero maps: one
+        :class:`NotApplicableError` line instead, which a run records as a skipped part
+        (gradient-free methods still apply). Runs once per method object."""
+        if self._graph_checked or not isinstance(self.model, nn.Module):
+            return
+        leaf = inputs[:1].detach().requires_grad_(True)
+        with torch.enable_grad(), eval_mode(self.model):
+            output = self.model(leaf)
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            cut = not output.requires_grad or torch.autograd.grad(
+                output.sum(), leaf, allow_unused=True)[0] is None
+            if cut:
+                raise NotApplicableError(
+                    f"method {self.name!r} does not apply to {self.model_label}: its logits do "
+                    "not depend on the input through autograd (torch.no_grad() or .detach() "
+                    "in its forward?), so there are no gradients to explain with; use a "
+                    "gradient-free method (occlusion, rise, lime) or keep the graph")
+        self._graph_checked = True
 
     @final
     def attribute(self, inputs: torch.Tensor, target: torch.Tensor | int) -> torch.Tensor:
@@ -236,6 +265,8 @@ class AttributionMethod:
         if len(inputs) == 0:
             check_target(target, 0)
             return inputs.new_zeros((0, *inputs.shape[2:]))
+        if self.needs_grad:
+            self.check_input_graph(inputs)
         with eval_mode(self.model), ieee_float32(inputs.device):
             target = self._check_target(target, inputs)
             grad_mode = torch.enable_grad() if self.needs_grad else torch.inference_mode()

@@ -42,7 +42,9 @@ def image_ids(inputs: torch.Tensor) -> torch.Tensor:
 
 
 class _Control(AttributionMethod):
-    """A map from the image alone; the model is never run."""
+    """A map from the image alone; the model is never run (so no gradients are needed)."""
+
+    needs_grad = False
 
     def __init__(self, model: nn.Module, *, max_batch: int = DEFAULT_MAX_BATCH,
                  seed: int = 0) -> None:

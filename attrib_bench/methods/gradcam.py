@@ -151,6 +151,7 @@ def default_layer(model: nn.Module) -> tuple[nn.Module, str] | None:
     the activation or pooling module that ends its last convolution's block, not the
     convolution itself). ``layer=`` chooses any other module.
     """
+    model = protocols.unwrap(model)  # a DataParallel's module (its layers are the same)
     if protocols.has(model, "gradcam_layer"):
         declared = model.gradcam_layer
         if isinstance(declared, str):
@@ -253,6 +254,7 @@ class GradCAM(AttributionMethod):
         """
         from attrib_bench.evaluation import forward_with_hooks
 
+        super().preflight(inputs, target)
         seen: list[object] = []
         forward_with_hooks(self.model, inputs[:1], [(self.layer, lambda m, i, o: seen.append(o))])
         self._check_layer_output(seen[-1] if seen else None)

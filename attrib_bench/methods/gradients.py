@@ -156,6 +156,7 @@ class DeepLift(AttributionMethod):
         replaces; a module called more than once is one :class:`NotApplicableError` line."""
         if not isinstance(self.model, nn.Module) or len(inputs) == 0:
             return
+        super().preflight(inputs, target)
         counts = reused_nonlinearities(self.model, inputs[:1])
         if counts:
             path, (module, calls) = next(iter(counts.items()))

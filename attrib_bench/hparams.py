@@ -106,6 +106,8 @@ def hparams_of(factory: Callable[..., Any]) -> dict[str, HParam]:
     function = getattr(target, "function", None)  # a registered plain function's class
     if function is not None:
         sources = [function, target]
+    elif isinstance(target, type):
+        sources = _init_chain(target)
     for source in sources:
         try:
             parameters = inspect.signature(source).parameters.values()
@@ -120,9 +122,30 @@ def hparams_of(factory: Callable[..., Any]) -> dict[str, HParam]:
     return found
 
 
+def _init_chain(cls: type) -> list[Any]:
+    """``cls`` and, while an ``__init__`` passes ``**kwargs`` on, the base classes whose own
+    ``__init__`` receives them: a plugin's ``__init__(self, model, *, power=1.0, **kw)`` that
+    calls ``super().__init__(model, **kw)`` takes its base's ``max_batch`` and ``seed`` too."""
+    chain: list[Any] = [cls]
+    for base in cls.__mro__[1:]:
+        init = chain[-1].__init__ if isinstance(chain[-1], type) else None
+        try:
+            passes_on = init is not None and any(
+                p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values())
+        except (TypeError, ValueError):
+            passes_on = False
+        if not passes_on or base is object:
+            break
+        if "__init__" in vars(base):
+            chain.append(base)
+    return chain
+
+
 def accepts_any(factory: Callable[..., Any]) -> bool:
     """Whether ``factory`` takes ``**kwargs`` (then unknown keys cannot be refused up front)."""
     target, _ = unwrap(factory)
+    if isinstance(target, type) and not hasattr(target, "function"):
+        target = _init_chain(target)[-1]  # where a **kwargs chain ends, if it does
     try:
         parameters = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):

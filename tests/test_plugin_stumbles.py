@@ -437,3 +437,49 @@ def test_the_docs_say_what_n_samples_counts_per_metric():
     for recorded in ("config.n_samples", 'samples["<model>/<metric>"]', "`n`",
                      "`summary.csv`"):
         assert recorded in section, recorded
+
+
+# ----------------------------------------------------------------------------- **kw classes
+
+
+def test_a_plugin_class_passing_kwargs_on_gets_the_runs_seed_and_checked_keys(tmp_path,
+                                                                              one_line):
+    """``__init__(self, model, *, power=1.0, **kw)`` calling ``super().__init__(model, **kw)``:
+    its base's ``max_batch`` and ``seed`` are its settings too, so the run's ``--seed``
+    reaches it (it was built with seed 0) and an unknown key is refused before any work."""
+    from attrib_bench.errors import SettingError
+    from attrib_bench.hparams import accepts_any, hparams_of
+    from attrib_bench.methods.base import AttributionMethod
+    from attrib_bench.registry import METHODS
+
+    class KwSaliency(AttributionMethod):
+        name = "kw-saliency"
+        seen: list = []
+
+        def __init__(self, model, *, power: float = 1.0, **kw):
+            super().__init__(model, **kw)
+            self.power = power
+            KwSaliency.seen.append(self.seed)
+
+        def _attribute_chunk(self, inputs, target):
+            return inputs.abs().pow(self.power).sum(1)
+
+    METHODS.add("kw-saliency", KwSaliency)
+    try:
+        assert set(hparams_of(KwSaliency)) == {"power", "max_batch", "seed"}
+        assert not accepts_any(KwSaliency)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
+        data = ImageSet(torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8),
+                        torch.arange(12) % 10, tuple("0123456789"), "t")
+        kw = dict(dataset=data, n_samples=2, progress=False, settings=["pixel-removal.steps=4"])
+        run({"m": model}, "kw-saliency", "pixel-removal", seed=7, out=tmp_path / "r", **kw)
+        assert KwSaliency.seen and set(KwSaliency.seen) == {7}
+        config = json.loads((tmp_path / "r" / "manifest.json").read_text())["config"]
+        assert config["method_hparams"]["kw-saliency"]["seed"] == 7
+        with pytest.raises(SettingError) as error:
+            run({"m": model}, "kw-saliency", "pixel-removal",
+                **{**kw, "settings": ["kw-saliency.pwr=2", "pixel-removal.steps=4"]})
+        one_line(error, "pwr")
+    finally:
+        METHODS.remove("kw-saliency")

@@ -43,6 +43,15 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.NoSuchOption as exc:
+            if exc.option_name not in ("--plugin", "--debug"):
+                raise
+            command = ctx.invoked_subcommand or "COMMAND"
+            raise click.UsageError(
+                f"{exc.option_name} is an option of attrib-bench itself: put it before the "
+                f"command (attrib-bench {exc.option_name}"
+                f"{' MODULE' if exc.option_name == '--plugin' else ''} {command} ...)",
+                ctx) from None
         except AttribBenchError as exc:
             if ctx.meta.get("attrib_bench.debug"):
                 raise
@@ -509,11 +518,14 @@ def _echo_verdict(out_dir: str, seed: int) -> None:
     """The run's ranking per metric (groups and rank CIs), or its summary if nothing ranks."""
     import pandas as pd
 
-    from attrib_bench.compare import load_values, rankings, verdict
+    from attrib_bench.compare import rankings, tables_values, verdict
+    from attrib_bench.store import load_runs
 
-    values, summary, dataset = load_values(out_dir)
-    _, ranks = rankings(values, summary, dataset, seed=seed)
-    lines = verdict(ranks) if len(ranks) else []
+    tables = load_runs(out_dir)
+    values, summary, dataset = tables_values(tables)
+    with tables.drawn_as_recorded():  # labels and controls as the run recorded them
+        _, ranks = rankings(values, summary, dataset, seed=seed)
+        lines = verdict(ranks) if len(ranks) else []
     if lines:
         click.echo("Ranking (paired on shared samples; a letter = a group the Holm-adjusted "
                    "paired tests do not separate; rank [95 % CI]):")
@@ -543,11 +555,10 @@ def compare_cmd(results_dirs: tuple[str, ...], metric: str | None, out_file: str
                 ranks_file: str | None, seed: int) -> None:
     """Compare methods on the samples they share: paired bootstrap CIs, Wilcoxon with Holm,
     effect sizes, ranks with CIs and letter groups, per (model, metric, variant, stat)."""
-    from attrib_bench.compare import load_values, rankings, verdict
+    from attrib_bench.compare import compare_runs
     from attrib_bench.runners.storage import atomic_write
 
-    values, summary, dataset = load_values(results_dirs)
-    pairs, ranks = rankings(values, summary, dataset, metric, seed)
+    pairs, ranks, lines = compare_runs(results_dirs, metric, seed)
     if pairs.empty:
         raise click.ClickException(f"no family with two or more ranked methods in "
                                    f"{', '.join(results_dirs)}"
@@ -556,7 +567,7 @@ def compare_cmd(results_dirs: tuple[str, ...], metric: str | None, out_file: str
         if path:
             atomic_write(Path(path), lambda tmp, t=table: t.to_csv(tmp, index=False))
             click.echo(f"wrote {path}")
-    click.echo("\n".join(verdict(ranks)))
+    click.echo("\n".join(lines))
     separated = int((pairs["better"] != "none").sum())
     families = len(ranks.groupby(["model", "metric", "variant", "stat"]))
     click.echo(f"{len(pairs)} pairs in {families} families: {separated} separated, "

@@ -255,10 +255,11 @@ def family_ranking(family: Family, pairs: pd.DataFrame, seed: int = 0) -> pd.Dat
 
 
 def is_control(method: str) -> bool:
-    """Whether ``method`` is registered as a control (``control=True`` in its metadata)."""
-    from attrib_bench.registry import METHODS
+    """Whether ``method`` is a control (``control=True`` in its metadata): as the drawn run
+    recorded it (:func:`attrib_bench.registry.recorded_display`), else as registered."""
+    from attrib_bench.registry import _method_metadata
 
-    return bool(method in METHODS and METHODS.get(method).metadata.get("control"))
+    return bool(_method_metadata(method).get("control"))
 
 
 def rankings(values: pd.DataFrame, summary: pd.DataFrame, dataset: str = "",
@@ -406,6 +407,19 @@ def compare(results: str | Path | Iterable[str | Path], metric: str | None = Non
     """The paired comparisons (:func:`pairwise`) of the run folders or stores ``results``."""
     values, summary, dataset = load_values(results)
     return pairwise(values, summary, dataset, metric, seed)
+
+
+def compare_runs(results: str | Path | Iterable[str | Path], metric: str | None = None,
+                 seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(pairs, ranks, verdict lines) of the run folders or stores ``results``, with method
+    labels and controls as the runs recorded them (their manifests' ``display``), so a
+    plugin's methods read the same without ``--plugin``."""
+    from attrib_bench.store import load_runs
+
+    tables = load_runs(results)
+    with tables.drawn_as_recorded():
+        pairs, ranks = rankings(*tables_values(tables), metric, seed)
+        return pairs, ranks, verdict(ranks) if len(ranks) else []
 
 
 #: What a family's unit is, by metric (others: "samples").

@@ -555,13 +555,15 @@ _RECORDED_DISPLAY: contextvars.ContextVar[Mapping[str, Mapping[str, Any]] | None
 
 def method_display(names: Iterable[str]) -> dict[str, Any]:
     """What a run records so that its figures look the same wherever they are drawn, with or
-    without its plugins loaded: ``{"methods": {name: {"label": str, "colour": str | None}}}``,
-    each method's registered label (else its name) and colour (None: the next spare colour, by
-    the figure's method order)."""
+    without its plugins loaded: ``{"methods": {name: {"label": str, "colour": str | None,
+    "control": bool}}}``, each method's registered label (else its name), colour (None: the
+    next spare colour, by the figure's method order) and whether it is a control (which
+    ``compare`` flags when it ranks above a real method)."""
     found = {}
     for name in ordered_methods(names):
         metadata = METHODS.get(name).metadata if name in METHODS else {}
-        found[name] = {"label": metadata.get("label", name), "colour": metadata.get("colour")}
+        found[name] = {"label": metadata.get("label", name), "colour": metadata.get("colour"),
+                       "control": bool(metadata.get("control", False))}
     return {"methods": found}
 
 
@@ -595,6 +597,8 @@ def _method_metadata(name: str) -> dict[str, Any]:
     shown = {**registered, "label": label if isinstance(label, str) and label else name}
     shown["colour"] = colour if isinstance(colour, str) and _HEX_COLOUR.fullmatch(colour) \
         else None
+    if isinstance(recorded.get("control"), bool):
+        shown["control"] = recorded["control"]
     return shown
 
 

@@ -97,9 +97,15 @@ def test_a_run_draws_its_plugin_methods_as_recorded_without_the_plugin(tmp_path,
     out = tmp_path / "run"
     _run(out, f"{MINE},grad")
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["display"]["methods"][MINE] == {"label": "Mine 41", "colour": "#123456"}
+    assert manifest["display"]["methods"][MINE] == {"label": "Mine 41", "colour": "#123456",
+                                                    "control": False}
     METHODS.remove(MINE)  # opened elsewhere: the plugin is not loaded
     assert method_label(MINE) == MINE
+    from attrib_bench.compare import compare_runs
+
+    _, ranks, lines = compare_runs(out)  # compare's verdict too
+    assert len(ranks) and any("Mine 41" in line for line in lines), lines
+    assert not any(f"{MINE} " in line for line in lines), lines
     curves = _legend(figures_for(load_runs(out))["pixel-removal"])
     assert any(label.startswith("Mine 41") and colour == "#123456"
                for label, colour in curves.items()), curves
@@ -483,3 +489,9 @@ def test_a_plugin_class_passing_kwargs_on_gets_the_runs_seed_and_checked_keys(tm
         one_line(error, "pwr")
     finally:
         METHODS.remove("kw-saliency")
+
+
+def test_plugin_after_the_command_says_where_it_goes():
+    result = CliRunner().invoke(cli, ["run", "--plugin", "x", "--model", "resnet56"])
+    assert result.exit_code == 2
+    assert "put it before the command (attrib-bench --plugin MODULE run ...)" in result.output

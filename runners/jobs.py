@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from attrib_bench.checks import naming
 from attrib_bench.errors import RunError
 from attrib_bench.evaluation import ieee_float32
 from attrib_bench.methods.base import keep_nonfinite_maps
@@ -181,9 +182,12 @@ def verified_chunk(store: Store, path: str) -> bytes | None:
 # ----------------------------------------------------------------------------- jobs
 
 
-def build_method(name: str, model: nn.Module, config: dict[str, Any]) -> Any:
-    """Method ``name`` on ``model`` from its full resolved configuration (seed included)."""
-    return create_method(name, model, **config)
+def build_method(name: str, model: nn.Module, config: dict[str, Any],
+                 model_name: str | None = None) -> Any:
+    """Method ``name`` on ``model`` from its full resolved configuration (seed included);
+    its messages name the model ``model_name`` (the run's name for it) when given."""
+    with naming(model_name):
+        return create_method(name, model, **config)
 
 
 @dataclass
@@ -232,12 +236,13 @@ class PartJob:
     def context(self, device: torch.device, cache: AttributionCache) -> EvalContext:
         """The metric's context: the (cached) explainer and how to rebuild the method."""
         assert self.model is not None
-        method = build_method(self.method, self.model, self.method_config)
+        method = build_method(self.method, self.model, self.method_config, self.part.model)
         return EvalContext(
             model=self.model, device=device, seed=self.seed,
             explain=cached_explainer(method, cache, self.model_hash,
                                      self.cache_id or self.method_id),
-            make_method=lambda m: build_method(self.method, m, self.method_config))
+            make_method=lambda m: build_method(self.method, m, self.method_config,
+                                               self.part.model))
 
     def finish_rows(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Add the id, flag and config columns to a metric's rows; fixed column order."""

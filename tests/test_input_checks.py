@@ -194,3 +194,13 @@ def test_gradcam_default_on_resnet_and_other_plain_models():
             return self.head(self.block(self.stem(x)).mean((2, 3)))
 
     assert create_method("gradcam", Blocks()).layer_name == "block"
+
+
+def test_methods_a_run_builds_per_chunk_name_the_model_by_its_run_name():
+    """The runner builds each chunk's method (on this process or a worker) under the part's
+    model name, so a message raised mid-run says "model 'NAME'", not the module's class."""
+    from attrib_bench.runners.jobs import build_method
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10))
+    assert build_method("grad", model, {}, "my-net").model_label == "model 'my-net'"
+    assert build_method("grad", model, {}).model_label == "Sequential"

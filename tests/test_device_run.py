@@ -31,6 +31,7 @@ def test_script_fits_the_device_limits():
 
 
 @pytest.mark.slow
+@pytest.mark.device_rehearsal  # about a minute: run before each device call (docs/gpu.md)
 def test_cpu_rehearsal_produces_the_documented_out_and_a_loadable_zoo_entry(packed_signal_sets,
                                                                           tmp_path):
     # 32 train images: two steps of 16 (what the rehearsal checks is the script, not training)

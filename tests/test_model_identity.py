@@ -114,12 +114,16 @@ def test_identity_is_stable_across_processes_and_forwards():
     here = str(Path(__file__).parent)
     code = (f"import torch, sys; sys.path.insert(0, {here!r}); "
             "from test_model_identity import *; m = View(small_cnn(), True); "
-            "m.register_buffer('s', torch.ones(1), persistent=False); "
+            "[m.register_buffer(k, torch.ones(1), persistent=False) for k in 'abcdefgh']; "
             "print(model_identity(m, 'm'))")
-    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, env={**os.environ, "PYTHONHASHSEED": str(seed)}
-                           ).stdout.strip()
-            for seed in (1, 2)}
+    model = View(small_cnn(), True)
+    for key in "abcdefgh":  # a set of 8 names: its order differs between hash seeds
+        model.register_buffer(key, torch.ones(1), persistent=False)
+    here_seed = os.environ.get("PYTHONHASHSEED", "")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONHASHSEED": "1" if here_seed
+                                            != "1" else "2"}).stdout.strip()
+    seen = {other, model_identity(model, "m")}  # another hash seed than this process's
     assert len(seen) == 1, seen
     model = View(small_cnn(), True)
     before = model_identity(model, "m")

@@ -22,6 +22,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from matplotlib.colors import to_hex
+from test_run_checks import CHEAP, _data, _model  # the toy data and model of the run checks
 from torch import nn
 
 from attrib_bench.cli import cli
@@ -44,20 +45,7 @@ from attrib_bench.runners.benchmark import run
 from attrib_bench.store import add_runs, load_run, load_runs
 
 REPO = Path(__file__).resolve().parents[1]
-CHEAP = ["pixel-removal.steps=4", "pixel-removal.num_images=6"]
 MINE = "mine-41"
-
-
-def _data(n: int = 12) -> ImageSet:
-    g = torch.Generator().manual_seed(0)
-    return ImageSet(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g),
-                    torch.randint(0, 3, (n,), generator=g), ("a", "b", "c"), "toy")
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(4, 3)).eval()
 
 
 def _run(out: Path, methods: str, settings: tuple[str, ...] = (), metrics: str = "pixel-removal"):

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save_file
@@ -105,33 +106,55 @@ def _const_text(const: Any) -> str:
     return repr(const)
 
 
+#: Class attributes that say nothing about what a class computes.
+_CLASS_NOISE = frozenset({"__dict__", "__weakref__", "__doc__", "__module__", "__qualname__",
+                          "__firstlineno__", "__static_attributes__"})
+
+
 def _class_digest(cls: type, memo: dict[type, str]) -> str:
-    """sha256 of the code of every function a module class and its bases (up to
-    ``nn.Module``) define: an edited ``forward`` (or a helper it calls as a method) is another
-    class even under the same name."""
+    """sha256 of what a module class and its bases (``nn.Module`` and ``object`` aside, mixins
+    listed after ``nn.Module`` included) define: the code of every function with its default
+    arguments, and every other class attribute (``FLIP = False``, a scale, a table). An edited
+    ``forward``, a helper it calls as a method, or a changed default is another class even
+    under the same name."""
     if cls not in memo:
         digest = hashlib.sha256()
         for klass in cls.__mro__:
             if klass in (nn.Module, object):
-                break
+                continue
             digest.update(f"{klass.__module__}.{klass.__qualname__}".encode())
             for name, value in sorted(vars(klass).items()):
-                function = getattr(value, "__func__", value)  # classmethod, staticmethod
-                code = getattr(function, "__code__", None)
-                if isinstance(code, types.CodeType):
-                    digest.update(name.encode())
-                    digest.update(_code_digest(code, getattr(function, "__doc__", None)).encode())
+                if name not in _CLASS_NOISE:
+                    digest.update(f"{name}={_describe(value)}".encode())
         memo[cls] = digest.hexdigest()
     return memo[cls]
 
 
+def _function_text(function: Any) -> str:
+    """A function's code with its default arguments (``forward(self, x, flip=False)``)."""
+    code = function.__code__
+    defaults = (getattr(function, "__defaults__", None), getattr(function, "__kwdefaults__", None))
+    return f"code:{_code_digest(code, getattr(function, '__doc__', None))}:{_describe(defaults)}"
+
+
 def _describe(value: Any, depth: int = 0) -> str:
-    """A text that changes when a plain attribute's value changes (no memory addresses)."""
+    """A text that changes when a plain attribute's value changes (no memory addresses):
+    tensors and NumPy arrays by their bytes, containers item by item, functions by their code
+    and defaults, other objects by their attributes (``__dict__`` and ``__slots__``), eight
+    objects deep."""
     if isinstance(value, torch.Tensor):
         return f"tensor:{tensor_digest(value.detach())}"
-    if isinstance(value, (str, int, float, bool, complex, type(None), torch.dtype, torch.device,
-                          torch.Size, enum.Enum)):
+    if isinstance(value, (str, bytes, int, float, bool, complex, type(None), torch.dtype,
+                          torch.device, torch.Size, enum.Enum)):
         return repr(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "tobytes"):
+        array = np.asarray(value)
+        if array.dtype == object:
+            return f"ndarray-object{array.shape}:{_describe(array.tolist(), depth + 1)}"
+        data = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+        return f"ndarray:{array.dtype}{array.shape}:{data}"
+    if depth > 16:  # an object and its attribute dict are a level each
+        return f"{type(value).__module__}.{type(value).__qualname__}:deep"
     if isinstance(value, (list, tuple, set, frozenset)):
         items = [_describe(v, depth + 1) for v in value]
         if isinstance(value, (set, frozenset)):  # set order follows the string hash seed
@@ -141,15 +164,25 @@ def _describe(value: Any, depth: int = 0) -> str:
         return "dict{" + ",".join(f"{k!r}:{_describe(v, depth + 1)}"
                                   for k, v in sorted(value.items(), key=lambda kv: repr(kv[0])))\
             + "}"
-    code = getattr(getattr(value, "__func__", value), "__code__", None)
-    if isinstance(code, types.CodeType):  # a function, lambda or bound method
-        return f"code:{_code_digest(code)}"
+    function = getattr(value, "__func__", value)  # a bound, class or static method
+    if isinstance(getattr(function, "__code__", None), types.CodeType):
+        return _function_text(function)
+    if isinstance(value, property):
+        return f"property({_describe((value.fget, value.fset, value.fdel), depth + 1)})"
     if isinstance(value, functools.partial):
         return f"partial({_describe(value.func, depth + 1)},{_describe(value.args, depth + 1)}," \
                f"{_describe(value.keywords, depth + 1)})"
     kind = f"{type(value).__module__}.{type(value).__qualname__}"
-    if depth < 3 and hasattr(value, "__dict__") and not isinstance(value, (type, nn.Module)):
-        return f"{kind}{_describe(vars(value), depth + 1)}"
+    if isinstance(value, (type, nn.Module)):
+        return f"{kind}:{_ADDRESS.sub('', repr(value))}"
+    state = dict(vars(value)) if hasattr(value, "__dict__") else {}
+    for klass in type(value).__mro__:
+        for slot in ([klass.__slots__] if isinstance(getattr(klass, "__slots__", ()), str)
+                     else getattr(klass, "__slots__", ())):
+            if slot not in ("__dict__", "__weakref__") and hasattr(value, slot):
+                state.setdefault(slot, getattr(value, slot))
+    if state:
+        return f"{kind}{_describe(state, depth + 1)}"
     return f"{kind}:{_ADDRESS.sub('', repr(value))}"
 
 
@@ -157,9 +190,10 @@ def model_identity(model: nn.Module, name: str = "") -> str:
     """sha256 of everything a run can see that decides a model's output: the name it runs
     under (a registered name, or the key of ``run({"name": model})``), the weights and every
     buffer (:func:`model_digest`, plus non-persistent buffers), and for every submodule its
-    path, its class (qualified name and the bytecode of the functions it and its bases
-    define), its plain attributes (flags, sizes, unregistered tensors, functions, partials)
-    and the code of its hooks.
+    path, its class (qualified name, and what it and its bases, mixins included, define: the
+    bytecode of each function with its default arguments, every other class attribute), its
+    plain attributes (flags, sizes, unregistered tensors, NumPy arrays by their bytes,
+    functions, partials, objects by their ``__dict__`` and ``__slots__``) and its hooks.
 
     This keys the attribution maps and the pool logits of the run's cache, so two models that
     differ in any of these never share an entry. What it cannot see: globals or closures the

@@ -146,3 +146,60 @@ def test_pool_logits_are_keyed_by_identity(signal_set, tmp_path, mirror):
         expected = view(data.float_images(torch.arange(12)))
     torch.testing.assert_close(second, expected)
     assert torch.equal(first, second) == (not mirror)
+
+
+def _scaled(body: str) -> nn.Module:
+    """A ``Scaled`` module (same qualified name each time) defined by ``body``."""
+    namespace: dict = {"nn": nn, "torch": torch}
+    exec(textwrap.dedent(body), namespace)
+    torch.manual_seed(0)
+    return namespace["Scaled"]()
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    # a class attribute the forward reads
+    ("class Scaled(nn.Module):\n FLIP = False\n def forward(self, x): return x",
+     "class Scaled(nn.Module):\n FLIP = True\n def forward(self, x): return x"),
+    # a default argument of forward
+    ("class Scaled(nn.Module):\n def forward(self, x, flip=False): return x",
+     "class Scaled(nn.Module):\n def forward(self, x, flip=True): return x"),
+    # a mixin listed after nn.Module
+    ("class Mix:\n def scale(self): return 1\n"
+     "class Scaled(nn.Module, Mix):\n def forward(self, x): return x * self.scale()",
+     "class Mix:\n def scale(self): return 2\n"
+     "class Scaled(nn.Module, Mix):\n def forward(self, x): return x * self.scale()"),
+])
+def test_identity_sees_class_attributes_defaults_and_mixins(first, second):
+    """Round-5 finds (a new user, after the first cut): each pair computes differently under
+    one qualified name and one state dict."""
+    assert model_identity(_scaled(first), "m") != model_identity(_scaled(second), "m")
+    assert model_identity(_scaled(first), "m") == model_identity(_scaled(first), "m")
+
+
+class _Slotted:
+    __slots__ = ("k",)
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+
+class _Deep:
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+
+def test_identity_sees_arrays_slots_and_nested_objects():
+    import numpy as np
+
+    def with_attribute(value: object) -> str:
+        model = View(small_cnn(), False)
+        model.extra = value
+        return model_identity(model, "m")
+
+    big = np.zeros(2000)
+    changed = big.copy()
+    changed[1000] = 1  # numpy's repr would elide the middle with "..."
+    assert with_attribute(big) != with_attribute(changed)
+    assert with_attribute(_Slotted(1)) != with_attribute(_Slotted(3))
+    nested = [_Deep(_Deep(_Deep(_Deep(k)))) for k in (1, 3)]
+    assert with_attribute(nested[0]) != with_attribute(nested[1])

@@ -28,7 +28,8 @@ from attrib_bench.runners.recipes import RECIPES
 #: ``OSError`` numbers that the file system, not attrib-bench, decides (a full disk, a quota, a
 #: permission, a read-only mount), and the fix the one-line error names.
 _FILE_SYSTEM_ERRNOS = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there",
-                       errno.EFBIG: "free space there", errno.EACCES: "check its permissions",
+                       errno.EFBIG: "raise the file-size limit (ulimit -f)",
+                       errno.EACCES: "check its permissions",
                        errno.EPERM: "check its permissions",
                        errno.EROFS: "remount it read-write or use another folder"}
 

@@ -665,6 +665,11 @@ def check_comparable(tables: list[RunTables], given: list[str | Path]) -> None:
         check(f"model {model!r} has other weights (sha256)",
               {f: str(digest)[:12] for f, m in runs.items()
                if (digest := m.get("models", {}).get(model, {}).get("sha256"))})
+        # the same weights in another forward (code, attributes, hooks): another model
+        check(f"model {model!r} is another model under one name (its identity differs: "
+              "code, attributes or hooks)",
+              {f: str(identity)[:12] for f, m in runs.items()
+               if (identity := m.get("models", {}).get(model, {}).get("identity"))})
     metrics = sorted({name for m in runs.values()
                       for name in m.get("config", {}).get("metric_hparams", {})})
     for metric in metrics:

@@ -289,6 +289,11 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
         chunk_size = batch_size
     check_executor(executor, scheduler, workers, client)
     given_models = dict(models) if isinstance(models, Mapping) else {}
+    if checkpoint is not None and given_models:
+        raise RunError(f"checkpoint={str(checkpoint)[:120]!r} cannot be loaded into a module "
+                       f"given to run() ({', '.join(map(repr, given_models))[:80]}): load it "
+                       "yourself (model.load_state_dict(...)) or pass the registered model name")
+
     def configure(image_size: tuple[int, int] | None = None) -> RunConfig:
         return run_config(split_names(models), methods, metrics, n_samples=n_samples,
                           chunk_size=chunk_size, seed=seed, dataset=dataset,
@@ -340,7 +345,8 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
 WRITE_ERRNOS = {
     errno.ENOSPC: ("the disk holding {folder} is full", "free space there"),
     errno.EDQUOT: ("the disk quota of {folder} is used up", "free space or raise the quota"),
-    errno.EFBIG: ("a file grew too large for the file system of {folder}", "free space"),
+    errno.EFBIG: ("a file grew larger than the file-size limit in {folder}",
+                  "raise the limit (ulimit -f) or use another file system"),
     errno.EACCES: ("permission denied writing in {folder}", "make it writable"),
     errno.EPERM: ("writing in {folder} is not permitted", "make it writable"),
     errno.EROFS: ("{folder} became read-only", "remount it read-write")}
@@ -590,8 +596,9 @@ def _load_model(name: str, model: nn.Module | None, checkpoint: str | None,
     if model is None:
         from attrib_bench.models.zoo import checkpoint_kwargs
 
-        model = create_model(name, pretrained=checkpoint is None, checkpoint=checkpoint,
-                             **checkpoint_kwargs(name, checkpoint))
+        with naming(name):  # a checkpoint that does not fit names the model as given
+            model = create_model(name, pretrained=checkpoint is None, checkpoint=checkpoint,
+                                 **checkpoint_kwargs(name, checkpoint))
     return protocols.unwrap(model).to(device).eval()
 
 
@@ -634,7 +641,8 @@ def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
                       weights={id(model): weights[name] for name, model in loaded.items()})
     select_ctx = SelectContext(device, pool.predict, progress)
     for name, model in loaded.items():
-        check_output_classes(name, model, images, device=device, fix=CLASSES_FIX)
+        with naming(name):
+            check_output_classes(name, model, images, device=device, fix=CLASSES_FIX)
     skipped: list[dict[str, str]] = []
     refused: dict[str, NotApplicableError] = {}
     jobs: list[PartJob] = []

@@ -278,8 +278,21 @@ class TensorCache:
         if self.store is None:
             return
         maps = maps.detach().contiguous().cpu()
-        self.store.write(self._path(key), lambda tmp: save_file(
-            {"maps": maps}, str(tmp), metadata={"sha256": tensor_digest(maps)}))
+        self.store.write(self._path(key), lambda tmp: _save_tensor(maps, tmp))
+
+
+def _save_tensor(maps: torch.Tensor, path: Path) -> None:
+    """``maps`` as a safetensors file with its digest. safetensors reports a refused write
+    (a full disk, a quota) as a ``SafetensorError`` holding "os error N": it is raised as the
+    ``OSError`` it is, so that the run says it in one line like any other refused write."""
+    try:
+        save_file({"maps": maps}, str(path), metadata={"sha256": tensor_digest(maps)})
+    except SafetensorError as exc:
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
 
 
 class AttributionCache(TensorCache):

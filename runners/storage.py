@@ -254,8 +254,11 @@ class Store:
         fd = _locked(path, self.root)
         try:
             if fd is not None:
-                os.ftruncate(fd, 0)
-                os.write(fd, json.dumps(_holder()).encode())
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, json.dumps(_holder()).encode())
+                except OSError as exc:  # a full disk: name the file, as other writes do
+                    raise OSError(exc.errno, exc.strerror, path) from None
             yield
         finally:
             if fd is not None:

@@ -106,3 +106,17 @@ def test_the_manifest_says_where_each_model_came_from(tmp_path, signal_set):
         dataset=signal_set(20, 16), out=tmp_path / "run", settings=["pixel-removal.steps=4"])
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["models"]["mine"]["weights_file"] == {"source": "the module given to run()"}
+
+
+def test_a_checkpoint_with_a_given_module_is_refused_not_ignored(tmp_path, signal_set,
+                                                                 one_line):
+    """A new user's find: run({"mine": module}, checkpoint=FILE) benchmarked the module's own
+    weights while the manifest recorded the file."""
+    from attrib_bench.errors import RunError
+
+    with pytest.raises(RunError) as error:
+        run({"mine": _cnn().eval()}, "grad", "pixel-removal", n_samples=2, progress=False,
+            checkpoint=str(_zero_file(tmp_path)), dataset=signal_set(20, 16),
+            out=tmp_path / "run", settings=["pixel-removal.steps=4"])
+    one_line(error, "cannot be loaded into a module given to run()", "load_state_dict")
+    assert not (tmp_path / "run").exists()

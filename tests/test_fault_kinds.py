@@ -100,3 +100,21 @@ def test_one_logit_with_declared_sigmoid_works():
     model.probability = "sigmoid"
     maps = ab.create_method("rise", model, n_masks=8).attribute(torch.rand(2, 3, 16, 16), 0)
     assert maps.shape == (2, 16, 16) and maps.std() > 0
+
+
+def test_a_runs_model_checks_name_the_model_as_given(signal_set, tmp_path, one_line):
+    """The door checks a run makes before any work (output classes, a checkpoint that does
+    not fit) say "model 'NAME'", not the module's Python class."""
+    from attrib_bench.errors import CheckpointError, ModelOutputError
+    from attrib_bench.models.resnet_cifar import resnet56
+
+    kw = dict(n_samples=2, progress=False, dataset=signal_set(20, 32),
+              settings=["pixel-removal.steps=4"])
+    with pytest.raises(ModelOutputError) as error:
+        ab.run({"one-logit": _net(classes=1)}, "grad", "pixel-removal", **kw)
+    one_line(error, "model 'one-logit': one logit per image")
+    path = tmp_path / "net.pt"
+    torch.save({f"net.{k}": v for k, v in resnet56().state_dict().items()}, path)
+    with pytest.raises(CheckpointError) as error:
+        ab.run("resnet56", "grad", "pixel-removal", checkpoint=str(path), **kw)
+    one_line(error, "does not fit model 'resnet56'", limit=400)

@@ -243,7 +243,11 @@ def test_runs_that_cannot_be_compared_are_not_merged(tmp_path, two_runs, one_lin
     def other_weights(m):
         m["models"]["toy"]["sha256"] = "f" * 64
 
-    cases = [(other_dataset, "datasets differ", "tinyimagenet"),
+    def other_forward(m):  # the same weights, another forward (a new user's find)
+        m["models"]["toy"]["identity"] = "e" * 64
+
+    cases = [(other_forward, "model 'toy' is another model under one name", "eeeeeeeeeeee"),
+             (other_dataset, "datasets differ", "tinyimagenet"),
              (other_baseline, "metric 'pixel-removal' ran with other settings",
               "baseline='road'"),
              (other_weights, "model 'toy' has other weights", "ffffffffffff")]
@@ -254,12 +258,12 @@ def test_runs_that_cannot_be_compared_are_not_merged(tmp_path, two_runs, one_lin
         with pytest.raises(PlotError) as info:
             load_runs(parent)
         one_line(info, what, shown, "in grad", "in ixg", "pass --results one run folder",
-                 f"--results {parent / 'grad'}", limit=400)
-    out = CliRunner().invoke(cli, ["report", "--results", str(tmp_path / "parent0")])
+                 f"--results {parent / 'grad'}", limit=300 + 2 * len(str(parent)))
+    out = CliRunner().invoke(cli, ["report", "--results", str(tmp_path / "parent1")])
     assert out.exit_code == 1 and "datasets differ" in out.output
     assert len(out.output.strip().splitlines()) == 1
     # a store's own runs may differ (it was built so); a run beside it is compared with them
-    add_runs(tmp_path / "store", [grad, tmp_path / "parent1" / "ixg"])
+    add_runs(tmp_path / "store", [grad, tmp_path / "parent2" / "ixg"])
     _run(tmp_path / "random", "random")
     with pytest.raises(PlotError, match="ran with other settings"):
         load_runs([tmp_path / "store", tmp_path / "random"])

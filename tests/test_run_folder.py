@@ -379,3 +379,21 @@ def test_run_on_the_gpu_gives_the_model_back_on_its_device(tmp_path):  # pragma:
     _run(tmp_path / "run", model=model, device="cuda")
     assert all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])
     assert model[6].weight.grad.device.type == "cpu"
+
+
+def test_a_full_disk_while_writing_a_cache_entry_is_one_line(tmp_path, monkeypatch, one_line):
+    """A new user's find: safetensors reports a full disk as a SafetensorError ("os error 28"),
+    which went past the one-line handling as a 55-line traceback."""
+    from safetensors import SafetensorError
+
+    from attrib_bench.runners import cache
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    monkeypatch.setattr(cache, "save_file", full)
+    with pytest.raises(AttribBenchError) as error:
+        _run(tmp_path / "run")
+    one_line(error, "is full", "cache", "re-run the same command",
+             limit=240 + len(str(tmp_path)))

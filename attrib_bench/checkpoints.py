@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,12 @@ def read_state_dict(path: str | Path, sha256: str | None = None,
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # torch colours its hints
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        if "weights_only" in text or "Unsupported global" in text:
+            raise CheckpointError(
+                f"checkpoint {path} holds pickled Python objects (a whole model?), which are "
+                "not loaded (they could run code): save model.state_dict() instead") from None
         raise CheckpointError(
             f"cannot read checkpoint {path} ({reason[:120]}): it is corrupt or not a weights file"
         ) from None

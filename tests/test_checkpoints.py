@@ -144,3 +144,14 @@ def test_the_zoo_file_itself_loads_through_checkpoint(weights_root):
     for (key, a), b in zip(by_checkpoint.state_dict().items(),
                            pretrained.state_dict().values(), strict=True):
         assert torch.equal(a, b), key
+
+
+def test_a_pickled_module_is_refused_naming_state_dict(tmp_path, one_line):
+    """A new user's find: torch.save(model) gave torch's truncated hint with a raw ANSI escape."""
+    path = tmp_path / "whole.pt"
+    torch.save(resnet56(), path)
+    with pytest.raises(CheckpointError) as info:
+        create_model("resnet56", checkpoint=path)
+    message = one_line(info, "pickled Python objects", "save model.state_dict() instead",
+                       limit=200 + len(str(path)))
+    assert "\x1b" not in message

@@ -314,6 +314,6 @@ class DisconnectedContributionsGrid(DisconnectedGrid):
         cells = split_cells(x, self.n)
         target = torch.as_tensor(target, device=x.device).long().reshape(-1)
         maps = self.model.contributions(cells, target.repeat_interleave(nn_))
-        if getattr(self.model, "head_pooling", "sum") == "mean":
+        if protocols.head_pooling(self.model) == "mean":
             maps = maps / nn_
         return compose_grids(maps.reshape(x.shape[0], nn_, *maps.shape[1:]))

@@ -28,6 +28,11 @@ metric applies to a model's output.
                           "encoded-zero" baseline zeroes a pixel (the CoDA-Nets' six channels;
                           their default baseline).
 ``temperature``           a float: the CoDA-Nets' logit temperature T (the T-series figures).
+``head_pooling``          "sum" or "mean": how the head pools the evidence map into a logit
+                          (absent: "sum"); DiFull scales the grid's contribution maps by it
+                          (:func:`head_pooling`).
+``linear_map``            ``forward_with_linear_map(x, target) -> (logits, W0→L(x))``: the
+                          dynamic linear map, for ``train --lambda``.
 ========================  ======================================================================
 
 Methods and metrics ask through the functions here, never by their own ``hasattr``.
@@ -64,7 +69,13 @@ CAPABILITIES: dict[str, tuple[tuple[str, ...], str]] = {
     "encoded_input": (("encode", "forward_encoded"),
                       "an encoded input space (pixel removal's encoded-zero baseline)"),
     "temperature": (("temperature",), "the logit temperature T (temperature figures)"),
+    "head_pooling": (("head_pooling",),
+                     "how the head pools its evidence map: 'sum' or 'mean' (DiFull's grids)"),
+    "linear_map": (("forward_with_linear_map",),
+                   "logits with the dynamic linear map W0→L(x) (train's --lambda term)"),
 }
+#: The values of the ``head_pooling`` capability; absent means "sum".
+HEAD_POOLINGS: tuple[str, ...] = ("sum", "mean")
 
 
 def unwrap(model: object) -> object:
@@ -102,6 +113,20 @@ def probability(model: object) -> Probability:
     if declared not in PROBABILITIES:
         raise ModelOutputError(f"{model_label(model)}: probability must be 'sigmoid' or "
                                f"'softmax', got {str(declared)[:40]!r}")
+    return declared
+
+
+def head_pooling(model: object) -> str:
+    """How ``model``'s head pools its spatial evidence into a logit: its ``head_pooling``
+    ("mean": B-cos's global average pool), else "sum" (the CoDA-Nets). DiFull divides a grid's
+    contribution maps by the cell count for "mean". Raises :class:`ModelOutputError` for any
+    other declared value."""
+    declared = getattr(unwrap(model), "head_pooling", None)
+    if declared is None:
+        return "sum"
+    if declared not in HEAD_POOLINGS:
+        raise ModelOutputError(f"{model_label(model)}: head_pooling must be 'sum' or 'mean', "
+                               f"got {str(declared)[:40]!r}")
     return declared
 
 

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from attrib_bench.data import BaseImageSet, ImageSet
 from attrib_bench.errors import CheckpointError, TrainError
 from attrib_bench.evaluation import predict_logits, set_tf32, top1_accuracy
+from attrib_bench.models import protocols
 from attrib_bench.perf import retain_freed_memory
 from attrib_bench.runners.recipes import RECIPES, Recipe, Schedule, recipe_for  # noqa: F401
 from attrib_bench.runners.settings import check_output_classes
@@ -282,7 +283,7 @@ def make_train_step(model: nn.Module, config: TrainConfig, device: torch.device)
     forward = torch.compile(model) if config.compile else model
     autocast = config.amp == "bf16"
     memory = torch.channels_last if config.channels_last else torch.contiguous_format
-    if config.lambda_reg > 0 and not hasattr(model, "forward_with_linear_map"):
+    if config.lambda_reg > 0 and not protocols.has(model, "linear_map"):
         raise TrainError(f"--lambda needs a model with a linear map W0→L(x) (a CoDA-Net); "
                          f"{config.model} has none")
     zero = torch.zeros((), device=device)

@@ -40,7 +40,8 @@ def test_listed_with_its_capabilities():
     assert result.exit_code == 0 and "bcos-resnet20" in result.output
     model = _model()
     assert protocols.capabilities(model) == ["probability", "contributions", "gradcam_layer",
-                                             "features_head", "encoded_input"]
+                                             "features_head", "encoded_input", "head_pooling"]
+    assert protocols.head_pooling(model) == "mean"  # B-cos: a global average pool
     assert protocols.probability(model) == "sigmoid"
     assert model.gradcam_layer is model.net.layer3
     assert sum(p.numel() for p in model.parameters()) == 272_112  # the package's config

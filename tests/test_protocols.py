@@ -170,3 +170,20 @@ def test_metric_is_described_ranked_and_typed(name):
         assert convert(spec.default, spec, name) == spec.default, f"{name}.{spec.name} default"
     # the metric records every resolved hyper-parameter, defaults included
     assert metric.hparams == resolve(f"metric {name!r}", factory, {})
+
+
+def test_head_pooling_and_linear_map_are_declared_capabilities(one_line):
+    """Read through protocols, never by each caller's own getattr (issue 42)."""
+    from attrib_bench.models.coda_net import build_coda
+
+    plain = nn.Linear(2, 2)
+    assert protocols.head_pooling(plain) == "sum"
+    assert not protocols.has(plain, "head_pooling") and not protocols.has(plain, "linear_map")
+    plain.head_pooling = "mean"
+    assert protocols.head_pooling(nn.DataParallel(plain)) == "mean"
+    plain.head_pooling = "max"
+    with pytest.raises(ModelOutputError) as error:
+        protocols.head_pooling(plain)
+    one_line(error, "head_pooling must be 'sum' or 'mean'", "'max'")
+    coda = build_coda("xs")
+    assert protocols.has(coda, "linear_map") and protocols.head_pooling(coda) == "sum"

@@ -519,14 +519,9 @@ def _echo_verdict(out_dir: str, seed: int) -> None:
     """The run's ranking per metric (groups and rank CIs), or its summary if nothing ranks."""
     import pandas as pd
 
-    from attrib_bench.compare import rankings, tables_values, verdict
-    from attrib_bench.store import load_runs
+    from attrib_bench.compare import compare_runs
 
-    tables = load_runs(out_dir)
-    values, summary, dataset = tables_values(tables)
-    with tables.drawn_as_recorded():  # labels and controls as the run recorded them
-        _, ranks = rankings(values, summary, dataset, seed=seed)
-        lines = verdict(ranks) if len(ranks) else []
+    _, ranks, lines, summary = compare_runs(out_dir, seed=seed)  # labels as recorded
     if lines:
         click.echo("Ranking (paired on shared samples; a letter = a group the Holm-adjusted "
                    "paired tests do not separate; rank [95 % CI]):")
@@ -559,7 +554,7 @@ def compare_cmd(results_dirs: tuple[str, ...], metric: str | None, out_file: str
     from attrib_bench.compare import compare_runs
     from attrib_bench.runners.storage import atomic_write
 
-    pairs, ranks, lines = compare_runs(results_dirs, metric, seed)
+    pairs, ranks, lines, _ = compare_runs(results_dirs, metric, seed)
     if pairs.empty:
         raise click.ClickException(f"no family with two or more ranked methods in "
                                    f"{', '.join(results_dirs)}"

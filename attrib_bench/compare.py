@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -409,17 +409,28 @@ def compare(results: str | Path | Iterable[str | Path], metric: str | None = Non
     return pairwise(values, summary, dataset, metric, seed)
 
 
+class Comparison(NamedTuple):
+    """What :func:`compare_runs` finds: every method pair, every family's ranks, the verdict
+    lines, and the runs' summary (for the rows no family ranks)."""
+
+    pairs: pd.DataFrame
+    ranks: pd.DataFrame
+    verdict: list[str]
+    summary: pd.DataFrame
+
+
 def compare_runs(results: str | Path | Iterable[str | Path], metric: str | None = None,
-                 seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(pairs, ranks, verdict lines) of the run folders or stores ``results``, with method
-    labels and controls as the runs recorded them (their manifests' ``display``), so a
-    plugin's methods read the same without ``--plugin``."""
+                 seed: int = 0) -> Comparison:
+    """The :class:`Comparison` of the run folders or stores ``results``, with method labels
+    and controls as the runs recorded them (their manifests' ``display``), so a plugin's
+    methods read the same without ``--plugin``."""
     from attrib_bench.store import load_runs
 
     tables = load_runs(results)
+    values, summary, dataset = tables_values(tables)
     with tables.drawn_as_recorded():
-        pairs, ranks = rankings(*tables_values(tables), metric, seed)
-        return pairs, ranks, verdict(ranks) if len(ranks) else []
+        pairs, ranks = rankings(values, summary, dataset, metric, seed)
+        return Comparison(pairs, ranks, verdict(ranks) if len(ranks) else [], summary)
 
 
 #: What a family's unit is, by metric (others: "samples").

@@ -102,18 +102,24 @@ def capabilities(model: object) -> list[str]:
     return [name for name in CAPABILITIES if has(model, name)]
 
 
+def _declared(model: object, attribute: str, choices: tuple[str, ...], default: str) -> str:
+    """``model``'s (or its DataParallel's module's) ``attribute`` if it is one of ``choices``,
+    ``default`` if absent; one :class:`ModelOutputError` line for anything else."""
+    declared = getattr(unwrap(model), attribute, None)
+    if declared is None:
+        return default
+    if declared not in choices:
+        raise ModelOutputError(f"{model_label(model)}: {attribute} must be "
+                               f"{' or '.join(map(repr, choices))}, got {str(declared)[:40]!r}")
+    return declared
+
+
 def probability(model: object) -> Probability:
     """How ``model``'s logits become probabilities: its ``probability``, else "softmax".
 
     Raises :class:`ModelOutputError` if the model declares something else.
     """
-    declared = getattr(unwrap(model), "probability", None)
-    if declared is None:
-        return "softmax"
-    if declared not in PROBABILITIES:
-        raise ModelOutputError(f"{model_label(model)}: probability must be 'sigmoid' or "
-                               f"'softmax', got {str(declared)[:40]!r}")
-    return declared
+    return _declared(model, "probability", PROBABILITIES, "softmax")  # type: ignore[return-value]
 
 
 def head_pooling(model: object) -> str:
@@ -121,13 +127,7 @@ def head_pooling(model: object) -> str:
     ("mean": B-cos's global average pool), else "sum" (the CoDA-Nets). DiFull divides a grid's
     contribution maps by the cell count for "mean". Raises :class:`ModelOutputError` for any
     other declared value."""
-    declared = getattr(unwrap(model), "head_pooling", None)
-    if declared is None:
-        return "sum"
-    if declared not in HEAD_POOLINGS:
-        raise ModelOutputError(f"{model_label(model)}: head_pooling must be 'sum' or 'mean', "
-                               f"got {str(declared)[:40]!r}")
-    return declared
+    return _declared(model, "head_pooling", HEAD_POOLINGS, "sum")
 
 
 def to_probability(logits: torch.Tensor, kind: str) -> torch.Tensor:

@@ -555,15 +555,19 @@ class PoolLogits:
         """The key a shipped file for this model and dataset records: :func:`pool_key` of the
         weights (:func:`model_digest`; a file cannot know the name a run gives the model, so
         the spot check stands in for the rest of :func:`model_identity`) and the dataset."""
-        weights = self.weights.get(id(model)) or model_digest(model)
-        return pool_key(weights, dataset.name, self._parts(model, dataset)[1])
+        return pool_key(self._weights(model), dataset.name, self._parts(model, dataset)[1])
+
+    def _weights(self, model: nn.Module) -> str:
+        """The model's :func:`model_digest`, computed once per model object."""
+        if id(model) not in self.weights:
+            self.weights[id(model)] = model_digest(model)
+        return self.weights[id(model)]
 
     def _read_shipped(self, model: nn.Module, dataset: BaseImageSet) -> torch.Tensor | None:
         """A shipped file's logits after its checks, or None (reasons printed, kept)."""
         folders = _default_shipped_folders() if self.shipped is None else self.shipped
-        model_hash = self.weights.get(id(model)) or model_digest(model)
         key = self.shipped_key(model, dataset)
-        for entry in ShippedLogits.find(folders, model_hash, dataset.name):
+        for entry in ShippedLogits.find(folders, self._weights(model), dataset.name):
             logits, reason = entry.read(key, (len(dataset), dataset.num_classes))
             if logits is not None:
                 count = min(SPOT_CHECK_IMAGES, len(dataset))

@@ -91,7 +91,7 @@ def test_a_run_draws_its_plugin_methods_as_recorded_without_the_plugin(tmp_path,
     assert method_label(MINE) == MINE
     from attrib_bench.compare import compare_runs
 
-    _, ranks, lines = compare_runs(out)  # compare's verdict too
+    _, ranks, lines, _ = compare_runs(out)  # compare's verdict too
     assert len(ranks) and any("Mine 41" in line for line in lines), lines
     assert not any(f"{MINE} " in line for line in lines), lines
     curves = _legend(figures_for(load_runs(out))["pixel-removal"])

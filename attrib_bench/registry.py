@@ -196,6 +196,11 @@ def requirements(factory: Callable[..., Any]) -> tuple[str, ...]:
     return tuple(getattr(factory, "requires", ()))
 
 
+#: The fix a method built directly names when it does not apply to a model; built by name, the
+#: registry replaces it with the list of the methods that do apply.
+LISTING_HINT = "`attrib-bench list methods` shows the methods"
+
+
 class MethodRegistry(Registry):
     """Attribution methods. Besides method classes it takes a plain function
     ``f(model, inputs, target, **hparams) -> (B, H, W) or (B, C, H, W)``, which it wraps into a
@@ -221,14 +226,34 @@ class MethodRegistry(Registry):
         def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
             self._check_figure_metadata(name or factory.__name__, kwargs)
             if inspect.isfunction(factory):
-                from attrib_bench.methods.base import function_method
-
-                register(function_method(factory, name or factory.__name__))
+                register(self._wrap_function(factory, name or factory.__name__))
             else:
                 register(factory)
             return factory
 
         return decorator
+
+    #: wraps a plain function into a method class; installed by the methods package
+    _function_adapter: Callable[[Callable[..., Any], str], type] | None = None
+
+    def set_function_adapter(self, adapter: Callable[[Callable[..., Any], str], type]) -> None:
+        """Install ``adapter(function, name) -> method class``, which wraps a plain function.
+
+        :mod:`attrib_bench.methods.base` installs :func:`~attrib_bench.methods.base.function_method`
+        when it is imported: the registry is the foundation and imports no method module itself
+        (the layers in ``pyproject.toml``), so the methods package hands it its adapter.
+        """
+        self._function_adapter = adapter
+
+    def _wrap_function(self, function: Callable[..., Any], name: str) -> type:
+        """``function`` wrapped into a method class by the adapter the methods package installs
+        (importing the built-in methods first, which installs it)."""
+        self._load_builtins()
+        adapter = self._function_adapter
+        if adapter is None:  # only if attrib_bench.methods failed to import
+            raise RuntimeError("attrib_bench.methods.base was not imported: import "
+                               "attrib_bench.methods before registering a function as a method")
+        return adapter(function, name)
 
     def add(self, name: str, factory: Callable[..., Any], **kwargs: Any) -> None:
         """Register ``factory(model, **hparams) -> method`` as is (no function wrapping)."""
@@ -278,11 +303,9 @@ class MethodRegistry(Registry):
         """``message`` ending with the registered methods other than ``name`` that apply to
         ``model``, instead of the generic listing hint a method built directly gives.
 
-        Done here, not in the method class: methods.base must not import the registry (an import
-        cycle), and a method built directly has no registry to ask.
+        Done here, not in the method class: a method built directly was not built by name, so
+        it names :data:`LISTING_HINT` instead.
         """
-        from attrib_bench.methods.base import LISTING_HINT
-
         others = [n for n in self.applicable(model) if n != name]
         message = message.removesuffix(f"; {LISTING_HINT}")
         return f"{message}; methods that apply to it: {', '.join(others) or 'none'}"

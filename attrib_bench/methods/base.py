@@ -44,6 +44,7 @@ from attrib_bench.checks import (
 from attrib_bench.errors import InputShapeError, MethodError, NotApplicableError
 from attrib_bench.evaluation import eval_mode, ieee_float32
 from attrib_bench.models import protocols
+from attrib_bench.registry import LISTING_HINT, METHODS
 
 #: Images per forward (or forward + backward) unless a method is told otherwise.
 DEFAULT_MAX_BATCH = 64
@@ -51,10 +52,6 @@ DEFAULT_MAX_BATCH = 64
 #: whose defaults depend on the image size scale them from here
 #: (:meth:`AttributionMethod.image_size_defaults`).
 REFERENCE_SIDE = 32
-
-#: The fix a method built directly names when it does not apply to a model; built by name, the
-#: registry replaces it with the list of the methods that do apply.
-LISTING_HINT = "`attrib-bench list methods` shows the methods"
 
 #: The largest ``seed`` a method takes: skimage's quickshift (LIME's superpixels) takes a C
 #: int, NumPy below 2**32, torch below 2**64.
@@ -195,10 +192,9 @@ class AttributionMethod:
     def _require(self, attr: str, fix: str = "") -> None:
         """Raise :class:`NotApplicableError` unless the model has ``attr``.
 
-        The line does not list the methods that do apply: this module cannot ask the registry
-        (it would be an import cycle); it names :data:`LISTING_HINT`, which
-        :meth:`attrib_bench.registry.MethodRegistry.create` replaces with that list when the
-        method is built by name.
+        The line names :data:`~attrib_bench.registry.LISTING_HINT`, which
+        :meth:`attrib_bench.registry.MethodRegistry.create` replaces with the methods that do
+        apply when the method is built by name.
         """
         if hasattr(self.model, attr):
             return
@@ -372,3 +368,6 @@ def function_method(function: Callable[..., Any], name: str) -> type[FunctionMet
         "__module__": function.__module__,
         "__qualname__": function.__qualname__,
     })
+
+
+METHODS.set_function_adapter(function_method)

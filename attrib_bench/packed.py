@@ -214,21 +214,23 @@ def _check_image_set(image_set: ImageSet, split: str, tiles_per_row: int, max_si
         )
 
 
-def pack_image_sets(train: ImageSet | None, test: ImageSet | None, out_dir: str | Path, *,
-                    quality: int = 90, subsampling: str = "4:4:4", batch_size: int = 10_000,
-                    tiles_per_row: int = 100, webp_quality: int = 100,
-                    webp_method: int = 4) -> dict:
-    """Pack ``train`` (JPEG mosaics, lossy) and/or ``test`` (one lossless WebP) into ``out_dir``.
+class _FolderWriter:
+    """Writes files atomically into ``out`` and records each one's sha256 and size in ``files``."""
 
-    ``train``/``test`` are :class:`ImageSet` s of uint8 (N, 3, H, W); either may be None to leave
-    that split out. ``quality`` (1-100) and ``subsampling`` ("4:4:4", "4:2:2", "4:2:0") set the
-    JPEG encoder (Pillow, ``optimize=True``); ``batch_size`` images go into each train mosaic;
-    ``webp_quality`` (0-100) and ``webp_method`` (0-6) trade lossless WebP encode time for size
-    (100 and 4: 17.1 MB for the CIFAR-10 test set; 0 and 0: 17.8 MB, ~10x faster). The test
-    mosaic is decoded again and must equal the original bit for bit, else
-    :class:`PackedChecksumError`. Every file is written atomically; an existing manifest is
-    removed first and the new one written last. Returns the manifest (see the module docstring).
-    """
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.files: dict[str, dict] = {}
+
+    def put(self, name: str, data: bytes) -> None:
+        _atomic_write(self.out / name, data)
+        self.files[name] = {"sha256": _sha256(data), "bytes": len(data)}
+
+
+def _check_pack_settings(train: ImageSet | None, test: ImageSet | None, quality: int,
+                         subsampling: str, batch_size: int, tiles_per_row: int
+                         ) -> tuple[list[str], tuple[int, int]]:
+    """Refuse bad settings and mismatched splits before anything is written; returns the class
+    names and the tile size (H, W) the splits share."""
     if train is None and test is None:
         raise ValueError("nothing to pack: give a train and/or a test ImageSet")
     if not 1 <= int(quality) <= 100:
@@ -247,87 +249,120 @@ def pack_image_sets(train: ImageSet | None, test: ImageSet | None, out_dir: str 
     tiles = {s.image_size for s in sets.values()}
     if len(tiles) != 1:
         raise InputShapeError(f"train and test images differ in size: {sorted(tiles)}")
-    tile_h, tile_w = tiles.pop()
     if train is not None:
         _check_image_set(train.subset(batch_size), "train", tiles_per_row, _JPEG_MAX_SIDE)
     if test is not None:
         _check_image_set(test, "test", tiles_per_row, _WEBP_MAX_SIDE)
+    return list(class_names.pop()), tiles.pop()
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_NAME).unlink(missing_ok=True)  # the folder is incomplete until the end
-    files: dict[str, dict] = {}
 
-    def put(name: str, data: bytes) -> None:
-        _atomic_write(out / name, data)
-        files[name] = {"sha256": _sha256(data), "bytes": len(data)}
-
-    manifest: dict = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "dataset": "cifar10",
-        "class_names": list(class_names.pop()),
-        "tile": {
-            "height": tile_h, "width": tile_w, "channels": 3, "tiles_per_row": tiles_per_row,
-            "order": "tile k at tile row k // tiles_per_row, tile column k % tiles_per_row",
-            "padding": "black (zero) tiles after the last image",
-        },
-        "codecs": _codec_versions(),
-        "labels_file": LABELS_NAME,
-        "files": files,
+def _pack_train(train: ImageSet, writer: _FolderWriter, tile: tuple[int, int], quality: int,
+                subsampling: str, batch_size: int, tiles_per_row: int) -> dict:
+    """Write the train JPEG mosaics; returns the manifest's "train" section, with the mean and
+    max absolute error (8-bit levels) of the decoded images against the originals."""
+    images = train.images.numpy()
+    names, abs_sum, max_err = [], 0, 0
+    for i, start in enumerate(range(0, len(train), batch_size), start=1):
+        batch = images[start:start + batch_size]
+        data = _encode(to_mosaic(batch, tiles_per_row), "JPEG", quality=int(quality),
+                       subsampling=subsampling, optimize=True)
+        decoded = from_mosaic(_decode(data, writer.out / train_file_name(i)), len(batch), tile)
+        diff = np.abs(decoded.astype(np.int16) - batch.astype(np.int16))
+        abs_sum += int(diff.sum(dtype=np.int64))
+        max_err = max(max_err, int(diff.max(initial=0)))
+        writer.put(train_file_name(i), data)
+        names.append(train_file_name(i))
+    return {
+        "count": len(train), "batch_size": batch_size, "files": names,
+        "codec": "jpeg", "lossless": False, "quality": int(quality),
+        "subsampling": subsampling, "optimize": True,
+        "original_images_sha256": _sha256(images),
+        "labels_sha256": _labels_sha256(train.labels.numpy()),
+        "mean_abs_error": abs_sum / max(1, images.size),
+        "max_abs_error": max_err,
+        "error_units": "8-bit levels (0-255), decoded vs original, all pixels and channels",
     }
-    labels: dict[str, np.ndarray] = {}
-    if train is not None:
-        images = train.images.numpy()
-        names, abs_sum, max_err = [], 0, 0
-        for i, start in enumerate(range(0, len(train), batch_size), start=1):
-            batch = images[start:start + batch_size]
-            data = _encode(to_mosaic(batch, tiles_per_row), "JPEG", quality=int(quality),
-                           subsampling=subsampling, optimize=True)
-            decoded = from_mosaic(_decode(data, out / train_file_name(i)), len(batch),
-                                  (tile_h, tile_w))
-            diff = np.abs(decoded.astype(np.int16) - batch.astype(np.int16))
-            abs_sum += int(diff.sum(dtype=np.int64))
-            max_err = max(max_err, int(diff.max(initial=0)))
-            put(train_file_name(i), data)
-            names.append(train_file_name(i))
-        manifest["train"] = {
-            "count": len(train), "batch_size": batch_size, "files": names,
-            "codec": "jpeg", "lossless": False, "quality": int(quality),
-            "subsampling": subsampling, "optimize": True,
-            "original_images_sha256": _sha256(images),
-            "labels_sha256": _labels_sha256(train.labels.numpy()),
-            "mean_abs_error": abs_sum / max(1, images.size),
-            "max_abs_error": max_err,
-            "error_units": "8-bit levels (0-255), decoded vs original, all pixels and channels",
-        }
-        labels["train"] = train.labels.numpy()
-    if test is not None:
-        images = test.images.numpy()
-        data = _encode(to_mosaic(images, tiles_per_row), "WEBP", lossless=True,
-                       quality=int(webp_quality), method=int(webp_method))
-        decoded = from_mosaic(_decode(data, out / TEST_NAME), len(test), (tile_h, tile_w))
-        original_sha = _sha256(images)
-        if _sha256(decoded) != original_sha:
-            raise PackedChecksumError(
-                f"the lossless WebP of the test split does not decode bit-exact with this Pillow "
-                f"({_codec_versions()}): pack with another Pillow build"
-            )
-        put(TEST_NAME, data)
-        manifest["test"] = {
-            "count": len(test), "files": [TEST_NAME], "codec": "webp", "lossless": True,
-            "webp_quality": int(webp_quality), "webp_method": int(webp_method),
-            "original_images_sha256": original_sha,
-            "labels_sha256": _labels_sha256(test.labels.numpy()),
-        }
-        labels["test"] = test.labels.numpy()
+
+
+def _pack_test(test: ImageSet, writer: _FolderWriter, tile: tuple[int, int], tiles_per_row: int,
+               webp_quality: int, webp_method: int) -> dict:
+    """Write the lossless WebP test mosaic after checking it decodes bit-exact (else
+    :class:`PackedChecksumError`); returns the manifest's "test" section."""
+    images = test.images.numpy()
+    data = _encode(to_mosaic(images, tiles_per_row), "WEBP", lossless=True,
+                   quality=int(webp_quality), method=int(webp_method))
+    decoded = from_mosaic(_decode(data, writer.out / TEST_NAME), len(test), tile)
+    original_sha = _sha256(images)
+    if _sha256(decoded) != original_sha:
+        raise PackedChecksumError(
+            f"the lossless WebP of the test split does not decode bit-exact with this Pillow "
+            f"({_codec_versions()}): pack with another Pillow build"
+        )
+    writer.put(TEST_NAME, data)
+    return {
+        "count": len(test), "files": [TEST_NAME], "codec": "webp", "lossless": True,
+        "webp_quality": int(webp_quality), "webp_method": int(webp_method),
+        "original_images_sha256": original_sha,
+        "labels_sha256": _labels_sha256(test.labels.numpy()),
+    }
+
+
+def _labels_file(labels: dict[str, np.ndarray]) -> bytes:
+    """The labels of each split as a compressed .npz (uint8 where they fit, else int64)."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **{
         split: lab.astype(np.uint8 if lab.size == 0 or 0 <= lab.min() <= lab.max() <= 255
                           else np.int64)
         for split, lab in labels.items()
     })
-    put(LABELS_NAME, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def pack_image_sets(train: ImageSet | None, test: ImageSet | None, out_dir: str | Path, *,
+                    quality: int = 90, subsampling: str = "4:4:4", batch_size: int = 10_000,
+                    tiles_per_row: int = 100, webp_quality: int = 100,
+                    webp_method: int = 4) -> dict:
+    """Pack ``train`` (JPEG mosaics, lossy) and/or ``test`` (one lossless WebP) into ``out_dir``.
+
+    ``train``/``test`` are :class:`ImageSet` s of uint8 (N, 3, H, W); either may be None to leave
+    that split out. ``quality`` (1-100) and ``subsampling`` ("4:4:4", "4:2:2", "4:2:0") set the
+    JPEG encoder (Pillow, ``optimize=True``); ``batch_size`` images go into each train mosaic;
+    ``webp_quality`` (0-100) and ``webp_method`` (0-6) trade lossless WebP encode time for size
+    (100 and 4: 17.1 MB for the CIFAR-10 test set; 0 and 0: 17.8 MB, ~10x faster). The test
+    mosaic is decoded again and must equal the original bit for bit, else
+    :class:`PackedChecksumError`. Every file is written atomically; an existing manifest is
+    removed first and the new one written last. Returns the manifest (see the module docstring).
+    """
+    class_names, tile = _check_pack_settings(train, test, quality, subsampling, batch_size,
+                                             tiles_per_row)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # the folder is incomplete until the end
+    writer = _FolderWriter(out)
+    manifest: dict = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dataset": "cifar10",
+        "class_names": class_names,
+        "tile": {
+            "height": tile[0], "width": tile[1], "channels": 3, "tiles_per_row": tiles_per_row,
+            "order": "tile k at tile row k // tiles_per_row, tile column k % tiles_per_row",
+            "padding": "black (zero) tiles after the last image",
+        },
+        "codecs": _codec_versions(),
+        "labels_file": LABELS_NAME,
+        "files": writer.files,
+    }
+    labels: dict[str, np.ndarray] = {}
+    if train is not None:
+        manifest["train"] = _pack_train(train, writer, tile, quality, subsampling, batch_size,
+                                        tiles_per_row)
+        labels["train"] = train.labels.numpy()
+    if test is not None:
+        manifest["test"] = _pack_test(test, writer, tile, tiles_per_row, webp_quality,
+                                      webp_method)
+        labels["test"] = test.labels.numpy()
+    writer.put(LABELS_NAME, _labels_file(labels))
     write_manifest(out, manifest)
     return manifest
 

@@ -65,6 +65,14 @@ class MetricError(AttribBenchError):
     """A metric cannot run as configured: too few samples, a model it cannot wrap, bad settings."""
 
 
+class MethodSettingError(MethodError, SettingError):
+    """A method's setting of the wrong type or outside its declared range (both kinds)."""
+
+
+class MetricSettingError(MetricError, SettingError):
+    """A metric's setting of the wrong type or outside its declared range (both kinds)."""
+
+
 class TrainError(AttribBenchError):
     """A training run that cannot start as configured (e.g. a time budget too small to plan)."""
 

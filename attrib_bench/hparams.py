@@ -20,7 +20,15 @@ are checked, never converted by guessing: an ``int`` (or NumPy integer, not a bo
 int is declared, an int or float (NumPy's too) that is finite and exact as a float where a
 float is declared, a ``bool`` (or NumPy bool) where a bool is. Anything else — ``"1.5"`` for an
 int, ``"true"`` for a number, NaN, inf, an overflow, digits of other scripts (``"١٢"``) — is one
-:class:`~attrib_bench.errors.SettingError` line. Sources: the idea is click's and typer's (types
+:class:`~attrib_bench.errors.SettingError` line.
+
+A number's range is declared with its type, in the same signature, and checked by the same
+converter: ``max_batch: PositiveInt``, ``fraction: Annotated[float, Between(0, 1,
+open_lo=True)]``, ``num_grids: Annotated[int, AtLeast(1, "grids to draw")]`` (:class:`Between`,
+:func:`AtLeast`, :func:`AtMost`, :func:`Positive`). The registry checks them before it calls a
+factory, :func:`resolve` when a run is configured, and a class built directly checks its own in
+``__init__`` with :func:`check_settings`; one refusal line, whichever path: "num_grids must be
+an int >= 1 (grids to draw), got 0". Sources: the idea is click's and typer's (types
 from the signature); the code is written here because neither parses into ``Literal`` / unions
 / module paths.
 """
@@ -38,7 +46,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from attrib_bench.errors import SettingError
 
@@ -88,7 +96,7 @@ def _hints(target: Callable[..., Any]) -> dict[str, Any]:
     function = target.__init__ if inspect.isclass(target) else target
     function = getattr(function, "function", function)
     try:
-        return typing.get_type_hints(function)
+        return typing.get_type_hints(function, include_extras=True)  # keep Annotated ranges
     except Exception:  # noqa: BLE001 - a hint that does not resolve is treated as untyped
         return {}
 
@@ -160,6 +168,8 @@ def type_name(annotation: Any) -> str:
     if annotation is type(None):
         return "None"
     origin = typing.get_origin(annotation)
+    if origin is Annotated:  # a range is shown in a refusal, not in the listings
+        return type_name(typing.get_args(annotation)[0])
     if origin is Literal:
         return " | ".join(repr(v) for v in typing.get_args(annotation))
     if origin in (Union, types.UnionType):
@@ -185,125 +195,299 @@ def _is_module_type(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, nn.Module)
 
 
+# ----------------------------------------------------------------------------- constraints
+
+
+@dataclass(frozen=True)
+class Between:
+    """The range a number setting must lie in, declared with its type in the signature:
+    ``n_steps: Annotated[int, Between(1, 4096)] = 20``, ``p1: Annotated[float, Between(0, 1,
+    open_lo=True)] = 0.1``.
+
+    ``lo``/``hi`` None: unbounded on that side; ``open_lo``/``open_hi``: that bound itself is
+    excluded (``Between(0, 1, open_lo=True)`` is (0, 1]). ``means`` says what the number is
+    ("grids to draw"); a refusal shows it in parentheses. Checked by :func:`convert` after the
+    type, so the registry, :func:`resolve` and :func:`check_settings` all refuse a value out of
+    range in one line: "num_grids must be an int >= 1 (grids to draw), got 0".
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
+    means: str = ""
+
+    def admits(self, value: float) -> bool:
+        """Whether ``value`` (an int, or a finite float) lies in the range."""
+        above = self.lo is None or (value > self.lo if self.open_lo else value >= self.lo)
+        below = self.hi is None or (value < self.hi if self.open_hi else value <= self.hi)
+        return above and below
+
+    def describe(self, kind: Any) -> str:
+        """What a value must be, for a refusal: "a positive int", "an int >= 1", "a number in
+        (0, 1]" (``kind``: the declared type, int or float), then ``means`` in parentheses."""
+        noun = "an int" if kind is int else "a number"
+        if self.lo == 0 and self.open_lo and self.hi is None:
+            text = f"a positive {'int' if kind is int else 'number'}"
+        elif self.hi is None:
+            text = noun if self.lo is None else f"{noun} {'>' if self.open_lo else '>='} {self.lo}"
+        elif self.lo is None:
+            text = f"{noun} {'<' if self.open_hi else '<='} {self.hi}"
+        else:
+            text = (f"{noun} in {'(' if self.open_lo else '['}{self.lo}, {self.hi}"
+                    f"{')' if self.open_hi else ']'}")
+        return f"{text} ({self.means})" if self.means else text
+
+
+def AtLeast(lo: float, means: str = "") -> Between:
+    """``value >= lo``: ``num_grids: Annotated[int, AtLeast(1, "grids to draw")]``."""
+    return Between(lo, None, means=means)
+
+
+def AtMost(hi: float, means: str = "") -> Between:
+    """``value <= hi``: ``n_steps: Annotated[int, Positive(), AtMost(4096)]``."""
+    return Between(None, hi, means=means)
+
+
+def Positive(means: str = "") -> Between:
+    """``value > 0``, refused as "a positive int" or "a positive number" (with ``means``)."""
+    return Between(0, None, open_lo=True, means=means)
+
+
+#: An int > 0 (a count, a batch size): refused as "NAME must be a positive int, got 0".
+PositiveInt = Annotated[int, Positive()]
+#: A float > 0 (a width, a standard deviation): refused as "... must be a positive number".
+PositiveFloat = Annotated[float, Positive()]
+
+
+# ----------------------------------------------------------------------------- conversion
+
+
 class _Mismatch(Exception):
     """A value that does not fit one alternative of a union (internal)."""
 
 
+class _Refused(_Mismatch):
+    """A value of the declared type outside a declared :class:`Between` (internal).
+
+    ``expected`` says what it must be ("a positive int"); ``value`` is the value as converted
+    (the refusal shows 0, not the text "0").
+    """
+
+    def __init__(self, expected: str, value: Any) -> None:
+        super().__init__(expected)
+        self.expected, self.value = expected, value
+
+
+#: ``converter(value, annotation, from_text) -> value``, raising :class:`_Mismatch`.
+Converter = Callable[[Any, Any, bool], Any]
+
+
 def _convert(value: Any, annotation: Any, from_text: bool) -> Any:
     """``value`` as ``annotation`` (parsed first if ``from_text``); raises :class:`_Mismatch`."""
+    return _converter_for(annotation)(value, annotation, from_text)
+
+
+def _converter_for(annotation: Any) -> Converter:
+    """The converter of ``annotation``'s kind: by its typing construct (:data:`_BY_ORIGIN`:
+    Annotated, a union, Literal), by the plain type (:data:`_BY_TYPE`), else a sequence, a
+    layer, another class, or an annotation we cannot check (a Protocol, a TypeVar)."""
     if annotation is Any or annotation is _EMPTY:
-        if from_text:
-            try:
-                return json.loads(value)
-            except (ValueError, RecursionError):  # not JSON (or nested beyond Python's stack)
-                return value
-        return value
+        return _to_any
     origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(annotation)
-        # None first (the text "none"), then the others in order; str last (it takes anything).
-        ordered = sorted(options, key=lambda a: (a is not type(None), a is str))
-        for option in ordered:
-            try:
-                return _convert(value, option, from_text)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if annotation is type(None):
-        if value is None or (from_text and str(value).strip().lower() in _NONE):
-            return None
-        raise _Mismatch
-    if origin is Literal:
-        allowed = typing.get_args(annotation)
-        if from_text and isinstance(value, str):
-            value = value.strip()
-        for option in allowed:
-            try:
-                if _convert(value, type(option), from_text) == option:
-                    return option
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if annotation is bool:
-        if isinstance(value, (bool, _np().bool_)):
-            return bool(value)
-        if from_text and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise _Mismatch
-    if annotation is int:
-        if from_text and isinstance(value, str):
-            text = value.strip()
-            if not _INT_TEXT.fullmatch(text):
-                raise _Mismatch
-            value = int(text)
-        elif not _is_int(value):
-            raise _Mismatch
-        value = int(value)
-        if not INT_MIN <= value <= INT_MAX:
-            raise _Mismatch
-        return value
-    if annotation is float:
-        if from_text and isinstance(value, str):
-            text = value.strip()
-            if not _FLOAT_TEXT.fullmatch(text):
-                raise _Mismatch
-            number = float(text)
-            mantissa = text.lower().partition("e")[0]
-            if number == 0 and any(c in "123456789" for c in mantissa):  # underflow to 0
-                raise _Mismatch
-        elif _is_int(value) or _is_float(value):
-            try:
-                number = float(value)
-            except OverflowError:
-                raise _Mismatch from None
-            if _is_int(value) and number != int(value):  # an int a float cannot hold exactly
-                raise _Mismatch
-        else:
-            raise _Mismatch
-        if not math.isfinite(number):
-            raise _Mismatch
-        return number
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
+    if origin in _BY_ORIGIN:
+        return _BY_ORIGIN[origin]
+    if isinstance(annotation, type) and annotation in _BY_TYPE:
+        return _BY_TYPE[annotation]
     if origin is not None and _is_sequence(origin):
-        args = typing.get_args(annotation)
-        if from_text and isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                try:
-                    items = json.loads(text)
-                except (ValueError, RecursionError):
-                    raise _Mismatch from None
-                if not isinstance(items, list):
-                    raise _Mismatch
-            else:
-                items = [t.strip() for t in text.split(",")]
-                if not all(items):  # "", "1,,2", "1,": no empty items ([] is the empty list)
-                    raise _Mismatch
-        elif isinstance(value, (list, tuple)):
-            items = list(value)
-        else:
-            raise _Mismatch
-        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[int, int]: fixed
-            if len(items) != len(args):
-                raise _Mismatch
-            return tuple(_convert(v, a, from_text and isinstance(v, str))
-                         for v, a in zip(items, args, strict=True))
-        (item,) = args[:1] or (Any,)
-        return [_convert(v, item, from_text and isinstance(v, str)) for v in items]
+        return _to_sequence
     if _is_module_type(annotation):
-        if isinstance(value, str):  # a module path, resolved by the method
-            return value.strip() if from_text else value
-        if isinstance(value, annotation):
-            return value
-        raise _Mismatch
+        return _to_layer
     if isinstance(annotation, type):
-        if isinstance(value, annotation):
-            return value
+        return _to_instance
+    return _as_given
+
+
+def _to_any(value: Any, annotation: Any, from_text: bool) -> Any:
+    """No declared type: text is its JSON value if it parses (else the text); a value as is."""
+    if not from_text:
+        return value
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):  # not JSON (or nested beyond Python's stack)
+        return value
+
+
+def _to_annotated(value: Any, annotation: Any, from_text: bool) -> Any:
+    """``Annotated[T, Between(...), ...]``: ``value`` as T, then within each range in order."""
+    base, *rules = typing.get_args(annotation)
+    converted = _convert(value, base, from_text)
+    for rule in rules:
+        if isinstance(rule, Between) and converted is not None and not rule.admits(converted):
+            raise _Refused(rule.describe(base), converted)
+    return converted
+
+
+def _to_union(value: Any, annotation: Any, from_text: bool) -> Any:
+    """The first alternative that takes ``value``: None first (the text "none"), then the
+    others in order, str last (it takes anything). A value of a right type but out of its range
+    is refused as that: "a positive int or None"."""
+    options = typing.get_args(annotation)
+    refused: list[_Refused] = []
+    for option in sorted(options, key=lambda a: (a is not type(None), a is str)):
+        try:
+            return _convert(value, option, from_text)
+        except _Refused as exc:
+            refused.append(exc)
+        except _Mismatch:
+            continue
+    if refused:
+        expected = [r.expected for r in refused] + (["None"] if type(None) in options else [])
+        raise _Refused(" or ".join(expected), refused[0].value)
+    raise _Mismatch
+
+
+def _to_none(value: Any, annotation: Any, from_text: bool) -> None:
+    if value is None or (from_text and str(value).strip().lower() in _NONE):
+        return None
+    raise _Mismatch
+
+
+def _to_literal(value: Any, annotation: Any, from_text: bool) -> Any:
+    """The Literal's value that ``value`` is (as that value's type: "3" is 3 for ``Literal[3]``)."""
+    if from_text and isinstance(value, str):
+        value = value.strip()
+    for option in typing.get_args(annotation):
+        try:
+            if _convert(value, type(option), from_text) == option:
+                return option
+        except _Mismatch:
+            continue
+    raise _Mismatch
+
+
+def _to_bool(value: Any, annotation: Any, from_text: bool) -> bool:
+    if isinstance(value, (bool, _np().bool_)):
+        return bool(value)
+    word = value.strip().lower() if from_text and isinstance(value, str) else None
+    if word in _TRUE | _FALSE:
+        return word in _TRUE
+    raise _Mismatch
+
+
+def _to_int(value: Any, annotation: Any, from_text: bool) -> int:
+    """An int (or NumPy integer, not a bool), or its ASCII text, within int64."""
+    if from_text and isinstance(value, str):
+        text = value.strip()
+        if not _INT_TEXT.fullmatch(text):
+            raise _Mismatch
+        value = int(text)
+    elif not _is_int(value):
         raise _Mismatch
-    return value  # an annotation we cannot check (a Protocol, a TypeVar): taken as given
+    number = int(value)
+    if not INT_MIN <= number <= INT_MAX:
+        raise _Mismatch
+    return number
+
+
+def _to_float(value: Any, annotation: Any, from_text: bool) -> float:
+    """A finite float from an int or float (NumPy's too) or from ASCII decimal text."""
+    if from_text and isinstance(value, str):
+        number = _float_from_text(value.strip())
+    elif _is_int(value) or _is_float(value):
+        number = _float_from_number(value)
+    else:
+        raise _Mismatch
+    if not math.isfinite(number):
+        raise _Mismatch
+    return number
+
+
+def _float_from_text(text: str) -> float:
+    if not _FLOAT_TEXT.fullmatch(text):
+        raise _Mismatch
+    number = float(text)
+    mantissa = text.lower().partition("e")[0]
+    if number == 0 and any(c in "123456789" for c in mantissa):  # underflow to 0
+        raise _Mismatch
+    return number
+
+
+def _float_from_number(value: Any) -> float:
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Mismatch from None
+    if _is_int(value) and number != int(value):  # an int a float cannot hold exactly
+        raise _Mismatch
+    return number
+
+
+def _to_str(value: Any, annotation: Any, from_text: bool) -> str:
+    if isinstance(value, str):
+        return value
+    raise _Mismatch
+
+
+def _to_sequence(value: Any, annotation: Any, from_text: bool) -> list[Any] | tuple[Any, ...]:
+    """A list of the item type; a fixed-length tuple (``tuple[int, int]``) of its types."""
+    items = _sequence_items(value, from_text)
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple and args and args[-1] is not Ellipsis:
+        if len(items) != len(args):
+            raise _Mismatch
+        return tuple(_convert(v, a, from_text and isinstance(v, str))
+                     for v, a in zip(items, args, strict=True))
+    (item,) = args[:1] or (Any,)
+    return [_convert(v, item, from_text and isinstance(v, str)) for v in items]
+
+
+def _sequence_items(value: Any, from_text: bool) -> list[Any]:
+    """The items of a list or tuple, of a JSON list, or of comma-separated text."""
+    if not (from_text and isinstance(value, str)):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise _Mismatch
+    text = value.strip()
+    if not text.startswith("["):
+        items = [t.strip() for t in text.split(",")]
+        if not all(items):  # "", "1,,2", "1,": no empty items ([] is the empty list)
+            raise _Mismatch
+        return items
+    try:
+        items = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _Mismatch from None
+    if not isinstance(items, list):
+        raise _Mismatch
+    return items
+
+
+def _to_layer(value: Any, annotation: Any, from_text: bool) -> Any:
+    """A layer: the module itself, or a module path such as "layer4.2" the method resolves."""
+    if isinstance(value, str):
+        return value.strip() if from_text else value
+    if isinstance(value, annotation):
+        return value
+    raise _Mismatch
+
+
+def _to_instance(value: Any, annotation: Any, from_text: bool) -> Any:
+    if isinstance(value, annotation):
+        return value
+    raise _Mismatch
+
+
+def _as_given(value: Any, annotation: Any, from_text: bool) -> Any:
+    return value
+
+
+#: Converters of the typing constructs, by ``typing.get_origin``.
+_BY_ORIGIN: dict[Any, Converter] = {
+    Annotated: _to_annotated, Union: _to_union, types.UnionType: _to_union, Literal: _to_literal}
+#: Converters of the plain types.
+_BY_TYPE: dict[type, Converter] = {
+    type(None): _to_none, bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def _np() -> Any:
@@ -320,19 +504,36 @@ def _is_float(value: Any) -> bool:
     return isinstance(value, (float, _np().floating))
 
 
-def convert(value: Any, spec: HParam, owner: str, *, from_text: bool = False) -> Any:
-    """``value`` checked (and parsed, ``from_text``) against ``spec``; one line if it does not fit.
+def _plain(annotation: Any) -> Any:
+    """``T`` of ``Annotated[T, ...]``; any other annotation as it is."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated \
+        else annotation
 
-    ``owner`` names the thing in messages, e.g. "method 'intgrad'".
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` on one line, at most 60 characters."""
+    shown = " ".join(repr(value).split())
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def convert(value: Any, spec: HParam, owner: str, *, from_text: bool = False,
+            error: type[SettingError] = SettingError) -> Any:
+    """``value`` checked (and parsed, ``from_text``) against ``spec``'s type and ranges.
+
+    ``owner`` names the thing in messages, e.g. "method 'intgrad'". A value that does not fit
+    raises one ``error`` line (:func:`setting_error` gives the owner's): the wrong type as
+    "n_steps must be int, got 'two': write an integer ...", a value out of a declared
+    :class:`Between` as "num_grids must be an int >= 1 (grids to draw), got 0".
     """
     try:
         return _convert(value, spec.annotation, from_text)
+    except _Refused as exc:
+        raise error(f"{owner}: {spec.name} must be {exc.expected}, got "
+                    f"{_shown(exc.value)}") from None
     except _Mismatch:
-        shown = " ".join(repr(value).split())  # one line, whatever the value's repr
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        rule = next((r for t, r in _RULES if spec.annotation is t), "")
-        raise SettingError(f"{owner}: {spec.name} must be {spec.type_name}, got "
-                           f"{shown}{rule}") from None
+        rule = next((r for t, r in _RULES if _plain(spec.annotation) is t), "")
+        raise error(f"{owner}: {spec.name} must be {spec.type_name}, got "
+                    f"{_shown(value)}{rule}") from None
 
 
 #: What a value of a plain declared type must look like, for the refusal's line.
@@ -343,16 +544,46 @@ _RULES: tuple[tuple[Any, str], ...] = (
 )
 
 
+def setting_error(factory: Callable[..., Any]) -> type[SettingError]:
+    """The error a refused setting of ``factory`` raises: its class's ``setting_error`` (a
+    method's :class:`~attrib_bench.errors.MethodSettingError`, a metric's
+    :class:`~attrib_bench.errors.MetricSettingError`, so that ``except MethodError`` catches a
+    method's refusal too), else :class:`~attrib_bench.errors.SettingError`."""
+    target, _ = unwrap(factory)
+    error = getattr(target, "setting_error", SettingError)
+    return error if isinstance(error, type) and issubclass(error, SettingError) else SettingError
+
+
+def check_settings(owner: str, factory: Callable[..., Any], values: Mapping[str, Any]
+                   ) -> dict[str, Any]:
+    """``values`` checked against, and converted to, the types and ranges of ``factory``'s
+    signature: what :meth:`Registry.create <attrib_bench.registry.Registry.create>` applies
+    before it calls a factory, and what a class built directly in Python applies to its own
+    settings in ``__init__`` (``factory`` is the class that declares them, not ``type(self)``,
+    which may be a subclass with another signature).
+
+    Keys that are not hyper-parameters pass as they are; NumPy ints become ints, tuples lists.
+    ``owner`` names the thing in messages ("metric 'pixel-removal'"); a refusal is one
+    :func:`setting_error` line.
+    """
+    specs = hparams_of(factory)
+    error = setting_error(factory)
+    return {key: convert(value, specs[key], owner, error=error) if key in specs else value
+            for key, value in values.items()}
+
+
 def resolve(owner: str, factory: Callable[..., Any], given: Mapping[str, Any], *,
             from_text: bool = False) -> dict[str, Any]:
     """The full configuration: every hyper-parameter's default, overridden by ``given``.
 
     Unknown keys are one :class:`SettingError` line with the close matches (unless the factory
     takes ``**kwargs``, whose extra keys pass through unchecked). Values are checked against the
-    declared types (parsed from text first if ``from_text``). The values' ranges are the
-    factory's to check when it is built.
+    declared types and ranges (parsed from text first if ``from_text``); a refusal is one
+    :func:`setting_error` line. Rules that are not a type or a range (a stride no larger than
+    the patch) are the factory's to check when it is built.
     """
     specs = hparams_of(factory)
+    error = setting_error(factory)
     if not accepts_any(factory):
         unknown = [k for k in given if k not in specs]
         if unknown:
@@ -363,8 +594,8 @@ def resolve(owner: str, factory: Callable[..., Any], given: Mapping[str, Any], *
                                f"{', '.join(specs) or 'none'})")
     config = {name: spec.default for name, spec in specs.items()}
     for key, value in given.items():
-        config[key] = convert(value, specs[key], owner, from_text=from_text) if key in specs \
-            else value
+        config[key] = convert(value, specs[key], owner, from_text=from_text, error=error) \
+            if key in specs else value
     return config
 
 

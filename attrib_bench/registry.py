@@ -31,7 +31,7 @@ from attrib_bench.errors import (
     PluginError,
     UnknownNameError,
 )
-from attrib_bench.hparams import convert, hparams_of
+from attrib_bench.hparams import check_settings
 
 Patterns = str | Iterable[str]
 #: What an unknown-name message adds about plugins ("" from Python: a script imports its own
@@ -163,15 +163,13 @@ class Registry:
     def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call the factory registered under ``name``.
 
-        In a typed registry, keyword arguments are first checked against the factory's type
-        hints (:func:`attrib_bench.hparams.convert`): ``abs="False"`` is refused in one line
-        instead of meaning True.
+        In a typed registry, keyword arguments are first checked against the types and ranges
+        of the factory's signature (:func:`attrib_bench.hparams.check_settings`): ``abs="False"``
+        or ``max_batch=0`` is refused in one line instead of meaning True or failing later.
         """
         factory = self.get(name).factory
         if self.typed:
-            specs = hparams_of(factory)
-            kwargs = {key: convert(value, specs[key], f"{self.kind} {name!r}")
-                      if key in specs else value for key, value in kwargs.items()}
+            kwargs = check_settings(f"{self.kind} {name!r}", factory, kwargs)
         return factory(*args, **kwargs)
 
     def __contains__(self, name: object) -> bool:

@@ -26,7 +26,7 @@ model (the randomisation test needs it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from attrib_bench.data import BaseImageSet
-from attrib_bench.errors import MetricError
+from attrib_bench.errors import MetricError, MetricSettingError
 from attrib_bench.evaluation import INFERENCE_BATCH, predict_logits
-from attrib_bench.hparams import convert, hparams_of
+from attrib_bench.hparams import check_settings
 
 #: The columns of the rows a metric returns, in order.
 ROW_COLUMNS: tuple[str, ...] = ("sample", "key", "variant", "stat", "value")
@@ -103,19 +103,12 @@ class EvalContext:
     seed: int = 0
 
 
-def typed_hparams(owner: str, factory: Callable[..., Any], values: Mapping[str, Any]
-                  ) -> dict[str, Any]:
-    """``values`` checked against, and converted to, the types of ``factory``'s signature.
-
-    The same check :func:`attrib_bench.hparams.resolve` applies before construction (one
-    :class:`~attrib_bench.errors.SettingError` line on a mismatch), so that a metric built
-    directly in Python gets it too; numpy ints become ints, tuples lists. ``owner`` names the
-    metric in messages ("metric 'pixel-removal'"); ``factory`` is the class that declares the
-    parameters (not ``type(self)``, which may be a subclass with another signature).
-    """
-    specs = hparams_of(factory)
-    return {key: convert(value, specs[key], owner) if key in specs else value
-            for key, value in values.items()}
+#: ``typed_hparams(owner, factory, values) -> values``: a metric's ``__init__`` checks its own
+#: settings with the registry's check (:func:`attrib_bench.hparams.check_settings`: declared
+#: types and ranges, one :class:`~attrib_bench.errors.MetricSettingError` line), so that a
+#: metric built directly in Python gets it too. ``factory`` is the class that declares the
+#: parameters (not ``type(self)``, which may be a subclass with another signature).
+typed_hparams = check_settings
 
 
 def first_images(owner: str, dataset: BaseImageSet, wanted: int, default: int) -> np.ndarray:
@@ -149,16 +142,19 @@ def make_rows(sample: Any, key: Any, value: Any, *, variant: Any = "", stat: Any
 class Metric:
     """Base class of every metric; subclasses set ``name``, ``description``, ``directions``.
 
-    Hyper-parameters are the subclass constructor's keyword-only parameters, with type hints and
+    Hyper-parameters are the subclass constructor's keyword-only parameters, with type hints
+    (ranges declared with them: ``PositiveInt``, ``Annotated[float, Between(0, 1)]``) and
     defaults (:mod:`attrib_bench.hparams` reads, parses and checks them from there); the
-    constructor checks ranges and stores the resolved values, defaults included, in
-    :attr:`hparams` (see :func:`typed_hparams`).
+    constructor checks them (:func:`typed_hparams`) and stores the resolved values, defaults
+    included, in :attr:`hparams`.
     """
 
     name: ClassVar[str] = "metric"
     description: ClassVar[str] = ""
     #: stat → "higher" or "lower" (is better), for the summary's ranking.
     directions: ClassVar[dict[str, str]] = {"score": "higher"}
+    #: What a refused setting raises (:func:`attrib_bench.hparams.setting_error`).
+    setting_error: ClassVar[type[MetricSettingError]] = MetricSettingError
     #: The hyper-parameter that holds the number of samples (e.g. "num_grids"), which
     #: ``--n-samples`` sets, so that the recorded configuration shows the count that ran and the
     #: two spellings share a cache key; None: ``n_samples`` reaches :meth:`select` instead.

@@ -27,9 +27,8 @@ import contextlib
 import contextvars
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ClassVar, NamedTuple, final
+from typing import Annotated, Any, ClassVar, NamedTuple, final
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -41,8 +40,14 @@ from attrib_bench.checks import (
     current_model_name,
     model_label,
 )
-from attrib_bench.errors import InputShapeError, MethodError, NotApplicableError
+from attrib_bench.errors import (
+    InputShapeError,
+    MethodError,
+    MethodSettingError,
+    NotApplicableError,
+)
 from attrib_bench.evaluation import eval_mode, ieee_float32
+from attrib_bench.hparams import Between, PositiveInt, check_settings
 from attrib_bench.models import protocols
 from attrib_bench.registry import LISTING_HINT, METHODS
 
@@ -56,6 +61,8 @@ REFERENCE_SIDE = 32
 #: The largest ``seed`` a method takes: skimage's quickshift (LIME's superpixels) takes a C
 #: int, NumPy below 2**32, torch below 2**64.
 MAX_SEED = 2**31 - 1
+#: A method's ``seed``: an int in [0, :data:`MAX_SEED`].
+Seed = Annotated[int, Between(0, MAX_SEED, means="the seeds every library here takes")]
 
 
 _DTYPE_CASTS = {torch.float32: "float()", torch.float64: "double()", torch.float16: "half()",
@@ -146,6 +153,8 @@ class AttributionMethod:
     #: configuration (DeepLIFT on a model with nothing for its rule: ``"ixg"``); the benchmark
     #: runner's attribution cache then serves one method's maps to the other. None: no such one.
     same_maps_as: str | None = None
+    #: What a refused setting raises (:func:`attrib_bench.hparams.setting_error`).
+    setting_error: ClassVar[type[MethodSettingError]] = MethodSettingError
 
     @classmethod
     def image_size_defaults(cls, defaults: Mapping[str, Any], image_size: tuple[int, int]
@@ -159,18 +168,13 @@ class AttributionMethod:
         """
         return {}
 
-    def __init__(self, model: nn.Module, *, max_batch: int = DEFAULT_MAX_BATCH,
-                 seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, *, max_batch: PositiveInt = DEFAULT_MAX_BATCH,
+                 seed: Seed = 0) -> None:
         if not callable(model):
             raise MethodError(f"method {self.name!r} needs a model (an nn.Module), "
                               f"got {type(model).__name__}")
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise MethodError(f"method {self.name!r}: max_batch must be a positive int, "
-                              f"got {max_batch!r}")
-        if (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-                or not 0 <= seed <= MAX_SEED):
-            raise MethodError(f"method {self.name!r}: seed must be an int in [0, 2**31 - 1] "
-                              f"(the seeds every library here takes), got {str(seed)[:40]!r}")
+        settings = check_settings(f"method {self.name!r}", AttributionMethod,
+                                  {"max_batch": max_batch, "seed": seed})
         # nn.DataParallel only splits batches: explain (and ask capabilities of) its module
         self.model = protocols.unwrap(model)
         #: The model's registered name or the name given to ``run`` when known (set by
@@ -178,8 +182,7 @@ class AttributionMethod:
         #: messages name the model by ``model_label``: "model 'NAME'", else its Python class.
         self.model_name: str | None = current_model_name()
         self.model_label = model_label(self.model, self.model_name)
-        self.max_batch = max_batch
-        self.seed = int(seed)
+        self.max_batch, self.seed = settings["max_batch"], settings["seed"]
         self._num_classes: int | None = None
         self._graph_checked = False  # check_input_graph passed once (needs_grad methods)
         self._check_applicable()

@@ -21,14 +21,14 @@ is the target.
 
 from __future__ import annotations
 
-import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrib_bench.errors import MethodError
 from attrib_bench.hashing import M32, hash32, hashed_normal
+from attrib_bench.hparams import Positive, check_settings
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
 from attrib_bench.registry import register_method
 
@@ -63,6 +63,10 @@ class RandomControl(_Control):
         return noise.to(inputs.device)[:, None]
 
 
+#: The centre control's Gaussian std: a positive fraction of the image's shorter side.
+Width = Annotated[float, Positive("a fraction of the image's shorter side")]
+
+
 @register_method("centre", family="control", label="Centre (control)", colour="#969696",
                  control=True)
 class CentreControl(_Control):
@@ -70,13 +74,11 @@ class CentreControl(_Control):
 
     name = "centre"
 
-    def __init__(self, model: nn.Module, *, sigma: float = 0.25,
+    def __init__(self, model: nn.Module, *, sigma: Width = 0.25,
                  max_batch: int = DEFAULT_MAX_BATCH, seed: int = 0) -> None:
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-            raise MethodError(f"method 'centre': sigma must be a positive number (a fraction "
-                              f"of the image's shorter side), got {str(sigma)[:40]!r}")
+        sigma = check_settings(f"method {self.name!r}", CentreControl, {"sigma": sigma})["sigma"]
         super().__init__(model, max_batch=max_batch, seed=seed)
-        self.sigma = float(sigma)
+        self.sigma = sigma
 
     def _attribute_chunk(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         h, w = inputs.shape[-2:]

@@ -14,13 +14,14 @@ which has no ReLU (no non-linearity that DeepLift's rules replace), ``deeplift``
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
 from attrib_bench.backward import run_starts, target_gradients
 from attrib_bench.errors import MethodError, NotApplicableError
+from attrib_bench.hparams import AtMost, Positive, check_settings
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
 from attrib_bench.registry import register_method
 
@@ -67,6 +68,9 @@ class InputXGradient(AttributionMethod):
 #: The most steps ``intgrad`` takes: captum builds the Gauss-Legendre nodes with an n × n
 #: eigenproblem (4096: 0.1 GiB and seconds; 2**31 steps would fail with a MemoryError).
 MAX_STEPS = 4096
+#: ``intgrad``'s ``n_steps``: an int in [1, :data:`MAX_STEPS`].
+Steps = Annotated[int, Positive(), AtMost(MAX_STEPS, "Gauss-Legendre nodes cost n² memory; the "
+                                                     "paper's is 20")]
 
 
 @register_method("intgrad", family="gradient", label="IntGrad", colour="#17becf")
@@ -82,7 +86,7 @@ class IntegratedGradients(AttributionMethod):
 
     name = "intgrad"
 
-    def __init__(self, model: nn.Module, *, n_steps: int = 20, rule: IGRule = "gausslegendre",
+    def __init__(self, model: nn.Module, *, n_steps: Steps = 20, rule: IGRule = "gausslegendre",
                  max_batch: int = DEFAULT_MAX_BATCH, seed: int = 0) -> None:
         super().__init__(model, max_batch=max_batch, seed=seed)
         from captum.attr._utils.approximation_methods import (
@@ -90,11 +94,8 @@ class IntegratedGradients(AttributionMethod):
             approximation_parameters,
         )
 
-        if (isinstance(n_steps, bool) or not isinstance(n_steps, int)
-                or not 1 <= n_steps <= MAX_STEPS):
-            raise MethodError(f"method 'intgrad': n_steps must be a positive int, at most "
-                              f"{MAX_STEPS} (Gauss-Legendre nodes cost n² memory; the paper's "
-                              f"is 20), got {str(n_steps)[:40]!r}")
+        n_steps = check_settings(f"method {self.name!r}", IntegratedGradients,
+                                 {"n_steps": n_steps})["n_steps"]
         if rule not in SUPPORTED_METHODS:
             raise MethodError(f"method 'intgrad': rule must be one of "
                               f"{', '.join(SUPPORTED_METHODS)}, got {rule!r}")

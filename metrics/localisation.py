@@ -32,7 +32,7 @@ The wrapper declares what the model declares of ``probability`` and ``temperatur
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,8 @@ from torch import nn
 
 from attrib_bench.checks import check_images, model_label
 from attrib_bench.data import BaseImageSet, GridDataset, compose_grids
-from attrib_bench.errors import InputShapeError, MetricError
+from attrib_bench.errors import InputShapeError, MetricError, MetricSettingError
+from attrib_bench.hparams import AtLeast, HParam, PositiveInt, convert
 from attrib_bench.metrics.base import (
     EvalContext,
     Metric,
@@ -55,6 +56,8 @@ from attrib_bench.registry import register_metric
 
 GridSize = Literal[2, 3, 4]
 GRID_SIZES: tuple[int, ...] = get_args(GridSize)
+#: How many grids a localisation draws.
+GridCount = Annotated[int, AtLeast(1, "grids to draw")]
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -127,12 +130,9 @@ class Localisation(Metric):
     sample_count: ClassVar[str | None] = "num_grids"
     rows_from_maps: ClassVar[bool] = True
 
-    def __init__(self, *, n: GridSize = 3, num_grids: int = 500, seed: int = 42) -> None:
+    def __init__(self, *, n: GridSize = 3, num_grids: GridCount = 500, seed: int = 42) -> None:
         values = typed_hparams(f"metric {self.name!r}", Localisation, {
             "n": n, "num_grids": num_grids, "seed": seed})
-        if values["num_grids"] < 1:
-            raise MetricError(f"metric {self.name!r}: num_grids must be an int >= 1 (grids to "
-                              f"draw), got {values['num_grids']!r}")
         super().__init__(**values)
         self.n, self.num_grids, self.seed = values["n"], values["num_grids"], values["seed"]
 
@@ -260,10 +260,9 @@ class DisconnectedGrid(nn.Module):
                 "DiFull grid: add "
                 "forward_features(x) -> (B, C, h, w) and forward_head(f) -> logits (B, K) with "
                 "forward_head(forward_features(x)) == forward(x), or use metric 'localisation'")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise MetricError(f"DisconnectedGrid: n must be a positive int, got {n!r}")
         self.model = model
-        self.n = n
+        self.n = convert(n, HParam("n", PositiveInt, 3), "DisconnectedGrid",
+                         error=MetricSettingError)
         #: Identity on the reassembled (B, C, n·h, n·w) feature map: the layer GradCAM hooks.
         self.gradcam_layer = nn.Identity()
 

@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -72,6 +72,7 @@ from attrib_bench.data import BaseImageSet
 from attrib_bench.errors import MetricError
 from attrib_bench.evaluation import INFERENCE_BATCH, eval_mode
 from attrib_bench.hashing import hashed_normal
+from attrib_bench.hparams import AtLeast, Between, Positive, PositiveInt
 from attrib_bench.metrics.base import (
     EvalContext,
     Metric,
@@ -432,6 +433,12 @@ def curve_auc(values: np.ndarray) -> np.ndarray:
 
 #: The default count of images (the first in dataset order).
 NUM_IMAGES = 1024
+#: The share of each image's pixels removed in all.
+Fraction = Annotated[float, Between(0, 1, open_lo=True)]
+#: The blur baseline's Gaussian std in pixels.
+BlurStd = Annotated[float, Positive("Gaussian std in pixels")]
+#: The ROAD baseline's noise std in [0, 1] image units.
+NoiseStd = Annotated[float, AtLeast(0)]
 
 
 @register_metric("pixel-removal", family="faithfulness",
@@ -469,24 +476,16 @@ class PixelRemoval(Metric):
     sample_count: ClassVar[str | None] = "num_images"
     rows_from_maps: ClassVar[bool] = True  # the curves' forwards are the cost; maps are cached
 
-    def __init__(self, *, order: OrderChoice = "both", fraction: float = 0.25, steps: int = 128,
-                 num_images: int = NUM_IMAGES, baseline: Baseline | None = None, sigma: float = 2.0,
-                 road_noise: float = 0.01, mean: list[float] | None = None,
-                 score: Probability | None = None, max_batch: int = 256,
+    def __init__(self, *, order: OrderChoice = "both", fraction: Fraction = 0.25,
+                 steps: PositiveInt = 128, num_images: PositiveInt = NUM_IMAGES,
+                 baseline: Baseline | None = None, sigma: BlurStd = 2.0,
+                 road_noise: NoiseStd = 0.01, mean: list[float] | None = None,
+                 score: Probability | None = None, max_batch: PositiveInt = 256,
                  seed: int | None = None) -> None:
         values = typed_hparams("metric 'pixel-removal'", PixelRemoval, {
             "order": order, "fraction": fraction, "steps": steps, "num_images": num_images,
             "baseline": baseline, "sigma": sigma, "road_noise": road_noise, "mean": mean,
             "score": score, "max_batch": max_batch, "seed": seed})
-        if not 0 < values["fraction"] <= 1:
-            _bad("fraction", values["fraction"], "a number in (0, 1]")
-        for key in ("steps", "num_images", "max_batch"):
-            if values[key] < 1:
-                _bad(key, values[key], "a positive int")
-        if not values["sigma"] > 0:
-            _bad("sigma", values["sigma"], "a positive number (Gaussian std in pixels)")
-        if not values["road_noise"] >= 0:
-            _bad("road_noise", values["road_noise"], "a number >= 0")
         if values["mean"] is not None and not values["mean"]:
             _bad("mean", values["mean"], "None or a per-channel list of numbers, e.g. "
                  "[0.49, 0.48, 0.45]")

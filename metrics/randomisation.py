@@ -59,6 +59,7 @@ from torch import nn
 from attrib_bench.data import BaseImageSet
 from attrib_bench.errors import InputShapeError, MetricError
 from attrib_bench.evaluation import forward_with_hooks
+from attrib_bench.hparams import PositiveInt
 from attrib_bench.metrics.base import (
     EvalContext,
     Metric,
@@ -321,12 +322,10 @@ class Randomisation(Metric):
     directions: ClassVar[dict[str, str]] = {stat: "lower" for stat in STATS}
     sample_count: ClassVar[str | None] = "num_images"
 
-    def __init__(self, *, modes: ModeChoice = "both", num_images: int = NUM_IMAGES,
+    def __init__(self, *, modes: ModeChoice = "both", num_images: PositiveInt = NUM_IMAGES,
                  layers: int | list[str] | None = None, seed: int | None = None) -> None:
         values = typed_hparams("metric 'randomisation'", Randomisation, {
             "modes": modes, "num_images": num_images, "layers": layers, "seed": seed})
-        if values["num_images"] < 1:
-            _bad("num_images", values["num_images"], "a positive int")
         layers = values["layers"]
         if (isinstance(layers, int) and layers < 1) or (
                 isinstance(layers, list) and (not layers or len(set(layers)) != len(layers))):

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from attrib_bench.data import load_cifar10
-from attrib_bench.errors import DataNotFoundError, SettingError
+from attrib_bench.errors import DataNotFoundError
+from attrib_bench.hparams import PositiveInt, check_settings
 from attrib_bench.imageset import (
     FileImageSet,
     ImageSet,
@@ -331,7 +332,7 @@ def imagenet_class_names(root: Path, wnids: list[str]) -> tuple[str, ...]:
 @register_dataset("imagenet", image_size=(224, 224), num_classes=1000, eval_split="val",
                   splits=("train", "val", "test"), source="ILSVRC-2012 (Russakovsky et al. 2015)")
 def imagenet(split: str = "test", root: str | Path | None = None, download: bool = False,
-             image_size: int = 224, resize: int = 256, classes: int | None = None
+             image_size: int = 224, resize: int = 256, classes: PositiveInt | None = None
              ) -> FileImageSet:
     """ImageNet (ILSVRC-2012) in torchvision's layout (root/val/<wnid>/*.JPEG), resized and cropped.
 
@@ -345,8 +346,7 @@ def imagenet(split: str = "test", root: str | Path | None = None, download: bool
     if download:
         raise _no_download("ImageNet", "get ILSVRC-2012 from image-net.org and lay it out as "
                                        "DIR/val/<wnid>/*.JPEG (torchvision's ImageNet layout)")
-    if classes is not None and classes < 1:
-        raise SettingError(f"dataset 'imagenet': classes must be >= 1 or None, got {classes}")
+    classes = check_settings("dataset 'imagenet'", imagenet, {"classes": classes})["classes"]
     transform = ResizeCrop(image_size, resize)
     root_path = resolve_data_root(root)
     canonical = "val" if split == "test" else split

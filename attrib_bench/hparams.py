@@ -544,6 +544,22 @@ _RULES: tuple[tuple[Any, str], ...] = (
 )
 
 
+def violation(value: Any, annotation: Any) -> str | None:
+    """What ``value`` must be when it does not fit ``annotation``: a declared range ("an int
+    >= 1"), or the type's name (``type_name``) for a value of another type; None when it fits.
+
+    For a check whose refusal has its own wording, such as a dataset option that names its flag;
+    settings of a factory go through :func:`convert` instead.
+    """
+    try:
+        _convert(value, annotation, False)
+    except _Refused as exc:
+        return exc.expected
+    except _Mismatch:
+        return type_name(annotation)
+    return None
+
+
 def setting_error(factory: Callable[..., Any]) -> type[SettingError]:
     """The error a refused setting of ``factory`` raises: its class's ``setting_error`` (a
     method's :class:`~attrib_bench.errors.MethodSettingError`, a metric's

@@ -23,12 +23,13 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import numpy as np
 import torch
 
 from attrib_bench.errors import DataNotFoundError, InputShapeError, SettingError
+from attrib_bench.hparams import AtLeast, violation
 
 DATA_ENV_VAR = "ATTRIB_BENCH_DATA"
 SPLITS = ("train", "test")
@@ -240,6 +241,10 @@ class Transform(Protocol):
         """What the digest and the listings record about it (JSON-able)."""
 
 
+#: An image side in pixels.
+Side = Annotated[int, AtLeast(1)]
+
+
 @dataclass(frozen=True)
 class ResizeCrop:
     """The standard ImageNet evaluation transform: the shorter side to ``resize`` pixels (the
@@ -252,15 +257,17 @@ class ResizeCrop:
     ``CenterCrop(size)``.
     """
 
-    size: int = 224
-    resize: int = 256
+    size: Side = 224
+    resize: Side = 256
 
     def __post_init__(self) -> None:
         for key, option in (("size", "image_size"), ("resize", "resize")):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SettingError(f"dataset option {option} must be an int >= 1, got "
+            expected = violation(value, Side)
+            if expected is not None:
+                raise SettingError(f"dataset option {option} must be {expected}, got "
                                    f"{value!r}: pass --dataset-option {option}=N")
+            object.__setattr__(self, key, int(value))  # a NumPy int is recorded as an int
         if self.resize < self.size:
             raise SettingError(f"resize {self.resize} is smaller than the crop image_size "
                                f"{self.size}: give resize >= image_size (e.g. 256 for 224)")

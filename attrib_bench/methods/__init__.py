@@ -5,7 +5,16 @@
 when a method is built, so listing the registry stays fast.
 """
 
-from attrib_bench.methods import controls, gradcam, gradients, inherent, lime, occlusion, rise
+from attrib_bench.methods import (
+    controls,
+    gradcam,
+    gradients,
+    inherent,
+    lime,
+    occlusion,
+    perturbation,
+    rise,
+)
 from attrib_bench.methods.base import (
     AttributionMethod,
     FunctionMethod,
@@ -18,6 +27,12 @@ from attrib_bench.methods.gradients import DeepLift, Grad, InputXGradient, Integ
 from attrib_bench.methods.inherent import Inherent
 from attrib_bench.methods.lime import LIME
 from attrib_bench.methods.occlusion import Occlusion
+from attrib_bench.methods.perturbation import (
+    BlackBoxMethod,
+    PerturbationMethod,
+    Perturbations,
+    PerturbedScores,
+)
 from attrib_bench.methods.rise import RISE, rise_masks
 from attrib_bench.registry import applicable_methods  # re-exported: it lives with the registry
 
@@ -25,6 +40,7 @@ __all__ = [
     "LIME",
     "RISE",
     "AttributionMethod",
+    "BlackBoxMethod",
     "CentreControl",
     "DeepLift",
     "EdgesControl",
@@ -35,6 +51,9 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "Occlusion",
+    "PerturbationMethod",
+    "PerturbedScores",
+    "Perturbations",
     "RandomControl",
     "applicable_methods",
     "controls",
@@ -45,6 +64,7 @@ __all__ = [
     "inherent",
     "lime",
     "occlusion",
+    "perturbation",
     "rise",
     "rise_masks",
 ]

@@ -25,7 +25,7 @@ setting; scaling on to 7 would triple the segmentation time for coarser segments
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,12 +33,8 @@ import torch
 from torch import nn
 
 from attrib_bench.errors import MethodError
-from attrib_bench.methods.base import (
-    DEFAULT_MAX_BATCH,
-    REFERENCE_SIDE,
-    AttributionMethod,
-    shared_images,
-)
+from attrib_bench.methods.base import DEFAULT_MAX_BATCH, REFERENCE_SIDE, SharedImages
+from attrib_bench.methods.perturbation import BlackBoxMethod
 from attrib_bench.models import protocols
 from attrib_bench.models.protocols import Score
 from attrib_bench.registry import register_method
@@ -58,7 +54,7 @@ def _no_progress_bar() -> Iterator[None]:
 
 
 @register_method("lime", family="perturbation", stochastic=True, label="LIME", colour="#393b79")
-class LIME(AttributionMethod):
+class LIME(BlackBoxMethod):
     """LIME on quickshift superpixels, 256 samples (lime package); signed superpixel weights.
 
     Each image is cut into superpixels by quickshift (``kernel_size``, ``max_dist``, ``ratio``;
@@ -72,10 +68,17 @@ class LIME(AttributionMethod):
     authors' binary mask of the three superpixels with the largest positive weights instead.
     ``seed`` seeds the package's sampling (``random_state``) and the segmentation; every image is
     explained from the same seed, whatever its place in the batch.
+
+    Shared with the other perturbation methods (:class:`BlackBoxMethod`): identical images are
+    explained once for all their classes, and the model's copies are scored and read for the
+    asked classes only (the package's ``classifier_fn`` gets those columns, in forwards of
+    ``max_batch``). LIME's own, not :class:`~attrib_bench.methods.perturbation.PerturbationMethod`'s
+    loop: the perturbations are the package's, drawn per image (its superpixels, its on/off
+    samples, its ridge fit weighted by its kernel), so they are not one set for every image of a
+    size; writing them here would copy the package's internals.
     """
 
     name = "lime"
-    needs_grad = False
     #: The ``lime`` package's own quickshift kernel_size (its ImageNet-scale default).
     PACKAGE_KERNEL_SIZE: ClassVar[float] = 4.0
 
@@ -118,11 +121,9 @@ class LIME(AttributionMethod):
         self.hide_color = hide_color
         self.kernel_width = float(kernel_width)
 
-    def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def explain_distinct(self, shared: SharedImages) -> torch.Tensor:
         # The package explains one image per call, for all the classes asked for it (a
-        # localisation grid comes once per cell class: its samples and segmentation are shared);
-        # the model sees batches of max_batch copies.
-        shared = shared_images(inputs, target)
+        # localisation grid comes once per cell class: its samples and segmentation are shared).
         maps = torch.stack([self._explain(image, classes.tolist())
                             for image, classes in zip(shared.images, shared.classes,
                                                       strict=True)])  # (U, R, H, W)
@@ -133,16 +134,7 @@ class LIME(AttributionMethod):
         from lime.lime_image import LimeImageExplainer
         from lime.wrappers.scikit_image import SegmentationAlgorithm
 
-        device, dtype = image.device, image.dtype
-
-        def classifier(batch: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(batch).to(device=device, dtype=dtype).permute(0, 3, 1, 2)
-            scores = protocols.scores(self.model(x), self.score)
-            if not torch.isfinite(scores).all():  # the package's ridge fit would fail on them
-                raise MethodError(f"method {self.name!r} got NaN or inf scores from the model: "
-                                  "check that the model's logits are finite on these inputs")
-            return scores.double().cpu().numpy()
-
+        classes = list(dict.fromkeys(labels))  # the package's label i is classes[i]
         # skimage's quickshift takes its tie-breaking seed as ``rng`` (older: ``random_seed``);
         # the wrapper keeps whichever of the two quickshift accepts.
         segmenter = SegmentationAlgorithm("quickshift", **self.segmentation, rng=self.seed,
@@ -151,15 +143,35 @@ class LIME(AttributionMethod):
         pixels = image.permute(1, 2, 0).double().cpu().numpy()
         with _no_progress_bar():
             explanation = explainer.explain_instance(
-                pixels, classifier, labels=tuple(dict.fromkeys(labels)), top_labels=None,
-                hide_color=self.hide_color,
+                pixels, self._classifier(image, classes), labels=tuple(range(len(classes))),
+                top_labels=None, hide_color=self.hide_color,
                 num_samples=self.num_samples, batch_size=self.max_batch,
                 segmentation_fn=segmenter, random_seed=self.seed)
-        return torch.stack([self._paint(explanation, label) for label in labels]).to(
-            device=device, dtype=dtype)
+        return torch.stack([self._paint(explanation, classes.index(label))
+                            for label in labels]).to(device=image.device, dtype=image.dtype)
+
+    def _classifier(self, image: torch.Tensor,
+                    classes: list[int]) -> Callable[[np.ndarray], np.ndarray]:
+        """The package's ``classifier_fn``: copies (n, H, W, C) of ``image`` (the package's
+        batches of ``max_batch``) → float64 scores (n, len(classes)) of ``classes``."""
+        device, dtype = image.device, image.dtype
+        columns = torch.tensor(classes, device=device)[None]  # (1, R)
+
+        def classifier(batch: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(batch).to(device=device, dtype=dtype).permute(0, 3, 1, 2)
+            scores = self.model_scores(x)  # (n, K)
+            # Any class, asked or not: the package's ridge fit would fail on a NaN, and a
+            # model with non-finite logits is refused whatever class it is asked for.
+            if not torch.isfinite(scores).all():
+                raise MethodError(f"method {self.name!r} got NaN or inf scores from the model: "
+                                  "check that the model's logits are finite on these inputs")
+            return scores.gather(1, columns.expand(len(x), -1)).double().cpu().numpy()
+
+        return classifier
 
     def _paint(self, explanation: Any, label: int) -> torch.Tensor:
-        """One class's map (H, W) from a package explanation: weights, or the top-3 mask."""
+        """The map (H, W) of the package's ``label`` (a column of :meth:`_classifier`) from its
+        explanation: superpixel weights, or the top-3 mask."""
         if self.top3_mask:
             _, mask = explanation.get_image_and_mask(label, positive_only=True, num_features=3,
                                                      hide_rest=False)

@@ -16,18 +16,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from attrib_bench.errors import MethodError
-from attrib_bench.methods.base import (
-    DEFAULT_MAX_BATCH,
-    REFERENCE_SIDE,
-    AttributionMethod,
-    shared_images,
-)
+from attrib_bench.methods.base import DEFAULT_MAX_BATCH, REFERENCE_SIDE
+from attrib_bench.methods.perturbation import PerturbationMethod, PerturbedScores
 from attrib_bench.registry import METHODS, register_method
 
 
@@ -40,8 +37,29 @@ def window_cover(length: int, size: int, stride: int, device: torch.device,
     return ((pixels >= starts) & (pixels < starts + size)).to(dtype)
 
 
+@dataclass(frozen=True)
+class SlidingPatches:
+    """The patch positions: ``rows`` (nh, H) × ``cols`` (nw, W) covers (:func:`window_cover`),
+    position p = i·nw + j; an occluded pixel takes ``baseline``."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    baseline: float
+
+    @property
+    def count(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def apply(self, images: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """``images`` (m, C, H, W) with patch ``which`` (m,) set to the baseline."""
+        nw = len(self.cols)
+        patch = self.rows[which // nw, :, None] * self.cols[which % nw, None, :]  # (m, H, W)
+        patch = patch.unsqueeze(1)
+        return images * (1.0 - patch) + self.baseline * patch
+
+
 @register_method("occlusion", family="perturbation", label="Occlusion", colour="#8c564b")
-class Occlusion(AttributionMethod):
+class Occlusion(PerturbationMethod[SlidingPatches]):
     """Sliding black K×K patch, stride s: mean logit drop over the patches covering each pixel.
 
     ``patch_size`` K and ``stride`` s in pixels (s ≤ K, so that every pixel is covered);
@@ -53,7 +71,7 @@ class Occlusion(AttributionMethod):
     """
 
     name = "occlusion"
-    needs_grad = False
+    uses_reference = True  # a pixel's value is a drop from the unoccluded logit
 
     @classmethod
     def image_size_defaults(cls, defaults: Mapping[str, Any], image_size: tuple[int, int]
@@ -82,38 +100,20 @@ class Occlusion(AttributionMethod):
                               "patch_size")
         self.patch_size, self.stride, self.baseline = patch_size, stride, float(baseline)
 
-    def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = inputs.shape
+    def perturbations(self, size: tuple[int, int], device: torch.device,
+                      dtype: torch.dtype) -> SlidingPatches:
+        h, w = size
         k = self.patch_size
         if k > min(h, w):
             raise MethodError(f"method {self.name!r}: patch_size {k} exceeds the image size "
                               f"{h}×{w}")
-        rows = window_cover(h, k, self.stride, inputs.device, inputs.dtype)  # (nh, H)
-        cols = window_cover(w, k, self.stride, inputs.device, inputs.dtype)  # (nw, W)
-        nh, nw = len(rows), len(cols)
-        positions = nh * nw
-        # Identical images (a localisation grid, once per cell class) are occluded once: one
-        # forward scores every class asked for that image.
-        shared = shared_images(inputs, target)
-        images, classes = shared.images, shared.classes
-        u = len(images)
-        reference = torch.cat([
-            self.model(images[i:i + self.max_batch]).gather(1, classes[i:i + self.max_batch])
-            for i in range(0, u, self.max_batch)])  # (U, R)
-        occluded_scores = torch.empty(u * positions, classes.shape[1], device=inputs.device,
-                                      dtype=inputs.dtype)
-        for start in range(0, u * positions, self.max_batch):
-            pair = torch.arange(start, min(start + self.max_batch, u * positions),
-                                device=inputs.device)
-            image, where = pair // positions, pair % positions
-            patch = rows[where // nw, :, None] * cols[where % nw, None, :]  # (m, H, W) in {0, 1}
-            patch = patch.unsqueeze(1)
-            occluded = images[image] * (1.0 - patch) + self.baseline * patch
-            occluded_scores[pair] = self.model(occluded).gather(1, classes[image])
-        occluded_scores = occluded_scores.view(u, positions, -1)
-        drops = (reference[shared.image_of, shared.slot_of, None]
-                 - occluded_scores[shared.image_of, :, shared.slot_of])  # (B, positions)
-        drops = drops.view(b, nh, nw)
+        return SlidingPatches(window_cover(h, k, self.stride, device, dtype),
+                              window_cover(w, k, self.stride, device, dtype), self.baseline)
+
+    def maps(self, scores: PerturbedScores, perturbations: SlidingPatches) -> torch.Tensor:
+        """Per pixel: the mean logit drop over the patches that cover it."""
+        rows, cols = perturbations.rows, perturbations.cols
+        drops = scores.drops().view(-1, len(rows), len(cols))  # (B, nh, nw)
         total = torch.einsum("bij,iy,jx->byx", drops, rows, cols)
         count = rows.sum(0)[:, None] * cols.sum(0)[None, :]
         return total / count

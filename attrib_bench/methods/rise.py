@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from attrib_bench.errors import MethodError
-from attrib_bench.methods.base import (
-    DEFAULT_MAX_BATCH,
-    AttributionMethod,
-    shared_images,
+from attrib_bench.methods.base import DEFAULT_MAX_BATCH
+from attrib_bench.methods.perturbation import (
+    Chunk,
+    PerturbationMethod,
+    PerturbedScores,
+    block_chunks,
+    perturbations_per_forward,
 )
 from attrib_bench.models import protocols
 from attrib_bench.models.protocols import Score
@@ -94,8 +99,23 @@ def _draw_masks(n_masks: int, grid: int, p1: float, h: int, w: int, seed: int,
     return masks
 
 
+@dataclass(frozen=True)
+class MaskSet:
+    """RISE's masks (N, H, W) in [0, 1]: copy n is the image times mask n (black elsewhere)."""
+
+    masks: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return len(self.masks)
+
+    def apply(self, images: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """``images`` (m, C, H, W) times the masks ``which`` (m,)."""
+        return images * self.masks[which][:, None]
+
+
 @register_method("rise", family="perturbation", stochastic=True, label="RISE", colour="#e377c2")
-class RISE(AttributionMethod):
+class RISE(PerturbationMethod[MaskSet]):
     """RISE: mean of random smooth masks weighted by the target's score (6000 masks, s=6, p=0.1).
 
     ``n_masks`` N, ``grid`` s, ``p1`` keep probability; ``score``: how the target is scored,
@@ -108,7 +128,6 @@ class RISE(AttributionMethod):
     """
 
     name = "rise"
-    needs_grad = False
 
     def __init__(self, model: nn.Module, *, n_masks: int = 6000, grid: int = 6, p1: float = 0.1,
                  score: Score | None = None, max_batch: int = DEFAULT_MAX_BATCH,
@@ -127,30 +146,29 @@ class RISE(AttributionMethod):
         """This method's masks (N, H, W) for images of ``size`` (H, W)."""
         return rise_masks(self.n_masks, self.grid, self.p1, size, self.seed, device, dtype)
 
-    def _attribute(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = inputs.shape
+    def perturbations(self, size: tuple[int, int], device: torch.device,
+                      dtype: torch.dtype) -> MaskSet:
+        h, w = size
         if self.grid > min(h, w):  # cells smaller than a pixel (and a huge mask grid)
             raise MethodError(f"method 'rise': grid {self.grid} exceeds the image size {h}×{w}: "
                               "use a grid of at most the image's shorter side (default 6)")
-        masks = self.masks((h, w), inputs.device, inputs.dtype)
-        flat = masks.view(self.n_masks, h * w)
-        # Identical images (a localisation grid, once per cell class) are masked once: one
-        # forward scores every class asked for that image.
-        shared = shared_images(inputs, target)
-        images, classes = shared.images, shared.classes
-        u, r = classes.shape
-        saliency = torch.zeros(u, r, h * w, device=inputs.device, dtype=inputs.dtype)
-        per_forward = min(u, self.max_batch)  # images per forward ...
-        per = max(1, self.max_batch // per_forward)  # ... times masks per forward <= max_batch
-        for i in range(0, u, per_forward):
-            x, wanted = images[i:i + per_forward], classes[i:i + per_forward]
-            for j in range(0, self.n_masks, per):
-                m = masks[j:j + per]
-                masked = (x[:, None] * m[None, :, None]).view(-1, c, h, w)  # image-major
-                scores = protocols.scores(self.model(masked), self.score)
-                scores = scores.view(len(x), len(m), -1).gather(
-                    2, wanted[:, None, :].expand(-1, len(m), -1))  # (images, masks, R)
-                saliency[i:i + per_forward] += torch.einsum("nmr,mp->nrp", scores,
-                                                            flat[j:j + per])
-        saliency = saliency[shared.image_of, shared.slot_of]  # (B, H·W)
-        return (saliency / (self.n_masks * self.p1)).view(b, h, w)
+        return MaskSet(self.masks((h, w), device, dtype))
+
+    def forward_chunks(self, images: int, count: int, device: torch.device) -> Iterator[Chunk]:
+        """A block of images × the same masks per forward (RISE's order since its first
+        version: a model's output for an image can change in the last bit with the batch it is
+        in, so another order would change the maps' last digits)."""
+        return block_chunks(images, count, self.max_batch, device)
+
+    def maps(self, scores: PerturbedScores, perturbations: MaskSet) -> torch.Tensor:
+        """Σ_n score(x ⊙ M_n) · M_n / (N · p1), summed over the masks of one forward at a time."""
+        perturbed, masks = scores.perturbed, perturbations.masks
+        u, n, r = perturbed.shape
+        flat = masks.view(n, -1)
+        saliency = perturbed.new_zeros(u, r, flat.shape[1])
+        per = perturbations_per_forward(u, self.max_batch)
+        for j in range(0, n, per):  # the forwards' chunks: keeps the float sums' order
+            saliency += torch.einsum("nmr,mp->nrp", perturbed[:, j:j + per].contiguous(),
+                                     flat[j:j + per])
+        saliency = scores.per_image(saliency)  # (B, H·W)
+        return (saliency / (n * self.p1)).view(-1, *masks.shape[1:])

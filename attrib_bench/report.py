@@ -19,11 +19,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attrib_bench.compare import ranks_methods
+from attrib_bench.compare import (
+    agreement,
+    precision,
+    prefix_check,
+    rankings,
+    ranks_methods,
+    tables_values,
+)
 from attrib_bench.plots import (  # plots sets the Agg backend before pyplot loads
+    FigureSection,
     RunTables,
     figure_metadata,
-    figures_for,
+    figure_sections,
     load_runs,
     method_label,
     ordered_methods,
@@ -44,22 +52,6 @@ figcaption { font-size: 0.85em; color: #555; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
 .note { color: #555; font-size: 0.9em; }
 """
-
-#: Figure captions by file-stem prefix (the first that matches).
-_CAPTIONS: tuple[tuple[str, str], ...] = (
-    ("localisation", "Grid localisation: per-cell scores, boxes over the grids all methods of a "
-                     "panel share."),
-    ("pixel-removal", "Pixel removal: mean probability of the target with a bootstrap 95 % "
-                      "band, each method over its own images (n in the legend)."),
-    ("temperature", "Localisation and pixel-removal AUC against the CoDA-Nets' temperature."),
-    ("agreement", "Kendall's τ between method rankings: across metrics (per model) and across "
-                  "models (per metric)."),
-    ("randomisation", "Parameter randomisation: similarity of the maps to the unrandomised "
-                      "model's."),
-    ("contributions", "Contribution maps for each cell's class on a multi-image (Fig. 7)."),
-    ("methods", "Maps of each method on correctly classified images (Fig. 8)."),
-)
-
 
 def _png(fig: Any) -> str:
     buffer = io.BytesIO()
@@ -129,8 +121,8 @@ def summary_rows(summary: pd.DataFrame, results: pd.DataFrame | None = None,
         direction = str(row["direction"]) if "direction" in row else ""
         direction = "" if direction == "nan" else direction
         kind = probability.get((row["model"], row["method"], row["metric"]), "")
-        if not kind and row["metric"] == "pixel-removal" and manifest is not None:
-            kind = removal_probability(manifest, row["model"])  # the run's sample info
+        if not kind and manifest is not None:
+            kind = removal_probability(manifest, row["model"], metric)  # the run's sample info
         stat = f"{row['stat']} ({kind})" if kind and str(row["stat"]).startswith("prob") \
             else str(row["stat"])
         ci = ("-" if pd.isna(row["ci_low"]) else
@@ -299,77 +291,90 @@ def sample_tables(tables: RunTables) -> dict[str, tuple[list[str], list[list[str
 # ----------------------------------------------------------------------------- the page
 
 
-def _figure_rank(stem: str) -> int:
-    """A figure's place in the report: the order of :data:`_CAPTIONS` (others last)."""
-    return next((i for i, (prefix, _) in enumerate(_CAPTIONS) if stem.startswith(prefix)),
-                len(_CAPTIONS))
-
-
-def _caption(stem: str) -> str:
-    return next((text for prefix, text in _CAPTIONS if stem.startswith(prefix)), stem)
-
-
 def render_report(tables: RunTables) -> str:
-    """The report page for ``tables`` as one HTML string: provenance, models, figures, summary,
-    samples, then each run's manifest. Methods are named as the runs recorded them
+    """The report page for ``tables`` as one HTML string: provenance, models, figures (a section
+    per metric, as the metric declares it: :func:`attrib_bench.plots.figure_sections`), summary,
+    agreement, samples, then each run's manifest. Methods are named as the runs recorded them
     (:meth:`RunTables.drawn_as_recorded`), then as the registry has them."""
     with tables.drawn_as_recorded():
         return _render_report(tables)
 
 
 def _render_report(tables: RunTables) -> str:
-    name = html.escape(tables.path.name)
     runs = tables.manifests or {str(tables.path): tables.manifest}
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>attrib-bench report: {name}</title>"
-             f"<style>{_STYLE}</style></head><body>",
-             f"<h1>attrib-bench report: {name}</h1>",
-             f"<p class='note'>{len(tables.results)} rows from {len(runs)} run"
-             f"{'s' if len(runs) != 1 else ''}. Means with percentile-bootstrap 95 % confidence "
-             "intervals over samples. Methods are compared on the samples they share "
-             "(attrib-bench compare): the <i>group</i> letters come from paired tests "
-             "(Wilcoxon signed-rank, Holm-adjusted within each model, metric and stat, with a "
-             "paired bootstrap CI of the mean difference that excludes 0); methods sharing a "
-             "letter are not separated. <i>Rank</i>: the mean rank over bootstrap resamples "
-             "of the samples every method has, with its 95 % CI and the probability of "
-             "ranking first. <b>Bold</b>: the first group. A note names parts whose first "
-             "samples (the most confident grids, drawn first) differ from the rest. A CI needs "
-             "two samples (\"-\" from one). Checks such as randomisation rank nothing; their "
-             "mean is over the randomised layers as well as the samples.</p>"]
-    parts.append("<h2>Runs and code</h2>")
-    parts.append(_table(["run", "models", "methods", "metrics", "seed", "commit", "tree",
-                         "attrib-bench", "hardware", "superseded"], provenance_rows(tables),
-                        text_columns=10))
-    parts.append("<h2>Models</h2>")
-    parts.append(_table(["model", "class", "parameters", "T", "test accuracy (here)",
-                         "paper / published"], model_rows(tables), text_columns=2))
-    figures = figures_for(tables)
-    parts.append("<h2>Figures</h2>")
-    if not figures:
-        parts.append("<p class='note'>No figures: this run's metrics have none (figures exist "
-                     "for localisation, pixel removal and randomisation); the summary below has "
-                     "every metric.</p>")
-    for stem, fig in sorted(figures.items(), key=lambda item: _figure_rank(item[0])):
-        parts.append(f"<figure><img alt='{html.escape(stem)}' "
-                     f"src='data:image/png;base64,{_png(fig)}'>"
-                     f"<figcaption>{html.escape(stem)}: {html.escape(_caption(stem))}"
-                     "</figcaption></figure>")
-    parts.append("<h2>Summary</h2>")
-    from attrib_bench.compare import (
-        agreement,
-        precision,
-        prefix_check,
-        rankings,
-        tables_values,
-    )
-
+    sections = figure_sections(tables)
     values, summary, dataset = tables_values(tables)
+    parts = [*_page_head(tables, runs), *_runs_and_models(tables), *_figures_html(sections),
+             *_summary_html(tables, values, summary, dataset),
+             *_agreement_html(values, summary, dataset), *_samples_html(tables),
+             *_manifests_html(runs), "</body></html>"]
+    return "\n".join(parts)
+
+
+def _page_head(tables: RunTables, runs: Mapping[str, Any]) -> list[str]:
+    """The page's head, title and the note on how to read its marks."""
+    name = html.escape(tables.path.name)
+    checks = [m for m in sorted(tables.results["metric"].unique()) if not ranks_methods(m)]
+    return [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>attrib-bench report: {name}</title>"
+            f"<style>{_STYLE}</style></head><body>",
+            f"<h1>attrib-bench report: {name}</h1>",
+            f"<p class='note'>{len(tables.results)} rows from {len(runs)} run"
+            f"{'s' if len(runs) != 1 else ''}. Means with percentile-bootstrap 95 % confidence "
+            "intervals over samples. Methods are compared on the samples they share "
+            "(attrib-bench compare): the <i>group</i> letters come from paired tests "
+            "(Wilcoxon signed-rank, Holm-adjusted within each model, metric and stat, with a "
+            "paired bootstrap CI of the mean difference that excludes 0); methods sharing a "
+            "letter are not separated. <i>Rank</i>: the mean rank over bootstrap resamples "
+            "of the samples every method has, with its 95 % CI and the probability of "
+            "ranking first. <b>Bold</b>: the first group. A note names parts whose first "
+            "samples (the most confident grids, drawn first) differ from the rest. A CI needs "
+            "two samples (\"-\" from one)."
+            + (f" Checks such as {html.escape(', '.join(checks))} rank nothing." if checks
+               else "") + "</p>"]
+
+
+def _runs_and_models(tables: RunTables) -> list[str]:
+    """Each run's provenance, then the models."""
+    return ["<h2>Runs and code</h2>",
+            _table(["run", "models", "methods", "metrics", "seed", "commit", "tree",
+                    "attrib-bench", "hardware", "superseded"], provenance_rows(tables),
+                   text_columns=10),
+            "<h2>Models</h2>",
+            _table(["model", "class", "parameters", "T", "test accuracy (here)",
+                    "paper / published"], model_rows(tables), text_columns=2)]
+
+
+def _figures_html(sections: list[FigureSection]) -> list[str]:
+    """Each section's title and text (a metric's as it declares them), then its figures."""
+    parts = ["<h2>Figures</h2>"]
+    if not any(section.figures for section in sections):
+        parts.append("<p class='note'>No figures: this run's metrics have none here (a "
+                     "plugin's metric draws its figures when its plugin is loaded: --plugin "
+                     "MODULE); the summary below has every metric.</p>")
+    for section in sections:
+        parts.append(f"<h3>{html.escape(section.title, quote=False)}</h3>")
+        if section.text:
+            parts.append(f"<p class='note'>{html.escape(section.text, quote=False)}</p>")
+        for stem, (fig, caption) in section.figures.items():
+            parts.append(f"<figure><img alt='{html.escape(stem)}' "
+                         f"src='data:image/png;base64,{_png(fig)}'>"
+                         f"<figcaption>{html.escape(stem)}: {html.escape(caption or stem)}"
+                         "</figcaption></figure>")
+    return parts
+
+
+def _summary_html(tables: RunTables, values: pd.DataFrame, summary: pd.DataFrame,
+                  dataset: str) -> list[str]:
+    """The summary table with the paired groups and ranks, the flags of controls ranked above
+    a real method, and (collapsed) the CI half-width against n."""
     _, ranks = rankings(values, summary, dataset)
     rows, classes = summary_rows(tables.summary, tables.results, tables.manifest, ranks,
                                  prefix_check(values))
-    parts.append(_table(["model", "method", "metric", "variant", "stat", "mean", "95 % CI", "n",
-                         "non-finite", "better", "group · rank [95 % CI] · P(first); notes"],
-                        rows, classes, text_columns=5, emphasis=(5, 6)))
+    parts = ["<h2>Summary</h2>",
+             _table(["model", "method", "metric", "variant", "stat", "mean", "95 % CI", "n",
+                     "non-finite", "better", "group · rank [95 % CI] · P(first); notes"],
+                    rows, classes, text_columns=5, emphasis=(5, 6))]
     flagged = ranks[ranks["control_above"].fillna("") != ""] if "control_above" in ranks else []
     for key, fam in (flagged.groupby(["model", "metric", "variant", "stat"]) if len(flagged)
                      else []):
@@ -378,33 +383,40 @@ def _render_report(tables: RunTables) -> str:
                      f"({html.escape(str(fam['control_above'].iloc[0]))}).</p>")
     widths = precision(values)
     if len(widths):
-        parts.append("<details><summary>Is n enough? The 95 % CI half-width of each part's mean "
-                     "over its first n′ samples (1.96 · s / √n′, the drawing order), and at its "
-                     "n</summary>")
-        parts.append(_table(*precision_rows(widths), text_columns=5))
-        parts.append("</details>")
+        parts += ["<details><summary>Is n enough? The 95 % CI half-width of each part's mean "
+                  "over its first n′ samples (1.96 · s / √n′, the drawing order), and at its "
+                  "n</summary>", _table(*precision_rows(widths), text_columns=5), "</details>"]
+    return parts
+
+
+def _agreement_html(values: pd.DataFrame, summary: pd.DataFrame, dataset: str) -> list[str]:
+    """Kendall's τ between the rankings of families sharing three or more methods."""
     taus = agreement(values, summary, dataset, resamples=200)
-    if len(taus):
-        parts.append("<h2>Agreement between rankings</h2>")
-        parts.append("<p class='note'>Kendall's τ between the method rankings (means, "
-                     "oriented so that higher is better) of two families that share three or "
-                     "more methods, with a 95 % bootstrap CI (each family's samples resampled, "
-                     "200 times).</p>")
-        parts.append(_table(["ranking A", "ranking B", "methods", "τ", "95 % CI"],
-                            agreement_rows(taus), text_columns=3))
+    if not len(taus):
+        return []
+    return ["<h2>Agreement between rankings</h2>",
+            "<p class='note'>Kendall's τ between the method rankings (means, oriented so that "
+            "higher is better) of two families that share three or more methods, with a 95 % "
+            "bootstrap CI (each family's samples resampled, 200 times).</p>",
+            _table(["ranking A", "ranking B", "methods", "τ", "95 % CI"], agreement_rows(taus),
+                   text_columns=3)]
+
+
+def _samples_html(tables: RunTables) -> list[str]:
+    """Each metric's sample sets as a table."""
     samples = sample_tables(tables)
-    if samples:
-        parts.append("<h2>Samples</h2>")
-        for metric, (header, rows) in samples.items():
-            parts.append(f"<h3>{html.escape(metric)}</h3>")
-            parts.append(_table(header, rows, text_columns=2))
-    parts.append("<h2>Manifests</h2>")
-    for folder, manifest in runs.items():
-        parts.append(f"<details><summary>{html.escape(Path(folder).name)}/manifest.json"
-                     "</summary><pre>" + html.escape(json.dumps(manifest, indent=1, default=str))
-                     + "</pre></details>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    parts = ["<h2>Samples</h2>"] if samples else []
+    for metric, (header, rows) in samples.items():
+        parts += [f"<h3>{html.escape(metric)}</h3>", _table(header, rows, text_columns=2)]
+    return parts
+
+
+def _manifests_html(runs: Mapping[str, Any]) -> list[str]:
+    """Each run's manifest, collapsed."""
+    return ["<h2>Manifests</h2>"] + [
+        f"<details><summary>{html.escape(Path(folder).name)}/manifest.json</summary><pre>"
+        + html.escape(json.dumps(manifest, indent=1, default=str)) + "</pre></details>"
+        for folder, manifest in runs.items()]
 
 
 def write_report(results_dir: str | Path | Iterable[str | Path],

@@ -12,7 +12,8 @@ part (model, method, metric) it holds, whichever run computed it:
   value from :meth:`~attrib_bench.metrics.base.Metric.summarise` (its AUC), the value the run's
   summary and any paired comparison use.
 - ``curves.parquet``: per (model, method, metric, variant, stat) and curve point, the mean over
-  the part's samples with a seeded percentile-bootstrap 95 % band (:func:`mean_band`) and n:
+  the part's samples with a seeded percentile-bootstrap 95 % band
+  (:func:`~attrib_bench.metrics.base.mean_band`) and n:
   what the pixel-removal figure draws. The per-sample points themselves stay in the run folder.
 - ``summary.csv``: the runs' own summary rows of the parts held.
 - ``manifest.json``: ``parts`` (each part's run, n, seconds, commit, clean tree or not,
@@ -46,8 +47,6 @@ STORE_FORMAT = "attrib-bench store 1"
 VALUES, CURVES, SUMMARY, MANIFEST = "values.parquet", "curves.parquet", "summary.csv", \
     "manifest.json"
 PART = ["model", "method", "metric"]
-#: Seeded bootstrap resamples for the bands around mean curves (figures stay byte-identical).
-BAND_RESAMPLES = 1000
 RESULT_COLUMNS: tuple[str, ...] = ("model", "method", "metric", "sample", "key", "variant",
                                    "stat", "value", "flag", "metric_config")
 SUMMARY_COLUMNS: tuple[str, ...] = ("model", "method", "metric", "variant", "stat", "mean",
@@ -60,19 +59,6 @@ _RUN_KEYS = ("config", "samples", "models", "git_commit", "device", "hardware", 
              "versions", "executor", "wall_seconds_this_run", "seconds_per_part_all_runs",
              "skipped", "superseded", "annotations", "parts", "display", "built")
 _UNCOMMITTED = "(uncommitted changes)"
-
-
-def mean_band(values: np.ndarray, seed: int = 0, resamples: int = BAND_RESAMPLES,
-              level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over samples of ``values`` (n, k) and its seeded percentile-bootstrap CI: three
-    (k,) arrays (mean, low, high). Resampling counts are multinomial, so memory is O(B·(n+k))."""
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
-    means = counts @ values / n  # (B, k)
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
-    return values.mean(axis=0), low, high
 
 
 def curve_key(metric: str) -> str | None:
@@ -126,7 +112,10 @@ def per_sample_values(results: pd.DataFrame, metric_hparams: Mapping[str, Mappin
 
 def curve_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per (model, method, metric, variant, stat) and curve point ``x`` of every curve metric in
-    ``results``: the mean over samples with its bootstrap band (:func:`mean_band`) and n."""
+    ``results``: the mean over samples with its bootstrap band
+    (:func:`~attrib_bench.metrics.base.mean_band`, the figures' band) and n."""
+    from attrib_bench.metrics.base import mean_band
+
     out = []
     for (model, method, name), rows in results.groupby(PART, sort=True):
         key = curve_key(str(name))

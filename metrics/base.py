@@ -22,11 +22,21 @@ batch, cache, checkpoint and resume without knowing the metric:
 Maps come from :class:`EvalContext`: ``explain(inputs, target)`` is the cached attribution of the
 context's model, ``make_method(model)`` builds the same method (same hyper-parameters) on another
 model (the randomisation test needs it).
+
+What a metric shows is declared on its class too: :attr:`Metric.figures` names its figures
+(:class:`MetricFigure`: a draw function of :class:`FigureTables`, the run's plain tables, and a
+caption), :attr:`Metric.report_section` how the HTML report introduces it
+(:class:`ReportSection`), :attr:`Metric.series_panels` its summary rows in the temperature series;
+registering it with ``ranks=False`` makes it a check, whose methods the summary does not rank.
+``attrib-bench plot`` and the report read only these declarations
+(:func:`attrib_bench.metrics.figures.presentation`), for the built-in metrics and a plugin's
+alike; a metric that declares no figure gets a score figure. A draw function imports matplotlib
+inside itself (the built-ins' draw in :mod:`attrib_bench.metrics.figures`), so a run never loads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -139,6 +149,85 @@ def make_rows(sample: Any, key: Any, value: Any, *, variant: Any = "", stat: Any
                          "stat": stat.astype(str), "value": value})
 
 
+# ----------------------------------------------------------------------------- presentation
+
+#: Seeded bootstrap resamples for the bands around mean curves (figures stay byte-identical).
+BAND_RESAMPLES = 1000
+
+
+def mean_band(values: np.ndarray, seed: int = 0, resamples: int = BAND_RESAMPLES,
+              level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over samples of ``values`` (n, k) and its seeded percentile-bootstrap CI: three
+    (k,) arrays (mean, low, high). Resampling counts are multinomial, so memory is O(B·(n+k))."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    means = counts @ values / n  # (B, k)
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail], axis=0)
+    return values.mean(axis=0), low, high
+
+
+@dataclass(frozen=True)
+class FigureTables:
+    """The plain tables a metric's figure is drawn from: one run's, or a results store's.
+
+    ``metric``: the registered name being drawn (one class may be registered under two names);
+    ``results``: the rows of every metric (a store holds per-sample values), whose methods fix
+    each method's spare colour, so that it is the same in every figure; ``summary``: one row
+    per (model, method, metric, variant, stat) with ``mean``, ``ci_low``, ``ci_high``, ``n``
+    and ``direction``; ``manifest``: the run's (``models`` with class, parameters and T,
+    ``samples`` per "model/metric"); ``curves``: the mean curves of the curve metrics
+    (:attr:`Metric.curve_key`) with their bootstrap bands (:func:`mean_band`), one row per
+    (model, method, metric, variant, stat, x) with ``mean``, ``low``, ``high``, ``n``.
+    """
+
+    metric: str
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    manifest: Mapping[str, Any]
+    curves: pd.DataFrame
+
+    def rows(self) -> pd.DataFrame:
+        """The results rows of :attr:`metric` (non-finite ones included: see ``flag``)."""
+        return self.results[self.results["metric"] == self.metric]
+
+
+#: ``draw(tables) -> Figure``, or ``{part: Figure}`` for one figure per part (per model, say).
+FigureDrawer = Callable[[FigureTables], Any]
+
+
+@dataclass(frozen=True)
+class MetricFigure:
+    """A figure a metric declares (:attr:`Metric.figures`): ``draw`` makes it from
+    :class:`FigureTables` (a matplotlib Figure, or a mapping part → Figure); ``caption`` is
+    what the report writes under it."""
+
+    draw: FigureDrawer
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """How the HTML report introduces a metric (:attr:`Metric.report_section`): a ``title``
+    over its figures, a short ``text`` saying what it measures and which way is better, and
+    ``short``, its name where space is tight (an agreement panel's labels; "" = its name)."""
+
+    title: str
+    text: str = ""
+    short: str = ""
+
+
+@dataclass(frozen=True)
+class SeriesPanel:
+    """A summary row the temperature-series figure draws against T: the metric's ``variant``
+    and ``stat``, and the panel's axis ``label``."""
+
+    label: str
+    variant: str
+    stat: str
+
+
 class Metric:
     """Base class of every metric; subclasses set ``name``, ``description``, ``directions``.
 
@@ -164,6 +253,18 @@ class Metric:
     #: store (:mod:`attrib_bench.store`) keeps a curve metric's per-sample values
     #: (:meth:`summarise`) and each curve's mean with its bootstrap band, not every point.
     curve_key: ClassVar[str | None] = None
+    #: The metric's figures, which ``attrib-bench plot`` writes and the report shows: figure
+    #: name → :class:`MetricFigure`, the file stem being the registered name for "" and
+    #: "<name>-<figure name>" otherwise (a drawer's parts add "-<part>"). None: the default, each
+    #: method's mean with its 95 % CI per model and (variant, stat)
+    #: (:func:`attrib_bench.metrics.figures.score_figure`); {}: no figure.
+    figures: ClassVar[Mapping[str, MetricFigure] | None] = None
+    #: The report's section on the metric (:class:`ReportSection`); None: titled with the
+    #: registered name, the registry's description as its text. Whether the summary ranks the
+    #: methods is the registration's ``ranks`` (default True; ``ranks=False`` for a check).
+    report_section: ClassVar[ReportSection | None] = None
+    #: Summary rows the temperature-series figure draws against T (:class:`SeriesPanel`).
+    series_panels: ClassVar[tuple[SeriesPanel, ...]] = ()
 
     def __init__(self, **hparams: Any) -> None:
         self.hparams: dict[str, Any] = dict(hparams)

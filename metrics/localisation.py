@@ -32,6 +32,7 @@ The wrapper declares what the model declares of ``probability`` and ``temperatur
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import numpy as np
@@ -45,9 +46,13 @@ from attrib_bench.errors import InputShapeError, MetricError, MetricSettingError
 from attrib_bench.hparams import AtLeast, HParam, PositiveInt, convert
 from attrib_bench.metrics.base import (
     EvalContext,
+    FigureTables,
     Metric,
+    MetricFigure,
+    ReportSection,
     SampleSet,
     SelectContext,
+    SeriesPanel,
     make_rows,
     typed_hparams,
 )
@@ -112,6 +117,14 @@ def localisation_scores(maps: torch.Tensor, n: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- metrics
 
 
+def _localisation_figure(tables: FigureTables) -> Any:
+    """Fig. 6, left, of the grid metric drawn
+    (:func:`attrib_bench.metrics.figures.localisation_figure`)."""
+    from attrib_bench.metrics.figures import localisation_figure  # matplotlib: only to draw
+
+    return localisation_figure(tables.results, tables.metric, tables.manifest)
+
+
 @register_metric("localisation", family="localisation", paper="Böhle et al. CVPR 2021, eq. 11")
 class Localisation(Metric):
     """Grid localisation (eq. 11): the share of positive attribution inside the explained cell.
@@ -129,6 +142,15 @@ class Localisation(Metric):
     directions: ClassVar[dict[str, str]] = {"score": "higher"}
     sample_count: ClassVar[str | None] = "num_grids"
     rows_from_maps: ClassVar[bool] = True
+    figures: ClassVar[Mapping[str, MetricFigure] | None] = {"": MetricFigure(
+        _localisation_figure, "Grid localisation: per-cell scores, boxes over the grids all "
+                              "methods of a panel share.")}
+    report_section: ClassVar[ReportSection | None] = ReportSection(
+        "Grid localisation", "The share of positive attribution in the explained cell of an "
+        "n×n grid of images of distinct classes (Böhle et al. 2021, eq. 11): higher is better; "
+        "an oracle scores 1, a uniform map 1/n².")
+    series_panels: ClassVar[tuple[SeriesPanel, ...]] = (
+        SeriesPanel("localisation score", "", "score"),)
 
     def __init__(self, *, n: GridSize = 3, num_grids: GridCount = 500, seed: int = 42) -> None:
         values = typed_hparams(f"metric {self.name!r}", Localisation, {
@@ -223,6 +245,11 @@ class LocalisationDiFull(Localisation):
     description: ClassVar[str] = ("localisation on a grid whose cells pass the feature extractor "
                                   "separately (DiFull)")
     model_view: ClassVar[str] = "difull"
+    report_section: ClassVar[ReportSection | None] = ReportSection(
+        "Grid localisation (DiFull)", "The same grids and score, each cell passed through the "
+        "feature extractor on its own (Rao et al. 2023), so that a perfect method can score 1.",
+        short="DiFull")
+    series_panels: ClassVar[tuple[SeriesPanel, ...]] = ()
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """``DisconnectedGrid(model, n)``; needs ``model.forward_features`` and ``forward_head``."""

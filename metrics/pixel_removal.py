@@ -57,7 +57,7 @@ better (the ranking found pixels that do not support the class), most-first: low
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -75,9 +75,13 @@ from attrib_bench.hashing import hashed_normal
 from attrib_bench.hparams import AtLeast, Between, Positive, PositiveInt
 from attrib_bench.metrics.base import (
     EvalContext,
+    FigureTables,
     Metric,
+    MetricFigure,
+    ReportSection,
     SampleSet,
     SelectContext,
+    SeriesPanel,
     first_images,
     make_rows,
     typed_hparams,
@@ -441,6 +445,15 @@ BlurStd = Annotated[float, Positive("Gaussian std in pixels")]
 NoiseStd = Annotated[float, AtLeast(0)]
 
 
+def _removal_figure(tables: FigureTables) -> Any:
+    """Fig. 6, right, with this metric's AUC
+    (:func:`attrib_bench.metrics.figures.pixel_removal_figure`)."""
+    from attrib_bench.metrics.figures import pixel_removal_figure  # matplotlib: only to draw
+
+    return pixel_removal_figure(tables.results, tables.curves, tables.manifest, auc=curve_auc,
+                                metric=tables.metric)
+
+
 @register_metric("pixel-removal", family="faithfulness",
                  reference="Böhle et al. 2021 (CoDA-Nets), Fig. 7: pixel removal")
 class PixelRemoval(Metric):
@@ -475,6 +488,16 @@ class PixelRemoval(Metric):
     }
     sample_count: ClassVar[str | None] = "num_images"
     rows_from_maps: ClassVar[bool] = True  # the curves' forwards are the cost; maps are cached
+    figures: ClassVar[Mapping[str, MetricFigure] | None] = {"": MetricFigure(
+        _removal_figure, "Pixel removal: mean probability of the target with a bootstrap 95 % "
+                         "band, each method over its own images (n in the legend).")}
+    report_section: ClassVar[ReportSection | None] = ReportSection(
+        "Pixel removal", "The target's probability as pixels are removed, least or most "
+        "important first (Böhle et al. 2021, Fig. 7); its AUC is better high when the least "
+        "important go first, low when the most important do.")
+    series_panels: ClassVar[tuple[SeriesPanel, ...]] = (
+        SeriesPanel("pixel removal AUC, least first", "least-first", "prob-auc"),
+        SeriesPanel("pixel removal AUC, most first", "most-first", "prob-auc"))
 
     def __init__(self, *, order: OrderChoice = "both", fraction: Fraction = 0.25,
                  steps: PositiveInt = 128, num_images: PositiveInt = NUM_IMAGES,

@@ -47,7 +47,7 @@ import copy
 import difflib
 import hashlib
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
@@ -62,7 +62,10 @@ from attrib_bench.evaluation import forward_with_hooks
 from attrib_bench.hparams import PositiveInt
 from attrib_bench.metrics.base import (
     EvalContext,
+    FigureTables,
     Metric,
+    MetricFigure,
+    ReportSection,
     SampleSet,
     SelectContext,
     first_images,
@@ -303,6 +306,16 @@ NUM_IMAGES = 100
 
 # ----------------------------------------------------------------------------- metric
 
+def _randomisation_figures(tables: FigureTables) -> dict[str, Any]:
+    """Model → its randomisation curves
+    (:func:`attrib_bench.metrics.figures.randomisation_figure`), models in figure order."""
+    from attrib_bench.metrics.figures import ordered_models, randomisation_figure
+
+    models = ordered_models(tables.rows()["model"], tables.manifest)
+    return {model: randomisation_figure(tables.results, model, metric=tables.metric)
+            for model in models}
+
+
 @register_metric("randomisation", family="sanity-check", ranks=False,
                  reference="Adebayo et al. 2018, model-parameter randomisation")
 class Randomisation(Metric):
@@ -321,6 +334,14 @@ class Randomisation(Metric):
     description: ClassVar[str] = "Adebayo et al. (2018) model-parameter randomisation test"
     directions: ClassVar[dict[str, str]] = {stat: "lower" for stat in STATS}
     sample_count: ClassVar[str | None] = "num_images"
+    figures: ClassVar[Mapping[str, MetricFigure] | None] = {"": MetricFigure(
+        _randomisation_figures, "Parameter randomisation: similarity of the maps to the "
+                                "unrandomised model's.")}
+    report_section: ClassVar[ReportSection | None] = ReportSection(
+        "Parameter randomisation (a check, not a ranking)", "The similarity of each map to the "
+        "trained model's as layers are randomised, top first (Adebayo et al. 2018): a method "
+        "that explains the model drops. Its summary mean is over the randomised layers as well "
+        "as the samples.")
 
     def __init__(self, *, modes: ModeChoice = "both", num_images: PositiveInt = NUM_IMAGES,
                  layers: int | list[str] | None = None, seed: int | None = None) -> None:

@@ -5,6 +5,7 @@ directly); and, per owner that used to check by hand, that the old wrong input i
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import numpy as np
@@ -175,6 +176,8 @@ def _model() -> nn.Module:
     ("grad", {"max_batch": np.int64(0)}, "max_batch must be a positive int, got 0"),
     ("intgrad", {"n_steps": 4097}, "n_steps must be an int <= 4096 (Gauss-Legendre"),
     ("centre", {"sigma": -0.5}, "sigma must be a positive number (a fraction"),
+    ("occlusion", {"patch_size": 0}, "patch_size must be a positive int, got 0"),
+    ("rise", {"grid": 0}, "grid must be a positive int, got 0"),
 ])
 def test_a_method_built_directly_refuses_as_by_name(one_line, name, settings, fragment):
     """A method class called directly checks its declared ranges as the registry does."""
@@ -184,6 +187,23 @@ def test_a_method_built_directly_refuses_as_by_name(one_line, name, settings, fr
         with pytest.raises(MethodError) as info:
             build()
         one_line(info, f"method {name!r}: {fragment}")
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("num_samples=1", "num_samples must be an int >= 2, got 1"),
+    ("ratio=1.5", "ratio must be a number in [0, 1], got 1.5"),
+    ("kernel_size=0.5", "kernel_size must be a number >= 1 (quickshift's smoothing width"),
+    ("kernel_width=0", "kernel_width must be a number in [1e-100, 1e+100] (the width of LIME's"),
+])
+def test_lime_refuses_its_old_wrong_inputs_in_one_line(one_line, text, fragment):
+    """By name and as ``--set`` text (refused before LIME's package is imported)."""
+    key, value = text.split("=")
+    for attempt in (lambda: METHODS.create("lime", _model(), **{key: json.loads(value)}),
+                    lambda: resolve("method 'lime'", METHODS.get("lime").factory, {key: value},
+                                    from_text=True)):
+        with pytest.raises(MethodError) as info:
+            attempt()
+        one_line(info, f"method 'lime': {fragment}")
 
 
 def test_metrics_refuse_out_of_range_settings_as_metric_errors(one_line):

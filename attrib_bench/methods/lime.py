@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from attrib_bench.errors import MethodError
+from attrib_bench.hparams import AtLeast, Between, check_settings
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, REFERENCE_SIDE, SharedImages
 from attrib_bench.methods.perturbation import BlackBoxMethod
 from attrib_bench.models import protocols
@@ -51,6 +52,13 @@ def _no_progress_bar() -> Iterator[None]:
         yield
     finally:
         lime_image.tqdm = saved
+
+
+#: Quickshift's ``kernel_size``: skimage smooths with a Gaussian kernel of width >= 1.
+KernelSize = Annotated[float, AtLeast(1, "quickshift's smoothing width in pixels")]
+#: LIME's ``kernel_width``: squared in the kernel, so bounded against underflow and overflow.
+KernelWidth = Annotated[float, Between(1e-100, 1e100, means="the width of LIME's exponential "
+                                       "kernel on cosine distances, default 0.25")]
 
 
 @register_method("lime", family="perturbation", stochastic=True, label="LIME", colour="#393b79")
@@ -94,26 +102,18 @@ class LIME(BlackBoxMethod):
         kernel = float(defaults["kernel_size"])
         return {"kernel_size": max(kernel, min(kernel * scale, cls.PACKAGE_KERNEL_SIZE))}
 
-    def __init__(self, model: nn.Module, *, num_samples: int = 256, kernel_size: float = 1,
-                 max_dist: float = 200, ratio: float = 0.2, score: Score | None = None,
+    def __init__(self, model: nn.Module, *, num_samples: Annotated[int, AtLeast(2)] = 256,
+                 kernel_size: KernelSize = 1, max_dist: float = 200,
+                 ratio: Annotated[float, Between(0, 1)] = 0.2, score: Score | None = None,
                  top3_mask: bool = False, hide_color: float | None = None,
-                 kernel_width: float = 0.25, max_batch: int = DEFAULT_MAX_BATCH,
+                 kernel_width: KernelWidth = 0.25, max_batch: int = DEFAULT_MAX_BATCH,
                  seed: int = 0) -> None:
         super().__init__(model, max_batch=max_batch, seed=seed)
         import lime.lime_image  # noqa: F401  (here, not at registry listing: it loads sklearn)
 
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
-            raise MethodError(f"method 'lime': num_samples must be an int >= 2, "
-                              f"got {num_samples!r}")
-        if not 0.0 <= ratio <= 1.0:
-            raise MethodError(f"method 'lime': ratio must be in [0, 1], got {ratio!r}")
-        if not kernel_size >= 1:  # skimage's quickshift: a Gaussian kernel of width >= 1
-            raise MethodError(f"method 'lime': kernel_size must be >= 1 (quickshift's smoothing "
-                              f"width in pixels), got {kernel_size!r}")
-        if not 1e-100 <= kernel_width <= 1e100:  # squared in the kernel: no underflow/overflow
-            raise MethodError(f"method 'lime': kernel_width must be a positive number in "
-                              f"[1e-100, 1e100] (the width of LIME's exponential kernel on "
-                              f"cosine distances, default 0.25), got {kernel_width!r}")
+        num_samples, kernel_size, ratio, kernel_width = check_settings(
+            f"method {self.name!r}", LIME, {"num_samples": num_samples, "kernel_size": kernel_size,
+                                            "ratio": ratio, "kernel_width": kernel_width}).values()
         self.num_samples = num_samples
         self.segmentation = {"kernel_size": kernel_size, "max_dist": max_dist, "ratio": ratio}
         self.score = protocols.resolve_score(score, model, f"method {self.name!r}", MethodError)

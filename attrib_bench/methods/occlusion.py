@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from attrib_bench.errors import MethodError
+from attrib_bench.hparams import PositiveInt, check_settings
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, REFERENCE_SIDE
 from attrib_bench.methods.perturbation import PerturbationMethod, PerturbedScores
 from attrib_bench.registry import METHODS, register_method
@@ -86,14 +87,12 @@ class Occlusion(PerturbationMethod[SlidingPatches]):
         scale = max(min(image_size) / REFERENCE_SIDE, 1.0)
         return {key: max(1, round(defaults[key] * scale)) for key in ("patch_size", "stride")}
 
-    def __init__(self, model: nn.Module, *, patch_size: int = 4, stride: int = 2,
+    def __init__(self, model: nn.Module, *, patch_size: PositiveInt = 4, stride: PositiveInt = 2,
                  baseline: float = 0.0, max_batch: int = DEFAULT_MAX_BATCH,
                  seed: int = 0) -> None:
         super().__init__(model, max_batch=max_batch, seed=seed)
-        for key, value in (("patch_size", patch_size), ("stride", stride)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MethodError(f"method {self.name!r}: {key} must be a positive int, "
-                                  f"got {value!r}")
+        patch_size, stride = check_settings(f"method {self.name!r}", Occlusion, {
+            "patch_size": patch_size, "stride": stride}).values()
         if stride > patch_size:
             raise MethodError(f"method {self.name!r}: stride {stride} > patch_size "
                               f"{patch_size} would leave pixels uncovered: use stride <= "

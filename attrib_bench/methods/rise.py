@@ -20,11 +20,13 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 
 from attrib_bench.errors import MethodError
+from attrib_bench.hparams import Between, PositiveInt, check_settings
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH
 from attrib_bench.methods.perturbation import (
     Chunk,
@@ -129,16 +131,13 @@ class RISE(PerturbationMethod[MaskSet]):
 
     name = "rise"
 
-    def __init__(self, model: nn.Module, *, n_masks: int = 6000, grid: int = 6, p1: float = 0.1,
+    def __init__(self, model: nn.Module, *, n_masks: PositiveInt = 6000, grid: PositiveInt = 6,
+                 p1: Annotated[float, Between(0, 1, open_lo=True)] = 0.1,
                  score: Score | None = None, max_batch: int = DEFAULT_MAX_BATCH,
                  seed: int = 0) -> None:
         super().__init__(model, max_batch=max_batch, seed=seed)
-        for key, value in (("n_masks", n_masks), ("grid", grid)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MethodError(f"method 'rise': {key} must be a positive int, got {value!r}")
-        if not 0.0 < p1 <= 1.0:
-            raise MethodError(f"method 'rise': p1 must be in (0, 1], got {p1!r}")
-        self.n_masks, self.grid, self.p1 = n_masks, grid, float(p1)
+        self.n_masks, self.grid, self.p1 = check_settings(f"method {self.name!r}", RISE, {
+            "n_masks": n_masks, "grid": grid, "p1": p1}).values()
         self.score = protocols.resolve_score(score, model, f"method {self.name!r}", MethodError)
 
     def masks(self, size: tuple[int, int], device: torch.device | str = "cpu",

@@ -471,11 +471,8 @@ def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None,
             workers: int | None) -> None:
     """Benchmark METHODs on MODELs under METRICs on a dataset's evaluation split (CIFAR-10's
     test by default); writes tidy tables to OUT."""
-    import json
-
-    import pandas as pd
-
-    from attrib_bench.runners.benchmark import run
+    from attrib_bench.runners.benchmark import sweep
+    from attrib_bench.runners.settings import ExecutorOptions, RunRequest, run_settings
 
     _check_checkpoint(checkpoint)  # before any model is built
     if old_batch_size is not None:
@@ -484,22 +481,41 @@ def run_cmd(models: str, methods: str, metrics: str, n_samples: int | None,
         click.echo("warning: --batch-size is now --chunk-size (samples per chunk); the old "
                    "name will be removed in the next release", err=True)
         chunk_size = old_batch_size
-    run(models, methods, metrics, n_samples=n_samples, chunk_size=chunk_size or 32,
-        device=device, out=out_dir, cache=cache_dir, seed=seed, checkpoint=checkpoint,
-        overwrite=overwrite, dataset=dataset,
-        dataset_options=_dataset_options(dataset, dataset_option_items), data_root=data_root,
-        settings=settings, progress=not quiet, dry_run=dry_run, executor=executor,
-        scheduler=scheduler, workers=workers)
+    request = RunRequest(models, methods, metrics, n_samples=n_samples,
+                         chunk_size=chunk_size or 32, seed=seed, dataset=dataset,
+                         checkpoint=checkpoint, settings=settings,
+                         dataset_options=_dataset_options(dataset, dataset_option_items))
+    started = time.perf_counter()
+    checked = run_settings(request, ExecutorOptions(executor, scheduler, workers),
+                           out=out_dir, cache=cache_dir, device=device, data_root=data_root,
+                           overwrite=overwrite, dry_run=dry_run, progress=not quiet)
+    outcome = sweep(checked, started)
     if dry_run:
-        plan = run.last_plan  # type: ignore[attr-defined]
-        for job in plan.jobs:
-            click.echo(f"{job.part.model} · {job.part.method} · {job.part.metric}: "
-                       f"{len(job.samples)} samples; method {json.dumps(job.method_config)}; "
-                       f"metric {json.dumps(job.metric_config, default=str)}")
-        kept = f"; the selection's pool logits are cached in {cache_dir}" if cache_dir else ""
-        click.echo(f"dry run: {len(plan.jobs)} parts checked, {len(plan.skipped)} skipped; "
-                   f"nothing was computed or written to {out_dir}{kept}")
-        return
+        _echo_plan(outcome.plan, out_dir, cache_dir)
+    else:
+        _echo_run(out_dir, seed)
+
+
+def _echo_plan(plan: Any, out_dir: str, cache_dir: str | None) -> None:
+    """A dry run's parts, one line each (samples, method and metric configuration), and what
+    it checked (a :class:`~attrib_bench.runners.benchmark.Plan`)."""
+    import json
+
+    for job in plan.jobs:
+        click.echo(f"{job.part.model} · {job.part.method} · {job.part.metric}: "
+                   f"{len(job.samples)} samples; method {json.dumps(job.method_config)}; "
+                   f"metric {json.dumps(job.metric_config, default=str)}")
+    kept = f"; the selection's pool logits are cached in {cache_dir}" if cache_dir else ""
+    click.echo(f"dry run: {len(plan.jobs)} parts checked, {len(plan.skipped)} skipped; "
+               f"nothing was computed or written to {out_dir}{kept}")
+
+
+def _echo_run(out_dir: str, seed: int) -> None:
+    """A finished run's verdict (its summary for a URL), its skipped parts and its files."""
+    import json
+
+    import pandas as pd
+
     manifest = json.loads(Path(out_dir, "manifest.json").read_text()) \
         if "://" not in out_dir else {"skipped": []}
     if "://" in out_dir:

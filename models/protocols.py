@@ -102,6 +102,15 @@ def capabilities(model: object) -> list[str]:
     return [name for name in CAPABILITIES if has(model, name)]
 
 
+def checkpoint_sha256(model: object) -> str | None:
+    """The sha256 of the weights file ``model`` (or a DataParallel's module, :func:`unwrap`)
+    says it was loaded from: its ``checkpoint_sha256`` (a torchvision:/timm: model built
+    with a checkpoint, :class:`~attrib_bench.models.library.LibraryModel`), else None. The
+    run manifest records it for a module given to ``run()``, whose weights file the runner
+    does not see."""
+    return getattr(unwrap(model), "checkpoint_sha256", None) or None
+
+
 def _declared(model: object, attribute: str, choices: tuple[str, ...], default: str) -> str:
     """``model``'s (or its DataParallel's module's) ``attribute`` if it is one of ``choices``,
     ``default`` if absent; one :class:`ModelOutputError` line for anything else."""

@@ -1,11 +1,13 @@
 """The benchmark runner: model × method × metric sweeps with tidy tables, a cache and resume.
 
-``run(models, methods, metrics, ...)`` (and ``attrib-bench run``) reads **plan → execute →
+``run(models, methods, metrics, ...)`` (and ``attrib-bench run``) checks its options once into
+:class:`~attrib_bench.runners.settings.RunSettings`, then :func:`sweep` reads **plan → execute →
 gather → summarise**:
 
 1. *plan* (:func:`plan_run`): every name, setting, model, (model, metric) sample set and
-   (model, method, metric) part is built and checked before anything is written, into
-   :class:`~attrib_bench.runners.jobs.PartJob` s;
+   (model, method, metric) part is built and checked before anything is written, into a
+   :class:`Plan` of :class:`~attrib_bench.runners.jobs.PartJob` s (:class:`RunOutcome` hands
+   it back with the rows);
 2. *execute*: the chunks (``chunk_size`` samples each) without a verified file go to an
    executor (:class:`~attrib_bench.runners.jobs.LocalExecutor`, or Dask:
    :mod:`attrib_bench.runners.distributed`), which writes each chunk's rows atomically to
@@ -41,7 +43,7 @@ import time
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attrib_bench import evaluation
+from attrib_bench import evaluation, hparams
 from attrib_bench.checkpoints import sha256_file
 from attrib_bench.checks import naming
 from attrib_bench.data import BaseImageSet, get_dataset
@@ -60,7 +62,15 @@ from attrib_bench.evaluation import count_parameters, eval_mode, resolve_device
 from attrib_bench.metrics.base import ROW_COLUMNS, Metric, SampleSet, SelectContext
 from attrib_bench.models import protocols
 from attrib_bench.provenance import describe_hardware, git_commit
-from attrib_bench.registry import MODELS, create_metric, create_model
+from attrib_bench.registry import (
+    METHODS,
+    METRICS,
+    MODELS,
+    Registry,
+    create_metric,
+    create_model,
+    method_display,
+)
 from attrib_bench.runners.cache import CacheStats, PoolLogits, model_digest, model_identity
 from attrib_bench.runners.jobs import (
     ChunkResult,
@@ -74,12 +84,13 @@ from attrib_bench.runners.jobs import (
     verified_chunk,
 )
 from attrib_bench.runners.settings import (
-    check_executor,
+    ExecutorOptions,
+    RunRequest,
+    RunSettings,
     check_model_fits,
     check_output_classes,
-    run_config,
+    run_settings,
     sample_count_key,
-    split_names,
 )
 from attrib_bench.runners.storage import Store, parquet_bytes
 
@@ -186,29 +197,6 @@ def _prepare_out(out: Store, identity: dict[str, Any], overwrite: bool) -> None:
     out.write_text(run_file, json.dumps(identity, indent=1))
 
 
-def _check_out(out: str | Path | None, flag: str = "--out", kind: str = "output"
-               ) -> Store | None:
-    """The output (or cache) store, checked before any work: a local folder must be creatable.
-
-    A local folder is made absolute, so that workers in another directory find it too."""
-    if out is None:
-        return None
-    try:
-        store = Store(out)
-    except (ValueError, ImportError) as exc:
-        raise RunError(f"{flag} {str(out)[:200]!r} is not a folder or fsspec URL that can be "
-                       f"used here ({exc}): pass a local folder") from None
-    if store.local:
-        path = Path(store.root)
-        while not path.exists() and path != path.parent:
-            path = path.parent
-        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-            what = "is not a folder" if not path.is_dir() else "is not writable"
-            raise RunError(f"cannot create the {kind} folder {str(out)[:200]!r}: "
-                           f"{path} {what}; pass {flag} a folder you can write")
-        store = Store(store.root)
-    return store
-
 # ----------------------------------------------------------------------------- the sweep
 
 
@@ -267,9 +255,10 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
     method on the models it does not apply to (``inherent`` on a ResNet beside a CoDA-Net); a
     named method that applies to none of the models, or a named metric that does not apply,
     stops the run in one line. ``dry_run=True`` stops after these checks and returns an empty
-    table: no chunk is computed and nothing is written to ``out``; the plan is in
-    ``run.last_plan``. The checks select the samples, which for the grid localisations means one
-    pass over the test set: with an explicit ``cache``, a dry run stores those pool logits there
+    table: no chunk is computed and nothing is written to ``out``; :func:`sweep` of the same
+    options (:func:`~attrib_bench.runners.settings.run_settings`) hands back the plan too.
+    The checks select the samples, which for the grid localisations means one pass over the
+    test set: with an explicit ``cache``, a dry run stores those pool logits there
     (a cache, not the run's output), so the real run does not pay the pass again.
 
     **The run folder.** Its path is literal (``exp[1]``, ``a*b`` are those folders; see
@@ -287,57 +276,79 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
         warnings.warn("run(batch_size=...) is now chunk_size= (samples per chunk); batch_size "
                       "will be removed in the next release", FutureWarning, stacklevel=2)
         chunk_size = batch_size
-    check_executor(executor, scheduler, workers, client)
-    given_models = dict(models) if isinstance(models, Mapping) else {}
-    if checkpoint is not None and given_models:
-        raise RunError(f"checkpoint={str(checkpoint)[:120]!r} cannot be loaded into a module "
-                       f"given to run() ({', '.join(map(repr, given_models))[:80]}): load it "
-                       "yourself (model.load_state_dict(...)) or pass the registered model name")
+    request = RunRequest(models, methods, metrics, n_samples=n_samples, chunk_size=chunk_size,
+                         seed=seed, dataset=dataset, checkpoint=checkpoint,
+                         dataset_options=dataset_options, method_hparams=method_hparams,
+                         metric_hparams=metric_hparams, settings=settings)
+    checked = run_settings(request, ExecutorOptions(executor, scheduler, workers, client),
+                           out=out, cache=cache, device=device, data_root=data_root,
+                           overwrite=overwrite, dry_run=dry_run, progress=progress)
+    return sweep(checked, started).results
 
-    def configure(image_size: tuple[int, int] | None = None) -> RunConfig:
-        return run_config(split_names(models), methods, metrics, n_samples=n_samples,
-                          chunk_size=chunk_size, seed=seed, dataset=dataset,
-                          checkpoint=checkpoint, method_hparams=method_hparams,
-                          metric_hparams=metric_hparams, settings=settings,
-                          dataset_options=dataset_options, image_size=image_size)
 
-    config = configure()
-    out_store = _check_out(out)
-    cache_store = _check_out(cache, "--cache", "cache")
+@dataclass(frozen=True)
+class RunOutcome:
+    """What :func:`sweep` hands back: every row (``results``, the table written to
+    ``out/results.parquet``; empty for a dry run) and the :class:`Plan` they came from."""
+
+    results: pd.DataFrame
+    plan: Plan
+
+
+def sweep(settings: RunSettings, started: float | None = None) -> RunOutcome:
+    """Run checked ``settings`` (:func:`~attrib_bench.runners.settings.run_settings`): plan,
+    then, unless it is a dry run, execute, gather and summarise; :func:`run` with its options
+    as one object, whose outcome also holds the plan (a dry run's checked parts).
+
+    ``started``: ``time.perf_counter()`` when the caller began (the manifest's wall time;
+    None: now). The run folder's lock, the given modules' state and the errors are
+    :func:`run`'s."""
+    started = time.perf_counter() if started is None else started
     with contextlib.ExitStack() as guard:
-        if out_store is not None and not dry_run:  # a second run on the folder refuses now
-            guard.enter_context(out_store.lock())
-        guard.callback(_keep_module_state(given_models.values()))
-        torch_device = resolve_device(device)
-        images = (dataset if isinstance(dataset, BaseImageSet)
-                  else get_dataset(config.dataset, config.split, root=data_root,
-                                   **config.dataset_options))
-        if config.defaults_from_data["image_size"] != list(images.image_size):
-            config = configure(images.image_size)  # the metadata did not say (or said otherwise)
-        runner = (_executor(executor, client, scheduler, workers, progress) if not dry_run
-                  else None)
+        if settings.out is not None and not settings.dry_run:  # a second run on it refuses now
+            guard.enter_context(settings.out.lock())
+        guard.callback(_keep_module_state(settings.modules.values()))
+        device = resolve_device(settings.device)
+        images = _images(settings)
+        settings = settings.at_image_size(images.image_size)  # the metadata may not say it
+        runner = (None if settings.dry_run
+                  else _executor(settings.executor, settings.progress))
         try:
-            with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
-                out_store = out_store or Store(tmp)
-                cache_store = cache_store or out_store.child("cache")
-                plan = plan_run(config, out_store, cache_store, torch_device, images,
-                                given_models, progress)
-                run.last_plan = plan  # type: ignore[attr-defined]
-                if runner is None:  # a dry run
-                    if cache is not None:
-                        plan.pool.flush()
-                    return pd.DataFrame(columns=[*ID_COLUMNS, *ROW_COLUMNS[1:]])
-                try:
-                    return _run(config, plan, out_store, torch_device, overwrite, runner,
-                                started)
-                except OSError as exc:
-                    error = _write_error(exc, out_store, cache_store)
-                    if error is None:
-                        raise
-                    raise error from None
+            return _plan_and_run(settings, images, device, runner, started)
         finally:
             if runner is not None:
                 runner.close()
+
+
+def _images(settings: RunSettings) -> BaseImageSet:
+    """The run's image set: the one given, else the named dataset's evaluation split."""
+    dataset, config = settings.request.dataset, settings.config
+    if isinstance(dataset, BaseImageSet):
+        return dataset
+    return get_dataset(config.dataset, config.split, root=settings.data_root,
+                       **config.dataset_options)
+
+
+def _plan_and_run(settings: RunSettings, images: BaseImageSet, device: torch.device,
+                  runner: Executor | None, started: float) -> RunOutcome:
+    """Plan in the run's folder (a temporary one without ``out``), then run the plan with
+    ``runner`` (None: a dry run, which stops after the plan and writes nothing to the run
+    folder). A write the file system refuses is one :class:`OutputWriteError` line."""
+    with tempfile.TemporaryDirectory(prefix="attrib-bench-") as tmp:
+        out = settings.out if settings.out is not None else Store(tmp)
+        cache = settings.cache if settings.cache is not None else out.child("cache")
+        plan = plan_run(settings, images, out, cache, device)
+        if runner is None:  # a dry run
+            if settings.cache is not None:
+                plan.pool.flush()
+            return RunOutcome(pd.DataFrame(columns=[*ID_COLUMNS, *ROW_COLUMNS[1:]]), plan)
+        try:
+            return RunOutcome(_run(settings, plan, out, device, runner, started), plan)
+        except OSError as exc:
+            error = _write_error(exc, out, cache)
+            if error is None:
+                raise
+            raise error from None
 
 
 #: The errors of a write that the file system refused, what each says and its fix: a full disk or
@@ -427,23 +438,24 @@ def _keep_module_state(models: Iterable[nn.Module]) -> Callable[[], None]:
     return restore
 
 
-def _executor(name: str, client: Any, scheduler: str | None, workers: int | None,
-              progress: bool) -> Executor:
-    """The executor ``name`` ("local" or "dask"; Dask is imported only when asked for)."""
-    if name == "dask":
+def _executor(options: ExecutorOptions, progress: bool) -> Executor:
+    """The executor ``options`` name ("local" or "dask"; Dask is imported only when asked
+    for)."""
+    if options.name == "dask":
         from attrib_bench.runners.distributed import DaskExecutor
 
-        return DaskExecutor(client=client, scheduler=scheduler, workers=workers,
-                            progress=progress)
+        return DaskExecutor(client=options.client, scheduler=options.scheduler,
+                            workers=options.workers, progress=progress)
     return LocalExecutor(progress)
 
 
-def _run(config: RunConfig, plan: Plan, out: Store, device: torch.device, overwrite: bool,
+def _run(settings: RunSettings, plan: Plan, out: Store, device: torch.device,
          executor: Executor, started: float) -> pd.DataFrame:
     """Execute ``plan``'s missing chunks, then gather and summarise (see the module doc).
 
     ``started``: ``time.perf_counter()`` when :func:`run` began (the manifest's wall time
     includes loading the models and selecting the samples)."""
+    config, overwrite = settings.config, settings.overwrite
     planned = time.perf_counter()
     if not plan.jobs:
         reasons = "; ".join(f"{s['method']} on {s['model']}: {s['reason']}"
@@ -615,100 +627,176 @@ def _select(name: str, metric: Metric, model: nn.Module, images: BaseImageSet,
     return metric.select(model, images, n_samples, ctx)
 
 
-def plan_run(config: RunConfig, out: Store, cache: Store, device: torch.device,
-             images: BaseImageSet, given_models: Mapping[str, nn.Module],
-             progress: bool = False) -> Plan:
-    """Build and check every (model, method, metric) part; nothing is written.
+def plan_run(settings: RunSettings, images: BaseImageSet, out: Store, cache: Store,
+             device: torch.device) -> Plan:
+    """Build and check every (model, method, metric) part of ``settings.config`` on
+    ``images``, its chunks to be written in ``out``, maps and pool logits cached in ``cache``;
+    nothing is written.
 
     Raises one line for what a user named and cannot run; records (and prints) what ``all``
     selected and does not apply.
     """
+    config = settings.config
     metrics = {name: create_metric(name, **config.metric_hparams[name])
                for name in config.metrics}
-    for name in config.models:  # before any weights are read
-        if name not in given_models:
+    loaded = _load_models(settings, images, device)
+    weights = {name: model_digest(model) for name, model in loaded.items()}
+    # the cache's and the run folder's key: weights, buffers, structure, code and the name
+    hashes = {name: model_identity(model, name) for name, model in loaded.items()}
+    pool = PoolLogits(cache.child("logits"), device, progress=settings.progress,
+                      hashes={id(model): hashes[name] for name, model in loaded.items()},
+                      weights={id(model): weights[name] for name, model in loaded.items()})
+    planning = _Planning(config, images, SelectContext(device, pool.predict, settings.progress),
+                         out, cache, hashes)
+    for name, model in loaded.items():
+        with naming(name):
+            check_output_classes(name, model, images, device=device, fix=CLASSES_FIX)
+    # Build every method first (their settings' values are checked on construction), so that
+    # a wrong value stops the run before the samples are drawn (a pass over the dataset).
+    cells = _prepare_cells(planning, loaded, metrics)
+    jobs = [job for cell in cells for job in _cell_jobs(planning, cell)]
+    _check_named_methods(config, jobs, planning.refused)
+    for item in planning.skipped:
+        print(f"skipped: {item['model']} · {item['method']} · {item['metric']}: "
+              f"{item['reason']}", file=sys.stderr)
+    sources = {name: _weights_source(name, settings.modules.get(name), config.checkpoint)
+               for name in loaded}
+    return Plan(loaded, hashes, metrics, jobs, planning.samples, planning.skipped, pool,
+                weights, sources)
+
+
+def _load_models(settings: RunSettings, images: BaseImageSet, device: torch.device
+                 ) -> dict[str, nn.Module]:
+    """Each model of the run by name, on ``device`` in eval mode (:func:`_load_model`); a
+    registered one is first checked to fit ``images`` (:func:`check_model_fits`), before any
+    weights are read."""
+    config = settings.config
+    for name in config.models:
+        if name not in settings.modules:
             metadata = MODELS.get(name).metadata
             check_model_fits(name, metadata, images, config.dataset, needs_weights=(
                 config.checkpoint is None and metadata.get("family") == "coda"
                 and not metadata.get("pretrained_cfg")))
-    loaded = {name: _load_model(name, given_models.get(name), config.checkpoint, device)
-              for name in config.models}
-    weights = {name: model_digest(model) for name, model in loaded.items()}
-    # the cache's and the run folder's key: weights, buffers, structure, code and the name
-    hashes = {name: model_identity(model, name) for name, model in loaded.items()}
-    pool = PoolLogits(cache.child("logits"), device, progress=progress,
-                      hashes={id(model): hashes[name] for name, model in loaded.items()},
-                      weights={id(model): weights[name] for name, model in loaded.items()})
-    select_ctx = SelectContext(device, pool.predict, progress)
-    for name, model in loaded.items():
-        with naming(name):
-            check_output_classes(name, model, images, device=device, fix=CLASSES_FIX)
-    skipped: list[dict[str, str]] = []
-    refused: dict[str, NotApplicableError] = {}
-    jobs: list[PartJob] = []
-    samples_info: dict[str, dict[str, Any]] = {}
-    # Build every method first (their settings' values are checked on construction), so that
-    # a wrong value stops the run before the samples are drawn (a pass over the dataset).
-    prepared: list[tuple[str, str, Metric, nn.Module, dict[str, Any]]] = []
+    return {name: _load_model(name, settings.modules.get(name), config.checkpoint, device)
+            for name in config.models}
+
+
+@dataclass
+class _Planning:
+    """What each step of :func:`plan_run` reads (the config, the images, the sample
+    selection's context, the run and cache folders, the models' identities) and what it
+    records: the parts that do not apply (``skipped``), the first reason each method was
+    refused (``refused``) and each (model, metric) sample set's description (``samples``)."""
+
+    config: RunConfig
+    images: BaseImageSet
+    select: SelectContext
+    out: Store
+    cache: Store
+    hashes: dict[str, str]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    refused: dict[str, NotApplicableError] = field(default_factory=dict)
+    samples: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def refuse(self, model: str, method: str, metric: str, exc: NotApplicableError) -> None:
+        """Record that ``method`` does not apply to this (model, metric) part."""
+        self.refused.setdefault(method, exc)
+        _skip(self.skipped, model, method, metric, str(exc))
+
+
+@dataclass
+class _Cell:
+    """One (model, metric) pair ready to plan: the loaded ``model``, the metric's ``view`` of
+    it (:meth:`Metric.prepare_model`) and the ``methods`` built on that view, by name."""
+
+    model_name: str
+    model: nn.Module
+    metric_name: str
+    metric: Metric
+    view: nn.Module
+    methods: dict[str, Any]
+
+
+def _prepare_cells(planning: _Planning, loaded: Mapping[str, nn.Module],
+                   metrics: Mapping[str, Metric]) -> list[_Cell]:
+    """Every (model, metric) pair's view and methods, models first; a pair whose metric does
+    not take the model is skipped when the metrics were "all" (else its error is raised), a
+    method that does not apply is refused (:meth:`_Planning.refuse`)."""
+    cells = []
     for model_name, model in loaded.items():
         for metric_name, metric in metrics.items():
             try:
                 with naming(model_name):  # messages name the model as the run knows it
                     view = metric.prepare_model(model)
             except MetricError as exc:
-                if not config.all_metrics:
+                if not planning.config.all_metrics:
                     raise
-                _skip(skipped, model_name, "*", metric_name, str(exc))
+                _skip(planning.skipped, model_name, "*", metric_name, str(exc))
                 continue
             built: dict[str, Any] = {}
-            for method_name in config.methods:
+            for method_name in planning.config.methods:
                 try:
                     with naming(model_name):
-                        built[method_name] = build_method(method_name, view,
-                                                          config.method_hparams[method_name])
+                        built[method_name] = build_method(
+                            method_name, view, planning.config.method_hparams[method_name])
                 except NotApplicableError as exc:
-                    refused.setdefault(method_name, exc)
-                    _skip(skipped, model_name, method_name, metric_name, str(exc))
-            prepared.append((model_name, metric_name, metric, view, built))
-    for model_name, metric_name, metric, view, built in prepared:
-        model = loaded[model_name]
-        t0 = time.perf_counter()
-        # --n-samples is in the config of a metric with a sample_count setting already
-        n_samples = None if sample_count_key(metric_name) else config.n_samples
-        with naming(model_name):
-            samples = _select(metric_name, metric, model, images, n_samples, select_ctx)
-        samples_info[f"{model_name}/{metric_name}"] = {  # the count wins over info's keys
-            **samples.info, "n": len(samples), "seconds": round(time.perf_counter() - t0, 3)}
-        example = _first_sample(samples, device) if len(samples) else None
-        for method_name, method in built.items():
-            method_config = config.method_hparams[method_name]
-            try:
-                if example is not None and callable(getattr(method, "preflight", None)):
-                    with eval_mode(view):
-                        method.preflight(*example)
-            except NotApplicableError as exc:
-                refused.setdefault(method_name, exc)
-                _skip(skipped, model_name, method_name, metric_name, str(exc))
-                continue
-            jobs.append(PartJob(
-                Part(model_name, method_name, metric_name, out), metric, samples, view,
-                hashes[model_name], method_config,
-                _method_id(method_name, method, method_config, metric.model_view),
-                {"name": metric_name, **config.metric_hparams[metric_name],
-                 "n_samples": n_samples},
-                config.dataset, config.seed, config.chunk_size, cache, repr(method),
-                _shared_maps_id(method, view, method_config, metric.model_view)))
-    if not config.all_methods:  # a named method must apply to at least one model
-        planned = {job.method for job in jobs}
-        for name, exc in refused.items():
-            if name not in planned:
-                raise exc
-    for item in skipped:
-        print(f"skipped: {item['model']} · {item['method']} · {item['metric']}: "
-              f"{item['reason']}", file=sys.stderr)
-    sources = {name: _weights_source(name, given_models.get(name), config.checkpoint)
-               for name in loaded}
-    return Plan(loaded, hashes, metrics, jobs, samples_info, skipped, pool, weights, sources)
+                    planning.refuse(model_name, method_name, metric_name, exc)
+            cells.append(_Cell(model_name, model, metric_name, metric, view, built))
+    return cells
+
+
+def _cell_jobs(planning: _Planning, cell: _Cell) -> list[PartJob]:
+    """The cell's samples (recorded in ``planning.samples``) and one :class:`PartJob` per
+    method whose ``preflight`` passes on the first sample (the others are refused)."""
+    t0 = time.perf_counter()
+    # --n-samples is in the config of a metric with a sample_count setting already
+    n_samples = None if sample_count_key(cell.metric_name) else planning.config.n_samples
+    with naming(cell.model_name):
+        samples = _select(cell.metric_name, cell.metric, cell.model, planning.images,
+                          n_samples, planning.select)
+    planning.samples[f"{cell.model_name}/{cell.metric_name}"] = {  # the count wins over info
+        **samples.info, "n": len(samples), "seconds": round(time.perf_counter() - t0, 3)}
+    example = _first_sample(samples, planning.select.device) if len(samples) else None
+    jobs = []
+    for method_name, method in cell.methods.items():
+        try:
+            if example is not None and callable(getattr(method, "preflight", None)):
+                with eval_mode(cell.view):
+                    method.preflight(*example)
+        except NotApplicableError as exc:
+            planning.refuse(cell.model_name, method_name, cell.metric_name, exc)
+            continue
+        jobs.append(_part_job(planning, cell, method_name, method, samples, n_samples))
+    return jobs
+
+
+def _part_job(planning: _Planning, cell: _Cell, method_name: str, method: Any,
+              samples: SampleSet, n_samples: int | None) -> PartJob:
+    """The :class:`PartJob` of ``method`` (built on ``cell.view``) in ``cell``."""
+    config = planning.config
+    method_config = config.method_hparams[method_name]
+    return PartJob(
+        part=Part(cell.model_name, method_name, cell.metric_name, planning.out),
+        metric=cell.metric, samples=samples, model=cell.view,
+        model_hash=planning.hashes[cell.model_name], method_config=method_config,
+        method_id=_method_id(method_name, method, method_config, cell.metric.model_view),
+        metric_config={"name": cell.metric_name, **config.metric_hparams[cell.metric_name],
+                       "n_samples": n_samples},
+        dataset=config.dataset, seed=config.seed, chunk_size=config.chunk_size,
+        cache=planning.cache, method_repr=repr(method),
+        cache_id=_shared_maps_id(method, cell.view, method_config, cell.metric.model_view))
+
+
+def _check_named_methods(config: RunConfig, jobs: list[PartJob],
+                         refused: Mapping[str, NotApplicableError]) -> None:
+    """A method named (not "all") must apply to at least one model: else the first reason it
+    was refused is raised."""
+    if config.all_methods:
+        return
+    planned = {job.method for job in jobs}
+    for name, exc in refused.items():
+        if name not in planned:
+            raise exc
 
 
 #: How a run fixes a model whose head is not the dataset's class count.
@@ -767,16 +855,67 @@ def write_tables(out: Store, results: pd.DataFrame, summary: pd.DataFrame) -> di
 def _model_info(model: nn.Module, digest: str, identity: str) -> dict[str, Any]:
     """What plots and reports need to know about a model: class, size, temperature, weights
     (``sha256``: :func:`~attrib_bench.runners.cache.model_digest`; ``identity``: what keys its
-    cache entries, :func:`~attrib_bench.runners.cache.model_identity`)."""
+    cache entries, :func:`~attrib_bench.runners.cache.model_identity`; ``checkpoint_sha256``:
+    the weights file a module records it was loaded from,
+    :func:`~attrib_bench.models.protocols.checkpoint_sha256`)."""
     temperature = getattr(model, "temperature", None)
     info = {"class": type(model).__qualname__,
             "parameters": count_parameters(model),
             "temperature": float(temperature) if isinstance(temperature, (int, float)) else None,
             "sha256": digest, "identity": identity}
-    checkpoint_sha256 = getattr(model, "checkpoint_sha256", None)
+    checkpoint_sha256 = protocols.checkpoint_sha256(model)
     if checkpoint_sha256:  # a library model's weights file (torchvision:/timm: --checkpoint)
         info["checkpoint_sha256"] = checkpoint_sha256
     return info
+
+
+def _inherited_defaults(registry: Registry, name: str) -> dict[str, Any]:
+    """Defaults a class taking ``**kwargs`` passes on to its bases (a plugin's
+    ``__init__(self, model, *, power=1.0, **kw)``: the base's max_batch and seed)."""
+    target = hparams.unwrap(registry.get(name).factory)[0] if name in registry else None
+    init = getattr(target, "__init__", None) if inspect.isclass(target) else None
+    try:
+        takes_any = init is not None and any(
+            p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values())
+    except (TypeError, ValueError):
+        takes_any = False
+    found: dict[str, Any] = {}
+    for base in target.__mro__[1:] if takes_any else ():
+        if "__init__" in vars(base) and base is not object:
+            for key, spec in hparams.hparams_of(base).items():
+                found.setdefault(key, spec.default)
+    return found
+
+
+def _origin(registry: Registry, name: str) -> dict[str, Any]:
+    """Where ``name``'s factory comes from: its class, the plugin module that registered it
+    (None for the built-in ones) and that module file's sha256."""
+    target = hparams.unwrap(registry.get(name).factory)[0] if name in registry else None
+    module = str(getattr(target, "__module__", "") or "")
+    plugin = None if not module or module.startswith("attrib_bench.") else module
+    source = getattr(sys.modules.get(plugin or ""), "__file__", None)
+    return {"class": f"{module}.{getattr(target, '__qualname__', name)}", "plugin": plugin,
+            **({"plugin_sha256": sha256_file(source)}
+               if source and os.path.isfile(source) else {})}
+
+
+def _built(jobs: list[PartJob]) -> dict[str, dict[str, Any]]:
+    """Each planned method's and metric's :func:`_origin` and hyper-parameters as built
+    (inherited defaults, the resolved configuration, the metric's own ``hparams``)."""
+    built: dict[str, dict[str, Any]] = {"methods": {}, "metrics": {}}
+    for job in jobs:
+        if job.part.method not in built["methods"]:
+            built["methods"][job.part.method] = {
+                **_origin(METHODS, job.part.method),
+                "hparams": {**_inherited_defaults(METHODS, job.part.method),
+                            **job.method_config}}
+        if job.part.metric not in built["metrics"]:
+            config = {k: v for k, v in job.metric_config.items() if k != "name"}
+            built["metrics"][job.part.metric] = {
+                **_origin(METRICS, job.part.metric),
+                "hparams": {**_inherited_defaults(METRICS, job.part.metric), **config,
+                            **dict(getattr(job.metric, "hparams", {}) or {})}}
+    return built
 
 
 def _manifest_extras(results: pd.DataFrame, plan: Plan, done: list[ChunkResult],
@@ -786,47 +925,7 @@ def _manifest_extras(results: pd.DataFrame, plan: Plan, done: list[ChunkResult],
     :func:`~attrib_bench.registry.method_display`) and ``built`` (each method's and metric's
     class, the plugin module that registered it, if any, and its hyper-parameters as built,
     defaults and the run's seed included, for plugins as for the built-in ones)."""
-    from attrib_bench.hparams import hparams_of, unwrap
-    from attrib_bench.registry import METHODS, METRICS, Registry, method_display
-
-    def inherited(registry: Registry, name: str) -> dict[str, Any]:
-        """Defaults a class taking ``**kwargs`` passes on to its bases (a plugin's
-        ``__init__(self, model, *, power=1.0, **kw)``: the base's max_batch and seed)."""
-        target = unwrap(registry.get(name).factory)[0] if name in registry else None
-        init = getattr(target, "__init__", None) if inspect.isclass(target) else None
-        try:
-            takes_any = init is not None and any(
-                p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values())
-        except (TypeError, ValueError):
-            takes_any = False
-        found: dict[str, Any] = {}
-        for base in target.__mro__[1:] if takes_any else ():
-            if "__init__" in vars(base) and base is not object:
-                for key, spec in hparams_of(base).items():
-                    found.setdefault(key, spec.default)
-        return found
-
-    def origin(registry: Registry, name: str) -> dict[str, Any]:
-        target = unwrap(registry.get(name).factory)[0] if name in registry else None
-        module = str(getattr(target, "__module__", "") or "")
-        plugin = None if not module or module.startswith("attrib_bench.") else module
-        source = getattr(sys.modules.get(plugin or ""), "__file__", None)
-        return {"class": f"{module}.{getattr(target, '__qualname__', name)}", "plugin": plugin,
-                **({"plugin_sha256": sha256_file(source)}
-                   if source and os.path.isfile(source) else {})}
-
-    built: dict[str, dict[str, Any]] = {"methods": {}, "metrics": {}}
-    for job in plan.jobs:
-        if job.part.method not in built["methods"]:
-            built["methods"][job.part.method] = {
-                **origin(METHODS, job.part.method),
-                "hparams": {**inherited(METHODS, job.part.method), **job.method_config}}
-        if job.part.metric not in built["metrics"]:
-            config = {k: v for k, v in job.metric_config.items() if k != "name"}
-            built["metrics"][job.part.metric] = {
-                **origin(METRICS, job.part.metric),
-                "hparams": {**inherited(METRICS, job.part.metric), **config,
-                            **dict(getattr(job.metric, "hparams", {}) or {})}}
+    built = _built(plan.jobs)
     maps = sum((r.cache for r in done), CacheStats())
     return {
         "display": method_display(built["methods"]),

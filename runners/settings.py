@@ -1,5 +1,7 @@
 """What a run was asked for, checked and resolved before anything is built: names, settings,
-sizes and the executor's options, into one :class:`~attrib_bench.runners.jobs.RunConfig`.
+sizes and the executor's options, into one :class:`RunSettings` (built by :func:`run_settings`
+from a :class:`RunRequest`, the same for ``run()`` and ``attrib-bench run``), whose ``config``
+is the :class:`~attrib_bench.runners.jobs.RunConfig`: what the run computes.
 
 Every check here is one :class:`~attrib_bench.errors.AttribBenchError` line naming the fix;
 hyper-parameters are parsed and checked against their factories' declared types
@@ -10,8 +12,12 @@ configuration (defaults and the run's seed included).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
-from typing import Any
+import functools
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from attrib_bench import hparams
 from attrib_bench.data import dataset_options as resolve_dataset_options
@@ -20,6 +26,10 @@ from attrib_bench.errors import RunError, SettingError
 from attrib_bench.imageset import BaseImageSet
 from attrib_bench.registry import DATASETS, METHODS, METRICS
 from attrib_bench.runners.jobs import RunConfig
+from attrib_bench.runners.storage import Store
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: ``run(executor=...)``: in this process (no Dask import), or Dask tasks.
 EXECUTORS = ("local", "dask")
@@ -175,15 +185,6 @@ def not_selected(name: str, methods: list[str], metrics: list[str], what: str) -
     return f"{what}: {name!r} {why}: {hint}"
 
 
-def _merge_text(resolver: Any, name: str, config: dict[str, Any], text: Mapping[str, str],
-                *args: Any) -> dict[str, Any]:
-    """``config`` with the ``--set`` values in ``text`` parsed to their declared types."""
-    if not text:
-        return config
-    parsed = resolver(name, text, *args, from_text=True)
-    return {**config, **{key: parsed[key] for key in text}}
-
-
 def check_executor(executor: str, scheduler: str | None, workers: int | None,
                    client: Any) -> None:
     """The executor options make sense together (one line naming the fix if not)."""
@@ -239,19 +240,55 @@ def run_config(models: list[str], methods: str | Iterable[str], metrics: str | I
     dataset_name, split, options = resolve_dataset(dataset, dataset_options)
     if image_size is None:
         image_size = dataset_image_size(dataset, options)
-    metric_names = split_names(metrics)
-    all_metrics = metric_names == ["all"]
-    if all_metrics:
-        metric_names = METRICS.names()
-    for name in metric_names:
-        METRICS.get(name)  # unknown names fail here, with close matches
-    method_names = split_names(methods)
-    all_methods = method_names == ["all"]
-    for name in method_names:
-        if name != "all":
-            METHODS.get(name)
+    metric_names, all_metrics = _metric_names(metrics)
+    method_names, all_methods = _method_names(methods)
     if checkpoint is not None and len(models) != 1:
         raise RunError("--checkpoint applies to one model: run one --model per checkpoint")
+    _check_counts(n_samples, chunk_size, seed)
+    n_samples = None if n_samples is None else int(n_samples)
+    chunk_size, seed = int(chunk_size), int(seed)
+    text_methods, text_metrics = parse_settings(settings, method_names, metric_names)
+    _check_given(method_hparams, metric_hparams, method_names, metric_names)
+    from_data: dict[str, Any] = {"image_size": list(image_size) if image_size else None,
+                                 "methods": {}, "metrics": {}}
+    method_configs = _method_configs(method_names, method_hparams, text_methods, image_size,
+                                     seed, from_data["methods"])
+    metric_configs = _metric_configs(metric_names, metric_hparams, text_metrics, dataset,
+                                     from_data["metrics"])
+    if n_samples is not None:
+        _set_sample_counts(n_samples, metric_configs, metric_hparams, text_metrics,
+                           from_data["metrics"])
+    return RunConfig(models, method_names, metric_names, n_samples, chunk_size, seed,
+                     dataset_name, split, checkpoint, method_configs, metric_configs,
+                     all_methods, all_metrics, options, from_data)
+
+
+def _metric_names(metrics: str | Iterable[str]) -> tuple[list[str], bool]:
+    """The selected metrics (every registered one for "all") and whether they were "all";
+    an unknown name is one line with its close matches."""
+    names = split_names(metrics)
+    every = names == ["all"]
+    if every:
+        names = METRICS.names()
+    for name in names:
+        METRICS.get(name)  # unknown names fail here, with close matches
+    return names, every
+
+
+def _method_names(methods: str | Iterable[str]) -> tuple[list[str], bool]:
+    """The selected methods (every registered one for "all") and whether they were "all";
+    an unknown name is one line with its close matches."""
+    names = split_names(methods)
+    every = names == ["all"]
+    for name in names:
+        if name != "all":
+            METHODS.get(name)
+    return (METHODS.names() if every else names), every
+
+
+def _check_counts(n_samples: Any, chunk_size: Any, seed: Any) -> None:
+    """``--n-samples`` (None or an int >= 1), ``--chunk-size`` (an int >= 1) and ``--seed``
+    (an int in [0, :data:`MAX_SEED`]), each one line naming the fix if not."""
     if n_samples is not None and (not _is_int(n_samples) or n_samples < 1):
         raise RunError(f"--n-samples must be an int >= 1, got {_shown(n_samples)}")
     if not _is_int(chunk_size) or chunk_size < 1:
@@ -259,55 +296,227 @@ def run_config(models: list[str], methods: str | Iterable[str], metrics: str | I
     if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
         raise RunError(f"--seed must be an int in [0, 2**31 - 1] (a seed every library here "
                        f"takes), got {_shown(seed)}")
-    n_samples = None if n_samples is None else int(n_samples)
-    chunk_size, seed = int(chunk_size), int(seed)
-    selected_methods = METHODS.names() if all_methods else method_names
-    text_methods, text_metrics = parse_settings(settings, selected_methods, metric_names)
-    for kind, given, names in (("method_hparams", method_hparams, selected_methods),
-                               ("metric_hparams", metric_hparams, metric_names)):
+
+
+def _check_given(method_hparams: Mapping[str, Any] | None,
+                 metric_hparams: Mapping[str, Any] | None, methods: list[str],
+                 metrics: list[str]) -> None:
+    """Every name in ``method_hparams``/``metric_hparams`` is a selected method/metric (one
+    :class:`SettingError` line with the close matches if not)."""
+    for kind, given, names in (("method_hparams", method_hparams, methods),
+                               ("metric_hparams", metric_hparams, metrics)):
         for name in given or {}:
             if name not in names:
-                raise SettingError(not_selected(name, selected_methods, metric_names, kind))
-    from_data: dict[str, Any] = {"image_size": list(image_size) if image_size else None,
-                                 "methods": {}, "metrics": {}}
+                raise SettingError(not_selected(name, methods, metrics, kind))
 
-    def configure(names: list[str], given: Mapping[str, Mapping[str, Any]] | None,
-                  text: Mapping[str, Mapping[str, str]], defaults: Any, resolver: Any,
-                  record: dict[str, Any], *args: Any) -> dict[str, dict[str, Any]]:
-        """Each name's config: data defaults (recorded) < Python values < ``--set`` text."""
-        configs = {}
-        for name in names:
-            values = dict((given or {}).get(name, {}))
-            from_dataset = {key: value for key, value in defaults(name).items()
-                            if key not in values and key not in text.get(name, {})}
-            if from_dataset:
-                record[name] = from_dataset
-            configs[name] = _merge_text(resolver, name, resolver(
-                name, {**from_dataset, **values}, *args), text.get(name, {}), *args)
-        return configs
 
-    method_configs = configure(selected_methods, method_hparams, text_methods,
-                               lambda name: image_size_defaults(name, image_size),
-                               resolve_method, from_data["methods"], seed)
-    metric_configs = configure(metric_names, metric_hparams, text_metrics,
-                               lambda name: protocol_defaults(dataset, name), resolve_metric,
-                               from_data["metrics"])
-    if n_samples is not None:
-        for name in metric_names:
-            key = sample_count_key(name)
-            if key is None:
-                continue
-            if key in text_metrics.get(name, {}) or key in (metric_hparams or {}).get(name, {}):
-                raise SettingError(f"--n-samples {n_samples} and {name}.{key} both set the "
-                                   f"number of samples of metric {name!r}: pass one")
-            metric_configs[name][key] = n_samples
-            recorded = from_data["metrics"].get(name, {})
-            recorded.pop(key, None)  # a data default --n-samples replaced is not recorded
-            if not recorded:
-                from_data["metrics"].pop(name, None)
-    return RunConfig(models, selected_methods, metric_names, n_samples, chunk_size, seed,
-                     dataset_name, split, checkpoint, method_configs, metric_configs,
-                     all_methods, all_metrics, options, from_data)
+#: ``resolve(name, values, from_text=False)``: a method's or metric's full configuration.
+Resolver = Callable[..., dict[str, Any]]
+
+
+def _layered(name: str, values: Mapping[str, Any], text: Mapping[str, str],
+             defaults: Mapping[str, Any], resolve: Resolver
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``name``'s configuration, data ``defaults`` < Python ``values`` < ``--set`` ``text``
+    (parsed to the declared types), and the data defaults it took (those the run left unset)."""
+    from_data = {key: value for key, value in defaults.items()
+                 if key not in values and key not in text}
+    config = resolve(name, {**from_data, **values})
+    if text:
+        parsed = resolve(name, text, from_text=True)
+        config = {**config, **{key: parsed[key] for key in text}}
+    return config, from_data
+
+
+def _method_configs(names: list[str], given: Mapping[str, Mapping[str, Any]] | None,
+                    text: Mapping[str, Mapping[str, str]], image_size: tuple[int, int] | None,
+                    seed: int, record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each method's configuration (:func:`_layered`), its data defaults those at
+    ``image_size`` (:func:`image_size_defaults`), recorded in ``record`` by name."""
+    resolve = functools.partial(resolve_method, seed=seed)
+    configs = {}
+    for name in names:
+        configs[name], from_data = _layered(name, dict((given or {}).get(name, {})),
+                                            text.get(name, {}),
+                                            image_size_defaults(name, image_size), resolve)
+        if from_data:
+            record[name] = from_data
+    return configs
+
+
+def _metric_configs(names: list[str], given: Mapping[str, Mapping[str, Any]] | None,
+                    text: Mapping[str, Mapping[str, str]], dataset: str | BaseImageSet,
+                    record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each metric's configuration (:func:`_layered`), its data defaults the dataset's
+    protocol (:func:`protocol_defaults`), recorded in ``record`` by name."""
+    configs = {}
+    for name in names:
+        configs[name], from_data = _layered(name, dict((given or {}).get(name, {})),
+                                            text.get(name, {}),
+                                            protocol_defaults(dataset, name), resolve_metric)
+        if from_data:
+            record[name] = from_data
+    return configs
+
+
+def _set_sample_counts(n_samples: int, configs: dict[str, dict[str, Any]],
+                       given: Mapping[str, Mapping[str, Any]] | None,
+                       text: Mapping[str, Mapping[str, str]], record: dict[str, Any]) -> None:
+    """``--n-samples`` into each metric's ``sample_count`` setting (:func:`sample_count_key`)
+    in ``configs``; a data default it replaces leaves ``record``. Setting the count both ways
+    is one :class:`SettingError` line."""
+    for name, config in configs.items():
+        key = sample_count_key(name)
+        if key is None:
+            continue
+        if key in text.get(name, {}) or key in (given or {}).get(name, {}):
+            raise SettingError(f"--n-samples {n_samples} and {name}.{key} both set the "
+                               f"number of samples of metric {name!r}: pass one")
+        config[key] = n_samples
+        recorded = record.get(name, {})
+        recorded.pop(key, None)  # a data default --n-samples replaced is not recorded
+        if not recorded:
+            record.pop(name, None)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What a run is asked to compute, as the caller gave it (``run()``'s keywords, the CLI's
+    options), before any check: :func:`run_settings` checks it, :meth:`config` resolves it.
+
+    ``models``: registered names ("a,b" or a list) or a mapping name → ``nn.Module``;
+    ``methods``/``metrics``: names or "all"; ``settings``: ``NAME.KEY=VALUE`` text (``--set``);
+    the rest as :func:`~attrib_bench.runners.benchmark.run` documents them. A list or other
+    iterable is kept as a tuple, so that the request can be resolved again (:meth:`config`)."""
+
+    models: str | Iterable[str] | Mapping[str, nn.Module]
+    methods: str | Iterable[str] = "all"
+    metrics: str | Iterable[str] = "all"
+    n_samples: int | None = None
+    chunk_size: int = 32
+    seed: int = 0
+    dataset: str | BaseImageSet = "cifar10"
+    checkpoint: str | None = None
+    dataset_options: Mapping[str, Any] | None = None
+    method_hparams: Mapping[str, Mapping[str, Any]] | None = None
+    metric_hparams: Mapping[str, Mapping[str, Any]] | None = None
+    settings: Iterable[str] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("models", "methods", "metrics", "settings"):
+            value = getattr(self, name)
+            if not isinstance(value, (str, Mapping)):
+                object.__setattr__(self, name, tuple(value))
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The modules given by name (``models`` a mapping); {} for registered names."""
+        return dict(self.models) if isinstance(self.models, Mapping) else {}
+
+    def config(self, image_size: tuple[int, int] | None = None) -> RunConfig:
+        """The checked and resolved :class:`RunConfig` (:func:`run_config`), the methods'
+        size-dependent defaults at ``image_size`` (H, W; None: the dataset's declared size)."""
+        return run_config(split_names(self.models), self.methods, self.metrics,
+                          n_samples=self.n_samples, chunk_size=self.chunk_size, seed=self.seed,
+                          dataset=self.dataset, checkpoint=self.checkpoint,
+                          method_hparams=self.method_hparams, metric_hparams=self.metric_hparams,
+                          settings=self.settings, dataset_options=self.dataset_options,
+                          image_size=image_size)
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """Where a run's chunks are evaluated: ``name`` "local" (this process) or "dask" (on
+    ``client``, a ``distributed.Client``; on the cluster at ``scheduler``, "tcp://host:8786";
+    or on a new ``LocalCluster`` of ``workers`` processes)."""
+
+    name: str = "local"
+    scheduler: str | None = None
+    workers: int | None = None
+    client: Any = None
+
+    def check(self) -> None:
+        """The options make sense together (:func:`check_executor`; one line if not)."""
+        check_executor(self.name, self.scheduler, self.workers, self.client)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A run's options, checked once before anything is loaded or written
+    (:func:`run_settings`): what :func:`~attrib_bench.runners.benchmark.sweep` executes.
+
+    ``config``: what the run computes, at the dataset's declared image size (the runner takes
+    :meth:`at_image_size` of the loaded images); ``modules``: the ``nn.Module`` s given by name
+    ({} for registered names); ``out``/``cache``: the checked run and cache folders (None: a
+    temporary folder, and ``out/cache``); ``device``: "cpu", "cuda", "cuda:N" or "auto";
+    ``data_root``: the dataset's folder (None: the default); ``dry_run``: plan and check only."""
+
+    request: RunRequest
+    config: RunConfig
+    modules: Mapping[str, nn.Module] = field(default_factory=dict)
+    executor: ExecutorOptions = ExecutorOptions()
+    out: Store | None = None
+    cache: Store | None = None
+    device: str = "cpu"
+    data_root: str | Path | None = None
+    overwrite: bool = False
+    dry_run: bool = False
+    progress: bool = True
+
+    def at_image_size(self, image_size: tuple[int, int]) -> RunSettings:
+        """These settings with ``config`` resolved at ``image_size`` (H, W) of the loaded
+        images, where the dataset's metadata did not say it (or said otherwise)."""
+        if self.config.defaults_from_data["image_size"] == list(image_size):
+            return self
+        return replace(self, config=self.request.config(image_size))
+
+
+def run_settings(request: RunRequest, executor: ExecutorOptions | None = None, *,
+                 out: str | Path | None = None, cache: str | Path | None = None,
+                 device: str = "cpu", data_root: str | Path | None = None,
+                 overwrite: bool = False, dry_run: bool = False,
+                 progress: bool = True) -> RunSettings:
+    """``request`` and the run's options as checked :class:`RunSettings`, in this order: the
+    executor's options (None: local), a checkpoint against modules given by name, the request
+    (:func:`run_config`), then ``out`` and ``cache`` (:func:`check_store`). Each mistake is
+    one :class:`~attrib_bench.errors.AttribBenchError` line naming the fix; nothing is loaded
+    or written."""
+    executor = executor or ExecutorOptions()
+    executor.check()
+    modules = request.modules()
+    if request.checkpoint is not None and modules:
+        raise RunError(f"checkpoint={str(request.checkpoint)[:120]!r} cannot be loaded into a "
+                       f"module given to run() ({', '.join(map(repr, modules))[:80]}): load it "
+                       "yourself (model.load_state_dict(...)) or pass the registered model name")
+    config = request.config()
+    return RunSettings(request, config, modules, executor, out=check_store(out),
+                       cache=check_store(cache, "--cache", "cache"), device=device,
+                       data_root=data_root, overwrite=overwrite, dry_run=dry_run,
+                       progress=progress)
+
+
+def check_store(folder: str | Path | None, flag: str = "--out", kind: str = "output"
+                ) -> Store | None:
+    """The run's (or cache's) folder as a :class:`~attrib_bench.runners.storage.Store`,
+    checked before any work: a local folder must be creatable (one :class:`RunError` line
+    naming ``flag`` otherwise); None for None. A local folder is made absolute, so that
+    workers in another directory find it too."""
+    if folder is None:
+        return None
+    try:
+        store = Store(folder)
+    except (ValueError, ImportError) as exc:
+        raise RunError(f"{flag} {str(folder)[:200]!r} is not a folder or fsspec URL that can be "
+                       f"used here ({exc}): pass a local folder") from None
+    if store.local:
+        path = Path(store.root)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+            what = "is not a folder" if not path.is_dir() else "is not writable"
+            raise RunError(f"cannot create the {kind} folder {str(folder)[:200]!r}: "
+                           f"{path} {what}; pass {flag} a folder you can write")
+        store = Store(store.root)
+    return store
 
 
 def output_classes(model: Any, images: BaseImageSet, device: Any = "cpu") -> int:

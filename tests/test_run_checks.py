@@ -33,8 +33,9 @@ from attrib_bench.errors import (
     SettingError,
 )
 from attrib_bench.registry import METHODS, create_method, load_plugins, register_method
-from attrib_bench.runners.benchmark import run
+from attrib_bench.runners.benchmark import run, sweep
 from attrib_bench.runners.jobs import Part
+from attrib_bench.runners.settings import RunRequest, run_settings
 from attrib_bench.runners.storage import Store
 
 CASES = Path(__file__).resolve().parents[2] / "shared" / "cases"
@@ -261,7 +262,11 @@ def test_dry_run_checks_everything_and_writes_nothing(tmp_path):
     out = tmp_path / "dry"
     rows = _run(out, methods="grad,ixg", dry_run=True)
     assert rows.empty and not out.exists()
-    assert [job.method for job in run.last_plan.jobs] == ["grad", "ixg"]
+    request = RunRequest({"toy": _model()}, "grad,ixg", "pixel-removal", dataset=_data(),
+                         settings=CHEAP, chunk_size=2)
+    outcome = sweep(run_settings(request, out=out, progress=False, dry_run=True))
+    assert outcome.results.empty and not out.exists()
+    assert [job.method for job in outcome.plan.jobs] == ["grad", "ixg"]
 
 
 def test_output_folder_that_cannot_be_created_is_one_line(tmp_path):

@@ -32,8 +32,9 @@ from attrib_bench.cli import cli
 from attrib_bench.data import ImageSet
 from attrib_bench.errors import AttribBenchError, RunError
 from attrib_bench.runners import storage
-from attrib_bench.runners.benchmark import run
+from attrib_bench.runners.benchmark import Plan, run, sweep
 from attrib_bench.runners.jobs import Part
+from attrib_bench.runners.settings import RunRequest, run_settings
 from attrib_bench.runners.storage import Store
 
 CHEAP = ["pixel-removal.steps=4", "pixel-removal.num_images=6"]
@@ -59,6 +60,13 @@ def _run(out, model: nn.Module | None = None, **kw) -> pd.DataFrame:
     return run({"toy": model or _model()}, kw.pop("methods", "grad"), "pixel-removal",
                dataset=_data(), out=out, progress=False, settings=CHEAP,
                chunk_size=kw.pop("chunk_size", 2), **kw)
+
+
+def _plan(out) -> Plan:
+    """The plan of :func:`_run`'s default run in ``out``, from a dry run (nothing is written)."""
+    request = RunRequest({"toy": _model()}, "grad", "pixel-removal", chunk_size=2,
+                         dataset=_data(), settings=CHEAP)
+    return sweep(run_settings(request, out=out, progress=False, dry_run=True)).plan
 
 
 def _chunks(out: Path) -> list[Path]:
@@ -187,10 +195,10 @@ def test_a_full_cache_folder_is_named(tmp_path, monkeypatch, one_line):
 
 
 def test_cli_full_disk_is_one_line(tmp_path, monkeypatch):
-    from attrib_bench.runners import benchmark
+    from attrib_bench.runners import settings
 
-    real = benchmark.run
-    monkeypatch.setattr(benchmark, "run", lambda models, *a, **kw: real(  # the toy, no data
+    real = settings.RunRequest  # what the CLI builds its run from
+    monkeypatch.setattr(settings, "RunRequest", lambda models, *a, **kw: real(  # the toy
         {"toy": _model()}, *a, **{**kw, "dataset": _data(), "settings": CHEAP}))
     _refuse_writes(monkeypatch, errno.ENOSPC, after=1)
     out = tmp_path / "run"
@@ -310,7 +318,7 @@ def test_duplicated_chunks_name_the_plain_re_run_which_recovers(tmp_path, one_li
     part.write_chunk(0, rows)
     from attrib_bench.runners.benchmark import _gather
 
-    plan = run.last_plan
+    plan = _plan(out)
     config = type("C", (), {"models": ["toy"]})()
     with pytest.raises(RunError) as error:
         _gather(Store(out), config, [job.part for job in plan.jobs])

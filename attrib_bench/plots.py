@@ -83,9 +83,9 @@ __all__ = ["MAX_LAYER_LABELS", "METHOD_ORDER", "RESULT_COLUMNS", "SUMMARY_COLUMN
 
 #: Sideways shift between methods in the temperature figure, in decades of T.
 _DODGE_DECADES = 0.02
-#: Captions of the figures drawn here, by file-stem prefix (a metric's come with its figures).
+#: Captions of the figures drawn here, by file-stem prefix (a metric's come with its figures;
+#: the temperature series' names the metrics' declared panels).
 _CAPTIONS: dict[str, str] = {
-    "temperature": "Localisation and pixel-removal AUC against the CoDA-Nets' temperature.",
     "agreement": "Kendall's τ between method rankings: across metrics (per model) and across "
                  "models (per metric).",
     "contributions": "Contribution maps for each cell's class on a multi-image (Fig. 7).",
@@ -132,7 +132,6 @@ def temperature_series(manifest: Mapping[str, Any] | None, temperatures: Mapping
         groups.setdefault(key, {})[name] = value
     series = [group for group in groups.values() if len(set(group.values())) >= 2]
     return sorted(series, key=lambda group: (-len(set(group.values())), sorted(group)))
-
 
 
 def _series_panels() -> list[tuple[str, SeriesPanel]]:
@@ -256,8 +255,6 @@ def _strip_grid(count: int, size: tuple[float, float], strip: float
     return fig, pairs
 
 
-
-
 def _single_t_strip(ax: plt.Axes, sub: pd.DataFrame, lone: Mapping[str, float],
                     colours: Mapping[str, str], styles: Mapping[str, Mapping[str, str]],
                     twins: Mapping[str, str], high: int) -> None:
@@ -291,8 +288,6 @@ def _hollow_below(ax: plt.Axes, x: np.ndarray, points: pd.DataFrame, high: int, 
     if few.any():
         ax.plot(x[few], points["mean"].to_numpy(float)[few], linestyle="none", marker=marker,
                 markersize=4, markerfacecolor="white", markeredgecolor=colour, zorder=3)
-
-
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -359,8 +354,6 @@ def agreement_figure(taus: pd.DataFrame, by: str = "model",
                  label="Kendall's τ")
     suptitle(fig, "Agreement between method rankings (Kendall's τ of the methods' means)")
     return fig
-
-
 
 
 # ----------------------------------------------------------------------------- Fig. 7, Fig. 8
@@ -526,11 +519,12 @@ def _temperature_figures(tables: RunTables, shown: Sequence[Presentation]
     panels = [(p.metric, panel) for p in shown for panel in p.series_panels]
     if not panels:
         return {}
+    caption = ("Against the CoDA-Nets' temperature: "
+               + " · ".join(panel.label for _, panel in panels) + ".")
     figures = {}
     for i, temperatures in enumerate(temperature_series(tables.manifest, tables.temperatures())):
         stem = "temperature" if i == 0 else f"temperature-{min(temperatures)}"
-        figures[stem] = (temperature_figure(tables.summary, temperatures, panels),
-                         _caption(stem))
+        figures[stem] = (temperature_figure(tables.summary, temperatures, panels), caption)
     return figures
 
 

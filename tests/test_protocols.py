@@ -187,3 +187,21 @@ def test_head_pooling_and_linear_map_are_declared_capabilities(one_line):
     one_line(error, "head_pooling must be 'sum' or 'mean'", "'max'")
     coda = build_coda("xs")
     assert protocols.has(coda, "linear_map") and protocols.head_pooling(coda) == "sum"
+
+
+def test_checkpoint_sha256_is_read_through_protocols():
+    """The weights file a module records (a library model built with a checkpoint), also
+    inside DataParallel; None for a module that records none (issue 42)."""
+    from attrib_bench.models.library import LibraryModel
+
+    plain = nn.Linear(2, 2)
+    assert protocols.checkpoint_sha256(plain) is None
+    plain.checkpoint_sha256 = ""
+    assert protocols.checkpoint_sha256(plain) is None
+    spec = dict(library="torchvision", arch="tiny", mean=(0.5,) * 3, std=(0.25,) * 3,
+                input_size=(3, 8, 8), num_classes=2)
+    digest = "0123456789abcdef" * 4
+    loaded = LibraryModel(nn.Linear(2, 2), **spec, weights="w.pt", checkpoint_sha256=digest)
+    assert protocols.checkpoint_sha256(loaded) == digest
+    assert protocols.checkpoint_sha256(nn.DataParallel(loaded)) == digest
+    assert protocols.checkpoint_sha256(LibraryModel(nn.Linear(2, 2), **spec)) is None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -318,7 +316,7 @@ def _recipe_default(field: str) -> str:
 @click.option("--tf32/--no-tf32", default=False, show_default=True,
               help="CUDA: TF32 matrix products and convolutions (off: IEEE float32).")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format.")
-@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the training step.")
+@click.option("--compile", "compile", is_flag=True, help="torch.compile the training step.")
 @click.option("--lambda", "lambda_reg", type=click.FloatRange(min=0), default=0.0,
               show_default=True,
               help="Add λ·mean|W0→L(x)| of the target class to the loss (paper, Sec. 3.3).")
@@ -338,86 +336,49 @@ def _recipe_default(field: str) -> str:
 @click.option("--test-limit", type=click.IntRange(min=1), default=None,
               help="Evaluate on the first N test images only (smoke tests).")
 @click.option("--quiet", is_flag=True, help="No progress bars (one line per epoch).")
-def train_cmd(model_name: str, temperature: float, norm: str, epochs: int | None,
-              batch_size: int | None, lr: float | None, lr_scaling: str, schedule: str | None,
-              warmup_epochs: float, time_budget: float | None, eval_every: int, amp: str,
-              tf32: bool, channels_last: bool, compile_model: bool, lambda_reg: float,
-              seed: int, device: str, out_dir: str | None, resume: bool,
+def train_cmd(model_name: str, device: str, out_dir: str | None, resume: bool,
               stop_after: int | None, dataset: str, dataset_option_items: tuple[str, ...],
-              data_root: str | None, limit: int | None, test_limit: int | None,
-              quiet: bool) -> None:
+              data_root: str | None, limit: int | None, test_limit: int | None, quiet: bool,
+              **settings: Any) -> None:
     """Train MODEL on a dataset's train split, evaluating on its evaluation split (CIFAR-10 and
     the model family's published recipe by default); export safetensors + sidecar."""
-    from pathlib import Path
-
-    from attrib_bench.data import evaluation_split, get_dataset
+    # ``settings``: the TrainConfig fields given by --temperature … --lambda (None: the recipe's)
     from attrib_bench.evaluation import resolve_device
-    from attrib_bench.registry import MODELS
-    from attrib_bench.runners.settings import check_model_fits
-    from attrib_bench.runners.storage import slug
     from attrib_bench.runners.train import (
         TrainConfig,
-        export,
+        TrainData,
+        TrainJob,
         is_coda,
-        train,
-        training_status,
+        train_and_export,
     )
 
     # the budget counts from the process's start (from the command's if invoked in-process)
     started_at = time.monotonic() if _PROCESS_STARTED_AT is None else _PROCESS_STARTED_AT
-    entry = MODELS.get(model_name)  # unknown names fail here, before any data is read
-    if lambda_reg > 0 and not is_coda(model_name):
+    MODELS.get(model_name)  # unknown names fail here, before any data is read
+    if settings["lambda_reg"] > 0 and not is_coda(model_name):
         raise click.UsageError(f"--lambda needs a CoDA-Net (a model with a linear map "
                                f"W0→L(x)); {model_name} is not one")
     options = _dataset_options(dataset, dataset_option_items)  # and bad datasets here
     torch_device = resolve_device(device)
-    config = TrainConfig.for_model(model_name, temperature=temperature, norm=norm,
-                                   epochs=epochs, batch_size=batch_size, lr=lr,
-                                   lr_scaling=lr_scaling, schedule=schedule,
-                                   warmup_epochs=warmup_epochs, seed=seed,
-                                   time_budget=time_budget, eval_every=eval_every, amp=amp,
-                                   tf32=tf32, channels_last=channels_last,
-                                   compile=compile_model, lambda_reg=lambda_reg)
+    config = TrainConfig.for_model(model_name, **settings)
     config.check()
-    # a CoDA-Net's export names its norm and T (xs-coda-sq-t1000, T the model's own when not
-    # given); other models their name, without ":" (torchvision:resnet18 → torchvision_resnet18)
-    name = (f"{model_name}-{config.norm}-t{config.temperature:g}"
-            if is_coda(model_name) else slug(model_name))
-    run_dir = Path(out_dir or f"runs/train/{name}")
-    if resume and not (run_dir / "checkpoint.pt").exists():
-        click.echo(f"--resume: {run_dir} has no checkpoint.pt yet; starting a new run", err=True)
-    train_set = get_dataset(dataset, "train", root=data_root, **options).subset(limit)
-    test_set = get_dataset(dataset, evaluation_split(dataset), root=data_root,
-                           **options).subset(test_limit)
-    check_model_fits(model_name, entry.metadata, train_set, dataset)
-    if entry.metadata.get("family") == "library" and "num_classes" not in config.model_kwargs:
-        # a library model's head gets the dataset's classes (random init, as the rest)
-        config = dataclasses.replace(config, model_kwargs={**config.model_kwargs,
-                                                           "num_classes": train_set.num_classes})
-    model = train(config, train_set, test_set, run_dir, torch_device, resume=resume,
-                  stop_after_epochs=stop_after, started_at=started_at, bars=not quiet)
-    status = training_status(run_dir)
-    if not status["finished"]:
+    job = TrainJob(config, TrainData(dataset, options, data_root, limit, test_limit),
+                   torch_device, out_dir, resume, stop_after, bars=not quiet)
+    if job.starts_afresh:
+        click.echo(f"--resume: {job.run_dir} has no checkpoint.pt yet; starting a new run",
+                   err=True)
+    outcome = train_and_export(job, started_at)
+    status, sidecar = outcome.status, outcome.sidecar
+    if sidecar is None:
         click.echo(f"stopped after epoch {status['epochs']} (step {status['step']}/"
-                   f"{status['planned_steps']}); continue with --resume --out {run_dir}")
+                   f"{status['planned_steps']}); continue with --resume --out {job.run_dir}")
         return
-    plan_path = run_dir / "plan.json"
-    steps_per_epoch = len(train_set) // config.batch_size
-    extra = {"steps": status["step"], "registered_dataset": dataset,
-             "train_data": train_set.name, "test_data": test_set.name,
-             "train_images": len(train_set), "test_images": len(test_set),
-             "epochs_trained": round(status["step"] / steps_per_epoch, 3),
-             "device": torch.cuda.get_device_name(torch_device)
-             if torch_device.type == "cuda" else "cpu",
-             "plan": json.loads(plan_path.read_text()) if plan_path.exists() else None}
-    accuracy = status["test_accuracy"]
-    sidecar = export(model, config, run_dir / f"{name}.safetensors", dataset=train_set.name,
-                     test_accuracy=accuracy, epochs_done=status["epochs"], extra=extra)
     seconds = time.monotonic() - started_at
+    accuracy = status["test_accuracy"]
     shown = "-" if accuracy is None else f"{accuracy:.2f} %"
-    click.echo(f"{name}: test top-1 {shown} after {extra['epochs_trained']:g} epochs "
-               f"({status['step']} steps) in {seconds:.1f} s; weights "
-               f"{run_dir / sidecar['file']} (sha256 {sidecar['sha256'][:12]}…)")
+    click.echo(f"{job.name}: test top-1 {shown} after {sidecar['epochs_trained']:g} epochs "
+               f"({status['step']} steps) in {seconds:.1f} s; weights {outcome.weights} "
+               f"(sha256 {sidecar['sha256'][:12]}…)")
 
 
 @cli.command("run")

@@ -32,7 +32,11 @@ metric applies to a model's output.
                           (absent: "sum"); DiFull scales the grid's contribution maps by it
                           (:func:`head_pooling`).
 ``linear_map``            ``forward_with_linear_map(x, target) -> (logits, W0→L(x))``: the
-                          dynamic linear map, for ``train --lambda``.
+                          dynamic linear map, for ``train --lambda`` (:func:`linear_map`).
+``keep_projection``       a *layer's* switch (the DAU layers'): True keeps A_oᵀp from the forward
+                          for the backward, faster training for more activation memory;
+                          ``train`` turns it on in every layer that has it
+                          (:func:`keep_projections`).
 ========================  ======================================================================
 
 Methods and metrics ask through the functions here, never by their own ``hasattr``.
@@ -73,6 +77,8 @@ CAPABILITIES: dict[str, tuple[tuple[str, ...], str]] = {
                      "how the head pools its evidence map: 'sum' or 'mean' (DiFull's grids)"),
     "linear_map": (("forward_with_linear_map",),
                    "logits with the dynamic linear map W0→L(x) (train's --lambda term)"),
+    "keep_projection": (("keep_projection",),
+                        "a layer that can keep A_oᵀp for the backward (training speed)"),
 }
 #: The values of the ``head_pooling`` capability; absent means "sum".
 HEAD_POOLINGS: tuple[str, ...] = ("sum", "mean")
@@ -137,6 +143,30 @@ def head_pooling(model: object) -> str:
     contribution maps by the cell count for "mean". Raises :class:`ModelOutputError` for any
     other declared value."""
     return _declared(model, "head_pooling", HEAD_POOLINGS, "sum")
+
+
+def linear_map(model: object, x: torch.Tensor,
+               target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s logits (B, K) and dynamic linear map W0→L(x) of class ``target`` (B,) for
+    images ``x`` (B, 3, H, W) in [0, 1], from one forward pass: its ``forward_with_linear_map``
+    (the ``linear_map`` capability; a DataParallel wrapper's module's). The map has the shape of
+    the model's encoded input (a CoDA-Net's (B, 6, H, W)) and is attached to the parameters
+    (``train --lambda`` penalises its mean absolute value). Raises :class:`ModelOutputError`
+    (one line) if the model has none."""
+    if not has(model, "linear_map"):
+        raise ModelOutputError(f"{model_label(model)} has no forward_with_linear_map (the "
+                               "linear_map capability, a CoDA-Net's W0→L(x))")
+    return unwrap(model).forward_with_linear_map(x, target)
+
+
+def keep_projections(model: torch.nn.Module, keep: bool = True) -> int:
+    """Set ``keep_projection`` on every layer of ``model`` that offers it (the DAU layers:
+    True keeps A_oᵀp from the forward for the backward, speed over activation memory);
+    returns how many layers have it (0 for a model without DAU layers)."""
+    layers = [layer for layer in model.modules() if has(layer, "keep_projection")]
+    for layer in layers:
+        layer.keep_projection = keep
+    return len(layers)
 
 
 def to_probability(logits: torch.Tensor, kind: str) -> torch.Tensor:

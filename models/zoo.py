@@ -4,6 +4,11 @@ A :class:`PretrainedCfg` carries what a user needs to trust a weight file: its f
 sha256 (checked before loading), the dataset, the accuracy measured here, the published one, and
 where it came from. Weight files are looked up in the weights root
 (``$ATTRIB_BENCH_WEIGHTS``, else ``../shared/weights`` beside the checkout).
+
+Weights trained here join the zoo one way only: a weights file with its JSON sidecar (``file``,
+``sha256``, ``config``, ``registered_dataset`` and a ``"zoo"`` section, :func:`zoo_section`), in
+``models/weights/`` (shipped with the package) or in a folder named by ``$ATTRIB_BENCH_ZOO``.
+``attrib-bench train`` exports that form; :func:`register_zoo_folder` reads it.
 """
 
 from __future__ import annotations
@@ -205,7 +210,8 @@ for _name in BCOS_CONFIGS:
     _register_bcos(_name, _name)
 
 
-# Trained here and shipped inside the package (models/weights/): float16 storage, float32 compute.
+#: CoDA-Nets trained here, by zoo name: (size, T, norm, weights), from their sidecars
+#: (:func:`register_zoo_folder`); float16 storage, float32 compute.
 TRAINED: dict[str, tuple[str, float, str, PretrainedCfg]] = {}
 
 
@@ -227,36 +233,6 @@ def _register_trained(name: str, size: str, temperature: float, norm: str,
                family="coda", dataset=cfg.dataset, num_classes=CONFIGS[size].num_classes,
                image_size=CONFIGS[size].image_size, temperature=temperature, pretrained_cfg=cfg,
                trained=True, architecture=f"{size}-coda", norm=norm)
-
-
-XS_RECIPE = "--epochs 6 --batch-size 32 --lr 1e-3 --schedule cosine --warmup-epochs 0.2"
-
-
-def _bundled_xs(temperature: float, sha256: str, accuracy: float, note: str) -> PretrainedCfg:
-    """An xs-coda-sq trained here with :data:`XS_RECIPE`, shipped in ``models/weights``.
-
-    ``accuracy`` is the float16 file's test top-1 measured with ``attrib-bench eval``; the paper
-    has no XS model (its S-CoDA-SQ T=1000: 93.2 %), hence no published figure.
-    """
-    name = f"xs-coda-sq-t{temperature:g}"
-    return PretrainedCfg(
-        file=f"{name}.safetensors", sha256=sha256, dataset="cifar10", accuracy=accuracy,
-        published_accuracy=None,
-        provenance=f"trained here: attrib-bench train --model xs-coda --temperature "
-        f"{temperature:g} {XS_RECIPE} ({note})",
-        license="MIT (attrib-bench)", bundled=True)
-
-
-# float32 weights before export: 82.09, 81.12 and 80.16 % (the sidecars' test_accuracy).
-for _t, _sha, _acc, _note in (
-    (10.0, "8ce9dcd06a5dd879c90d480091b1f1c6fe809097cd52485facf5f83bbeda84ea", 82.11,
-     "2-core CPU, shared; resumed once after epoch 5"),
-    (100.0, "48f01eac610f59a8e3cb118acedb294afb764c5b4b3c31f12d5a59f5ff4876d7", 81.12,
-     "2-core CPU, 80 min, lightly shared"),
-    (1000.0, "de88149eac00ed37d4caef2d886c0a9adef78a8b37ee84abeacec6de692142a6", 80.17,
-     "2-core CPU, 76 min"),
-):
-    _register_trained(f"xs-coda-sq-t{_t:g}", "xs", _t, "sq", _bundled_xs(_t, _sha, _acc, _note))
 
 
 # --------------------------------------------------------------------- zoo entries from sidecars
@@ -286,11 +262,30 @@ def checkpoint_kwargs(name: str, checkpoint: str | Path | None) -> dict[str, Any
     return {key: config[key] for key in ("temperature", "norm") if config.get(key) is not None}
 
 
+#: The licence a zoo section names when its entry says nothing else (weights trained here).
+DEFAULT_LICENSE = "MIT (attrib-bench)"
+
+
+def zoo_section(name: str, *, accuracy: float | None, provenance: str,
+                published_accuracy: float | None = None,
+                license: str = DEFAULT_LICENSE) -> dict[str, Any]:
+    """The ``"zoo"`` section of a weights sidecar: the one form a trained model joins the zoo in.
+
+    ``name`` is the model name it registers as, ``accuracy`` the stored file's test top-1 (%)
+    measured here (None: not measured yet), ``published_accuracy`` the paper's figure (None:
+    none), ``provenance`` how the weights were made. The rest of the sidecar (``file``,
+    ``sha256``, ``config``, ``registered_dataset``) is what :func:`runners.train.export` writes.
+    """
+    return {"name": name, "accuracy": accuracy, "published_accuracy": published_accuracy,
+            "provenance": provenance, "license": license}
+
+
 def zoo_sidecar(weights: str | Path, name: str, dest_dir: str | Path, *,
                 accuracy: float | None, provenance: str, published_accuracy: float | None = None,
-                license: str = "MIT (attrib-bench)") -> Path:
+                license: str = DEFAULT_LICENSE) -> Path:
     """Copy a trained model's safetensors and sidecar (``train``'s export) into ``dest_dir`` as
-    zoo entry ``name``: ``NAME.safetensors`` and ``NAME.json`` with a ``"zoo"`` section.
+    zoo entry ``name``: ``NAME.safetensors`` and ``NAME.json`` whose ``"zoo"`` section
+    (:func:`zoo_section`) is replaced by this one.
 
     The sha256 is checked against the sidecar before anything is written; ``accuracy`` is the
     stored file's top-1 % on the original test set (None: not measured yet). Returns the sidecar
@@ -311,8 +306,8 @@ def zoo_sidecar(weights: str | Path, name: str, dest_dir: str | Path, *,
         shutil.copyfile(weights, target.with_suffix(".tmp"))
         os.replace(target.with_suffix(".tmp"), target)
     sidecar["file"] = target.name
-    sidecar["zoo"] = {"name": name, "accuracy": accuracy, "published_accuracy": published_accuracy,
-                      "provenance": provenance, "license": license}
+    sidecar["zoo"] = zoo_section(name, accuracy=accuracy, provenance=provenance,
+                                 published_accuracy=published_accuracy, license=license)
     out = target.with_suffix(".json")
     out.with_suffix(".tmp").write_text(json.dumps(sidecar, indent=2) + "\n")
     os.replace(out.with_suffix(".tmp"), out)
@@ -331,10 +326,66 @@ def zoo_folders() -> list[Path]:
     return list(_FOLDERS)
 
 
+@dataclass(frozen=True)
+class ZooEntry:
+    """One sidecar's zoo entry: the name it registers, the training config that builds the
+    architecture (``config["model"]``: ``<size>-coda`` or a B-cos architecture; a CoDA-Net's
+    ``temperature`` and ``norm``), and the weights' :class:`PretrainedCfg`."""
+
+    name: str
+    config: dict[str, Any]
+    cfg: PretrainedCfg
+
+
+def read_zoo_sidecar(path: str | Path, bundled: bool = False) -> ZooEntry | None:
+    """The zoo entry of sidecar ``path`` (None: it has no ``"zoo"`` section, e.g. ``plan.json``).
+
+    Every zoo entry, shipped or in a ``$ATTRIB_BENCH_ZOO`` folder, is read here: the weights
+    file and its sha256 (checked at every load) from the sidecar's ``file`` and ``sha256``, the
+    dataset from ``registered_dataset``, accuracy and provenance from the ``"zoo"`` section
+    (:func:`zoo_section`). An architecture the zoo cannot build, or a sidecar without
+    ``registered_dataset``, is one :class:`CheckpointError` line.
+    """
+    path = Path(path)
+    sidecar = json.loads(path.read_text())
+    zoo = sidecar.get("zoo")
+    if not zoo:
+        return None
+    architecture = str(sidecar["config"]["model"])
+    if architecture.removesuffix("-coda") not in CONFIGS and architecture not in BCOS_CONFIGS:
+        raise CheckpointError(f"{path}: zoo sidecars describe CoDA-Nets or B-cos networks, "
+                              f"not {architecture}")
+    if not sidecar.get("registered_dataset"):
+        raise CheckpointError(f"{path}: no registered_dataset (the dataset the model was "
+                              "trained on, which `attrib-bench train` records): add it, "
+                              'e.g. "registered_dataset": "cifar10"')
+    cfg = PretrainedCfg(
+        file=sidecar["file"], sha256=sidecar["sha256"], dataset=sidecar["registered_dataset"],
+        accuracy=zoo.get("accuracy"), published_accuracy=zoo.get("published_accuracy"),
+        provenance=zoo["provenance"], license=zoo.get("license", DEFAULT_LICENSE),
+        bundled=bundled, folder=None if bundled else str(path.parent.resolve()))
+    return ZooEntry(zoo["name"], sidecar["config"], cfg)
+
+
+def _register_entry(entry: ZooEntry, path: Path) -> None:
+    """Register ``entry`` (read from ``path``) as a model: a CoDA-Net of its size, T and norm,
+    or the package's B-cos network; a name already taken is one line."""
+    if entry.name in MODELS.names():
+        raise CheckpointError(f"{path}: model {entry.name!r} is already registered: rename "
+                              "the zoo entry or remove the folder from $ATTRIB_BENCH_ZOO")
+    architecture = entry.config["model"]
+    if architecture in BCOS_CONFIGS:
+        _register_bcos(entry.name, architecture, entry.cfg)
+    else:
+        _register_trained(entry.name, architecture.removesuffix("-coda"),
+                          float(entry.config["temperature"]), entry.config["norm"], entry.cfg)
+
+
 def register_zoo_folder(folder: str | Path, bundled: bool = False) -> list[str]:
     """Register every ``*.json`` sidecar with a ``"zoo"`` section in ``folder``; returns names.
 
-    A CoDA-Net sidecar (config model ``<size>-coda``) becomes ``build_coda(size, norm, T)``, a
+    The one way weights join the zoo, the package's own included (:func:`read_zoo_sidecar`):
+    a CoDA-Net sidecar (config model ``<size>-coda``) becomes ``build_coda(size, norm, T)``, a
     B-cos one (config model ``bcos-resnet20``) the package's network, with the weights' sha256
     checked at load; its ``registered_dataset`` (which `attrib-bench train` records) is the
     entry's dataset. A name that is already registered, or a sidecar without
@@ -343,33 +394,11 @@ def register_zoo_folder(folder: str | Path, bundled: bool = False) -> list[str]:
     folder = Path(folder)
     names = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        sidecar = json.loads(path.read_text())
-        zoo = sidecar.get("zoo")
-        if not zoo:
+        entry = read_zoo_sidecar(path, bundled)
+        if entry is None:
             continue
-        config = sidecar["config"]
-        size = str(config["model"]).removesuffix("-coda")
-        if size not in CONFIGS and config["model"] not in BCOS_CONFIGS:
-            raise CheckpointError(f"{path}: zoo sidecars describe CoDA-Nets or B-cos networks, "
-                                  f"not {config['model']}")
-        if zoo["name"] in MODELS.names():
-            raise CheckpointError(f"{path}: model {zoo['name']!r} is already registered: rename "
-                                  "the zoo entry or remove the folder from $ATTRIB_BENCH_ZOO")
-        if not sidecar.get("registered_dataset"):
-            raise CheckpointError(f"{path}: no registered_dataset (the dataset the model was "
-                                  "trained on, which `attrib-bench train` records): add it, "
-                                  'e.g. "registered_dataset": "cifar10"')
-        cfg = PretrainedCfg(
-            file=sidecar["file"], sha256=sidecar["sha256"], dataset=sidecar["registered_dataset"],
-            accuracy=zoo.get("accuracy"), published_accuracy=zoo.get("published_accuracy"),
-            provenance=zoo["provenance"], license=zoo.get("license", "MIT (attrib-bench)"),
-            bundled=bundled, folder=None if bundled else str(folder.resolve()))
-        if config["model"] in BCOS_CONFIGS:
-            _register_bcos(zoo["name"], config["model"], cfg)
-        else:
-            _register_trained(zoo["name"], size, float(config["temperature"]), config["norm"],
-                              cfg)
-        names.append(zoo["name"])
+        _register_entry(entry, path)
+        names.append(entry.name)
     if folder.resolve() not in {f.resolve() for f in _FOLDERS}:
         _FOLDERS.append(folder)
     return names

@@ -16,6 +16,12 @@ and the model is evaluated and exported before the budget ends; a guard shortens
 schedule if the steps get slower. ``amp="bf16"`` runs the DAU convolutions under bfloat16
 autocast (their norms and scales stay float32), ``channels_last`` and ``compile`` are the usual
 PyTorch switches, ``lambda_reg`` adds the paper's λ·mean|W0→L(x)| of the target class.
+
+:func:`train` runs named steps (:class:`_Trainer`: resume, budget probe, one epoch, guard,
+evaluation, checkpoint, history). :func:`train_and_export` is one ``attrib-bench train`` call
+around it (:class:`TrainJob`: data, run folder, export name, a library model's head size) and
+:func:`export` writes the weights with the sidecar in the one form the zoo registers
+(:func:`attrib_bench.models.zoo.read_zoo_sidecar`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,13 +44,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from attrib_bench.data import BaseImageSet, ImageSet
+from attrib_bench.data import BaseImageSet, ImageSet, evaluation_split, get_dataset
 from attrib_bench.errors import CheckpointError, TrainError
 from attrib_bench.evaluation import predict_logits, set_tf32, top1_accuracy
 from attrib_bench.models import protocols
 from attrib_bench.perf import retain_freed_memory
+from attrib_bench.registry import MODELS, create_model
 from attrib_bench.runners.recipes import RECIPES, Recipe, Schedule, recipe_for  # noqa: F401
-from attrib_bench.runners.settings import check_output_classes
+from attrib_bench.runners.settings import check_model_fits, check_output_classes
+from attrib_bench.runners.storage import slug
 
 Amp = Literal["none", "bf16"]
 LrScaling = Literal["none", "sqrt", "linear"]
@@ -126,8 +134,6 @@ class TrainConfig:
         if not is_coda(self.model):
             return
         if self.temperature is None:
-            from attrib_bench.registry import MODELS
-
             own = MODELS.get(self.model).metadata.get("temperature", 1000.0)
             object.__setattr__(self, "temperature", float(own))
         if self.norm is None:
@@ -135,8 +141,6 @@ class TrainConfig:
 
     def check(self) -> None:
         """One-line :class:`TrainError` for settings that cannot work together."""
-        from attrib_bench.registry import MODELS
-
         metadata = MODELS.get(self.model).metadata
         if metadata.get("trained"):
             flags = (f" --temperature {metadata['temperature']:g} --norm {metadata['norm']}"
@@ -248,15 +252,11 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
 
 def is_coda(model: str) -> bool:
     """Whether registered model ``model`` is a CoDA-Net (has a temperature and DAU norms)."""
-    from attrib_bench.registry import MODELS
-
     return MODELS.get(model).metadata.get("family") == "coda"
 
 
 def build_model(config: TrainConfig) -> nn.Module:
     """A fresh, seeded model for ``config`` (CoDA-Nets get T and the norm)."""
-    from attrib_bench.registry import create_model
-
     torch.manual_seed(config.seed)
     kwargs = dict(config.model_kwargs)
     if is_coda(config.model):
@@ -276,7 +276,8 @@ def make_train_step(model: nn.Module, config: TrainConfig, device: torch.device)
     One step: uint8 (B, 3, H, W) → float in [0, 1] (channels_last if asked), forward under
     bfloat16 autocast if ``config.amp == "bf16"`` (compiled if ``config.compile``), BCE on
     one-hot targets in float32, backward, Adam. With ``lambda_reg`` > 0 the forward is
-    ``model.forward_with_linear_map`` (float32, eager: the λ term needs a double backward), and
+    the model's linear map (:func:`protocols.linear_map`; float32, eager: the λ term needs a
+    double backward), and
     the loss adds ``lambda_reg`` · mean|W0→L(x)_target|. Both returned losses are detached device
     scalars (no host sync).
     """
@@ -295,7 +296,7 @@ def make_train_step(model: nn.Module, config: TrainConfig, device: torch.device)
         x = images.float().div_(255).contiguous(memory_format=memory)
         penalty = zero
         if config.lambda_reg > 0:
-            logits, linear_map = model.forward_with_linear_map(x, labels)
+            logits, linear_map = protocols.linear_map(model, x, labels)
             penalty = linear_map.abs().mean()
             loss = bce_one_hot(logits, labels)
             total = loss + config.lambda_reg * penalty
@@ -342,9 +343,7 @@ def training_model(config: TrainConfig, device: torch.device) -> nn.Module:
     """:func:`build_model` on ``device`` in train mode, set up as training runs it: DAU layers
     keep A_oᵀp for the backward (speed over activation memory), channels_last if asked."""
     model = build_model(config).to(device).train()
-    for layer in model.modules():
-        if hasattr(layer, "keep_projection"):
-            layer.keep_projection = True
+    protocols.keep_projections(model)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -459,6 +458,230 @@ def plan_budget(config: TrainConfig, steps_per_epoch: int, step_s: float, eval_s
     return plan
 
 
+@dataclass(frozen=True)
+class CallOptions:
+    """How one :func:`train` call runs, as opposed to what it trains (:class:`TrainConfig`):
+    none of it is in the checkpoint."""
+
+    resume: bool = False  # continue from ``checkpoint.pt`` if there is one
+    progress: bool = True  # a line per epoch
+    bars: bool = True  # with ``progress``: a progress bar per epoch too
+    stop_after_epochs: int | None = None  # end the call after this many epochs (as a kill would)
+    started_at: float | None = None  # ``time.monotonic()`` when the time budget began (None: now)
+
+
+@dataclass
+class _EpochStats:
+    """One epoch's steps: the last learning rate, the losses summed on the device (no host sync
+    per step), the steps run and their wall-clock seconds."""
+
+    lr: float
+    loss: torch.Tensor
+    penalty: torch.Tensor
+    steps: int
+    seconds: float
+
+
+def _set_up_device(config: TrainConfig, device: torch.device) -> None:
+    if device.type == "cuda":
+        set_tf32(config.tf32)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once
+
+
+class _Trainer:
+    """One :func:`train` call: the model, data, optimizer and counters its named steps share.
+
+    The steps: :meth:`resume`, :meth:`probe_budget`, :meth:`one_epoch` (with :meth:`guard`),
+    :meth:`evaluate`, :meth:`save_checkpoint`, :meth:`record_history`; :meth:`start` and
+    :meth:`run` put them in order.
+    """
+
+    def __init__(self, config: TrainConfig, train_set: BaseImageSet,
+                 test_set: BaseImageSet | None, out_dir: Path, device: torch.device,
+                 options: CallOptions) -> None:
+        self.config, self.test_set, self.device, self.options = config, test_set, device, options
+        self.started_at = time.monotonic() if options.started_at is None else options.started_at
+        self.deadline = (None if config.time_budget is None
+                         else self.started_at + config.time_budget)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir, self.checkpoint_path = out_dir, out_dir / "checkpoint.pt"
+        self.history_path, self.plan_path = out_dir / "history.csv", out_dir / "plan.json"
+        _set_up_device(config, device)
+        self.model = training_model(config, device)
+        check_output_classes(config.model, self.model, train_set, error=TrainError,
+                             device=device,
+                             fix="build it with num_classes={n} (torchvision:/timm: models get "
+                                 "it from `train` itself) or train on a dataset with as many "
+                                 "classes")
+        if device.type == "cpu":
+            retain_freed_memory()
+        self.step_fn = make_train_step(self.model, config, device)
+        self.images = training_images(train_set, device)
+        self.labels = train_set.labels.to(device)
+        self.steps_per_epoch = len(self.images) // config.batch_size  # drop the last partial batch
+        if self.steps_per_epoch < 1:
+            raise TrainError(f"--batch-size {config.batch_size} is larger than the train set "
+                             f"({len(self.images)} images): use a smaller batch")
+        self.epoch, self.step, self.planned = 0, 0, config.epochs * self.steps_per_epoch
+        self.plan: BudgetPlan | None = None
+        self.train_seconds, self.steps_this_call, self.epochs_this_call = 0.0, 0, 0
+        self.guard_every = 1
+
+    def resume(self) -> dict[str, Any] | None:
+        """With ``resume``: the model, epoch, step and planned steps from ``checkpoint.pt`` (if
+        there is one; made with the same result fields, else one :class:`CheckpointError`
+        line), history rows after it dropped, the budget plan re-read. Without: the history and
+        plan of an earlier run removed. Returns the checkpoint (None: a fresh start)."""
+        if not self.options.resume:
+            self.history_path.unlink(missing_ok=True)
+            self.plan_path.unlink(missing_ok=True)
+            return None
+        if not self.checkpoint_path.exists():
+            return None
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        saved = {**_config_dict(TrainConfig()), **state["config"]}  # older runs: defaults
+        if _result_fields(saved) != _result_fields(_config_dict(self.config)):
+            raise CheckpointError(
+                f"{self.checkpoint_path} was made with another config: "
+                "use a new --out, or the options it was started with"
+            )
+        self.model.load_state_dict(state["model"])
+        self.epoch = int(state["epoch"])
+        self.step = int(state.get("step", self.epoch * self.steps_per_epoch))
+        self.planned = int(state.get("planned_steps", self.planned))
+        _truncate_history(self.history_path, self.epoch)
+        if self.plan_path.exists():
+            self.plan = BudgetPlan(**json.loads(self.plan_path.read_text()))
+        return state
+
+    def probe_budget(self, fresh: bool) -> None:
+        """The time budget's probe: seconds per step, per evaluation and per checkpoint, then
+        the plan (:func:`plan_budget`) of a ``fresh`` run, or the checkpoint's planned steps of
+        a resumed one; written to ``plan.json``."""
+        config, budget = self.config, self.config.time_budget
+        step_s, probe_steps, checkpoint_s = _probe_step_seconds(
+            self.model, config, self.device, self.step_fn, self.images, self.labels,
+            min(3.0, 0.03 * budget), self.out_dir)
+        eval_s = _time_eval(self.model, self.test_set, self.device)
+        if fresh:
+            self.plan = plan_budget(config, self.steps_per_epoch, step_s, eval_s, checkpoint_s,
+                                    time.monotonic() - self.started_at, probe_steps)
+            self.planned = self.plan.planned_steps
+        elif self.plan is None:
+            self.plan = BudgetPlan(budget, 0.0, probe_steps, step_s, eval_s, checkpoint_s,
+                                   max(0.5, 0.01 * budget), self.planned,
+                                   self.planned / self.steps_per_epoch)
+        _write_json(self.plan_path, asdict(self.plan))
+
+    def start(self) -> None:
+        """Resume (or start afresh), probe the budget if there is one, restore the optimizer."""
+        state = self.resume()
+        self.optimizer = make_optimizer(self.model, self.config, self.device)
+        if self.deadline is not None:
+            self.probe_budget(fresh=state is None)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.guard_every = max(1, min(25, self.planned // 20))  # short plans: every step
+
+    def one_epoch(self) -> _EpochStats:
+        """The steps of epoch ``self.epoch`` (fewer where the plan ends inside it): data order
+        and augmentation from a generator seeded with (seed, epoch), so a resumed run repeats
+        them; the :meth:`guard` every ``guard_every`` steps of a budgeted run."""
+        config, device = self.config, self.device
+        generator = torch.Generator(device).manual_seed(config.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.images), generator=generator, device=device)
+        self.model.train()
+        started, first_step, lr = time.monotonic(), self.step, float("nan")
+        loss, penalty = torch.zeros((), device=device), torch.zeros((), device=device)
+        bar = self._progress_bar()
+        for index in range(self.steps_per_epoch):
+            if self.step >= self.planned:
+                break
+            total_epochs = (self.planned / self.steps_per_epoch if self.deadline is not None
+                            else None)
+            lr = learning_rate(config, self.epoch + index / self.steps_per_epoch, total_epochs)
+            idx = order[index * config.batch_size:(index + 1) * config.batch_size]
+            batch = augment(self.images[idx], generator, config.crop_padding, config.flip)
+            step_loss, step_penalty = self.step_fn(self.optimizer, batch, self.labels[idx], lr)
+            loss += step_loss
+            penalty += step_penalty
+            self.step += 1
+            self.steps_this_call += 1
+            bar.update(1)
+            if self.step % 25 == 0:
+                bar.set_postfix(loss=f"{loss.item() / (self.step - first_step):.4f}")
+            if self.plan is not None and self.step % self.guard_every == 0:
+                self.guard(started)
+        bar.close()
+        _sync(device)
+        seconds = time.monotonic() - started
+        self.train_seconds += seconds
+        return _EpochStats(lr, loss, penalty, self.step - first_step, seconds)
+
+    def _progress_bar(self) -> tqdm:
+        epochs = math.ceil(self.planned / self.steps_per_epoch)
+        return tqdm(total=min(self.steps_per_epoch, self.planned - self.step), unit="batch",
+                    leave=False, desc=f"epoch {self.epoch + 1}/{epochs}",
+                    disable=not (self.options.progress and self.options.bars),
+                    dynamic_ncols=True)
+
+    def guard(self, epoch_started: float) -> None:
+        """Shorten the planned steps (:func:`_guard`) if this call's steps got slower than the
+        plan allows before the deadline."""
+        _sync(self.device)
+        now = time.monotonic()
+        rate = (self.train_seconds + now - epoch_started) / self.steps_this_call
+        self.planned = _guard(self.plan, self.step, self.planned, rate, now, self.deadline,
+                              self.steps_per_epoch, self.config, self.epoch)
+
+    def evaluate(self) -> float:
+        """Test top-1 (%) after the last step and every ``eval_every`` epochs, else NaN."""
+        finished = self.step >= self.planned
+        due = finished or (self.config.eval_every and self.epoch % self.config.eval_every == 0)
+        if self.test_set is None or not due:
+            return float("nan")
+        logits = predict_logits(self.model, self.test_set, 500, self.device, progress=False)
+        return top1_accuracy(logits, self.test_set.labels)
+
+    def save_checkpoint(self) -> None:
+        """``checkpoint.pt``, atomically: config, epoch, step, planned steps, model, optimizer."""
+        _atomic_torch_save({"config": _config_dict(self.config), "epoch": self.epoch,
+                            "step": self.step, "planned_steps": self.planned,
+                            "model": self.model.state_dict(),
+                            "optimizer": self.optimizer.state_dict()}, self.checkpoint_path)
+
+    def record_history(self, stats: _EpochStats, accuracy: float) -> dict[str, Any]:
+        """Append the epoch's row to ``history.csv`` (and rewrite ``plan.json``, whose replans
+        may have grown); returns the row."""
+        steps = max(stats.steps, 1)
+        row = {"epoch": self.epoch, "step": self.step, "planned_steps": self.planned,
+               "lr": f"{stats.lr:.6g}", "train_loss": f"{stats.loss.item() / steps:.6f}",
+               "lambda_penalty": f"{stats.penalty.item() / steps:.6g}",
+               "test_accuracy": f"{accuracy:.2f}", "epoch_seconds": f"{stats.seconds:.1f}",
+               "images_per_s": f"{stats.steps * self.config.batch_size / stats.seconds:.1f}"}
+        _append_history(self.history_path, row)
+        if self.plan is not None:
+            _write_json(self.plan_path, asdict(self.plan))
+        return row
+
+    def run(self) -> nn.Module:
+        """Epochs until the plan's last step (or ``stop_after_epochs``), each evaluated (when
+        due), checkpointed and recorded; the model in eval mode, contiguous."""
+        stop = self.options.stop_after_epochs
+        while self.step < self.planned and (stop is None or self.epochs_this_call < stop):
+            stats = self.one_epoch()
+            self.epoch += 1
+            self.epochs_this_call += 1
+            accuracy = self.evaluate()
+            self.save_checkpoint()
+            row = self.record_history(stats, accuracy)
+            if self.options.progress:
+                tqdm.write(f"epoch {self.epoch}: step {self.step}/{self.planned}, loss "
+                           f"{row['train_loss']}, test top-1 {accuracy:.2f} %, "
+                           f"{stats.seconds:.0f} s ({row['images_per_s']} img/s)")
+        return self.model.to(memory_format=torch.contiguous_format).eval()
+
+
 def train(config: TrainConfig, train_set: BaseImageSet, test_set: BaseImageSet | None,
           out_dir: str | Path, device: str | torch.device = "cpu", resume: bool = False,
           progress: bool = True,
@@ -472,137 +695,16 @@ def train(config: TrainConfig, train_set: BaseImageSet, test_set: BaseImageSet |
     ``out_dir/plan.json`` (:class:`BudgetPlan`). ``started_at`` (``time.monotonic()``) is when the
     budget began (default: now; the CLI passes its own start, so reading the data counts).
     ``stop_after_epochs`` ends the call early (as a kill would) — for tests and time-boxed runs.
-    ``progress``: a line per epoch, and with ``bars`` a progress bar. The returned model is in
-    eval mode, float32, contiguous.
+    ``progress``: a line per epoch, and with ``bars`` a progress bar (:class:`CallOptions`). The
+    returned model is in eval mode, float32, contiguous. Raises :class:`TrainError` (settings,
+    budget) and :class:`CheckpointError` (a resume with another config), one line each.
     """
-    started_at = time.monotonic() if started_at is None else started_at
+    options = CallOptions(resume, progress, bars, stop_after_epochs,
+                          time.monotonic() if started_at is None else started_at)
     config.check()
-    deadline = None if config.time_budget is None else started_at + config.time_budget
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    checkpoint_path, history_path = out_dir / "checkpoint.pt", out_dir / "history.csv"
-    plan_path = out_dir / "plan.json"
-    if device.type == "cuda":
-        set_tf32(config.tf32)
-        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once
-    model = training_model(config, device)
-    check_output_classes(config.model, model, train_set, error=TrainError, device=device,
-                         fix="build it with num_classes={n} (torchvision:/timm: models get it "
-                             "from `train` itself) or train on a dataset with as many classes")
-    if device.type == "cpu":
-        retain_freed_memory()
-    step_fn = make_train_step(model, config, device)
-    images = training_images(train_set, device)
-    labels = train_set.labels.to(device)
-    steps_per_epoch = len(images) // config.batch_size  # drop the last partial batch
-    if steps_per_epoch < 1:
-        raise TrainError(f"--batch-size {config.batch_size} is larger than the train set "
-                         f"({len(images)} images): use a smaller batch")
-
-    start_epoch, step, planned, plan = 0, 0, config.epochs * steps_per_epoch, None
-    state = None
-    if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        saved = {**_config_dict(TrainConfig()), **state["config"]}  # older runs: defaults
-        if _result_fields(saved) != _result_fields(_config_dict(config)):
-            raise CheckpointError(
-                f"{checkpoint_path} was made with another config: "
-                "use a new --out, or the options it was started with"
-            )
-        model.load_state_dict(state["model"])
-        start_epoch = int(state["epoch"])
-        step = int(state.get("step", start_epoch * steps_per_epoch))
-        planned = int(state.get("planned_steps", planned))
-        _truncate_history(history_path, start_epoch)
-        if plan_path.exists():
-            plan = BudgetPlan(**json.loads(plan_path.read_text()))
-    elif not resume:
-        history_path.unlink(missing_ok=True)
-        plan_path.unlink(missing_ok=True)
-
-    optimizer = make_optimizer(model, config, device)
-    if deadline is not None:
-        probe_s = min(3.0, 0.03 * config.time_budget)
-        step_s, probe_steps, checkpoint_s = _probe_step_seconds(
-            model, config, device, step_fn, images, labels, probe_s, out_dir)
-        eval_s = _time_eval(model, test_set, device)
-        if state is None:
-            plan = plan_budget(config, steps_per_epoch, step_s, eval_s, checkpoint_s,
-                               time.monotonic() - started_at, probe_steps)
-            planned = plan.planned_steps
-        elif plan is None:
-            plan = BudgetPlan(config.time_budget, 0.0, probe_steps, step_s, eval_s, checkpoint_s,
-                              max(0.5, 0.01 * config.time_budget), planned,
-                              planned / steps_per_epoch)
-        _write_json(plan_path, asdict(plan))
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-
-    calls_epochs = 0
-    train_seconds, steps_this_call = 0.0, 0
-    guard_every = max(1, min(25, planned // 20))  # short plans are checked every step
-    epoch = start_epoch
-    while step < planned and (stop_after_epochs is None or calls_epochs < stop_after_epochs):
-        generator = torch.Generator(device).manual_seed(config.seed * 100_003 + epoch)
-        order = torch.randperm(len(images), generator=generator, device=device)
-        model.train()
-        started = time.monotonic()
-        total_loss, total_penalty = torch.zeros((), device=device), torch.zeros((), device=device)
-        first_step = step
-        bar = tqdm(total=min(steps_per_epoch, planned - step), unit="batch", leave=False,
-                   desc=f"epoch {epoch + 1}/{math.ceil(planned / steps_per_epoch)}",
-                   disable=not (progress and bars), dynamic_ncols=True)
-        for index in range(steps_per_epoch):
-            if step >= planned:
-                break
-            total_epochs = planned / steps_per_epoch if deadline is not None else None
-            lr = learning_rate(config, epoch + index / steps_per_epoch, total_epochs)
-            idx = order[index * config.batch_size:(index + 1) * config.batch_size]
-            batch = augment(images[idx], generator, config.crop_padding, config.flip)
-            loss, penalty = step_fn(optimizer, batch, labels[idx], lr)
-            total_loss += loss
-            total_penalty += penalty
-            step += 1
-            steps_this_call += 1
-            bar.update(1)
-            if step % 25 == 0:
-                bar.set_postfix(loss=f"{total_loss.item() / (step - first_step):.4f}")
-            if plan is not None and step % guard_every == 0:  # shorten if steps got slower
-                _sync(device)
-                now = time.monotonic()
-                rate = (train_seconds + now - started) / steps_this_call
-                planned = _guard(plan, step, planned, rate, now, deadline, steps_per_epoch,
-                                 config, epoch)
-        bar.close()
-        _sync(device)
-        seconds = time.monotonic() - started
-        train_seconds += seconds
-        done_steps = step - first_step
-        epoch += 1
-        calls_epochs += 1
-        finished = step >= planned
-        accuracy = float("nan")
-        due = finished or (config.eval_every and epoch % config.eval_every == 0)
-        if test_set is not None and due:
-            logits = predict_logits(model, test_set, 500, device, progress=False)
-            accuracy = top1_accuracy(logits, test_set.labels)
-        _atomic_torch_save({"config": _config_dict(config), "epoch": epoch, "step": step,
-                            "planned_steps": planned, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict()}, checkpoint_path)
-        row = {"epoch": epoch, "step": step, "planned_steps": planned, "lr": f"{lr:.6g}",
-               "train_loss": f"{total_loss.item() / max(done_steps, 1):.6f}",
-               "lambda_penalty": f"{total_penalty.item() / max(done_steps, 1):.6g}",
-               "test_accuracy": f"{accuracy:.2f}", "epoch_seconds": f"{seconds:.1f}",
-               "images_per_s": f"{done_steps * config.batch_size / seconds:.1f}"}
-        _append_history(history_path, row)
-        if plan is not None:
-            _write_json(plan_path, asdict(plan))
-        if progress:
-            tqdm.write(f"epoch {epoch}: step {step}/{planned}, loss {row['train_loss']}, test "
-                       f"top-1 {accuracy:.2f} %, {seconds:.0f} s ({row['images_per_s']} img/s)")
-    model = model.to(memory_format=torch.contiguous_format)
-    return model.eval()
+    trainer = _Trainer(config, train_set, test_set, Path(out_dir), torch.device(device), options)
+    trainer.start()
+    return trainer.run()
 
 
 def _guard(plan: BudgetPlan, step: int, planned: int, step_s: float, now: float, deadline: float,
@@ -688,11 +790,16 @@ def export(model: nn.Module, config: TrainConfig, out_path: str | Path, *,
     """Write the weights as safetensors (``dtype`` storage) and a JSON sidecar; return the sidecar.
 
     The sidecar records the config, T, norm, epochs, data, test accuracy, the file's sha256 and
-    the command line that produced it.
+    the command line that produced it, ``extra`` (``attrib-bench train`` adds the run's steps,
+    data and ``registered_dataset``), and a ``"zoo"`` section
+    (:func:`attrib_bench.models.zoo.zoo_section`: name ``out_path``'s stem, accuracy not yet
+    measured on the stored file): the one form in which the zoo registers weights, so the
+    export folder is a zoo folder (``$ATTRIB_BENCH_ZOO``), and ``zoo_sidecar`` renames it.
     """
     from safetensors.torch import save_file
 
     from attrib_bench.checkpoints import sha256_file
+    from attrib_bench.models.zoo import zoo_section
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -703,6 +810,7 @@ def export(model: nn.Module, config: TrainConfig, out_path: str | Path, *,
     save_file(tensors, str(tmp))
     os.chmod(tmp, 0o644)  # safetensors writes 0600; weights are for sharing
     os.replace(tmp, out_path)
+    command = shlex.join([_program(), *sys.argv[1:]])
     sidecar = {
         "file": out_path.name,
         "sha256": sha256_file(out_path),
@@ -711,8 +819,144 @@ def export(model: nn.Module, config: TrainConfig, out_path: str | Path, *,
         "epochs": epochs_done,
         "dataset": dataset,
         "test_accuracy": test_accuracy,
-        "command": shlex.join([_program(), *sys.argv[1:]]),
+        "command": command,
         **(extra or {}),
     }
+    sidecar.setdefault("zoo", zoo_section(out_path.stem, accuracy=None,
+                                          provenance=f"trained here: {command}"))
     out_path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     return sidecar
+
+
+# ----------------------------------------------------------------- one `attrib-bench train` call
+# train_and_export is everything the command does between parsing its options and printing:
+# read the dataset's train and evaluation splits, give a library model a head of the dataset's
+# classes, train and, once the schedule has completed, export NAME.safetensors with the sidecar
+# NAME.json in the one form the zoo registers (attrib_bench.models.zoo.read_zoo_sidecar).
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The data a training run reads: registered dataset ``dataset`` (its ``"train"`` split,
+    and its evaluation split for the test accuracy) with its ``options``, under ``root``;
+    ``limit`` / ``test_limit``: only the first N images of each (smoke tests)."""
+
+    dataset: str = "cifar10"
+    options: dict[str, Any] = field(default_factory=dict)
+    root: str | None = None
+    limit: int | None = None
+    test_limit: int | None = None
+
+    def splits(self) -> tuple[BaseImageSet, BaseImageSet]:
+        """(train set, test set); an unreadable root is the dataset's own one-line error."""
+        train_set = get_dataset(self.dataset, "train", root=self.root,
+                                **self.options).subset(self.limit)
+        test_set = get_dataset(self.dataset, evaluation_split(self.dataset), root=self.root,
+                               **self.options).subset(self.test_limit)
+        return train_set, test_set
+
+
+def export_name(config: TrainConfig) -> str:
+    """The name a run exports (and registers) its weights under: a CoDA-Net's names its norm
+    and T (``xs-coda-sq-t1000``; T the model's own when not given), other models' are their
+    name without ":" (``torchvision:resnet18`` → ``torchvision_resnet18``)."""
+    if is_coda(config.model):
+        return f"{config.model}-{config.norm}-t{config.temperature:g}"
+    return slug(config.model)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One ``train`` call: what to train (``config``), on which ``data``, on which ``device``,
+    in which run folder (``out_dir``; None: ``runs/train/NAME``), whether it continues the
+    folder's checkpoint (``resume``), stops after ``stop_after`` epochs of this call, and shows
+    progress bars (``bars``)."""
+
+    config: TrainConfig
+    data: TrainData
+    device: torch.device = torch.device("cpu")
+    out_dir: str | Path | None = None
+    resume: bool = False
+    stop_after: int | None = None
+    bars: bool = True
+
+    @property
+    def name(self) -> str:
+        """:func:`export_name` of the config."""
+        return export_name(self.config)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/train/{self.name}")
+
+    @property
+    def starts_afresh(self) -> bool:
+        """``resume`` was asked for, but the run folder has no ``checkpoint.pt`` yet."""
+        return self.resume and not (self.run_dir / "checkpoint.pt").exists()
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a ``train`` call left in ``run_dir``: :func:`training_status` (epochs, steps,
+    planned steps, finished, last test accuracy) and, once the schedule completed, the
+    exported weights' sidecar (None: stopped early; ``--resume`` continues)."""
+
+    name: str
+    run_dir: Path
+    status: dict[str, Any]
+    sidecar: dict[str, Any] | None
+
+    @property
+    def weights(self) -> Path | None:
+        return None if self.sidecar is None else self.run_dir / self.sidecar["file"]
+
+
+def with_dataset_head(config: TrainConfig, train_set: BaseImageSet) -> TrainConfig:
+    """``config`` with ``num_classes`` of ``train_set`` for a library model (torchvision:,
+    timm:; its head is initialised at random, as the rest) unless the config sets one; other
+    models' configs unchanged (their class count is checked against the data instead)."""
+    if (MODELS.get(config.model).metadata.get("family") != "library"
+            or "num_classes" in config.model_kwargs):
+        return config
+    return replace(config, model_kwargs={**config.model_kwargs,
+                                                     "num_classes": train_set.num_classes})
+
+
+def run_record(job: TrainJob, config: TrainConfig, train_set: BaseImageSet,
+               test_set: BaseImageSet, status: dict[str, Any]) -> dict[str, Any]:
+    """What the export's sidecar adds about the run: steps, the registered dataset (the zoo
+    entry's), train and test data and sizes, epochs trained (steps / steps per epoch), the
+    device and the time budget's plan (``plan.json``; None without a budget)."""
+    plan_path = job.run_dir / "plan.json"
+    steps_per_epoch = len(train_set) // config.batch_size
+    device = job.device
+    return {"steps": status["step"], "registered_dataset": job.data.dataset,
+            "train_data": train_set.name, "test_data": test_set.name,
+            "train_images": len(train_set), "test_images": len(test_set),
+            "epochs_trained": round(status["step"] / steps_per_epoch, 3),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "plan": json.loads(plan_path.read_text()) if plan_path.exists() else None}
+
+
+def train_and_export(job: TrainJob, started_at: float | None = None) -> TrainOutcome:
+    """Train ``job`` and, once its schedule completed, export ``run_dir/NAME.safetensors``
+    (float16) with its sidecar ``NAME.json`` (:func:`run_record`, and the ``"zoo"`` section).
+
+    ``started_at`` (``time.monotonic()``) is when a time budget began (None: now). Raises
+    :class:`~attrib_bench.errors.RunError` for a model whose classes or input size do not fit
+    the data, and what :func:`~attrib_bench.runners.train.train` raises, one line each.
+    """
+    train_set, test_set = job.data.splits()
+    model_name = job.config.model
+    check_model_fits(model_name, MODELS.get(model_name).metadata, train_set, job.data.dataset)
+    config = with_dataset_head(job.config, train_set)
+    model = train(config, train_set, test_set, job.run_dir, job.device, resume=job.resume,
+                  stop_after_epochs=job.stop_after, started_at=started_at, bars=job.bars)
+    status = training_status(job.run_dir)
+    if not status["finished"]:
+        return TrainOutcome(job.name, job.run_dir, status, None)
+    sidecar = export(model, config, job.run_dir / f"{job.name}.safetensors",
+                     dataset=train_set.name, test_accuracy=status["test_accuracy"],
+                     epochs_done=status["epochs"],
+                     extra=run_record(job, config, train_set, test_set, status))
+    return TrainOutcome(job.name, job.run_dir, status, sidecar)

@@ -17,13 +17,15 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from attrib_bench import hparams
 from attrib_bench.data import dataset_options as resolve_dataset_options
 from attrib_bench.data import evaluation_split
 from attrib_bench.errors import RunError, SettingError
+from attrib_bench.hparams import AtLeast, Between
 from attrib_bench.imageset import BaseImageSet
+from attrib_bench.methods.base import Seed
 from attrib_bench.registry import DATASETS, METHODS, METRICS
 from attrib_bench.runners.jobs import RunConfig
 from attrib_bench.runners.storage import Store
@@ -34,16 +36,26 @@ if TYPE_CHECKING:
 #: ``run(executor=...)``: in this process (no Dask import), or Dask tasks.
 EXECUTORS = ("local", "dask")
 
-#: The largest seed a run takes, as the methods do (skimage's quickshift seeds LIME's
-#: superpixels with a C int); the methods' and metrics' seeds derive from it.
-MAX_SEED = 2**31 - 1
+#: The run's own counts: an int in a declared range (:class:`~attrib_bench.hparams.Between`),
+#: checked by the one converter (:func:`attrib_bench.hparams.violation`) as a method's or
+#: metric's settings are; None allowed where the flag is optional. The seed's range is the
+#: methods' (:data:`~attrib_bench.methods.base.Seed`): their seeds and the metrics' derive from it.
+RUN_COUNTS: dict[str, tuple[Between, bool]] = {
+    "--n-samples": (AtLeast(1), True),
+    "--chunk-size": (AtLeast(1), False),
+    "--seed": (Seed.__metadata__[0], False),
+    "--workers": (AtLeast(1), True),
+}
 
 
-def _is_int(value: Any) -> bool:
-    """An int of any kind (Python's, NumPy's), not a bool."""
-    import numpy as np
-
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+def _check_count(flag: str, value: Any) -> None:
+    """One :class:`RunError` line naming ``flag`` and its range unless ``value`` is an int in
+    it (or None where allowed)."""
+    between, optional = RUN_COUNTS[flag]
+    if optional and value is None:
+        return
+    if hparams.violation(value, Annotated[int, between]) is not None:
+        raise RunError(f"{flag} must be {between.describe(int)}, got {_shown(value)}")
 
 
 def _shown(value: Any) -> str:
@@ -196,8 +208,7 @@ def check_executor(executor: str, scheduler: str | None, workers: int | None,
     if scheduler is not None and workers is not None:
         raise RunError("--scheduler uses an existing cluster and --workers starts a local one: "
                        "pass one of them")
-    if workers is not None and (not _is_int(workers) or workers < 1):
-        raise RunError(f"--workers must be an int >= 1, got {_shown(workers)}")
+    _check_count("--workers", workers)
 
 
 def resolve_dataset(dataset: str | BaseImageSet, options: Mapping[str, Any] | None = None
@@ -288,14 +299,11 @@ def _method_names(methods: str | Iterable[str]) -> tuple[list[str], bool]:
 
 def _check_counts(n_samples: Any, chunk_size: Any, seed: Any) -> None:
     """``--n-samples`` (None or an int >= 1), ``--chunk-size`` (an int >= 1) and ``--seed``
-    (an int in [0, :data:`MAX_SEED`]), each one line naming the fix if not."""
-    if n_samples is not None and (not _is_int(n_samples) or n_samples < 1):
-        raise RunError(f"--n-samples must be an int >= 1, got {_shown(n_samples)}")
-    if not _is_int(chunk_size) or chunk_size < 1:
-        raise RunError(f"--chunk-size must be an int >= 1, got {_shown(chunk_size)}")
-    if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
-        raise RunError(f"--seed must be an int in [0, 2**31 - 1] (a seed every library here "
-                       f"takes), got {_shown(seed)}")
+    (an int in [0, :data:`~attrib_bench.methods.base.MAX_SEED`]), each one line naming the fix
+    if not (:data:`RUN_COUNTS`)."""
+    _check_count("--n-samples", n_samples)
+    _check_count("--chunk-size", chunk_size)
+    _check_count("--seed", seed)
 
 
 def _check_given(method_hparams: Mapping[str, Any] | None,

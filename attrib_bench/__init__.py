@@ -4,9 +4,8 @@ The public API: the registries (``create_model``, ``list_models``, ``register_mo
 for methods, metrics and datasets), the data helpers, and the errors users may catch.
 """
 
-from attrib_bench.data import FileImageSet, GridDataset, ImageSet, get_dataset, load_cifar10
-from attrib_bench.errors import AttribBenchError
-from attrib_bench.registry import (
+from attrib_bench.core.errors import AttribBenchError
+from attrib_bench.core.registry import (
     create_method,
     create_metric,
     create_model,
@@ -20,8 +19,19 @@ from attrib_bench.registry import (
     register_metric,
     register_model,
 )
+from attrib_bench.data import FileImageSet, ImageSet, get_dataset, load_cifar10
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``GridDataset`` on first use: it lives with the localisation metric
+    (:mod:`attrib_bench.metrics.grids`), which ``import attrib_bench`` does not load."""
+    if name == "GridDataset":
+        from attrib_bench.metrics.grids import GridDataset
+
+        return GridDataset
+    raise AttributeError(f"module 'attrib_bench' has no attribute {name!r}")
 
 
 def run(*args, **kwargs):  # noqa: ANN002, ANN003 - the signature is runners.benchmark.run's

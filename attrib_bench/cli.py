@@ -10,8 +10,8 @@ from typing import Any
 import click
 import torch
 
-from attrib_bench.errors import AttribBenchError
-from attrib_bench.registry import (
+from attrib_bench.core.errors import AttribBenchError
+from attrib_bench.core.registry import (
     DATASETS,
     METHODS,
     METRICS,
@@ -74,7 +74,7 @@ class _Group(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool) -> None:
     """Benchmark attribution methods on image classifiers (CoDA-Nets and baselines)."""
-    from attrib_bench.perf import retain_freed_memory
+    from attrib_bench.core.perf import retain_freed_memory
 
     ctx.meta["attrib_bench.debug"] = debug
     # Every command runs fixed-shape batches: keeping freed memory avoids page faults that cost
@@ -87,7 +87,7 @@ def cli(ctx: click.Context, plugins: tuple[str, ...], debug: bool) -> None:
 
 def _model_rows(names: list[str]) -> list[tuple[str, ...]]:
     """One row per model: name, parameters (counted on the meta device, no memory), weights."""
-    from attrib_bench.evaluation import count_parameters
+    from attrib_bench.core.evaluation import count_parameters
 
     rows = [("name", "params", "paper", "dataset", "weights", "description")]
     for name in names:
@@ -160,7 +160,7 @@ def _dataset_rows(names: list[str]) -> list[tuple[str, ...]]:
 
 def _print_hparams(registry: Registry, names: list[str]) -> None:
     """Each name with its description, then one line per hyper-parameter: type = default."""
-    from attrib_bench.hparams import hparams_of
+    from attrib_bench.core.hparams import hparams_of
 
     width = max((len(n) for n in names), default=0)
     for name in names:
@@ -173,9 +173,9 @@ def _print_hparams(registry: Registry, names: list[str]) -> None:
 
 def _check_checkpoint(path: str | None) -> None:
     """``--checkpoint FILE`` exists and can be read, checked before any model is built: one
-    :class:`~attrib_bench.errors.CheckpointError` line otherwise (a model factory that ignores
+    :class:`~attrib_bench.core.errors.CheckpointError` line otherwise (a model factory that ignores
     or mishandles the file must never be where a wrong path shows up)."""
-    from attrib_bench.errors import CheckpointError
+    from attrib_bench.core.errors import CheckpointError
 
     if path is None:
         return
@@ -208,8 +208,8 @@ def _dataset_flags(command: Any) -> Any:
 def _dataset_options(name: str, items: tuple[str, ...]) -> dict[str, Any]:
     """``--dataset-option KEY=VALUE`` items as dataset ``name``'s full options, each value parsed
     to its declared type (:func:`attrib_bench.data.dataset_options`); one line if one is bad."""
+    from attrib_bench.core.errors import SettingError
     from attrib_bench.data import dataset_options
-    from attrib_bench.errors import SettingError
 
     given: dict[str, str] = {}
     for item in items:
@@ -244,9 +244,10 @@ def eval_cmd(model_name: str, split: str | None, limit: int | None, batch_size: 
              dataset: str, dataset_option_items: tuple[str, ...], data_root: str | None,
              download: bool, checkpoint: str | None, weights_root: str | None) -> None:
     """Top-1 accuracy of MODEL on a dataset (CIFAR-10's test split by default)."""
+    from attrib_bench.core.evaluation import resolve_device, top1_accuracy
+    from attrib_bench.core.registry import MODELS, create_model
     from attrib_bench.data import evaluation_split, get_dataset
-    from attrib_bench.evaluation import predict_logits, resolve_device, top1_accuracy
-    from attrib_bench.registry import MODELS, create_model
+    from attrib_bench.data.predict import predict_logits
     from attrib_bench.runners.settings import check_model_fits, check_output_classes
 
     MODELS.get(model_name)  # an unknown name fails first, before any data is read
@@ -330,7 +331,7 @@ def _recipe_default(field: str) -> str:
 @_dataset_flags
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help=_DATA_ROOT_HELP[:-1] + "; for CIFAR-10 also a folder packed by `python -m "
-                   "attrib_bench.packed`.")
+                   "attrib_bench.data.packed`.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Train on the first N training images only (smoke tests).")
 @click.option("--test-limit", type=click.IntRange(min=1), default=None,
@@ -343,7 +344,7 @@ def train_cmd(model_name: str, device: str, out_dir: str | None, resume: bool,
     """Train MODEL on a dataset's train split, evaluating on its evaluation split (CIFAR-10 and
     the model family's published recipe by default); export safetensors + sidecar."""
     # ``settings``: the TrainConfig fields given by --temperature … --lambda (None: the recipe's)
-    from attrib_bench.evaluation import resolve_device
+    from attrib_bench.core.evaluation import resolve_device
     from attrib_bench.runners.train import (
         TrainConfig,
         TrainData,
@@ -612,9 +613,9 @@ def examples_cmd(model_name: str, methods: str, results_dir: str, count: int, se
                  dataset_option_items: tuple[str, ...], data_root: str | None) -> None:
     """Compute the maps of the qualitative sheets (Fig. 7, Fig. 8) for one model, on a
     dataset's evaluation split (CIFAR-10's test by default)."""
+    from attrib_bench.core.evaluation import resolve_device
+    from attrib_bench.core.registry import create_model
     from attrib_bench.data import evaluation_split, get_dataset
-    from attrib_bench.evaluation import resolve_device
-    from attrib_bench.registry import create_model
     from attrib_bench.runners.examples import compute_examples, examples_file, save_examples
 
     _check_checkpoint(checkpoint)  # before any model is built

@@ -66,7 +66,7 @@ class Family:
 
 def ranks_methods(metric: str) -> bool:
     """Whether ``metric`` ranks methods (its registry metadata ``ranks``, default True)."""
-    from attrib_bench.registry import METRICS
+    from attrib_bench.core.registry import METRICS
 
     return bool(METRICS.get(metric).metadata.get("ranks", True)) if metric in METRICS else True
 
@@ -189,7 +189,7 @@ def family_pairs(family: Family, seed: int = 0) -> pd.DataFrame:
 
 def ordered(methods: Iterable[str]) -> list[str]:
     """Methods in the figures' order (the paper's, then the others a–z)."""
-    from attrib_bench.registry import ordered_methods
+    from attrib_bench.core.registry import ordered_methods
 
     return ordered_methods(methods)
 
@@ -256,8 +256,8 @@ def family_ranking(family: Family, pairs: pd.DataFrame, seed: int = 0) -> pd.Dat
 
 def is_control(method: str) -> bool:
     """Whether ``method`` is a control (``control=True`` in its metadata): as the drawn run
-    recorded it (:func:`attrib_bench.registry.recorded_display`), else as registered."""
-    from attrib_bench.registry import _method_metadata
+    recorded it (:func:`attrib_bench.core.registry.recorded_display`), else as registered."""
+    from attrib_bench.core.registry import _method_metadata
 
     return bool(_method_metadata(method).get("control"))
 
@@ -453,7 +453,7 @@ def verdict(ranks: pd.DataFrame) -> list[str]:
     """A few lines per family: methods best first, "≈" between methods that share a letter
     group (not separated by the paired tests), ">" where the next is separated, each with its
     mean, group and mean rank [95 % CI]; a flag when a control ranks above a real method."""
-    from attrib_bench.registry import method_label
+    from attrib_bench.core.registry import method_label
 
     lines = []
     for key, fam in _shown(ranks).groupby(FAMILY, sort=False):

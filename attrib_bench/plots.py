@@ -37,7 +37,8 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from attrib_bench.errors import PlotError  # noqa: E402
+from attrib_bench.core.errors import PlotError  # noqa: E402
+from attrib_bench.core.registry import METHOD_ORDER, METRICS, method_label, ordered_methods  # noqa: E402
 from attrib_bench.metrics.base import FigureTables, SeriesPanel, mean_band  # noqa: E402
 from attrib_bench.metrics.figures import (  # noqa: E402
     MAX_LAYER_LABELS,
@@ -64,7 +65,6 @@ from attrib_bench.metrics.figures import (  # noqa: E402
 )
 from attrib_bench.metrics.figures import pixel_removal_figure as _removal_figure  # noqa: E402
 from attrib_bench.metrics.pixel_removal import curve_auc  # noqa: E402
-from attrib_bench.registry import METHOD_ORDER, METRICS, method_label, ordered_methods  # noqa: E402
 from attrib_bench.store import (  # noqa: E402
     RESULT_COLUMNS,
     SUMMARY_COLUMNS,

@@ -177,7 +177,7 @@ def agreement_rows(taus: pd.DataFrame) -> list[list[str]]:
 
 def model_rows(tables: RunTables) -> list[list[str]]:
     """Per model in the run: class, parameters, T, and the zoo's accuracy beside the paper's."""
-    from attrib_bench.registry import MODELS
+    from attrib_bench.core.registry import MODELS
 
     rows = []
     info = tables.manifest.get("models", {})

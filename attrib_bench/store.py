@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attrib_bench.errors import PlotError
+from attrib_bench.core.errors import PlotError
 
 #: The ``format`` key of a store's manifest (a run folder's manifest has none).
 STORE_FORMAT = "attrib-bench store 1"
@@ -64,7 +64,7 @@ _UNCOMMITTED = "(uncommitted changes)"
 def curve_key(metric: str) -> str | None:
     """The curve column of a registered metric (None: its rows are per-sample values, or the
     metric is not registered here, e.g. a plugin not loaded)."""
-    from attrib_bench.registry import METRICS
+    from attrib_bench.core.registry import METRICS
 
     if metric not in METRICS:
         return None
@@ -73,7 +73,7 @@ def curve_key(metric: str) -> str | None:
 
 
 def _metric(name: str, hparams: Mapping[str, Any]) -> Any:
-    from attrib_bench.registry import METRICS
+    from attrib_bench.core.registry import METRICS
 
     return METRICS.create(name, **dict(hparams))
 
@@ -167,10 +167,10 @@ def empty_store(dataset: str) -> Store:
 def read_store(path: str | Path) -> Store:
     """The store in ``path``, its tables checked against the manifest's sha256.
 
-    Raises :class:`~attrib_bench.errors.PlotError` (one line) for a folder that is not a store
+    Raises :class:`~attrib_bench.core.errors.PlotError` (one line) for a folder that is not a store
     or a table that changed after the store was written.
     """
-    from attrib_bench.checkpoints import sha256_file
+    from attrib_bench.core.checkpoints import sha256_file
 
     path = Path(path)
     if not is_store(path):
@@ -275,7 +275,7 @@ def add_run(store: Store, folder: str | Path) -> list[tuple[str, str, str]]:
 
     Each of the run's parts (model, method, metric) replaces the store's part of the same name,
     which moves to ``superseded`` with the replacing run's name. Raises
-    :class:`~attrib_bench.errors.PlotError` for a run of another dataset or an unfinished run.
+    :class:`~attrib_bench.core.errors.PlotError` for a run of another dataset or an unfinished run.
     """
 
     folder = Path(folder)
@@ -337,7 +337,7 @@ def _sorted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def write_store(store: Store, path: str | Path) -> Path:
     """Write ``store`` to the folder ``path`` (atomically per file; the manifest last, with the
     tables' sha256); returns the folder."""
-    from attrib_bench.checkpoints import sha256_file
+    from attrib_bench.core.checkpoints import sha256_file
     from attrib_bench.runners.storage import atomic_write
 
     written_with = _code_version()  # before this writes into what may be a tracked folder
@@ -362,7 +362,7 @@ def write_store(store: Store, path: str | Path) -> Path:
 
 def _code_version() -> dict[str, Any]:
     """The commit of the code that wrote the store, and whether its tree was clean."""
-    from attrib_bench.provenance import git_commit
+    from attrib_bench.core.provenance import git_commit
 
     commit = git_commit()
     return {"git_commit": commit.split(" ")[0] if commit else None,
@@ -428,9 +428,9 @@ class RunTables:
     def drawn_as_recorded(self) -> contextlib.AbstractContextManager[None]:
         """A context in which method labels and colours are those the runs recorded (their
         manifests' ``display``), then the registry's
-        (:func:`attrib_bench.registry.recorded_display`): a run is drawn the same wherever
+        (:func:`attrib_bench.core.registry.recorded_display`): a run is drawn the same wherever
         it is opened, with or without ``--plugin``."""
-        from attrib_bench.registry import recorded_display
+        from attrib_bench.core.registry import recorded_display
 
         return recorded_display(self.manifest.get("display"),
                                 *(m.get("display") for m in self.manifests.values()))
@@ -500,7 +500,7 @@ def load_run(path: str | Path) -> RunTables:
 def _check_tables(path: Path, digests: Mapping[str, str]) -> None:
     """One :class:`PlotError` line for a results or summary table that differs from what the
     run wrote (its sha256 in the manifest)."""
-    from attrib_bench.checkpoints import sha256_file
+    from attrib_bench.core.checkpoints import sha256_file
 
     for name in ("results.parquet", "results.csv", "summary.csv"):
         # results.csv is the parquet's readable copy: a committed run may leave it out
@@ -576,7 +576,7 @@ _EXECUTION_SETTINGS = frozenset({"max_batch"})
 
 def _sample_count_key(metric: str) -> str | None:
     """The setting that holds ``metric``'s sample count (None if unknown here)."""
-    from attrib_bench.registry import METRICS
+    from attrib_bench.core.registry import METRICS
 
     return getattr(METRICS.get(metric).factory, "sample_count", None) \
         if metric in METRICS else None

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 # isort: split
-from attrib_bench.evaluation import count_parameters
+from attrib_bench.core.evaluation import count_parameters
 from attrib_bench.models.coda_net import CoDANet, build_coda
 from attrib_bench.models.dau import DAUConv2d
 

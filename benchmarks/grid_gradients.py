@@ -9,8 +9,8 @@ A batch shaped as grid localisation gives the methods: ``--grids`` random grids 
 each repeated 9 times (3×3 cells) with a different target per copy. Timed per model, after one
 warm-up call, median of ``--repeats``: (a) plain autograd, one forward and one backward of the
 whole repeated batch (what captum's Saliency / InputXGradient do; the methods before
-``attrib_bench.backward``), (b) :func:`attrib_bench.backward.target_gradients` (one forward per
-distinct grid, 9 backward passes). Prints both, the ratio a / b and the largest relative
+``attrib_bench.core.backward``), (b) :func:`attrib_bench.core.backward.target_gradients` (one
+forward per distinct grid, 9 backward passes). Prints both, the ratio a / b and the largest relative
 difference of the gradients. Trained weights load where the zoo has them (speed does not depend
 on them).
 """
@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from attrib_bench.backward import target_gradients
-from attrib_bench.registry import MODELS, create_model
+from attrib_bench.core.backward import target_gradients
+from attrib_bench.core.registry import MODELS, create_model
 
 
 def _plain(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Peak memory of a benchmark run on a file-backed ImageFolder set (issue 18, point 1).
 
 Writes ``--images`` random ``--size``² JPEGs into a temporary ImageFolder tree of ``--classes``
-classes, loads it as ``imagefolder`` at 224 px (a :class:`~attrib_bench.imageset.FileImageSet`:
+classes, loads it as ``imagefolder`` at 224 px (a :class:`~attrib_bench.data.imageset.FileImageSet`:
 nothing decoded), runs ``grad`` × ``pixel-removal`` (``--steps``, ``--n-samples``) on a ResNet-18
 with random weights (``torchvision:resnet18`` from models/library.py, else a plain torchvision
 ResNet-18), then one whole-dataset logits pass (the pass the grid localisations make), and prints
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from attrib_bench.core.perf import peak_rss_mb
+from attrib_bench.core.registry import MODELS, create_model
 from attrib_bench.data import get_dataset
-from attrib_bench.evaluation import predict_logits
-from attrib_bench.perf import peak_rss_mb
-from attrib_bench.registry import MODELS, create_model
+from attrib_bench.data.predict import predict_logits
 from attrib_bench.runners.benchmark import run
 
 

@@ -31,9 +31,9 @@ from collections.abc import Callable
 import torch
 
 # isort: split
+from attrib_bench.core.perf import retain_freed_memory
+from attrib_bench.core.registry import create_model
 from attrib_bench.models.coda_net import lambda_penalty
-from attrib_bench.perf import retain_freed_memory
-from attrib_bench.registry import create_model
 from attrib_bench.runners.train import bce_one_hot
 
 

@@ -36,10 +36,10 @@ from typing import Any
 import torch
 
 # isort: split
-from attrib_bench.checkpoints import resolve_weights_root
-from attrib_bench.errors import NotApplicableError
-from attrib_bench.provenance import describe_hardware, git_commit
-from attrib_bench.registry import METHODS, applicable_methods, create_method, create_model
+from attrib_bench.core.checkpoints import resolve_weights_root
+from attrib_bench.core.errors import NotApplicableError
+from attrib_bench.core.provenance import describe_hardware, git_commit
+from attrib_bench.core.registry import METHODS, applicable_methods, create_method, create_model
 
 OVERHEAD_GOAL = 1.15
 FULL = {"rise": ("n_masks", 6000), "lime": ("num_samples", 256)}

@@ -43,13 +43,13 @@ import numpy as np
 import torch
 
 # isort: split
-from attrib_bench.checkpoints import resolve_weights_root
+from attrib_bench.core.checkpoints import resolve_weights_root
+from attrib_bench.core.errors import AttribBenchError
+from attrib_bench.core.provenance import describe_hardware, git_commit
+from attrib_bench.core.registry import create_method, create_model
 from attrib_bench.data import load_cifar10
-from attrib_bench.errors import AttribBenchError
 from attrib_bench.metrics.base import EvalContext
 from attrib_bench.metrics.pixel_removal import ORDERS, PixelRemoval
-from attrib_bench.provenance import describe_hardware, git_commit
-from attrib_bench.registry import create_method, create_model
 
 OVERHEAD_GOAL = 1.15
 QUANTUS_GOAL = 3.0
@@ -178,7 +178,7 @@ def bare_backwards(model: torch.nn.Module, grids: torch.Tensor, targets: torch.T
 def bench_localisation(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Localisation on ResNet-56 with ixg: the metric's evaluate (maps included) vs the bare
     forward + backward passes those maps need (one per grid cell), same batch size."""
-    from attrib_bench.data import compose_grids
+    from attrib_bench.metrics.grids import compose_grids
     from attrib_bench.metrics.localisation import Localisation
 
     model, weights = load_resnet56(device)

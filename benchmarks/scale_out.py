@@ -32,8 +32,8 @@ from typing import Any
 import pandas as pd
 
 # isort: split
-from attrib_bench.perf import peak_rss_mb, retain_freed_memory
-from attrib_bench.provenance import describe_hardware, git_commit
+from attrib_bench.core.perf import peak_rss_mb, retain_freed_memory
+from attrib_bench.core.provenance import describe_hardware, git_commit
 from attrib_bench.runners.benchmark import run
 from attrib_bench.runners.distributed import local_cluster
 

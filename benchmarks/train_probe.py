@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import torch
 
 # isort: split
-from attrib_bench.perf import retain_freed_memory
+from attrib_bench.core.perf import retain_freed_memory
 from attrib_bench.runners.train import (
     TrainConfig,
     augment,

@@ -17,8 +17,8 @@ import time
 import torch
 
 # isort: split
-from attrib_bench.perf import retain_freed_memory
-from attrib_bench.registry import create_model
+from attrib_bench.core.perf import retain_freed_memory
+from attrib_bench.core.registry import create_model
 from attrib_bench.runners.train import augment, bce_one_hot
 
 

@@ -45,10 +45,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from attrib_bench.core.errors import MetricError, MetricSettingError
+from attrib_bench.core.hparams import check_settings
 from attrib_bench.data import BaseImageSet
-from attrib_bench.errors import MetricError, MetricSettingError
-from attrib_bench.evaluation import INFERENCE_BATCH, predict_logits
-from attrib_bench.hparams import check_settings
+from attrib_bench.data.predict import INFERENCE_BATCH, predict_logits
 
 #: The columns of the rows a metric returns, in order.
 ROW_COLUMNS: tuple[str, ...] = ("sample", "key", "variant", "stat", "value")
@@ -86,7 +86,7 @@ class SelectContext:
     runner passes one that caches them by (weights sha256, dataset digest) in the run's cache, so
     that ``localisation`` and ``localisation-difull`` (and later runs with the same cache)
     classify the test set once; None computes them here (:func:`predict_logits`, batches of
-    :data:`~attrib_bench.evaluation.INFERENCE_BATCH`). ``progress``: whether a long selection
+    :data:`~attrib_bench.data.predict.INFERENCE_BATCH`). ``progress``: whether a long selection
     may show a progress bar.
     """
 
@@ -114,8 +114,8 @@ class EvalContext:
 
 
 #: ``typed_hparams(owner, factory, values) -> values``: a metric's ``__init__`` checks its own
-#: settings with the registry's check (:func:`attrib_bench.hparams.check_settings`: declared
-#: types and ranges, one :class:`~attrib_bench.errors.MetricSettingError` line), so that a
+#: settings with the registry's check (:func:`attrib_bench.core.hparams.check_settings`: declared
+#: types and ranges, one :class:`~attrib_bench.core.errors.MetricSettingError` line), so that a
 #: metric built directly in Python gets it too. ``factory`` is the class that declares the
 #: parameters (not ``type(self)``, which may be a subclass with another signature).
 typed_hparams = check_settings
@@ -127,7 +127,7 @@ def first_images(owner: str, dataset: BaseImageSet, wanted: int, default: int) -
     ``default`` is the metric's own count (the paper's 1024 for pixel removal): on a smaller
     dataset it means "all of them" and is clipped to ``len(dataset)`` (the sample set's info
     records requested and selected). Any other count is what the user asked for, so a dataset
-    with fewer images raises :class:`~attrib_bench.errors.MetricError` in one line naming the
+    with fewer images raises :class:`~attrib_bench.core.errors.MetricError` in one line naming the
     fix, rather than running fewer samples than the config records. ``owner`` names the
     metric in the message ("metric 'pixel-removal'").
     """
@@ -233,7 +233,7 @@ class Metric:
 
     Hyper-parameters are the subclass constructor's keyword-only parameters, with type hints
     (ranges declared with them: ``PositiveInt``, ``Annotated[float, Between(0, 1)]``) and
-    defaults (:mod:`attrib_bench.hparams` reads, parses and checks them from there); the
+    defaults (:mod:`attrib_bench.core.hparams` reads, parses and checks them from there); the
     constructor checks them (:func:`typed_hparams`) and stores the resolved values, defaults
     included, in :attr:`hparams`.
     """
@@ -242,7 +242,7 @@ class Metric:
     description: ClassVar[str] = ""
     #: stat → "higher" or "lower" (is better), for the summary's ranking.
     directions: ClassVar[dict[str, str]] = {"score": "higher"}
-    #: What a refused setting raises (:func:`attrib_bench.hparams.setting_error`).
+    #: What a refused setting raises (:func:`attrib_bench.core.hparams.setting_error`).
     setting_error: ClassVar[type[MetricSettingError]] = MetricSettingError
     #: The hyper-parameter that holds the number of samples (e.g. "num_grids"), which
     #: ``--n-samples`` sets, so that the recorded configuration shows the count that ran and the

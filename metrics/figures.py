@@ -34,7 +34,14 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from matplotlib.textpath import TextToPath
 
-from attrib_bench.errors import PlotError
+from attrib_bench.core.errors import PlotError
+from attrib_bench.core.registry import (
+    METHOD_ORDER,
+    METRICS,
+    _method_metadata,
+    method_label,
+    ordered_methods,
+)
 from attrib_bench.metrics.base import (
     FigureTables,
     MetricFigure,
@@ -43,13 +50,6 @@ from attrib_bench.metrics.base import (
     mean_band,
 )
 from attrib_bench.models.protocols import probability_label
-from attrib_bench.registry import (
-    METHOD_ORDER,
-    METRICS,
-    _method_metadata,
-    method_label,
-    ordered_methods,
-)
 
 #: Colours for methods whose registry entry has no ``colour`` (or that are not registered now,
 #: e.g. results from a plugin not loaded), in :func:`ordered_methods` order.

@@ -1,13 +1,14 @@
 """Grid localisation (CoDA-Nets paper, eq. 11), and its DiFull variant (Rao et al. 2023).
 
 ``localisation``: n x n grids of confidently and correctly classified images of distinct classes
-(:class:`attrib_bench.data.GridDataset`, the authors' sampling, seed 42). Every cell k is explained
-for its own class on the whole grid; the map (B, n·H, n·W) is clamped at 0 and summed per cell;
+(:class:`attrib_bench.metrics.grids.GridDataset`, the authors' sampling, seed 42). Every cell k is
+explained for its own class on the whole grid; the map (B, n·H, n·W) is clamped at 0 and summed
+per cell;
 
     score_k = positive mass in cell k / positive mass in the whole grid   (0 if the total is 0).
 
 An oracle scores 1, a uniform map 1/n². A map with NaN or inf gives NaN (the runner flags it).
-Cell k sits at row k % n, column k // n (:func:`attrib_bench.data.cell_slices`).
+Cell k sits at row k % n, column k // n (:func:`attrib_bench.metrics.grids.cell_slices`).
 
 ``localisation-difull``: the same grids and score, but the model sees the cells *disconnected*
 (:class:`DisconnectedGrid`): each cell goes through the model's feature extractor on its own, so
@@ -40,10 +41,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attrib_bench.checks import check_images, model_label
-from attrib_bench.data import BaseImageSet, GridDataset, compose_grids
-from attrib_bench.errors import InputShapeError, MetricError, MetricSettingError
-from attrib_bench.hparams import AtLeast, HParam, PositiveInt, convert
+from attrib_bench.core.checks import check_images, model_label
+from attrib_bench.core.errors import InputShapeError, MetricError, MetricSettingError
+from attrib_bench.core.hparams import AtLeast, HParam, PositiveInt, convert
+from attrib_bench.core.registry import register_metric
+from attrib_bench.data import BaseImageSet
 from attrib_bench.metrics.base import (
     EvalContext,
     FigureTables,
@@ -56,8 +58,8 @@ from attrib_bench.metrics.base import (
     make_rows,
     typed_hparams,
 )
+from attrib_bench.metrics.grids import GridDataset, compose_grids
 from attrib_bench.models import protocols
-from attrib_bench.registry import register_metric
 
 GridSize = Literal[2, 3, 4]
 GRID_SIZES: tuple[int, ...] = get_args(GridSize)
@@ -71,7 +73,8 @@ GridCount = Annotated[int, AtLeast(1, "grids to draw")]
 def split_cells(grids: torch.Tensor, n: int) -> torch.Tensor:
     """(B, C, n·H, n·W) grids → (B·n², C, H, W) cells, grid-major, cell k at row k%n, col k//n.
 
-    The inverse of :func:`attrib_bench.data.compose_grids` (after a reshape to (B, n², ...)).
+    The inverse of :func:`attrib_bench.metrics.grids.compose_grids` (after a reshape to
+    (B, n², ...)).
     """
     b, c, gh, gw = grids.shape
     if gh % n or gw % n:

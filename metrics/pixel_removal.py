@@ -67,12 +67,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrib_bench.checks import model_label
+from attrib_bench.core.checks import model_label
+from attrib_bench.core.errors import MetricError
+from attrib_bench.core.evaluation import eval_mode
+from attrib_bench.core.hashing import hashed_normal
+from attrib_bench.core.hparams import AtLeast, Between, Positive, PositiveInt
+from attrib_bench.core.registry import register_metric
 from attrib_bench.data import BaseImageSet
-from attrib_bench.errors import MetricError
-from attrib_bench.evaluation import INFERENCE_BATCH, eval_mode
-from attrib_bench.hashing import hashed_normal
-from attrib_bench.hparams import AtLeast, Between, Positive, PositiveInt
+from attrib_bench.data.predict import INFERENCE_BATCH
 from attrib_bench.metrics.base import (
     EvalContext,
     FigureTables,
@@ -88,7 +90,6 @@ from attrib_bench.metrics.base import (
 )
 from attrib_bench.models import protocols
 from attrib_bench.models.protocols import Probability
-from attrib_bench.registry import register_metric
 
 Order = Literal["least-first", "most-first"]
 ORDERS: tuple[str, ...] = get_args(Order)

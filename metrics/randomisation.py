@@ -56,10 +56,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attrib_bench.core.errors import InputShapeError, MetricError
+from attrib_bench.core.evaluation import forward_with_hooks
+from attrib_bench.core.hparams import PositiveInt
+from attrib_bench.core.registry import register_metric
 from attrib_bench.data import BaseImageSet
-from attrib_bench.errors import InputShapeError, MetricError
-from attrib_bench.evaluation import forward_with_hooks
-from attrib_bench.hparams import PositiveInt
 from attrib_bench.metrics.base import (
     EvalContext,
     FigureTables,
@@ -72,7 +73,6 @@ from attrib_bench.metrics.base import (
     make_rows,
     typed_hparams,
 )
-from attrib_bench.registry import register_metric
 
 Mode = Literal["cascading", "independent"]
 MODES: tuple[str, ...] = get_args(Mode)

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from attrib_bench.backward import target_gradients
-from attrib_bench.checks import check_images
-from attrib_bench.errors import AttribBenchError, MethodError
+from attrib_bench.core.backward import target_gradients
+from attrib_bench.core.checks import check_images
+from attrib_bench.core.errors import AttribBenchError, MethodError
 
 #: The package's experiment and configuration of the registered B-cos model.
 BCOS_EXPERIMENT = ("CIFAR10", "norm_ablations_final")

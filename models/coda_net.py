@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from attrib_bench.backward import target_gradients
-from attrib_bench.checks import check_images
+from attrib_bench.core.backward import target_gradients
+from attrib_bench.core.checks import check_images
 from attrib_bench.models.dau import DAUConv2d, Formulation, Norm, explanation_mode
 
 #: The authors' logit bias: log(0.1 / 0.9), i.e. sigmoid(b0) = 0.1 for an all-zero input.
@@ -176,7 +176,7 @@ class CoDANet(nn.Module):
         sums to logit_target − b0. Computed with autocast off, in the parameters' dtype.
 
         ``create_graph=False``: backward passes in explanation mode, one forward per distinct
-        input (:func:`~attrib_bench.backward.target_gradients`); the result is detached.
+        input (:func:`~attrib_bench.core.backward.target_gradients`); the result is detached.
         ``create_graph=True``: differentiable in the parameters. The map is back-projected from
         the evidence through each layer's transposed map W_l(x_l)ᵀ, with the dynamic weights
         taken from a normal-mode forward and kept attached to the parameters (as the authors

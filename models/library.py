@@ -19,7 +19,7 @@ Weights: ``pretrained=True`` takes the library's default weights through the lib
 and download (torchvision: ``$TORCH_HOME/hub/checkpoints``; timm: the Hugging Face cache,
 ``$HF_HOME``, which needs the ``huggingface_hub`` package), so it needs internet the first time.
 ``checkpoint=FILE`` loads a local state dict of the library model safely (safetensors, or
-``torch.load(weights_only=True)``; :mod:`attrib_bench.checkpoints`) and keeps the file's sha256
+``torch.load(weights_only=True)``; :mod:`attrib_bench.core.checkpoints`) and keeps the file's sha256
 as ``checkpoint_sha256``. ``num_classes=K`` builds a K-class head (random init); with a checkpoint
 and no ``num_classes``, the head's size is read from the checkpoint.
 """
@@ -35,12 +35,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from attrib_bench.checkpoints import load_into, read_state_dict, sha256_file, unwrap_state
-from attrib_bench.checks import check_images, model_label
-from attrib_bench.errors import AttribBenchError, CheckpointError, SettingError, UnknownNameError
+from attrib_bench.core.checkpoints import load_into, read_state_dict, sha256_file, unwrap_state
+from attrib_bench.core.checks import check_images, model_label
+from attrib_bench.core.errors import (
+    AttribBenchError,
+    CheckpointError,
+    SettingError,
+    UnknownNameError,
+)
+from attrib_bench.core.registry import MODELS
 from attrib_bench.models import protocols
 from attrib_bench.models.resnet_cifar import IMAGENET_MEAN, IMAGENET_STD
-from attrib_bench.registry import MODELS
 
 LIBRARIES: tuple[str, ...] = ("torchvision", "timm")
 TIMM_MISSING = "pip install 'attrib-bench[timm]'"

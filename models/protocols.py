@@ -53,8 +53,8 @@ from typing import Any, Literal
 
 import torch
 
-from attrib_bench.checks import model_label
-from attrib_bench.errors import ModelOutputError, SettingError
+from attrib_bench.core.checks import model_label
+from attrib_bench.core.errors import ModelOutputError, SettingError
 
 Probability = Literal["sigmoid", "softmax"]
 PROBABILITIES: tuple[str, ...] = ("sigmoid", "softmax")

@@ -22,12 +22,17 @@ from typing import Any
 
 from torch import nn
 
-from attrib_bench.checkpoints import load_into, read_state_dict, resolve_weights_root, sha256_file
-from attrib_bench.errors import CheckpointError
+from attrib_bench.core.checkpoints import (
+    load_into,
+    read_state_dict,
+    resolve_weights_root,
+    sha256_file,
+)
+from attrib_bench.core.errors import CheckpointError
+from attrib_bench.core.registry import MODELS, register_model
 from attrib_bench.models.bcos_net import BCOS_CONFIGS
 from attrib_bench.models.coda_net import CONFIGS, PAPER_PARAMS_M, build_coda
 from attrib_bench.models.resnet_cifar import resnet56
-from attrib_bench.registry import MODELS, register_model
 
 #: Weights trained here and shipped inside the package.
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
@@ -294,7 +299,7 @@ def zoo_sidecar(weights: str | Path, name: str, dest_dir: str | Path, *,
     """
     import shutil
 
-    from attrib_bench.errors import ChecksumError
+    from attrib_bench.core.errors import ChecksumError
 
     weights, dest_dir = Path(weights), Path(dest_dir)
     sidecar = json.loads(weights.with_suffix(".json").read_text())

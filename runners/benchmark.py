@@ -53,16 +53,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attrib_bench import evaluation, hparams
-from attrib_bench.checkpoints import sha256_file
-from attrib_bench.checks import naming
-from attrib_bench.data import BaseImageSet, get_dataset
-from attrib_bench.errors import AttribBenchError, MetricError, NotApplicableError, RunError
-from attrib_bench.evaluation import count_parameters, eval_mode, resolve_device
-from attrib_bench.metrics.base import ROW_COLUMNS, Metric, SampleSet, SelectContext
-from attrib_bench.models import protocols
-from attrib_bench.provenance import describe_hardware, git_commit
-from attrib_bench.registry import (
+from attrib_bench.core import evaluation, hparams
+from attrib_bench.core.checkpoints import sha256_file
+from attrib_bench.core.checks import naming
+from attrib_bench.core.errors import AttribBenchError, MetricError, NotApplicableError, RunError
+from attrib_bench.core.evaluation import count_parameters, eval_mode, resolve_device
+from attrib_bench.core.provenance import describe_hardware, git_commit
+from attrib_bench.core.registry import (
     METHODS,
     METRICS,
     MODELS,
@@ -71,6 +68,9 @@ from attrib_bench.registry import (
     create_model,
     method_display,
 )
+from attrib_bench.data import BaseImageSet, get_dataset
+from attrib_bench.metrics.base import ROW_COLUMNS, Metric, SampleSet, SelectContext
+from attrib_bench.models import protocols
 from attrib_bench.runners.cache import CacheStats, PoolLogits, model_digest, model_identity
 from attrib_bench.runners.jobs import (
     ChunkResult,
@@ -233,12 +233,13 @@ def run(models: str | Iterable[str] | Mapping[str, nn.Module],
     and distributed (methods batch their own forwards, ``max_batch``); ``dataset``: a registered
     dataset name (``attrib-bench list datasets``; read from ``data_root``, its evaluation split:
     CIFAR-10's test, TinyImageNet's and ImageNet's val) or an image set (an
-    :class:`~attrib_bench.imageset.ImageSet` or :class:`~attrib_bench.imageset.FileImageSet`);
+    :class:`~attrib_bench.data.imageset.ImageSet` or
+    :class:`~attrib_bench.data.imageset.FileImageSet`);
     ``dataset_options``: the named dataset's options as Python values (e.g. imagefolder's
     ``{"image_size": 32}``), resolved with their defaults into the config; ``*_hparams``:
     per-name hyper-parameters as Python values, ``settings``: the same as ``"NAME.KEY=VALUE"``
     text (the CLI's ``--set``), parsed to each hyper-parameter's declared type
-    (:mod:`attrib_bench.hparams`). ``out``: a folder or an fsspec URL (``memory://``,
+    (:mod:`attrib_bench.core.hparams`). ``out``: a folder or an fsspec URL (``memory://``,
     ``s3://``…); None uses a temporary folder. ``cache``: the cache
     folder (attribution maps, pool logits; default ``out/cache``): runs that share one reuse
     each other's maps and sample-selection logits. ``executor="dask"`` runs each (model, method,
@@ -922,7 +923,7 @@ def _manifest_extras(results: pd.DataFrame, plan: Plan, done: list[ChunkResult],
                      device: torch.device, seconds: float) -> dict[str, Any]:
     """The manifest's provenance beyond the config, among them ``display`` (each method's label
     and colour, so that ``plot`` and ``report`` draw the run the same without its plugins:
-    :func:`~attrib_bench.registry.method_display`) and ``built`` (each method's and metric's
+    :func:`~attrib_bench.core.registry.method_display`) and ``built`` (each method's and metric's
     class, the plugin module that registered it, if any, and its hyper-parameters as built,
     defaults and the run's seed included, for plugins as for the built-in ones)."""
     built = _built(plan.jobs)

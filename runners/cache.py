@@ -39,9 +39,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save_file
 from torch import nn
 
-from attrib_bench.checkpoints import sha256_file
-from attrib_bench.evaluation import INFERENCE_BATCH, max_logit_difference, predict_logits
-from attrib_bench.imageset import BaseImageSet, tensor_digest
+from attrib_bench.core.checkpoints import sha256_file
+from attrib_bench.data.imageset import BaseImageSet, tensor_digest
+from attrib_bench.data.predict import INFERENCE_BATCH, max_logit_difference, predict_logits
 from attrib_bench.runners.storage import Store, atomic_write
 
 __all__ = ["AttributionCache", "CacheStats", "PoolLogits", "PoolStats", "ShippedLogits",
@@ -413,7 +413,7 @@ def write_shipped_logits(sidecar: str | Path, model: nn.Module, dataset: BaseIma
     the data came from, the command) and the hardware. ``ship_pool_logits``
     does this for a zoo entry by name. Both files are written atomically.
     """
-    from attrib_bench.provenance import describe_hardware
+    from attrib_bench.core.provenance import describe_hardware
 
     sidecar = Path(sidecar)
     model_hash = model_digest(model)
@@ -447,7 +447,7 @@ def ship_pool_logits(name: str, data_root: str | Path | None = None,
     that a run's grid localisation reads them instead of classifying the whole split (the
     generator of the shipped ``NAME.<dataset>.logits.safetensors``; returns its path).
 
-    One pass of :func:`attrib_bench.evaluation.predict_logits` (as a run's pool pass), then
+    One pass of :func:`attrib_bench.data.predict.predict_logits` (as a run's pool pass), then
     :func:`attrib_bench.runners.cache.write_shipped_logits` records the file's sha256 and key
     (the weights' and the images' digests) in ``NAME.json``'s ``"pool_logits"`` section, with
     CIFAR-10's ``test_batch`` md5 where it is read from the original batches. Run it after
@@ -456,10 +456,10 @@ def ship_pool_logits(name: str, data_root: str | Path | None = None,
         .venv/bin/python -c "from attrib_bench.runners.cache import ship_pool_logits as s; \
             s('xs-coda-sq-t1000')"
     """
-    from attrib_bench.cifar10 import MD5
+    from attrib_bench.core.errors import CheckpointError
+    from attrib_bench.core.registry import MODELS, create_model
     from attrib_bench.data import evaluation_split, get_dataset, resolve_data_root
-    from attrib_bench.errors import CheckpointError
-    from attrib_bench.registry import MODELS, create_model
+    from attrib_bench.data.cifar10 import MD5
 
     cfg = MODELS.get(name).metadata.get("pretrained_cfg")
     if cfg is None:
@@ -545,7 +545,7 @@ class PoolLogits:
 
     def key(self, model: nn.Module, dataset: BaseImageSet) -> str:
         """:func:`pool_key` of the model's identity (:func:`model_identity`), the dataset's name
-        and its content digest (:meth:`~attrib_bench.imageset.BaseImageSet.digest`: images and
+        and its content digest (:meth:`~attrib_bench.data.imageset.BaseImageSet.digest`: images and
         labels in memory, or each file's path, size, mtime and label), computed once per
         dataset object."""
         model_hash, data = self._parts(model, dataset)

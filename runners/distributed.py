@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from attrib_bench.errors import AttribBenchError, RunError
-from attrib_bench.perf import WORKER_ENV, peak_rss_mb, retain_freed_memory
-from attrib_bench.registry import PLUGIN_MODULES, load_plugins
+from attrib_bench.core.errors import AttribBenchError, RunError
+from attrib_bench.core.perf import WORKER_ENV, peak_rss_mb, retain_freed_memory
+from attrib_bench.core.registry import PLUGIN_MODULES, load_plugins
 from attrib_bench.runners.cache import CacheStats
 from attrib_bench.runners.jobs import ChunkJob, ChunkResult, evaluate_chunk
 

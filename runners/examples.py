@@ -20,11 +20,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from attrib_bench.core.errors import NotApplicableError, PlotError
+from attrib_bench.core.registry import applicable_methods
 from attrib_bench.data import BaseImageSet
-from attrib_bench.errors import NotApplicableError, PlotError
-from attrib_bench.evaluation import predict_logits
+from attrib_bench.data.predict import predict_logits
 from attrib_bench.metrics.base import SelectContext
-from attrib_bench.registry import applicable_methods
 from attrib_bench.runners.jobs import build_method
 from attrib_bench.runners.settings import resolve_method
 from attrib_bench.runners.storage import atomic_write, slug

@@ -30,12 +30,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from attrib_bench.checks import naming
-from attrib_bench.errors import RunError
-from attrib_bench.evaluation import ieee_float32
+from attrib_bench.core.checks import naming
+from attrib_bench.core.errors import RunError
+from attrib_bench.core.evaluation import ieee_float32
+from attrib_bench.core.registry import create_method
 from attrib_bench.methods.base import keep_nonfinite_maps
 from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, Metric, SampleSet
-from attrib_bench.registry import create_method
 from attrib_bench.runners.cache import AttributionCache, CacheStats, cached_explainer
 from attrib_bench.runners.storage import Store, slug
 

@@ -39,6 +39,6 @@ RECIPES: dict[str, Recipe] = {
 
 def recipe_for(model: str) -> Recipe:
     """The training recipe of registered ``model``'s family (:data:`RECIPES`; else CoDA's)."""
-    from attrib_bench.registry import MODELS
+    from attrib_bench.core.registry import MODELS
 
     return RECIPES.get(str(MODELS.get(model).metadata.get("family")), RECIPES["coda"])

@@ -3,9 +3,9 @@ sizes and the executor's options, into one :class:`RunSettings` (built by :func:
 from a :class:`RunRequest`, the same for ``run()`` and ``attrib-bench run``), whose ``config``
 is the :class:`~attrib_bench.runners.jobs.RunConfig`: what the run computes.
 
-Every check here is one :class:`~attrib_bench.errors.AttribBenchError` line naming the fix;
+Every check here is one :class:`~attrib_bench.core.errors.AttribBenchError` line naming the fix;
 hyper-parameters are parsed and checked against their factories' declared types
-(:mod:`attrib_bench.hparams`), so the config holds each method's and metric's full resolved
+(:mod:`attrib_bench.core.hparams`), so the config holds each method's and metric's full resolved
 configuration (defaults and the run's seed included).
 """
 
@@ -19,14 +19,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from attrib_bench import hparams
+from attrib_bench.core import hparams
+from attrib_bench.core.errors import RunError, SettingError
+from attrib_bench.core.hparams import AtLeast, Between
+from attrib_bench.core.registry import DATASETS, METHODS, METRICS
 from attrib_bench.data import dataset_options as resolve_dataset_options
 from attrib_bench.data import evaluation_split
-from attrib_bench.errors import RunError, SettingError
-from attrib_bench.hparams import AtLeast, Between
-from attrib_bench.imageset import BaseImageSet
+from attrib_bench.data.imageset import BaseImageSet
 from attrib_bench.methods.base import Seed
-from attrib_bench.registry import DATASETS, METHODS, METRICS
 from attrib_bench.runners.jobs import RunConfig
 from attrib_bench.runners.storage import Store
 
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 #: ``run(executor=...)``: in this process (no Dask import), or Dask tasks.
 EXECUTORS = ("local", "dask")
 
-#: The run's own counts: an int in a declared range (:class:`~attrib_bench.hparams.Between`),
-#: checked by the one converter (:func:`attrib_bench.hparams.violation`) as a method's or
+#: The run's own counts: an int in a declared range (:class:`~attrib_bench.core.hparams.Between`),
+#: checked by the one converter (:func:`attrib_bench.core.hparams.violation`) as a method's or
 #: metric's settings are; None allowed where the flag is optional. The seed's range is the
 #: methods' (:data:`~attrib_bench.methods.base.Seed`): their seeds and the metrics' derive from it.
 RUN_COUNTS: dict[str, tuple[Between, bool]] = {
@@ -162,7 +162,7 @@ def parse_settings(settings: Iterable[str], methods: list[str], metrics: list[st
 
     The item splits at its first ``=`` (the VALUE may hold more) and NAME.KEY at its last dot;
     whitespace around NAME and KEY is ignored, the VALUE is left to its declared type's parser
-    (:mod:`attrib_bench.hparams`: numbers ignore surrounding whitespace, a ``str`` keeps it).
+    (:mod:`attrib_bench.core.hparams`: numbers ignore surrounding whitespace, a ``str`` keeps it).
     A KEY set twice keeps the last VALUE, as command-line options do."""
     method_settings: dict[str, dict[str, str]] = {}
     metric_settings: dict[str, dict[str, str]] = {}
@@ -486,7 +486,7 @@ def run_settings(request: RunRequest, executor: ExecutorOptions | None = None, *
     """``request`` and the run's options as checked :class:`RunSettings`, in this order: the
     executor's options (None: local), a checkpoint against modules given by name, the request
     (:func:`run_config`), then ``out`` and ``cache`` (:func:`check_store`). Each mistake is
-    one :class:`~attrib_bench.errors.AttribBenchError` line naming the fix; nothing is loaded
+    one :class:`~attrib_bench.core.errors.AttribBenchError` line naming the fix; nothing is loaded
     or written."""
     executor = executor or ExecutorOptions()
     executor.check()
@@ -532,7 +532,7 @@ def output_classes(model: Any, images: BaseImageSet, device: Any = "cpu") -> int
     model's mode is restored)."""
     import torch
 
-    from attrib_bench.evaluation import eval_mode
+    from attrib_bench.core.evaluation import eval_mode
     from attrib_bench.models.protocols import check_logits
 
     x = images.float_images(slice(0, 1)).to(device)

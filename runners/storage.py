@@ -46,7 +46,7 @@ import fsspec
 import pandas as pd
 from fsspec.implementations.local import LocalFileSystem
 
-from attrib_bench.errors import RunError
+from attrib_bench.core.errors import RunError
 
 try:  # POSIX; elsewhere (Windows) local folders are not locked
     import fcntl

@@ -44,12 +44,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from attrib_bench.core.errors import CheckpointError, TrainError
+from attrib_bench.core.evaluation import set_tf32, top1_accuracy
+from attrib_bench.core.perf import retain_freed_memory
+from attrib_bench.core.registry import MODELS, create_model
 from attrib_bench.data import BaseImageSet, ImageSet, evaluation_split, get_dataset
-from attrib_bench.errors import CheckpointError, TrainError
-from attrib_bench.evaluation import predict_logits, set_tf32, top1_accuracy
+from attrib_bench.data.predict import predict_logits
 from attrib_bench.models import protocols
-from attrib_bench.perf import retain_freed_memory
-from attrib_bench.registry import MODELS, create_model
 from attrib_bench.runners.recipes import RECIPES, Recipe, Schedule, recipe_for  # noqa: F401
 from attrib_bench.runners.settings import check_model_fits, check_output_classes
 from attrib_bench.runners.storage import slug
@@ -798,7 +799,7 @@ def export(model: nn.Module, config: TrainConfig, out_path: str | Path, *,
     """
     from safetensors.torch import save_file
 
-    from attrib_bench.checkpoints import sha256_file
+    from attrib_bench.core.checkpoints import sha256_file
     from attrib_bench.models.zoo import zoo_section
 
     out_path = Path(out_path)
@@ -943,7 +944,7 @@ def train_and_export(job: TrainJob, started_at: float | None = None) -> TrainOut
     (float16) with its sidecar ``NAME.json`` (:func:`run_record`, and the ``"zoo"`` section).
 
     ``started_at`` (``time.monotonic()``) is when a time budget began (None: now). Raises
-    :class:`~attrib_bench.errors.RunError` for a model whose classes or input size do not fit
+    :class:`~attrib_bench.core.errors.RunError` for a model whose classes or input size do not fit
     the data, and what :func:`~attrib_bench.runners.train.train` raises, one line each.
     """
     train_set, test_set = job.data.splits()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attrib_bench.checkpoints import resolve_weights_root
+from attrib_bench.core.checkpoints import resolve_weights_root
 from attrib_bench.data import ImageSet, resolve_data_root
 
 #: Workers when the whole suite runs (``python -m pytest`` without paths) and pytest-xdist is
@@ -86,7 +86,7 @@ def _seed() -> None:
 def _plugin_modules():
     """Each test starts with the plugin modules the process had: a plugin a test loaded (and
     removed from sys.modules) is not shipped to the Dask workers of a later test."""
-    from attrib_bench.registry import PLUGIN_MODULES
+    from attrib_bench.core.registry import PLUGIN_MODULES
 
     before = list(PLUGIN_MODULES)
     yield
@@ -122,9 +122,9 @@ def make_signal_set(n: int = 32, size: int = 16, seed: int = 0, *,
 
 def make_packed_signal_sets(root: str | Path, n_train: int = 256, n_test: int = 64,
                             size: int = 32) -> Path:
-    """A packed dataset (``attrib_bench.packed``) at ``root``: a train and a test split of
+    """A packed dataset (``attrib_bench.data.packed``) at ``root``: a train and a test split of
     signal sets with CIFAR-10's class names, readable with ``--data-root root``."""
-    from attrib_bench.packed import pack_image_sets
+    from attrib_bench.data.packed import pack_image_sets
 
     train = make_signal_set(n_train, size, 0, names=CIFAR10_CLASSES)
     test = make_signal_set(n_test, size, 1, names=CIFAR10_CLASSES)

@@ -54,8 +54,8 @@ def check_recorded(name: str, model, test_set, full: bool = False) -> torch.Tens
     recorded top-1 on ``test_set``'s labels, and that ``model`` classifies every
     :data:`STRIDE`-th image of ``test_set`` (``full``: every image) as recorded. Returns the
     model's logits on the images it classified."""
-    from attrib_bench.evaluation import predict_logits
-    from attrib_bench.registry import MODELS
+    from attrib_bench.core.registry import MODELS
+    from attrib_bench.data.predict import predict_logits
 
     entry = load(name)
     cfg = MODELS.get(name).metadata["pretrained_cfg"]
@@ -74,9 +74,9 @@ def check_recorded(name: str, model, test_set, full: bool = False) -> torch.Tens
 
 
 def record(names: tuple[str, ...] = NAMES) -> None:
+    from attrib_bench.core.registry import MODELS, create_model
     from attrib_bench.data import load_cifar10
-    from attrib_bench.evaluation import predict_logits
-    from attrib_bench.registry import MODELS, create_model
+    from attrib_bench.data.predict import predict_logits
 
     content = json.loads(RECORD.read_text()) if RECORD.exists() else {}
     test_set = load_cifar10("test")

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from attrib_bench.backward import target_gradients
-from attrib_bench.registry import create_method, create_model
+from attrib_bench.core.backward import target_gradients
+from attrib_bench.core.registry import create_method, create_model
 
 
 def _net() -> nn.Module:

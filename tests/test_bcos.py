@@ -12,9 +12,9 @@ from click.testing import CliRunner
 pytest.importorskip("bcos")
 
 from attrib_bench.cli import cli  # noqa: E402
+from attrib_bench.core.registry import create_method, create_model, list_models  # noqa: E402
 from attrib_bench.metrics.localisation import DisconnectedGrid  # noqa: E402
 from attrib_bench.models import protocols  # noqa: E402
-from attrib_bench.registry import create_method, create_model, list_models  # noqa: E402
 
 
 def _model(dtype: torch.dtype = torch.float32):
@@ -96,7 +96,7 @@ def test_batched_contributions_equal_one_image_at_a_time():
 
 
 def test_contributions_refuse_training_mode():
-    from attrib_bench.errors import MethodError
+    from attrib_bench.core.errors import MethodError
 
     model = _model().train()
     with pytest.raises(MethodError, match="eval mode"):
@@ -132,8 +132,8 @@ def test_gradcam_finds_the_last_stage():
 def test_a_trained_bcos_model_joins_the_zoo(tmp_path):
     """`train`'s export → `zoo_sidecar` → a zoo folder registers a B-cos entry whose weights
     load with their sha256 checked (float16 storage, float32 compute)."""
+    from attrib_bench.core.registry import MODELS
     from attrib_bench.models.zoo import register_zoo_folder, zoo_sidecar
-    from attrib_bench.registry import MODELS
     from attrib_bench.runners.train import TrainConfig, export
 
     model = _model()
@@ -160,7 +160,7 @@ def test_a_trained_bcos_model_joins_the_zoo(tmp_path):
 
 
 def _shipped_bcos() -> list[str]:
-    from attrib_bench.registry import MODELS
+    from attrib_bench.core.registry import MODELS
 
     return [name for name in list_models("bcos-*")
             if MODELS.get(name).metadata.get("pretrained_cfg") is not None]
@@ -206,9 +206,9 @@ def test_shipped_bcos_classifies_the_whole_test_set_as_recorded(name, data_root)
     recorded top-1 (with the logits' own accuracy to 0.05)."""
     from reference_predictions import check_recorded
 
+    from attrib_bench.core.evaluation import top1_accuracy
+    from attrib_bench.core.registry import MODELS
     from attrib_bench.data import load_cifar10
-    from attrib_bench.evaluation import top1_accuracy
-    from attrib_bench.registry import MODELS
 
     test_set = load_cifar10("test", root=data_root)
     logits = check_recorded(name, create_model(name, pretrained=True).eval(), test_set, full=True)

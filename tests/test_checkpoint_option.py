@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from attrib_bench.errors import CheckpointError
-from attrib_bench.registry import MODELS, create_model, register_model, takes_checkpoint
+from attrib_bench.core.errors import CheckpointError
+from attrib_bench.core.registry import MODELS, create_model, register_model, takes_checkpoint
 from attrib_bench.runners.benchmark import run
 
 CALLS: list[dict] = []
@@ -112,7 +112,7 @@ def test_a_checkpoint_with_a_given_module_is_refused_not_ignored(tmp_path, signa
                                                                  one_line):
     """A new user's find: run({"mine": module}, checkpoint=FILE) benchmarked the module's own
     weights while the manifest recorded the file."""
-    from attrib_bench.errors import RunError
+    from attrib_bench.core.errors import RunError
 
     with pytest.raises(RunError) as error:
         run({"mine": _cnn().eval()}, "grad", "pixel-removal", n_samples=2, progress=False,

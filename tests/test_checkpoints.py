@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from attrib_bench.checkpoints import load_into, read_state_dict, sha256_file, verify_sha256
-from attrib_bench.errors import CheckpointError, ChecksumError
+from attrib_bench.core.checkpoints import load_into, read_state_dict, sha256_file, verify_sha256
+from attrib_bench.core.errors import CheckpointError, ChecksumError
+from attrib_bench.core.registry import create_model
 from attrib_bench.models.resnet_cifar import resnet56
 from attrib_bench.models.zoo import RESNET56_CIFAR10, load_pretrained
-from attrib_bench.registry import create_model
 
 
 def test_sha256_mismatch_is_refused_before_loading(one_line, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from attrib_bench.cli import cli
-from attrib_bench.registry import list_models
+from attrib_bench.core.registry import list_models
 
 
 def _run(*args: str, env: dict | None = None):
@@ -84,8 +84,8 @@ def test_resnet56_classifies_the_test_set_as_recorded_with_its_published_accurac
     recorded (the full pass: `-m full_pass`, below)."""
     from reference_predictions import check_recorded, load
 
+    from attrib_bench.core.registry import create_model
     from attrib_bench.data import load_cifar10
-    from attrib_bench.registry import create_model
 
     assert load("resnet56")["correct"] == 9339
     check_recorded("resnet56", create_model("resnet56", pretrained=True),
@@ -99,8 +99,8 @@ def test_eval_resnet56_full_test_set_matches_published_accuracy(data_root, weigh
     image classified as recorded (a full pass: about a minute, so `-m full_pass` only)."""
     from reference_predictions import check_recorded
 
+    from attrib_bench.core.registry import create_model
     from attrib_bench.data import load_cifar10
-    from attrib_bench.registry import create_model
 
     check_recorded("resnet56", create_model("resnet56", pretrained=True),
                    load_cifar10("test", root=data_root), full=True)

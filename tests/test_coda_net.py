@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from attrib_bench.errors import InputShapeError
+from attrib_bench.core.errors import InputShapeError
+from attrib_bench.core.registry import create_model
 from attrib_bench.models.coda_net import (
     CONFIGS,
     DEFAULT_LOGIT_BIAS,
@@ -15,7 +16,6 @@ from attrib_bench.models.coda_net import (
     build_coda,
     lambda_penalty,
 )
-from attrib_bench.registry import create_model
 from attrib_bench.runners.train import bce_one_hot
 
 # Input sizes for the tests: native for the CIFAR models, reduced for L (240 px native) and XL

@@ -23,9 +23,9 @@ from attrib_bench.compare import (
     prefix_check,
     rankings,
 )
-from attrib_bench.errors import MethodError
+from attrib_bench.core.errors import MethodError
+from attrib_bench.core.registry import create_method
 from attrib_bench.methods.controls import image_ids
-from attrib_bench.registry import create_method
 
 
 def _values(means: dict[str, float], n: int = 40, noise: float = 0.05, seed: int = 0,

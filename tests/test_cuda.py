@@ -8,13 +8,13 @@ GPU, the 20 s training budget included); nothing here is marked ``slow``.
 "Equal" below means max |device − CPU| ≤ tolerance · max |CPU|, per map or per group of rows:
 1e-4 where rounding is not amplified, looser where a method or model amplifies float32 rounding
 (see RTOL and the constants after it, each with its reason and how it was calibrated). The GPU
-computes in IEEE float32 (:func:`attrib_bench.evaluation.ieee_float32`); TF32 would fail.
+computes in IEEE float32 (:func:`attrib_bench.core.evaluation.ieee_float32`); TF32 would fail.
 
 - ``test_method_maps_match_cpu[model-method]``: every registered method × a tiny CoDA-Net
   (``create_model("xs-coda", pretrained=False)``, seeded, T = 10, a 5-layer plan so that the CPU
   reference stays cheap) and a tiny CIFAR ResNet (ResNet-8, the class of ``resnet56``, random
   batch-norm statistics, registered for the test as ``smoke-resnet8``); pairs the runner skips
-  (the method's ``requires``, :func:`attrib_bench.registry.applicable_methods`) are skipped.
+  (the method's ``requires``, :func:`attrib_bench.core.registry.applicable_methods`) are skipped.
   Two 32×32 images (CPU targets, device inputs) and one 3×3 grid of 96×96 repeated per class as
   the localisation metric does (device targets): the maps are on the inputs' device, in their
   dtype, finite, and equal to the CPU maps; the ReLU-gradient maps of the ResNet are also
@@ -63,8 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrib_bench.data import ImageSet, compose_grids
-from attrib_bench.registry import (
+from attrib_bench.core.registry import (
     METHODS,
     MODELS,
     applicable_methods,
@@ -72,6 +71,8 @@ from attrib_bench.registry import (
     create_model,
     list_methods,
 )
+from attrib_bench.data import ImageSet
+from attrib_bench.metrics.grids import compose_grids
 
 SMOKE = os.environ.get("ATTRIB_BENCH_SMOKE_DEVICE", "").strip()
 DEVICE = torch.device(SMOKE or "cuda")
@@ -311,7 +312,7 @@ def test_randomisation_draws_on_the_cpu_and_keeps_the_rngs(models):
 
 
 def test_ieee_float32_switch():
-    from attrib_bench.evaluation import _read_tf32, ieee_float32
+    from attrib_bench.core.evaluation import _read_tf32, ieee_float32
 
     before = _read_tf32()
     ieee = ("ieee", "ieee") if before[0] == "fp32_precision" else (False, False)
@@ -471,7 +472,7 @@ def _compare(got: pd.DataFrame, ref: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_runner_metrics_match_cpu(run_models, synthetic, tmp_path):
-    from attrib_bench.registry import list_metrics
+    from attrib_bench.core.registry import list_metrics
 
     pytest.importorskip("lime.lime_image", reason="the lime package (with scikit-image)")
 
@@ -528,7 +529,7 @@ def test_cli_run_on_the_device(synthetic, registered, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from attrib_bench.cli import cli
-    from attrib_bench.registry import DATASETS
+    from attrib_bench.core.registry import DATASETS
 
     # The CLI reads datasets by name: serve the synthetic set as "cifar10" for this test.
     cifar10 = DATASETS.get("cifar10")

@@ -10,18 +10,15 @@ import pytest
 import torch
 
 import attrib_bench.data as data
-from attrib_bench.data import (
+from attrib_bench.core.errors import DataNotFoundError, InputShapeError, UnknownNameError
+from attrib_bench.data import ImageSet, get_dataset, load_cifar10, resolve_data_root
+from attrib_bench.metrics.grids import (
     GridDataset,
-    ImageSet,
     cell_slices,
     class_pools,
     compose_grids,
-    get_dataset,
-    load_cifar10,
-    resolve_data_root,
     sample_grids,
 )
-from attrib_bench.errors import DataNotFoundError, InputShapeError, UnknownNameError
 
 K = 10
 
@@ -364,7 +361,7 @@ def test_image_set_basics():
 
 def test_resolve_data_root_order(monkeypatch, tmp_path):
     monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
-    default = Path(data.__file__).resolve().parents[2] / "shared" / "data"
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"  # beside the checkout
     assert resolve_data_root() == default.resolve()  # ../shared may be a symlink
     monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path))
     assert resolve_data_root() == tmp_path.resolve()

@@ -16,9 +16,9 @@ from PIL import Image
 from torch import nn
 
 from attrib_bench.cli import cli
+from attrib_bench.core.errors import RunError
+from attrib_bench.core.registry import METHODS, MODELS
 from attrib_bench.data import ImageSet
-from attrib_bench.errors import RunError
-from attrib_bench.registry import METHODS, MODELS
 from attrib_bench.runners.settings import image_size_defaults, resolve_method, run_config
 
 

@@ -15,6 +15,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from attrib_bench.cli import cli
+from attrib_bench.core.errors import DataNotFoundError, SettingError, UnknownNameError
+from attrib_bench.core.registry import MODELS, list_datasets
 from attrib_bench.data import (
     FileImageSet,
     ImageSet,
@@ -22,9 +24,7 @@ from attrib_bench.data import (
     evaluation_split,
     get_dataset,
 )
-from attrib_bench.errors import DataNotFoundError, SettingError, UnknownNameError
-from attrib_bench.imageset import ResizeCrop, tensor_digest
-from attrib_bench.registry import MODELS, list_datasets
+from attrib_bench.data.imageset import ResizeCrop, tensor_digest
 
 WNIDS = ("n01443537", "n01629819", "n01641577")
 WORDS = {"n01443537": "goldfish, Carassius auratus", "n01629819": "European fire salamander",

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from test_runner import _run, toy  # noqa: F401 - toy: a fixture, used by name
 
 from attrib_bench.cli import cli
-from attrib_bench.errors import RunError
+from attrib_bench.core.errors import RunError
 from attrib_bench.models.resnet_cifar import CifarResNet
 from attrib_bench.runners.benchmark import run
 from attrib_bench.runners.distributed import local_cluster
@@ -121,7 +121,7 @@ def test_resumed_dask_run_submits_only_the_missing_chunks(shipped, tmp_path, clu
 
 PLUGIN = '''
 import torch
-from attrib_bench.registry import register_method
+from attrib_bench.core.registry import register_method
 
 
 @register_method("doubled-ixg-test")
@@ -134,7 +134,7 @@ def doubled_ixg(model, inputs, target):
 
 
 def test_plugin_methods_reach_the_workers(shipped, tmp_path, cluster, monkeypatch):
-    from attrib_bench.registry import METHODS, PLUGIN_MODULES, load_plugins
+    from attrib_bench.core.registry import METHODS, PLUGIN_MODULES, load_plugins
 
     (tmp_path / "doubled_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))

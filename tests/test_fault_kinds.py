@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import attrib_bench as ab
-from attrib_bench.errors import AttribBenchError, NotApplicableError
+from attrib_bench.core.errors import AttribBenchError, NotApplicableError
 from attrib_bench.methods.gradcam import default_layer
 from attrib_bench.models import protocols
 
@@ -105,7 +105,7 @@ def test_one_logit_with_declared_sigmoid_works():
 def test_a_runs_model_checks_name_the_model_as_given(signal_set, tmp_path, one_line):
     """The door checks a run makes before any work (output classes, a checkpoint that does
     not fit) say "model 'NAME'", not the module's Python class."""
-    from attrib_bench.errors import CheckpointError, ModelOutputError
+    from attrib_bench.core.errors import CheckpointError, ModelOutputError
     from attrib_bench.models.resnet_cifar import resnet56
 
     kw = dict(n_samples=2, progress=False, dataset=signal_set(20, 32),

@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from attrib_bench.errors import (
+from attrib_bench.core.errors import (
     MethodError,
     MethodSettingError,
     MetricError,
     MetricSettingError,
     SettingError,
 )
-from attrib_bench.hparams import (
+from attrib_bench.core.hparams import (
     AtLeast,
     AtMost,
     Between,
@@ -35,7 +35,7 @@ from attrib_bench.hparams import (
     setting_error,
     violation,
 )
-from attrib_bench.registry import METHODS, register_method
+from attrib_bench.core.registry import METHODS, register_method
 
 
 def _convert(value, annotation, *, from_text=False):
@@ -225,7 +225,7 @@ def test_metrics_refuse_out_of_range_settings_as_metric_errors(one_line):
 
 def test_dataset_sides_and_imagenet_classes_refuse_in_one_line(one_line):
     from attrib_bench.data import dataset_options
-    from attrib_bench.imageset import ResizeCrop
+    from attrib_bench.data.imageset import ResizeCrop
 
     with pytest.raises(SettingError) as info:
         dataset_options("imagenet", {"classes": "0"}, from_text=True)

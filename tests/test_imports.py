@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: Folder → dotted package, as pyproject.toml's package-dir maps them.
 PACKAGES: dict[str, str] = {
     "attrib_bench": "attrib_bench",
+    "attrib_bench/core": "attrib_bench.core",
+    "attrib_bench/data": "attrib_bench.data",
     "attrib_bench/methods": "attrib_bench.methods",
     "models": "attrib_bench.models",
     "metrics": "attrib_bench.metrics",
@@ -29,8 +31,8 @@ PACKAGES: dict[str, str] = {
 }
 #: The modules that were on an import cycle: each must import first, in a fresh interpreter.
 FIRST_IMPORTS = ("attrib_bench.runners.distributed", "attrib_bench.runners.benchmark",
-                 "attrib_bench.registry", "attrib_bench.methods.base", "attrib_bench.packed",
-                 "attrib_bench.plots")
+                 "attrib_bench.core.registry", "attrib_bench.methods.base",
+                 "attrib_bench.data.packed", "attrib_bench.plots")
 
 
 def module_files() -> dict[str, Path]:

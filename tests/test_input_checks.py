@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from attrib_bench.errors import InputShapeError, MethodError, NotApplicableError, TargetError
+from attrib_bench.core.errors import InputShapeError, MethodError, NotApplicableError, TargetError
+from attrib_bench.core.registry import create_method
 from attrib_bench.methods.gradcam import default_layer
-from attrib_bench.registry import create_method
 
 SIZE = 16
 
@@ -67,7 +67,7 @@ INTEGER_ARRAYS = [np.array([3, 3]), np.array([3, 3], dtype=np.uint8),
 @pytest.mark.parametrize("target", INTEGER_SCALARS + INTEGER_ARRAYS, ids=repr)
 def test_integer_targets_of_any_kind_give_the_python_ints_maps(target):
     """``attribute(x, np.int64(3))`` used to be refused with "got int64"."""
-    from attrib_bench.checks import check_target
+    from attrib_bench.core.checks import check_target
 
     model = VGGStyle().eval()
     method = create_method("grad", model)
@@ -123,7 +123,7 @@ def test_a_run_names_the_model_by_its_key_not_its_class(one_line):
 
 
 def test_methods_name_the_model_given_by_naming_else_its_class(one_line):
-    from attrib_bench.checks import model_label, naming
+    from attrib_bench.core.checks import model_label, naming
 
     plain = _plain()
     with pytest.raises(NotApplicableError) as info:

@@ -16,9 +16,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from attrib_bench.checkpoints import sha256_file
 from attrib_bench.cli import cli
-from attrib_bench.errors import (
+from attrib_bench.core.checkpoints import sha256_file
+from attrib_bench.core.errors import (
     AttribBenchError,
     CheckpointError,
     ModelOutputError,
@@ -26,9 +26,9 @@ from attrib_bench.errors import (
     RunError,
     UnknownNameError,
 )
-from attrib_bench.imageset import ImageSet
+from attrib_bench.core.registry import MODELS, applicable_methods, create_method, create_model
+from attrib_bench.data.imageset import ImageSet
 from attrib_bench.models import library, protocols
-from attrib_bench.registry import MODELS, applicable_methods, create_method, create_model
 from attrib_bench.runners import benchmark
 
 SIZE = 64

@@ -11,19 +11,25 @@ import pytest
 import torch
 from torch import nn
 
-from attrib_bench.data import (
-    ImageSet,
+from attrib_bench.core.errors import AttribBenchError, MetricError, SettingError
+from attrib_bench.core.hparams import hparams_of, resolve
+from attrib_bench.core.registry import (
+    METRICS,
+    applicable_methods,
+    create_method,
+    create_metric,
+    create_model,
+)
+from attrib_bench.data import ImageSet, load_cifar10
+from attrib_bench.data.predict import predict_logits
+from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, SelectContext
+from attrib_bench.metrics.grids import (
     _confident,
     cell_slices,
     class_pools,
     compose_grids,
-    load_cifar10,
     sample_grids,
 )
-from attrib_bench.errors import AttribBenchError, MetricError, SettingError
-from attrib_bench.evaluation import predict_logits
-from attrib_bench.hparams import hparams_of, resolve
-from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, SelectContext
 from attrib_bench.metrics.localisation import (
     DisconnectedGrid,
     Localisation,
@@ -35,13 +41,6 @@ from attrib_bench.metrics.localisation import (
 from attrib_bench.models import protocols
 from attrib_bench.models.coda_net import build_coda
 from attrib_bench.models.resnet_cifar import resnet56
-from attrib_bench.registry import (
-    METRICS,
-    applicable_methods,
-    create_method,
-    create_metric,
-    create_model,
-)
 
 CPU = torch.device("cpu")
 SELECT = SelectContext(CPU)

@@ -12,17 +12,17 @@ import pytest
 import torch
 from torch import nn
 
-from attrib_bench.checks import check_range
-from attrib_bench.errors import (
+from attrib_bench.core.checks import check_range
+from attrib_bench.core.errors import (
     InputShapeError,
     MethodError,
     ModelOutputError,
     NotApplicableError,
     TargetError,
 )
+from attrib_bench.core.registry import METHODS, create_method
 from attrib_bench.methods import LIME, RISE, GradCAM
 from attrib_bench.models import protocols
-from attrib_bench.registry import METHODS, create_method
 
 #: Cheap settings, so that looping over every method stays fast.
 CHEAP = {"rise": {"n_masks": 8}, "lime": {"num_samples": 8}, "intgrad": {"n_steps": 2}}

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from attrib_bench.errors import NotApplicableError
-from attrib_bench.registry import METHODS, create_method
+from attrib_bench.core.errors import NotApplicableError
+from attrib_bench.core.registry import METHODS, create_method
 
 #: Cheap settings, so that looping over every method stays fast.
 CHEAP = {"rise": {"n_masks": 8}, "lime": {"num_samples": 8}, "intgrad": {"n_steps": 2}}

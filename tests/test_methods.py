@@ -17,24 +17,24 @@ from click.testing import CliRunner
 from torch import nn
 
 from attrib_bench.cli import cli
-from attrib_bench.errors import (
+from attrib_bench.core.errors import (
     AttribBenchError,
     InputShapeError,
     MethodError,
     NotApplicableError,
     TargetError,
 )
-from attrib_bench.methods.rise import rise_masks
-from attrib_bench.models.coda_net import build_coda
-from attrib_bench.models.dau import explanation_mode
-from attrib_bench.models.resnet_cifar import CifarResNet
-from attrib_bench.registry import (
+from attrib_bench.core.registry import (
     METHODS,
     applicable_methods,
     create_method,
     load_plugins,
     requirements,
 )
+from attrib_bench.methods.rise import rise_masks
+from attrib_bench.models.coda_net import build_coda
+from attrib_bench.models.dau import explanation_mode
+from attrib_bench.models.resnet_cifar import CifarResNet
 
 #: Cheap settings for the expensive methods (the defaults are checked by the metadata test).
 CHEAP = {"rise": {"n_masks": 48}, "lime": {"num_samples": 24}, "intgrad": {"n_steps": 5}}
@@ -438,7 +438,7 @@ def test_each_method_has_a_description_and_typed_hparams_from_its_signature(name
     import functools
     import inspect
 
-    from attrib_bench.hparams import hparams_of, type_name
+    from attrib_bench.core.hparams import hparams_of, type_name
 
     entry = METHODS.get(name)
     assert entry.description and "\n" not in entry.description
@@ -471,7 +471,7 @@ def _listing_blocks(output: str) -> dict[str, str]:
 
 
 def test_cli_lists_methods_with_their_hyper_parameters():
-    from attrib_bench.hparams import hparams_of
+    from attrib_bench.core.hparams import hparams_of
 
     result = CliRunner().invoke(cli, ["list", "methods"])
     assert result.exit_code == 0, result.output
@@ -559,7 +559,7 @@ def test_wrong_shapes_hparams_and_modes_are_one_line(one_line):
 
 PLUGIN = '''
 import torch
-from attrib_bench.registry import register_method
+from attrib_bench.core.registry import register_method
 
 @register_method("grad-norm-test")
 def grad_norm(model, inputs, target, p: float = 2):

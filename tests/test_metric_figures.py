@@ -21,8 +21,9 @@ from matplotlib.figure import Figure
 from test_plots import synthetic_results, write_run
 from torch import nn
 
+from attrib_bench.core.errors import PlotError
+from attrib_bench.core.registry import METRICS, register_metric
 from attrib_bench.data import ImageSet
-from attrib_bench.errors import PlotError
 from attrib_bench.metrics import Localisation, LocalisationDiFull, PixelRemoval, Randomisation
 from attrib_bench.metrics.base import (
     FigureTables,
@@ -34,7 +35,6 @@ from attrib_bench.metrics.base import (
 )
 from attrib_bench.metrics.figures import SCORE_CAPTION, presentation
 from attrib_bench.plots import figure_sections, figures_for, load_runs, plot_results
-from attrib_bench.registry import METRICS, register_metric
 from attrib_bench.report import render_report
 from attrib_bench.runners.benchmark import run
 

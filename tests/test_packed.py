@@ -1,4 +1,5 @@
-"""Tests for attrib_bench.packed: CIFAR-10 as JPEG train mosaics + a lossless WebP test mosaic."""
+"""Tests for attrib_bench.data.packed: CIFAR-10 as JPEG train mosaics and a lossless WebP test
+mosaic."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from attrib_bench.core.errors import ChecksumError, DataNotFoundError
 from attrib_bench.data import ImageSet, load_cifar10, resolve_data_root
-from attrib_bench.errors import ChecksumError, DataNotFoundError
-from attrib_bench.packed import (
+from attrib_bench.data.packed import (
     MANIFEST_NAME,
     PackedChecksumError,
     from_mosaic,

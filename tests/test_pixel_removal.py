@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from attrib_bench.core.errors import AttribBenchError, MetricError, SettingError
+from attrib_bench.core.hparams import hparams_of, resolve
+from attrib_bench.core.registry import METRICS, create_metric
 from attrib_bench.data import ImageSet
-from attrib_bench.errors import AttribBenchError, MetricError, SettingError
-from attrib_bench.hparams import hparams_of, resolve
 from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, SelectContext
 from attrib_bench.metrics.pixel_removal import (
     BASELINES,
@@ -30,7 +31,6 @@ from attrib_bench.metrics.pixel_removal import (
 )
 from attrib_bench.models.coda_net import CoDAConfig, CoDANet
 from attrib_bench.models.resnet_cifar import CifarResNet, resnet56
-from attrib_bench.registry import METRICS, create_metric
 
 CPU = torch.device("cpu")
 #: What the runner gives :meth:`PixelRemoval.select` (it needs none of it).

@@ -26,13 +26,8 @@ from test_run_checks import CHEAP, _data, _model  # the toy data and model of th
 from torch import nn
 
 from attrib_bench.cli import cli
-from attrib_bench.data import ImageSet
-from attrib_bench.errors import MetricError, PlotError, PluginError, UnknownNameError
-from attrib_bench.metrics import Metric, SampleSet, make_rows
-from attrib_bench.metrics.base import SelectContext
-from attrib_bench.metrics.localisation import Localisation
-from attrib_bench.plots import figures_for, method_colours, plot_results
-from attrib_bench.registry import (
+from attrib_bench.core.errors import MetricError, PlotError, PluginError, UnknownNameError
+from attrib_bench.core.registry import (
     METHODS,
     METRICS,
     MODELS,
@@ -40,6 +35,11 @@ from attrib_bench.registry import (
     method_label,
     register_method,
 )
+from attrib_bench.data import ImageSet
+from attrib_bench.metrics import Metric, SampleSet, make_rows
+from attrib_bench.metrics.base import SelectContext
+from attrib_bench.metrics.localisation import Localisation
+from attrib_bench.plots import figures_for, method_colours, plot_results
 from attrib_bench.report import render_report
 from attrib_bench.runners.benchmark import run
 from attrib_bench.store import add_runs, load_run, load_runs
@@ -108,7 +108,7 @@ def test_a_run_draws_its_plugin_methods_as_recorded_without_the_plugin(tmp_path,
 
 
 def test_the_runs_record_comes_before_the_registry():
-    from attrib_bench.registry import recorded_display
+    from attrib_bench.core.registry import recorded_display
 
     record = {"methods": {"grad": {"label": "Grad as run", "colour": "#abcdef"},
                           "zeta": {"label": "Zeta", "colour": None}}}
@@ -135,7 +135,7 @@ def _plugin_file(folder: Path, module: str, method: str, extra: str = "") -> Pat
     path = folder / f"{module}.py"
     path.write_text(textwrap.dedent(f'''
         {extra}
-        from attrib_bench.registry import register_method
+        from attrib_bench.core.registry import register_method
 
         @register_method("{method}")
         def method(model, inputs, target):
@@ -415,7 +415,7 @@ def test_the_grid_pool_error_says_what_it_found_what_it_needs_and_the_fixes(one_
 def test_the_docs_say_what_n_samples_counts_per_metric():
     """docs/runs.md's table of what --n-samples counts names each built-in metric's setting
     and default as the registry has them, and says where the n that ran is recorded."""
-    from attrib_bench.hparams import hparams_of
+    from attrib_bench.core.hparams import hparams_of
 
     page = (REPO / "docs" / "runs.md").read_text()
     section = page.split("## How many samples: `--n-samples`")[1].split("\n## ")[0]
@@ -445,10 +445,10 @@ def test_a_plugin_class_passing_kwargs_on_gets_the_runs_seed_and_checked_keys(tm
     """``__init__(self, model, *, power=1.0, **kw)`` calling ``super().__init__(model, **kw)``:
     its base's ``max_batch`` and ``seed`` are its settings too, so the run's ``--seed``
     reaches it (it was built with seed 0) and an unknown key is refused before any work."""
-    from attrib_bench.errors import SettingError
-    from attrib_bench.hparams import accepts_any, hparams_of
+    from attrib_bench.core.errors import SettingError
+    from attrib_bench.core.hparams import accepts_any, hparams_of
+    from attrib_bench.core.registry import METHODS
     from attrib_bench.methods.base import AttributionMethod
-    from attrib_bench.registry import METHODS
 
     class KwSaliency(AttributionMethod):
         name = "kw-saliency"

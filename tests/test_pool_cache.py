@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from test_localisation import LabelReader, _synthetic
 
-from attrib_bench.evaluation import INFERENCE_BATCH
+from attrib_bench.data.predict import INFERENCE_BATCH
 from attrib_bench.metrics.base import SelectContext
 from attrib_bench.metrics.localisation import Localisation
 from attrib_bench.runners import cache as cache_module
@@ -127,9 +127,9 @@ def test_cli_batch_size_flag_still_works_with_a_warning(tmp_path):
 @pytest.mark.parametrize("params", ["model, dataset, n_samples, device, batch_size",
                                     "model, dataset, n_samples, device"])
 def test_a_metric_with_the_old_select_contract_is_one_line(tmp_path, params):
-    from attrib_bench.errors import MetricError
+    from attrib_bench.core.errors import MetricError
+    from attrib_bench.core.registry import METRICS, register_metric
     from attrib_bench.metrics.base import Metric
-    from attrib_bench.registry import METRICS, register_metric
 
     namespace: dict = {}
     exec(f"def select(self, {params}):\n    raise AssertionError('not called')", namespace)

@@ -31,10 +31,10 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from attrib_bench import hparams
-from attrib_bench.checks import check_images, check_range, check_target
-from attrib_bench.errors import AttribBenchError, SettingError
-from attrib_bench.registry import METHODS, METRICS, create_method
+from attrib_bench.core import hparams
+from attrib_bench.core.checks import check_images, check_range, check_target
+from attrib_bench.core.errors import AttribBenchError, SettingError
+from attrib_bench.core.registry import METHODS, METRICS, create_method
 from attrib_bench.runners.settings import parse_settings, resolve_method, run_config
 
 EXPLORE = os.environ.get("HYPOTHESIS_PROFILE") == "explore"

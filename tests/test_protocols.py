@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from attrib_bench.errors import MetricError, ModelOutputError, SettingError
-from attrib_bench.hparams import convert, hparams_of, resolve
+from attrib_bench.core.errors import MetricError, ModelOutputError, SettingError
+from attrib_bench.core.hparams import convert, hparams_of, resolve
+from attrib_bench.core.registry import METRICS, MODELS
 from attrib_bench.metrics.base import Metric
 from attrib_bench.models import protocols
-from attrib_bench.registry import METRICS, MODELS
 
 MODEL_NAMES = MODELS.names()
 #: Models small enough for forward checks at 32 px on a CPU (float64, untrained).

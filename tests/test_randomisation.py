@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from attrib_bench.core.errors import AttribBenchError, MetricError, SettingError
+from attrib_bench.core.hparams import hparams_of, resolve
+from attrib_bench.core.registry import METRICS, create_method
 from attrib_bench.data import ImageSet
-from attrib_bench.errors import AttribBenchError, MetricError, SettingError
-from attrib_bench.hparams import hparams_of, resolve
 from attrib_bench.methods.base import function_method
 from attrib_bench.metrics.base import ROW_COLUMNS, EvalContext, SelectContext
 from attrib_bench.metrics.randomisation import (
@@ -35,7 +36,6 @@ from attrib_bench.metrics.randomisation import (
 from attrib_bench.models.coda_net import build_coda
 from attrib_bench.models.dau import DAUConv2d
 from attrib_bench.models.resnet_cifar import CifarResNet, resnet56
-from attrib_bench.registry import METRICS, create_method
 
 TINY_CODA = {"out_channels": (8, 8, 16, 16, 10), "ranks": (8, 8, 16, 16, 16),
              "kernels": (3, 3, 3, 3, 1), "strides": (1, 2, 1, 2, 1), "paddings": (1, 1, 1, 1, 0)}

@@ -232,7 +232,7 @@ class Runner:
 
 
 def _real_available() -> bool:
-    from attrib_bench.checkpoints import resolve_weights_root
+    from attrib_bench.core.checkpoints import resolve_weights_root
     from attrib_bench.data import resolve_data_root
 
     return ((resolve_data_root() / "cifar-10-batches-py" / "test_batch").is_file()
@@ -503,7 +503,7 @@ class ParseCase(Case):
 def _parse(args: list[str]) -> dict:
     """Parse ``attrib-bench ARGS`` with the real click command; return the subcommand's params."""
     from attrib_bench.cli import cli
-    from attrib_bench.registry import METHODS, MODELS
+    from attrib_bench.core.registry import METHODS, MODELS
 
     global_args, sub, rest = _subcommand(["attrib-bench", *args])
     assert sub is not None, args
@@ -587,7 +587,7 @@ class TomlCase(Case):
     def run(self, request) -> None:
         import tomllib
 
-        from attrib_bench.registry import PLUGIN_GROUP
+        from attrib_bench.core.registry import PLUGIN_GROUP
 
         data = tomllib.loads("\n".join(self.block.body))
         groups = data.get("project", {}).get("entry-points", {})

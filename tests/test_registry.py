@@ -8,8 +8,8 @@ import textwrap
 import pytest
 import torch
 
-from attrib_bench.errors import PluginError, UnknownNameError
-from attrib_bench.registry import (
+from attrib_bench.core.errors import PluginError, UnknownNameError
+from attrib_bench.core.registry import (
     MODELS,
     Registry,
     create_model,
@@ -67,7 +67,7 @@ def test_plugin_module_registers_a_model(tmp_path, monkeypatch):
     """A user's module, imported by name, adds a model without touching the toolkit."""
     (tmp_path / "my_plugin_mod.py").write_text(textwrap.dedent('''
         import torch
-        from attrib_bench.registry import register_model
+        from attrib_bench.core.registry import register_model
 
         @register_model("tiny-linear-test", override=True)
         def tiny(pretrained=False, **kw):

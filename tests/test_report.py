@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 from test_plots import _rows, synthetic_results, write_run
 
-from attrib_bench.checkpoints import sha256_file
 from attrib_bench.cli import cli
 from attrib_bench.compare import rankings
+from attrib_bench.core.checkpoints import sha256_file
+from attrib_bench.core.provenance import git_commit
 from attrib_bench.metrics.base import make_rows
 from attrib_bench.plots import RunTables, load_runs
-from attrib_bench.provenance import git_commit
 from attrib_bench.report import code_version, render_report, sample_tables, summary_rows
 
 

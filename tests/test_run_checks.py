@@ -21,10 +21,9 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from attrib_bench import hparams
 from attrib_bench.cli import cli
-from attrib_bench.data import ImageSet
-from attrib_bench.errors import (
+from attrib_bench.core import hparams
+from attrib_bench.core.errors import (
     MethodError,
     ModelOutputError,
     NotApplicableError,
@@ -32,7 +31,8 @@ from attrib_bench.errors import (
     RunError,
     SettingError,
 )
-from attrib_bench.registry import METHODS, create_method, load_plugins, register_method
+from attrib_bench.core.registry import METHODS, create_method, load_plugins, register_method
+from attrib_bench.data import ImageSet
 from attrib_bench.runners.benchmark import run, sweep
 from attrib_bench.runners.jobs import Part
 from attrib_bench.runners.settings import RunRequest, run_settings
@@ -123,7 +123,7 @@ def test_bad_settings_are_one_line_before_anything_is_written(tmp_path, setting,
 def test_zero_grids_is_refused_before_any_model_runs(tmp_path, metric, monkeypatch):
     """`--set localisation.num_grids=0` used to pass, run the pool's logits pass and end in "no
     results were produced"; like --n-samples 0 it is now one line before any work."""
-    from attrib_bench.errors import MetricError
+    from attrib_bench.core.errors import MetricError
     from attrib_bench.runners import benchmark
 
     def no_model(*args, **kwargs):
@@ -143,7 +143,7 @@ def test_zero_grids_is_refused_before_any_model_runs(tmp_path, metric, monkeypat
 def test_more_images_than_the_dataset_holds_is_refused_not_clipped(tmp_path, metric, by_flag):
     """`--n-samples 20000` on CIFAR-10's 10 000 test images used to run 10 000 while the config
     recorded 20 000; like localisation's grid count it is now one line naming the fix."""
-    from attrib_bench.errors import MetricError
+    from attrib_bench.core.errors import MetricError
 
     out = tmp_path / "never"
     asked = {"n_samples": 13} if by_flag else {}

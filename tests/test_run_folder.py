@@ -29,8 +29,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from attrib_bench.cli import cli
+from attrib_bench.core.errors import AttribBenchError, RunError
 from attrib_bench.data import ImageSet
-from attrib_bench.errors import AttribBenchError, RunError
 from attrib_bench.runners import storage
 from attrib_bench.runners.benchmark import Plan, run, sweep
 from attrib_bench.runners.jobs import Part

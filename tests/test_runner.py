@@ -18,8 +18,8 @@ import torch
 from click.testing import CliRunner
 
 from attrib_bench.cli import cli
-from attrib_bench.errors import RunError, UnknownNameError
-from attrib_bench.registry import METHODS, METRICS
+from attrib_bench.core.errors import RunError, UnknownNameError
+from attrib_bench.core.registry import METHODS, METRICS
 from attrib_bench.runners.benchmark import bootstrap_ci, run
 from attrib_bench.runners.cache import AttributionCache, atomic_write
 
@@ -33,7 +33,7 @@ TOY = textwrap.dedent('''
 
     from attrib_bench.data import ImageSet
     from attrib_bench.metrics.base import Metric, SampleSet, make_rows
-    from attrib_bench.registry import METRICS, register_metric
+    from attrib_bench.core.registry import METRICS, register_metric
 
 
     class ToyMass(Metric):
@@ -299,8 +299,8 @@ def test_atomic_write_leaves_one_whole_file_with_the_usual_permissions(tmp_path)
 def test_tables_edited_after_the_run_are_refused_by_plot_and_report(toy, tmp_path):
     """The manifest records each table's sha256; a summary or results table changed afterwards
     (a hand edit, a partial copy) is one line naming the fix, not a figure of other numbers."""
-    from attrib_bench.checkpoints import sha256_file
-    from attrib_bench.errors import PlotError
+    from attrib_bench.core.checkpoints import sha256_file
+    from attrib_bench.core.errors import PlotError
     from attrib_bench.plots import load_run
 
     out = tmp_path / "run"
@@ -329,7 +329,7 @@ def test_n_samples_sets_a_metrics_declared_count_setting(toy, tmp_path, monkeypa
     at N, so run.json/metric_config show the count that ran and both spellings share cache
     entries; given both ways at once is one line. Without it (the toy metric as written),
     ``n_samples`` reaches ``select`` and is recorded beside the metric's own settings."""
-    from attrib_bench.errors import SettingError
+    from attrib_bench.core.errors import SettingError
 
     plain = _run(toy, tmp_path / "plain", n_samples=6)
     assert json.loads(plain["metric_config"].iloc[0]) == {

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from attrib_bench.core.errors import RunError, SettingError
 from attrib_bench.data import ImageSet
-from attrib_bench.errors import RunError, SettingError
 from attrib_bench.runners.benchmark import run, sweep
 from attrib_bench.runners.settings import (
     ExecutorOptions,

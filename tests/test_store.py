@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from test_plots import MODELS, synthetic_results, write_run
 
 from attrib_bench.cli import cli
-from attrib_bench.errors import PlotError
+from attrib_bench.core.errors import PlotError
 from attrib_bench.plots import load_run, plot_results
 from attrib_bench.store import (
     CURVES,

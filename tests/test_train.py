@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from attrib_bench.checkpoints import sha256_file
 from attrib_bench.cli import cli
-from attrib_bench.errors import CheckpointError, ChecksumError
-from attrib_bench.registry import create_model
+from attrib_bench.core.checkpoints import sha256_file
+from attrib_bench.core.errors import CheckpointError, ChecksumError
+from attrib_bench.core.registry import create_model
 from attrib_bench.runners.train import (
     TrainConfig,
     augment,
@@ -174,7 +174,7 @@ def test_time_budget_plans_a_schedule_that_fits_and_completes(packed_signal_sets
 
 
 def test_budget_too_small_is_one_line(signal_set, tmp_path):
-    from attrib_bench.errors import TrainError
+    from attrib_bench.core.errors import TrainError
 
     data = signal_set(64, 32)
     config = TrainConfig(**{**TINY, "schedule": "cosine"}, time_budget=0.05)
@@ -290,7 +290,7 @@ def test_lambda_two_steps_lower_the_regularised_loss(signal_set, tmp_path):
 
 
 def test_lambda_needs_a_linear_map(signal_set, tmp_path):
-    from attrib_bench.errors import TrainError
+    from attrib_bench.core.errors import TrainError
 
     data = signal_set(16, 32)
     with pytest.raises(TrainError, match="linear map"):
@@ -336,7 +336,7 @@ def test_the_temperature_defaults_to_the_models_own():
 def test_models_other_than_coda_nets_have_no_temperature_or_norm():
     """A ResNet's config records neither T nor a DAU norm, and setting one is refused in one
     line (it would be recorded and mean nothing)."""
-    from attrib_bench.errors import TrainError
+    from attrib_bench.core.errors import TrainError
 
     config = TrainConfig(model="resnet56")
     assert (config.temperature, config.norm) == (None, None)

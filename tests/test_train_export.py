@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from attrib_bench.errors import ModelOutputError
+from attrib_bench.core.errors import ModelOutputError
 from attrib_bench.models import protocols
 from attrib_bench.models.coda_net import build_coda
 from attrib_bench.runners.train import (

@@ -8,12 +8,13 @@ import shutil
 import pytest
 import torch
 
-from attrib_bench.checkpoints import sha256_file
+from attrib_bench.core.checkpoints import sha256_file
+from attrib_bench.core.errors import CheckpointError
+from attrib_bench.core.evaluation import top1_accuracy
+from attrib_bench.core.registry import MODELS, create_model, list_models
 from attrib_bench.data import load_cifar10
-from attrib_bench.errors import CheckpointError
-from attrib_bench.evaluation import predict_logits, top1_accuracy
+from attrib_bench.data.predict import predict_logits
 from attrib_bench.models.zoo import BUNDLED_DIR, TRAINED, register_zoo_folder
-from attrib_bench.registry import MODELS, create_model, list_models
 from attrib_bench.runners.cache import PoolLogits, ShippedLogits, model_digest
 
 NAMES = sorted(TRAINED)

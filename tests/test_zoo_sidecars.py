@@ -12,11 +12,11 @@ import json
 import pytest
 import torch
 
-from attrib_bench.checkpoints import sha256_file
-from attrib_bench.errors import CheckpointError, ChecksumError
+from attrib_bench.core.checkpoints import sha256_file
+from attrib_bench.core.errors import CheckpointError, ChecksumError
+from attrib_bench.core.registry import MODELS, create_model
 from attrib_bench.models import zoo
 from attrib_bench.models.zoo import BUNDLED_DIR, read_zoo_sidecar, register_zoo_folder
-from attrib_bench.registry import MODELS, create_model
 from attrib_bench.runners.train import TrainConfig, build_model, export
 
 #: The shipped weights files (pool logits are data beside an entry, not weights).

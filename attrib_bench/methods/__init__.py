@@ -5,6 +5,7 @@
 when a method is built, so listing the registry stays fast.
 """
 
+from attrib_bench.core.registry import applicable_methods  # re-exported: it lives with the registry
 from attrib_bench.methods import (
     controls,
     gradcam,
@@ -34,7 +35,6 @@ from attrib_bench.methods.perturbation import (
     PerturbedScores,
 )
 from attrib_bench.methods.rise import RISE, rise_masks
-from attrib_bench.registry import applicable_methods  # re-exported: it lives with the registry
 
 __all__ = [
     "LIME",

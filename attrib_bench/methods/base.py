@@ -3,9 +3,9 @@
 ``Method(model, **hparams).attribute(inputs, target) -> (B, H, W)``: ``inputs`` float RGB in
 [0, 1], shape (B, 3, H, W), in the dtype of the model's parameters; ``target`` class indices,
 an integer tensor or array (B,) or one integer scalar of any kind for every image
-(:func:`attrib_bench.checks.check_target`); the result is one signed value per pixel (channels
+(:func:`attrib_bench.core.checks.check_target`); the result is one signed value per pixel (channels
 summed), on the inputs' device, in their dtype. :class:`AttributionMethod` validates inputs
-(:mod:`attrib_bench.checks`: shape, finite, range; then the dtype), targets, the model's
+(:mod:`attrib_bench.core.checks`: shape, finite, range; then the dtype), targets, the model's
 output (:func:`attrib_bench.models.protocols.check_logits`: logits (B, K), not a tuple, not
 probabilities) and the produced map (one-line :class:`AttribBenchError`
 subclasses), returns an empty (0, H, W) map for an empty batch without running the model, runs
@@ -14,7 +14,7 @@ only :meth:`AttributionMethod._attribute` (or :meth:`AttributionMethod._attribut
 :meth:`AttributionMethod.preflight` if it cannot handle every model.
 
 On a CUDA device the maps are computed in IEEE float32 (no TF32,
-:func:`attrib_bench.evaluation.ieee_float32`), so they equal the CPU's up to float32 rounding
+:func:`attrib_bench.core.evaluation.ieee_float32`), so they equal the CPU's up to float32 rounding
 (1e-4 of the map's largest value where a method does not amplify it; ``tests/test_cuda.py`` has
 the tolerance per method family and why); the stochastic methods draw their randomness on the
 CPU (RISE's masks, LIME's samples and superpixels), so a seed gives the same perturbations on
@@ -32,7 +32,7 @@ from typing import Annotated, Any, ClassVar, NamedTuple, final
 import torch
 from torch import nn
 
-from attrib_bench.checks import (
+from attrib_bench.core.checks import (
     check_finite,
     check_images,
     check_range,
@@ -40,16 +40,16 @@ from attrib_bench.checks import (
     current_model_name,
     model_label,
 )
-from attrib_bench.errors import (
+from attrib_bench.core.errors import (
     InputShapeError,
     MethodError,
     MethodSettingError,
     NotApplicableError,
 )
-from attrib_bench.evaluation import eval_mode, ieee_float32
-from attrib_bench.hparams import Between, PositiveInt, check_settings
+from attrib_bench.core.evaluation import eval_mode, ieee_float32
+from attrib_bench.core.hparams import Between, PositiveInt, check_settings
+from attrib_bench.core.registry import LISTING_HINT, METHODS
 from attrib_bench.models import protocols
-from attrib_bench.registry import LISTING_HINT, METHODS
 
 #: Images per forward (or forward + backward) unless a method is told otherwise.
 DEFAULT_MAX_BATCH = 64
@@ -153,7 +153,7 @@ class AttributionMethod:
     #: configuration (DeepLIFT on a model with nothing for its rule: ``"ixg"``); the benchmark
     #: runner's attribution cache then serves one method's maps to the other. None: no such one.
     same_maps_as: str | None = None
-    #: What a refused setting raises (:func:`attrib_bench.hparams.setting_error`).
+    #: What a refused setting raises (:func:`attrib_bench.core.hparams.setting_error`).
     setting_error: ClassVar[type[MethodSettingError]] = MethodSettingError
 
     @classmethod
@@ -178,7 +178,7 @@ class AttributionMethod:
         # nn.DataParallel only splits batches: explain (and ask capabilities of) its module
         self.model = protocols.unwrap(model)
         #: The model's registered name or the name given to ``run`` when known (set by
-        #: :func:`attrib_bench.checks.naming` around the method's construction), else None;
+        #: :func:`attrib_bench.core.checks.naming` around the method's construction), else None;
         #: messages name the model by ``model_label``: "model 'NAME'", else its Python class.
         self.model_name: str | None = current_model_name()
         self.model_label = model_label(self.model, self.model_name)
@@ -195,8 +195,8 @@ class AttributionMethod:
     def _require(self, attr: str, fix: str = "") -> None:
         """Raise :class:`NotApplicableError` unless the model has ``attr``.
 
-        The line names :data:`~attrib_bench.registry.LISTING_HINT`, which
-        :meth:`attrib_bench.registry.MethodRegistry.create` replaces with the methods that do
+        The line names :data:`~attrib_bench.core.registry.LISTING_HINT`, which
+        :meth:`attrib_bench.core.registry.MethodRegistry.create` replaces with the methods that do
         apply when the method is built by name.
         """
         if hasattr(self.model, attr):
@@ -252,7 +252,7 @@ class AttributionMethod:
         model's parameters' dtype. ``target``: class indices in [0, K), an integer tensor or
         NumPy array (B,), or one integer scalar of any kind (``3``, ``np.int64(3)``,
         ``torch.tensor(3)``) for every image; bools and floats are refused
-        (:func:`attrib_bench.checks.check_target`). An empty batch (B = 0) gives an empty
+        (:func:`attrib_bench.core.checks.check_target`). An empty batch (B = 0) gives an empty
         (0, H, W) map once the target's form is checked; the model is not run.
         """
         inputs = check_finite(check_images(inputs).detach())
@@ -307,7 +307,7 @@ class AttributionMethod:
 
     def _check_target(self, target: object, inputs: torch.Tensor) -> torch.Tensor:
         """``target`` as a LongTensor (B,) on the inputs' device, each value a class of the
-        model (:func:`attrib_bench.checks.check_target`: any integer scalar or an integer
+        model (:func:`attrib_bench.core.checks.check_target`: any integer scalar or an integer
         tensor/array (B,); never a bool or a float)."""
         check_target(target, len(inputs))  # the form first: before the model runs
         return check_target(target, len(inputs), self.num_classes(inputs), inputs.device)

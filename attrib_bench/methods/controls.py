@@ -6,7 +6,7 @@ reasons (the first step towards evaluating the metrics themselves; cf. Adebayo e
 
 - ``random``: i.i.d. standard normal values, a pure function of (``seed``, the image's content,
   the pixel), so the same image gets the same map in every batch and chunk
-  (:func:`attrib_bench.hashing.hashed_normal`).
+  (:func:`attrib_bench.core.hashing.hashed_normal`).
 - ``centre``: a Gaussian centred on the image, σ = ``sigma`` × the shorter side (the centre bias
   of photographs), the same for every image.
 - ``edges``: the Sobel gradient magnitude of the image's channel mean, as
@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrib_bench.hashing import M32, hash32, hashed_normal
-from attrib_bench.hparams import Positive, check_settings
+from attrib_bench.core.hashing import M32, hash32, hashed_normal
+from attrib_bench.core.hparams import Positive, check_settings
+from attrib_bench.core.registry import register_method
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
-from attrib_bench.registry import register_method
 
 
 def image_ids(inputs: torch.Tensor) -> torch.Tensor:

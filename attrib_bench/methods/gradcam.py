@@ -19,11 +19,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from attrib_bench.checks import model_label
-from attrib_bench.errors import MethodError, NotApplicableError
+from attrib_bench.core.checks import model_label
+from attrib_bench.core.errors import MethodError, NotApplicableError
+from attrib_bench.core.registry import register_method
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
 from attrib_bench.models import protocols
-from attrib_bench.registry import register_method
 
 Interpolation = Literal["nearest", "bilinear", "area"]
 
@@ -53,7 +53,7 @@ def resolve_layer(model: nn.Module, path: str, method: str = "gradcam", *,
                   model_name: str | None = None) -> nn.Module:
     """The submodule at ``path`` (``"features.3"``); a wrong path is one :class:`MethodError`
     line listing the model's convolutional layers (the first :data:`MAX_LISTED`), naming the
-    model by ``model_name`` (else as :func:`attrib_bench.checks.model_label` does).
+    model by ``model_name`` (else as :func:`attrib_bench.core.checks.model_label` does).
 
     A path not found on ``model`` is tried inside the network a wrapper holds
     (:data:`WRAPPED`: ``model.model`` of a torchvision/timm wrapper, ``model.net`` of a B-cos
@@ -252,7 +252,7 @@ class GradCAM(AttributionMethod):
         Raises :class:`NotApplicableError` (one line) for a layer with no spatial output (e.g. a
         ``Linear`` layer, output (B, K)) or one that the forward does not call.
         """
-        from attrib_bench.evaluation import forward_with_hooks
+        from attrib_bench.core.evaluation import forward_with_hooks
 
         super().preflight(inputs, target)
         seen: list[object] = []

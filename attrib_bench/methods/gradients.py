@@ -4,7 +4,7 @@
 InputXGradient), ``intgrad`` (captum's IntegratedGradients) and ``deeplift`` (captum's DeepLift,
 rescale rule). The paper's settings: RGB inputs, zero baselines, 20 integration steps. ``grad``,
 ``ixg`` and ``deeplift`` on a model without modules for DeepLift's rule are plain gradients, taken
-with :func:`attrib_bench.backward.target_gradients` (one forward per distinct input, so a
+with :func:`attrib_bench.core.backward.target_gradients` (one forward per distinct input, so a
 localisation grid explained for its n² cells runs the model once, not n² times: 2.9× faster on
 xs-coda, ``benchmarks/README.md``) and tested against captum's results; captum computes the
 rest, and is imported when a method is built, not when the registry is listed. On a CoDA-Net,
@@ -19,11 +19,11 @@ from typing import Annotated, Literal
 import torch
 from torch import nn
 
-from attrib_bench.backward import run_starts, target_gradients
-from attrib_bench.errors import MethodError, NotApplicableError
-from attrib_bench.hparams import AtMost, Positive, check_settings
+from attrib_bench.core.backward import run_starts, target_gradients
+from attrib_bench.core.errors import MethodError, NotApplicableError
+from attrib_bench.core.hparams import AtMost, Positive, check_settings
+from attrib_bench.core.registry import register_method
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
-from attrib_bench.registry import register_method
 
 IGRule = Literal["gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right",
                  "riemann_middle"]
@@ -79,7 +79,7 @@ class IntegratedGradients(AttributionMethod):
 
     x ⊙ Σ_k w_k ∇f(α_k x) with captum's nodes α_k and weights w_k for ``rule`` (its default,
     Gauss-Legendre; ``approximation_parameters``), so the result is captum's. The gradients come
-    from :func:`~attrib_bench.backward.target_gradients`, a block of steps at a time, with at
+    from :func:`~attrib_bench.core.backward.target_gradients`, a block of steps at a time, with at
     most ``max_batch`` distinct images per forward; a localisation grid explained for its n²
     cells then runs the model once per step, not n² times.
     """
@@ -215,7 +215,7 @@ def reused_nonlinearities(model: nn.Module, inputs: torch.Tensor
     """
     from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 
-    from attrib_bench.evaluation import forward_with_hooks
+    from attrib_bench.core.evaluation import forward_with_hooks
 
     calls: dict[nn.Module, int] = {}
     names: dict[nn.Module, str] = {}

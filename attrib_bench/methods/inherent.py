@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attrib_bench.core.registry import register_method
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, AttributionMethod
-from attrib_bench.registry import register_method
 
 
 @register_method("inherent", family="model-inherent", label="Inherent (W·x)", colour="#d62728")

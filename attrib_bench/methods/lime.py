@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from attrib_bench.errors import MethodError
-from attrib_bench.hparams import AtLeast, Between, check_settings
+from attrib_bench.core.errors import MethodError
+from attrib_bench.core.hparams import AtLeast, Between, check_settings
+from attrib_bench.core.registry import register_method
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, REFERENCE_SIDE, SharedImages
 from attrib_bench.methods.perturbation import BlackBoxMethod
 from attrib_bench.models import protocols
 from attrib_bench.models.protocols import Score
-from attrib_bench.registry import register_method
 
 
 @contextlib.contextmanager

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from attrib_bench.errors import MethodError
-from attrib_bench.hparams import PositiveInt, check_settings
+from attrib_bench.core.errors import MethodError
+from attrib_bench.core.hparams import PositiveInt, check_settings
+from attrib_bench.core.registry import METHODS, register_method
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH, REFERENCE_SIDE
 from attrib_bench.methods.perturbation import PerturbationMethod, PerturbedScores
-from attrib_bench.registry import METHODS, register_method
 
 
 def window_cover(length: int, size: int, stride: int, device: torch.device,

@@ -155,7 +155,7 @@ class PerturbationMethod(BlackBoxMethod, Generic[P]):
     def perturbations(self, size: tuple[int, int], device: torch.device,
                       dtype: torch.dtype) -> P:
         """The perturbations of images of ``size`` (H, W) on ``device`` in ``dtype``; raises
-        :class:`~attrib_bench.errors.MethodError` if the method's settings do not fit it."""
+        :class:`~attrib_bench.core.errors.MethodError` if the method's settings do not fit it."""
         raise NotImplementedError
 
     def maps(self, scores: PerturbedScores, perturbations: P) -> torch.Tensor:

@@ -25,8 +25,9 @@ from typing import Annotated
 import torch
 from torch import nn
 
-from attrib_bench.errors import MethodError
-from attrib_bench.hparams import Between, PositiveInt, check_settings
+from attrib_bench.core.errors import MethodError
+from attrib_bench.core.hparams import Between, PositiveInt, check_settings
+from attrib_bench.core.registry import register_method
 from attrib_bench.methods.base import DEFAULT_MAX_BATCH
 from attrib_bench.methods.perturbation import (
     Chunk,
@@ -37,7 +38,6 @@ from attrib_bench.methods.perturbation import (
 )
 from attrib_bench.models import protocols
 from attrib_bench.models.protocols import Score
-from attrib_bench.registry import register_method
 
 _MASK_CACHE: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _MASK_CACHE_SIZE = 2  # mask sets kept (6000 masks of 96×96 in float32 take 221 MB)

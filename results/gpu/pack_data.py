@@ -2,7 +2,7 @@
 
 The device tool copies the working tree (tracked files and untracked, not ignored ones) plus the
 carried paths, at most 64 MiB in all. This script packs the original CIFAR-10 (train: JPEG
-mosaics, lossy; test: lossless WebP, bit-exact; see attrib_bench/packed.py) into
+mosaics, lossy; test: lossless WebP, bit-exact; see attrib_bench/data/packed.py) into
 ``.carry/cifar10`` and keeps the first of (q90 4:4:4, q85 4:4:4, q80 4:2:0, q75 4:2:0) for which
 
     size(git ls-files --cached --others --exclude-standard) + size(.carry/wheels) + packed
@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from attrib_bench.packed import pack_cifar10, read_manifest, write_manifest
+from attrib_bench.data.packed import pack_cifar10, read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1 << 20

@@ -39,9 +39,10 @@ def stage_times(out: Path) -> list[dict[str, str]]:
 def measure_accuracy(weights: Path, data_root: str | None, limit: int | None,
                      device: str) -> float:
     """Top-1 % of the stored weights on the original test set (or its first ``limit`` images)."""
+    from attrib_bench.core.evaluation import top1_accuracy
+    from attrib_bench.core.registry import create_model
     from attrib_bench.data import load_cifar10
-    from attrib_bench.evaluation import predict_logits, top1_accuracy
-    from attrib_bench.registry import create_model
+    from attrib_bench.data.predict import predict_logits
 
     sidecar = json.loads(weights.with_suffix(".json").read_text())
     config = sidecar["config"]

@@ -2,7 +2,7 @@
 ``imagenet`` (``attrib-bench list datasets``; :func:`attrib_bench.data.get_dataset`).
 
 Each is a factory ``f(split="test", root=None, download=False, **options) -> image set``
-registered with :func:`~attrib_bench.registry.register_dataset` and its metadata:
+registered with :func:`~attrib_bench.core.registry.register_dataset` and its metadata:
 ``image_size`` (H, W) at the default options, ``num_classes`` (None: as many as the folders),
 ``eval_split`` (the split a benchmark run and ``eval`` use), ``splits``, ``source`` and, where the
 dataset has its own evaluation protocol, ``protocol`` ({metric: {setting: value}}: the defaults a
@@ -10,10 +10,10 @@ run uses for that metric unless it sets them, e.g. TinyImageNet's 250 localisati
 this module registers them; the registry imports it on its first dataset lookup.
 
 CIFAR-10 and TinyImageNet are small enough to be decoded into memory once per process
-(:class:`~attrib_bench.imageset.ImageSet`: CIFAR-10's 60 000 images are 184 MB, TinyImageNet's
+(:class:`~attrib_bench.data.imageset.ImageSet`: CIFAR-10's 60 000 images are 184 MB, TinyImageNet's
 110 000 1.35 GB). ImageFolder trees and ImageNet are returned as a
-:class:`~attrib_bench.imageset.FileImageSet`: a list of files decoded batch by batch, resized and
-centre-cropped (:class:`~attrib_bench.imageset.ResizeCrop`).
+:class:`~attrib_bench.data.imageset.FileImageSet`: a list of files decoded batch by batch, resized
+and centre-cropped (:class:`~attrib_bench.data.imageset.ResizeCrop`).
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from pathlib import Path
 
 import torch
 
+from attrib_bench.core.errors import DataNotFoundError
+from attrib_bench.core.hparams import PositiveInt, check_settings
+from attrib_bench.core.registry import register_dataset
 from attrib_bench.data import load_cifar10
-from attrib_bench.errors import DataNotFoundError
-from attrib_bench.hparams import PositiveInt, check_settings
-from attrib_bench.imageset import (
+from attrib_bench.data.imageset import (
     FileImageSet,
     ImageSet,
     NativeSize,
     ResizeCrop,
     resolve_data_root,
 )
-from attrib_bench.registry import register_dataset
 
 #: File name endings an ImageFolder tree's images may have (any case), as torchvision's
 #: ``IMG_EXTENSIONS`` less the rarely used .ppm, .pgm and .tif(f).
@@ -69,7 +69,7 @@ def cifar10(split: str = "test", root: str | Path | None = None,
     """CIFAR-10: 32x32 RGB, 10 classes, 50 000 train / 10 000 test images (original or packed).
 
     ``root`` holds ``cifar-10-batches-py/`` or a folder packed by ``python -m
-    attrib_bench.packed``; see :func:`attrib_bench.data.load_cifar10` (cached per process).
+    attrib_bench.data.packed``; see :func:`attrib_bench.data.load_cifar10` (cached per process).
     """
     return load_cifar10(split, root, download)
 
@@ -289,7 +289,7 @@ def imagefolder(split: str = "test", root: str | Path | None = None, download: b
     folder). Class = sub-folder name, sorted, over all the tree's splits (every split labels a
     class alike; :func:`tree_classes`); images: .jpg .jpeg
     .png .bmp .webp in any case, nested folders included. Each image: shorter side to ``resize``
-    px, centre ``image_size`` crop (:class:`~attrib_bench.imageset.ResizeCrop`, the standard
+    px, centre ``image_size`` crop (:class:`~attrib_bench.data.imageset.ResizeCrop`, the standard
     ImageNet evaluation transform). Returns a file-backed set: nothing is decoded up front.
     """
     if download:

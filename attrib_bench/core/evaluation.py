@@ -1,5 +1,6 @@
-"""Batched model evaluation: logits over an image set, top-1 accuracy, device selection, and the
-float32 precision every map and metric is computed in on a GPU (:func:`ieee_float32`)."""
+"""Running a model: device selection, the float32 precision every map and metric is computed in
+on a GPU (:func:`ieee_float32`), eval mode, forward hooks, top-1 accuracy. A model's logits over a
+whole image set are :func:`attrib_bench.data.predict.predict_logits` (the data layer)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from attrib_bench.errors import AttribBenchError
-from attrib_bench.imageset import BaseImageSet
+from attrib_bench.core.errors import AttribBenchError
 
 
 def resolve_device(name: str = "cpu") -> torch.device:
@@ -98,53 +97,6 @@ def ieee_float32(device: torch.device | str | None) -> Iterator[None]:
             if _precision_users == 0 and _precision_saved is not None:
                 _write_tf32(*_precision_saved)
                 _precision_saved = None
-
-
-#: Images per forward when a whole dataset is classified (evaluation, sample selection): a large
-#: inference batch, independent of a run's chunk size.
-INFERENCE_BATCH = 500
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: BaseImageSet, batch_size: int = INFERENCE_BATCH,
-                   device: str | torch.device = "cpu", progress: bool = True,
-                   workers: int | None = None) -> torch.Tensor:
-    """Logits (N, K) of ``model`` on every image of ``images``, in dataset order, on the CPU.
-
-    Images travel as uint8 (:meth:`~attrib_bench.imageset.BaseImageSet.batches`) and become
-    float in [0, 1] on ``device``, batch by batch; the logits stay there until the end (one
-    transfer, no host sync per batch). On a GPU in IEEE float32 (:func:`ieee_float32`).
-    ``workers``: processes decoding a file-backed set (None:
-    :func:`~attrib_bench.imageset.default_decode_workers`); an in-memory set ignores it.
-    """
-    device = torch.device(device)
-    model = model.to(device).eval()
-    outputs = []
-    with ieee_float32(device), tqdm(total=len(images), desc=f"eval {images.name}", unit="img",
-                                    disable=not progress, dynamic_ncols=True) as bar:
-        for batch, _ in images.batches(batch_size, workers):
-            batch = batch.to(device, non_blocking=True)
-            outputs.append(model(batch.float().div_(255)).float())
-            bar.update(len(batch))
-    return torch.cat(outputs).cpu()
-
-
-@torch.inference_mode()
-def max_logit_difference(model: nn.Module, images: BaseImageSet, index: torch.Tensor,
-                         expected: torch.Tensor, device: str | torch.device = "cpu") -> float:
-    """Largest |logit − expected| when ``model`` classifies images ``index`` (one batch, as
-    :func:`predict_logits` would: uint8 → float in [0, 1] on ``device``, IEEE float32 on a GPU);
-    ``expected`` (len(index), K). NaN if a logit is not finite: how a run checks logits it did
-    not compute (shipped with a zoo entry) against a few images it classifies again."""
-    device = torch.device(device)
-    model = model.to(device).eval()
-    with ieee_float32(device):
-        batch = images.uint8(index).to(device)
-        logits = model(batch.float().div_(255)).float().cpu()
-    if logits.shape != expected.shape:
-        return float("nan")
-    diff = (logits - expected.float()).abs()
-    return float("nan") if not torch.isfinite(diff).all() else float(diff.max())
 
 
 def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

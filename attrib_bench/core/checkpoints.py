@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from attrib_bench.checks import model_label
-from attrib_bench.errors import CheckpointError, ChecksumError
+from attrib_bench.core.checks import model_label
+from attrib_bench.core.errors import CheckpointError, ChecksumError
 
 _CHUNK = 1 << 20
 
@@ -48,7 +48,7 @@ def resolve_weights_root(root: str | Path | None = None) -> Path:
         return Path(root)
     if env := os.environ.get("ATTRIB_BENCH_WEIGHTS"):
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "weights"
+    return Path(__file__).resolve().parents[3] / "shared" / "weights"
 
 
 def read_state_dict(path: str | Path, sha256: str | None = None,

@@ -1,8 +1,7 @@
 """The reader of the original CIFAR-10 python batches (``cifar-10-batches-py``), via torchvision.
 
-Separate from :mod:`attrib_bench.data` (which caches and chooses between this reader and the
-packed folders of :mod:`attrib_bench.packed`) so that ``packed`` can read the originals it packs
-without importing ``data``, which imports ``packed``.
+:func:`attrib_bench.data.load_cifar10` caches it and chooses between this reader and the packed
+folders of :mod:`attrib_bench.data.packed`, which reads the originals it packs through it.
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrib_bench.errors import DataNotFoundError
-from attrib_bench.imageset import DATA_ROOT_HINT, ImageSet
+from attrib_bench.core.errors import DataNotFoundError
+from attrib_bench.data.imageset import DATA_ROOT_HINT, ImageSet
 
 #: The md5 of each file of the original python batches (torchvision's list): each file read is
 #: checked against it.

@@ -20,7 +20,7 @@ are checked, never converted by guessing: an ``int`` (or NumPy integer, not a bo
 int is declared, an int or float (NumPy's too) that is finite and exact as a float where a
 float is declared, a ``bool`` (or NumPy bool) where a bool is. Anything else — ``"1.5"`` for an
 int, ``"true"`` for a number, NaN, inf, an overflow, digits of other scripts (``"١٢"``) — is one
-:class:`~attrib_bench.errors.SettingError` line.
+:class:`~attrib_bench.core.errors.SettingError` line.
 
 A number's range is declared with its type, in the same signature, and checked by the same
 converter: ``max_batch: PositiveInt``, ``fraction: Annotated[float, Between(0, 1,
@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from attrib_bench.errors import SettingError
+from attrib_bench.core.errors import SettingError
 
 #: Parameters of a method factory that are not hyper-parameters (the model, a function's batch).
 NOT_HPARAMS = frozenset({"self", "model", "inputs", "target"})
@@ -562,9 +562,9 @@ def violation(value: Any, annotation: Any) -> str | None:
 
 def setting_error(factory: Callable[..., Any]) -> type[SettingError]:
     """The error a refused setting of ``factory`` raises: its class's ``setting_error`` (a
-    method's :class:`~attrib_bench.errors.MethodSettingError`, a metric's
-    :class:`~attrib_bench.errors.MetricSettingError`, so that ``except MethodError`` catches a
-    method's refusal too), else :class:`~attrib_bench.errors.SettingError`."""
+    method's :class:`~attrib_bench.core.errors.MethodSettingError`, a metric's
+    :class:`~attrib_bench.core.errors.MetricSettingError`, so that ``except MethodError`` catches a
+    method's refusal too), else :class:`~attrib_bench.core.errors.SettingError`."""
     target, _ = unwrap(factory)
     error = getattr(target, "setting_error", SettingError)
     return error if isinstance(error, type) and issubclass(error, SettingError) else SettingError
@@ -573,7 +573,7 @@ def setting_error(factory: Callable[..., Any]) -> type[SettingError]:
 def check_settings(owner: str, factory: Callable[..., Any], values: Mapping[str, Any]
                    ) -> dict[str, Any]:
     """``values`` checked against, and converted to, the types and ranges of ``factory``'s
-    signature: what :meth:`Registry.create <attrib_bench.registry.Registry.create>` applies
+    signature: what :meth:`Registry.create <attrib_bench.core.registry.Registry.create>` applies
     before it calls a factory, and what a class built directly in Python applies to its own
     settings in ``__init__`` (``factory`` is the class that declares them, not ``type(self)``,
     which may be a subclass with another signature).

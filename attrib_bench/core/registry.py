@@ -25,13 +25,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from attrib_bench.errors import (
+from attrib_bench.core.errors import (
     MethodError,
     NotApplicableError,
     PluginError,
     UnknownNameError,
 )
-from attrib_bench.hparams import check_settings
+from attrib_bench.core.hparams import check_settings
 
 Patterns = str | Iterable[str]
 #: What an unknown-name message adds about plugins ("" from Python: a script imports its own
@@ -164,8 +164,9 @@ class Registry:
         """Call the factory registered under ``name``.
 
         In a typed registry, keyword arguments are first checked against the types and ranges
-        of the factory's signature (:func:`attrib_bench.hparams.check_settings`): ``abs="False"``
-        or ``max_batch=0`` is refused in one line instead of meaning True or failing later.
+        of the factory's signature (:func:`attrib_bench.core.hparams.check_settings`):
+        ``abs="False"`` or ``max_batch=0`` is refused in one line instead of meaning True or
+        failing later.
         """
         factory = self.get(name).factory
         if self.typed:
@@ -342,7 +343,7 @@ MODELS = Registry("model", builtins="attrib_bench.models")
 METHODS = MethodRegistry("method", builtins="attrib_bench.methods", typed=True)
 METRICS = Registry("metric", builtins="attrib_bench.metrics", typed=True)
 #: Datasets: ``factory(split="test", root=None, download=False, **options) -> image set``.
-DATASETS = Registry("dataset", builtins="attrib_bench.datasets", typed=True)
+DATASETS = Registry("dataset", builtins="attrib_bench.data.datasets", typed=True)
 
 register_model = MODELS.register
 register_method = METHODS.register
@@ -389,8 +390,8 @@ def create_model(name: str, pretrained: bool | None = None, **kwargs: Any) -> An
     ``checkpoint=FILE`` always loads the file or raises: a factory that names a ``checkpoint``
     parameter loads it itself (the built-ins, ``torchvision:``/``timm:``); any other (a plugin's
     ``def f(pretrained=False, **kw)``) builds the architecture and the file is loaded here
-    with :func:`~attrib_bench.checkpoints.load_into` (every key and shape must match). Raises
-    :class:`~attrib_bench.errors.CheckpointError` when asked weights are missing or fail
+    with :func:`~attrib_bench.core.checkpoints.load_into` (every key and shape must match). Raises
+    :class:`~attrib_bench.core.errors.CheckpointError` when asked weights are missing or fail
     their sha256.
     """
     if pretrained is None:
@@ -399,7 +400,7 @@ def create_model(name: str, pretrained: bool | None = None, **kwargs: Any) -> An
     if checkpoint is not None and not takes_checkpoint(MODELS.get(name).factory):
         # A factory that does not name ``checkpoint`` would drop it in its **kwargs (or end in
         # a TypeError): build the architecture, then load the file here, strictly.
-        from attrib_bench.checkpoints import load_into, read_state_dict
+        from attrib_bench.core.checkpoints import load_into, read_state_dict
 
         kwargs.pop("checkpoint")
         model = MODELS.create(name, pretrained=False, **kwargs)

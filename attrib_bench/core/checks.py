@@ -1,6 +1,6 @@
 """Input validation shared by models, methods and metrics: one clear line, not a torch traceback.
 
-What each check accepts (anything else is one :class:`~attrib_bench.errors.AttribBenchError`
+What each check accepts (anything else is one :class:`~attrib_bench.core.errors.AttribBenchError`
 line naming the fix; never another exception, never a silent conversion):
 
 - :func:`check_images`: a dense ``torch.Tensor`` (B, C, H, W), floating point, H and W ≥ 1
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from attrib_bench.errors import InputShapeError, TargetError
+from attrib_bench.core.errors import InputShapeError, TargetError
 
 #: The name of the model being worked on, for messages (set by :func:`naming`).
 _MODEL_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar("model_name",

@@ -17,15 +17,15 @@ A packed folder holds
   Written last, so a folder with a manifest is complete.
 
 :func:`load_packed` verifies each file's sha256 against the manifest before decoding it and returns
-an :class:`~attrib_bench.imageset.ImageSet` (uint8 (N, 3, 32, 32), int64 labels).
+an :class:`~attrib_bench.data.imageset.ImageSet` (uint8 (N, 3, 32, 32), int64 labels).
 :func:`attrib_bench.data.load_cifar10` uses it whenever its root holds a manifest, so
 ``--data-root PACKED_DIR`` works everywhere the original data does. The test split is named
 ``cifar10-test`` (it is the original, bit for bit); the train split
 ``cifar10-train-jpeg-q{quality}-{subsampling}`` (e.g. ``cifar10-train-jpeg-q90-444``), since it
 is not the original.
 
-CLI: ``python -m attrib_bench.packed pack --data-root DIR --out DIR [--quality Q]`` and
-``python -m attrib_bench.packed verify DIR``.
+CLI: ``python -m attrib_bench.data.packed pack --data-root DIR --out DIR [--quality Q]`` and
+``python -m attrib_bench.data.packed verify DIR``.
 """
 
 from __future__ import annotations
@@ -43,9 +43,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attrib_bench.cifar10 import read_cifar10
-from attrib_bench.errors import AttribBenchError, ChecksumError, DataNotFoundError, InputShapeError
-from attrib_bench.imageset import SPLITS, ImageSet, resolve_data_root
+from attrib_bench.core.errors import (
+    AttribBenchError,
+    ChecksumError,
+    DataNotFoundError,
+    InputShapeError,
+)
+from attrib_bench.data.cifar10 import read_cifar10
+from attrib_bench.data.imageset import SPLITS, ImageSet, resolve_data_root
 
 MANIFEST_NAME = "cifar10-packed.json"
 FORMAT = "attrib-bench-cifar10-packed"
@@ -65,7 +70,7 @@ class PackedChecksumError(ChecksumError, DataNotFoundError):
 
 
 def _repack_hint(out_dir: Path | str) -> str:
-    return (f"copy the folder again, or repack it with `python -m attrib_bench.packed pack "
+    return (f"copy the folder again, or repack it with `python -m attrib_bench.data.packed pack "
             f"--data-root ORIGINAL_DATA --out {out_dir}`")
 
 
@@ -431,7 +436,8 @@ def load_packed(out_dir: str | Path, split: str = "test") -> ImageSet:
     if not isinstance(info, dict):
         raise DataNotFoundError(
             f"the packed CIFAR-10 in {out} has no {split} split: repack with splits including "
-            f"{split} (`python -m attrib_bench.packed pack --data-root ORIGINAL_DATA --out {out}`)"
+            f"{split} (`python -m attrib_bench.data.packed pack --data-root ORIGINAL_DATA "
+            f"--out {out}`)"
         )
     tile = manifest["tile"]
     tile_hw = (int(tile["height"]), int(tile["width"]))
@@ -501,7 +507,7 @@ def _verify(out_dir: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``pack`` or ``verify`` a packed CIFAR-10 folder; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m attrib_bench.packed",
+    parser = argparse.ArgumentParser(prog="python -m attrib_bench.data.packed",
                                      description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     pack = sub.add_parser("pack", help="pack the original CIFAR-10 into a folder")

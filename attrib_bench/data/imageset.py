@@ -7,10 +7,9 @@ grids, the metrics, the caches, training) uses instead of a tensor of all images
 * :class:`FileImageSet` holds a list of image files, their labels and a transform, and decodes
   only the images asked for (ImageNet: 50 000 validation images at 224 px would be 7.5 GB).
 
-Kept apart from :mod:`attrib_bench.data` so that the readers (:mod:`attrib_bench.cifar10`,
-:mod:`attrib_bench.packed`, :mod:`attrib_bench.datasets`) depend on this small module only, while
-``data`` dispatches to them: no module imports one that imports it back. ``data`` re-exports the
-names here; :func:`tensor_digest` is reused by :mod:`attrib_bench.runners.cache`.
+The readers (:mod:`attrib_bench.data.cifar10`, :mod:`attrib_bench.data.packed`,
+:mod:`attrib_bench.data.datasets`) depend on this small module only; :mod:`attrib_bench.data`
+re-exports its names; :func:`tensor_digest` is reused by :mod:`attrib_bench.runners.cache`.
 """
 
 from __future__ import annotations
@@ -28,8 +27,8 @@ from typing import Annotated, Any, Protocol
 import numpy as np
 import torch
 
-from attrib_bench.errors import DataNotFoundError, InputShapeError, SettingError
-from attrib_bench.hparams import AtLeast, violation
+from attrib_bench.core.errors import DataNotFoundError, InputShapeError, SettingError
+from attrib_bench.core.hparams import AtLeast, violation
 
 DATA_ENV_VAR = "ATTRIB_BENCH_DATA"
 SPLITS = ("train", "test")
@@ -50,7 +49,7 @@ def resolve_data_root(root: str | Path | None = None) -> Path:
     The default is ``shared/data`` beside the repository checkout (this file is repo/attrib_bench/).
     """
     if root is None or root == "":
-        default = Path(__file__).resolve().parents[2] / "shared" / "data"
+        default = Path(__file__).resolve().parents[3] / "shared" / "data"
         root = os.environ.get(DATA_ENV_VAR) or default
     return Path(root).expanduser().resolve()
 

@@ -240,8 +240,10 @@ class Store:
         """Hold the folder for one run: an exclusive ``flock`` on its :data:`LOCK_FILE`
         (the folder is created), released when the block ends or the process does.
 
-        Another holder: :class:`FolderInUseError`, one line naming it (pid, host, start and
-        command, which the holder writes into the file) and what to do. Nothing happens for a
+        A folder that cannot be created (its parent takes no folders, as under ``/proc``):
+        one :class:`RunError` line. Another holder: :class:`FolderInUseError`, one line naming
+        it (pid, host, start and command, which the holder writes into the file) and what to
+        do. Nothing happens for a
         folder that is not local, or where ``fcntl`` or ``flock`` is missing (see the module
         doc). A folder this call created that holds nothing but the lock file afterwards (the
         run stopped before writing) is removed again."""
@@ -249,7 +251,11 @@ class Store:
             yield
             return
         created = not os.path.isdir(self.root)
-        os.makedirs(self.root, exist_ok=True)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:  # e.g. under /proc: a parent that exists but takes no folders
+            raise RunError(f"cannot create the folder {self.root}: {exc.strerror}; choose a "
+                           "folder you can write (--out)") from None
         path = os.path.join(self.root, LOCK_FILE)
         fd = _locked(path, self.root)
         try:

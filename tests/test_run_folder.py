@@ -277,6 +277,20 @@ def test_cli_refuses_a_held_folder_in_one_line(tmp_path):
     assert "in use by another run (pid 4242" in result.output
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_cannot_be_created_is_one_line(one_line):
+    """/proc exists and passes the writable check, but takes no new folder: the run stops in
+    one line naming the folder and the fix, not a FileNotFoundError traceback."""
+    out = "/proc/attrib-bench-nowhere/run"
+    settings = run_settings(RunRequest({"m": _model()}, "grad", "pixel-removal",
+                                       dataset=_data(), settings=CHEAP), out=out)
+    assert settings.out is not None  # the check before work lets it through
+    with pytest.raises(RunError) as info:
+        sweep(settings)
+    one_line(info, "cannot create the folder /proc/attrib-bench-nowhere/run",
+             "No such file or directory", "choose a folder you can write (--out)")
+
+
 def test_a_killed_run_leaves_no_stale_lock(tmp_path, one_line):
     out = tmp_path / "run"
     out.mkdir()

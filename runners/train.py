@@ -598,7 +598,8 @@ class _Trainer:
         for index in range(self.steps_per_epoch):
             if self.step >= self.planned:
                 break
-            total_epochs = (self.planned / self.steps_per_epoch if self.deadline is not None
+            # a run planned under a budget keeps the plan's cosine, also resumed without one
+            total_epochs = (self.planned / self.steps_per_epoch if self.plan is not None
                             else None)
             lr = learning_rate(config, self.epoch + index / self.steps_per_epoch, total_epochs)
             idx = order[index * config.batch_size:(index + 1) * config.batch_size]
@@ -611,7 +612,7 @@ class _Trainer:
             bar.update(1)
             if self.step % 25 == 0:
                 bar.set_postfix(loss=f"{loss.item() / (self.step - first_step):.4f}")
-            if self.plan is not None and self.step % self.guard_every == 0:
+            if self.deadline is not None and self.step % self.guard_every == 0:
                 self.guard(started)
         bar.close()
         _sync(device)

@@ -83,6 +83,23 @@ def test_resume_may_change_how_steps_run_but_not_what_is_trained(signal_set, tmp
     assert [int(r["epoch"]) for r in rows] == [1, 2]
 
 
+def test_a_budgeted_run_resumed_without_a_budget_keeps_its_plan(signal_set, tmp_path):
+    """--time-budget is per call: a run planned under a budget, resumed without one, runs the
+    planned steps to the end of the planned cosine, with no deadline to guard (it stopped with
+    a TypeError from the guard, and would have taken the epochs' cosine length)."""
+    data = signal_set(32)  # 2 steps an epoch
+    budget = dict(TINY, epochs=3, schedule="cosine", warmup_epochs=0)
+    train(TrainConfig(**budget, time_budget=20.0), data, None, tmp_path, stop_after_epochs=1,
+          progress=False)
+    planned = json.loads((tmp_path / "plan.json").read_text())["planned_steps"]
+    train(TrainConfig(**budget), data, None, tmp_path, resume=True, progress=False)
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    assert int(rows[-1]["step"]) == int(rows[-1]["planned_steps"]) == planned
+    epochs = planned / 2
+    last_lr = learning_rate(TrainConfig(**budget), (planned - 1) / 2, epochs)
+    assert float(rows[-1]["lr"]) == pytest.approx(last_lr, rel=1e-4)
+
+
 def test_resume_with_other_options_is_refused(signal_set, tmp_path):
     data = signal_set(16)
     train(TrainConfig(**TINY, epochs=1), data, None, tmp_path, progress=False)

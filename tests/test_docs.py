@@ -157,13 +157,16 @@ def test_readme_layout_names_every_top_level_folder_and_module():
     named = {token.split("/")[0] for path, _ in rows for token in re.findall(r"`([^`]+)`", path)}
     missing = [folder for folder in TOP_LEVEL if folder not in named]
     assert not missing, f"README's Layout does not name {missing}"
+    unlisted = {}  # every row's missing modules in one message
     for package, folder in PACKAGES.items():
         row = next(holds for path, holds in rows if f"`{package}/`" in path)
         listed = set(re.findall(r"`(?:\w+/)?(\w+\.py)`", row))
         modules = {p.name for p in folder.glob("*.py") if not p.name.startswith("__")}
         if package == "attrib_bench":  # plots.py and report.py may sit in their own row
             listed |= set(re.findall(r"`attrib_bench/(\w+\.py)`", README.read_text()))
-        assert modules <= listed, f"README's Layout row {package}/ lacks {modules - listed}"
+        if modules - listed:
+            unlisted[f"{package}/"] = sorted(modules - listed)
+    assert not unlisted, f"README's Layout rows lack modules (name each in its row): {unlisted}"
 
 
 def test_readme_layout_paths_exist():

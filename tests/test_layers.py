@@ -24,6 +24,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 #: The folders installed inside the package (pyproject.toml's package-dir).
 MAPPED = ("models", "metrics", "runners")
+#: What to do about a broken contract (docs/contributing.md, "The layers").
+FIX = ("a module imports from a layer above its own: move the code to the layer that owns it or "
+       "pass what it needs as an argument; a chain ending in '-> attrib_bench' imports the "
+       "top-level package: import from the defining module (attrib_bench.core.registry, "
+       "attrib_bench.metrics.base, ...). See docs/contributing.md, 'The layers'.")
 
 
 def wheel_layout(dest: Path) -> Path:
@@ -50,7 +55,7 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
 def test_the_layers_contract_holds(tmp_path: Path) -> None:
     wheel_layout(tmp_path)
     result = lint_imports(tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, f"{result.stdout}{result.stderr}\n{FIX}"
     assert "Contracts: 1 kept, 0 broken." in result.stdout
 
 
@@ -123,4 +128,6 @@ if __name__ == "__main__":
         wheel_layout(Path(folder))
         outcome = lint_imports(Path(folder))
     print(outcome.stdout + outcome.stderr, end="")
+    if outcome.returncode:
+        print(f"\n{FIX}")
     sys.exit(outcome.returncode)

@@ -262,10 +262,12 @@ def run_config(models: list[str], methods: str | Iterable[str], metrics: str | I
     _check_given(method_hparams, metric_hparams, method_names, metric_names)
     from_data: dict[str, Any] = {"image_size": list(image_size) if image_size else None,
                                  "methods": {}, "metrics": {}}
-    method_configs = _method_configs(method_names, method_hparams, text_methods, image_size,
-                                     seed, from_data["methods"])
-    metric_configs = _metric_configs(metric_names, metric_hparams, text_metrics, dataset,
-                                     from_data["metrics"])
+    method_configs = _configs(method_names, method_hparams, text_methods,
+                              lambda name: image_size_defaults(name, image_size),
+                              functools.partial(resolve_method, seed=seed), from_data["methods"])
+    metric_configs = _configs(metric_names, metric_hparams, text_metrics,
+                              lambda name: protocol_defaults(dataset, name), resolve_metric,
+                              from_data["metrics"])
     if n_samples is not None:
         _set_sample_counts(n_samples, metric_configs, metric_hparams, text_metrics,
                            from_data["metrics"])
@@ -336,32 +338,19 @@ def _layered(name: str, values: Mapping[str, Any], text: Mapping[str, str],
     return config, from_data
 
 
-def _method_configs(names: list[str], given: Mapping[str, Mapping[str, Any]] | None,
-                    text: Mapping[str, Mapping[str, str]], image_size: tuple[int, int] | None,
-                    seed: int, record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each method's configuration (:func:`_layered`), its data defaults those at
-    ``image_size`` (:func:`image_size_defaults`), recorded in ``record`` by name."""
-    resolve = functools.partial(resolve_method, seed=seed)
+def _configs(names: list[str], given: Mapping[str, Mapping[str, Any]] | None,
+             text: Mapping[str, Mapping[str, str]],
+             data_defaults: Callable[[str], Mapping[str, Any]],
+             resolve: Resolver, record: dict[str, Any]
+             ) -> dict[str, dict[str, Any]]:
+    """Each method's or metric's configuration (:func:`_layered`): its ``data_defaults`` (a
+    method's at the images' size, :func:`image_size_defaults`; a metric's from the dataset's
+    protocol, :func:`protocol_defaults`) under the values given, those recorded in ``record``
+    by name."""
     configs = {}
     for name in names:
         configs[name], from_data = _layered(name, dict((given or {}).get(name, {})),
-                                            text.get(name, {}),
-                                            image_size_defaults(name, image_size), resolve)
-        if from_data:
-            record[name] = from_data
-    return configs
-
-
-def _metric_configs(names: list[str], given: Mapping[str, Mapping[str, Any]] | None,
-                    text: Mapping[str, Mapping[str, str]], dataset: str | BaseImageSet,
-                    record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each metric's configuration (:func:`_layered`), its data defaults the dataset's
-    protocol (:func:`protocol_defaults`), recorded in ``record`` by name."""
-    configs = {}
-    for name in names:
-        configs[name], from_data = _layered(name, dict((given or {}).get(name, {})),
-                                            text.get(name, {}),
-                                            protocol_defaults(dataset, name), resolve_metric)
+                                            text.get(name, {}), data_defaults(name), resolve)
         if from_data:
             record[name] = from_data
     return configs

@@ -97,9 +97,15 @@ def _model_rows(names: list[str]) -> list[tuple[str, ...]]:
         paper = entry.metadata.get("paper_params_m")
         cfg = entry.metadata.get("pretrained_cfg")
         weights = f"{cfg.accuracy:.2f} %" if cfg is not None and cfg.accuracy else "-"
-        rows.append((name, f"{params / 1e6:.2f} M", f"{paper:g} M" if paper else "-",
+        rows.append((name, _parameter_count(params), f"{paper:g} M" if paper else "-",
                      entry.metadata.get("dataset", "-"), weights, entry.description))
     return rows
+
+
+def _parameter_count(params: int) -> str:
+    """``params`` for the listing: millions with two decimals ("1.02 M"), or thousands below
+    5 000 parameters, which would read "0.00 M" ("1.4 k")."""
+    return f"{params / 1e6:.2f} M" if params >= 5000 else f"{params / 1e3:.1f} k"
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:

@@ -31,6 +31,15 @@ def test_list_models_verbose_shows_parameter_counts():
     assert "62.85 M" in rows["xl-coda"] and "93.39 %" in rows["resnet56"]
 
 
+def test_a_tiny_model_is_counted_in_thousands_not_zero_millions():
+    """1 389 parameters read "1.4 k", not "0.00 M"; from 5 000 on, millions as before."""
+    from attrib_bench.cli import _parameter_count
+
+    assert _parameter_count(1389) == "1.4 k"
+    assert _parameter_count(4999) == "5.0 k" and _parameter_count(5000) == "0.01 M"
+    assert _parameter_count(1_020_000) == "1.02 M"
+
+
 def test_list_with_pattern_and_all():
     result = _run("list", "models", "*coda*")
     assert result.exit_code == 0

@@ -5,6 +5,7 @@ from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, SelectCont
 from attrib_bench.metrics.infidelity import Infidelity  # noqa: F401 (registers it)
 from attrib_bench.metrics.localisation import Localisation, LocalisationDiFull
 from attrib_bench.metrics.pixel_removal import PixelRemoval
+from attrib_bench.metrics.random_logit import RandomLogit  # noqa: F401 (registers it)
 from attrib_bench.metrics.randomisation import Randomisation
 
 __all__ = [

@@ -23,9 +23,9 @@ as written (captum's ``normalize=False``). A map whose Iᵀ Φ are all 0 gets β
 
 **Cost.** One forward per image for f(x) and one per perturbation, batched through the model in
 forwards of up to ``max_batch`` perturbed images under ``torch.inference_mode``: the definition's
-minimum. Quantus 0.6's ``Infidelity`` defaults to square removal instead (patches set to black);
-captum's ``infidelity`` takes the perturbation as a function, and with this module's noise agrees
-to float precision (``tests/test_infidelity.py``).
+minimum. Quantus 0.6's ``Infidelity`` defaults to square removal instead (4×4 patches set to
+black, cumulatively) and does not rescale; given this module's noise it agrees with
+``infidelity-raw``, and captum's ``infidelity`` with both stats (``tests/test_infidelity.py``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from attrib_bench.metrics import localisation, pixel_removal, randomisation
 from attrib_bench.metrics.base import EvalContext, Metric, SampleSet, SelectContext, make_rows
 from attrib_bench.metrics.emprt import EfficientMPRT  # noqa: F401 (registers it)
 from attrib_bench.metrics.infidelity import Infidelity  # noqa: F401 (registers it)
+from attrib_bench.metrics.insertion_deletion import InsertionDeletion  # noqa: F401
 from attrib_bench.metrics.irof import IROF  # noqa: F401 (registers it)
 from attrib_bench.metrics.localisation import Localisation, LocalisationDiFull
 from attrib_bench.metrics.pixel_removal import PixelRemoval

@@ -11,6 +11,7 @@ from attrib_bench.metrics.pixel_removal import PixelRemoval
 from attrib_bench.metrics.random_logit import RandomLogit  # noqa: F401 (registers it)
 from attrib_bench.metrics.randomisation import Randomisation
 from attrib_bench.metrics.sensitivity import MaxSensitivity  # noqa: F401 (registers it)
+from attrib_bench.metrics.smprt import SmoothMPRT  # noqa: F401 (registers it)
 
 __all__ = [
     "EvalContext",

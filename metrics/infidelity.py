@@ -21,10 +21,13 @@ code's ``beta = mean(Δf·IᵀΦ) / mean((IᵀΦ)²)``, captum's ``normalize=Tru
 independent of the map's scale, as the paper's experiments report it; ``infidelity-raw``: eq. 2
 as written (captum's ``normalize=False``). A map whose Iᵀ Φ are all 0 gets β = 0, as in captum.
 
-**Cost.** One forward per image for f(x) and one per perturbation, batched through the model in
-forwards of up to ``max_batch`` perturbed images under ``torch.inference_mode``: the definition's
-minimum. Quantus 0.6's ``Infidelity`` defaults to square removal instead (4×4 patches set to
-black, cumulatively) and does not rescale; given this module's noise it agrees with
+**Cost.** One model input per image for f(x) and one per perturbation, the definition's minimum,
+under ``torch.inference_mode``: f(x) for the whole batch in forwards of up to ``max_batch``, then
+the perturbations of groups of max(1, ``max_batch`` // P) images, so that memory is bounded by
+about max(``max_batch``, P) images whatever the chunk and the image size.
+
+Quantus 0.6's ``Infidelity`` defaults to square removal instead (4×4 patches set to black,
+cumulatively) and does not rescale; given this module's noise it agrees with
 ``infidelity-raw``, and captum's ``infidelity`` with both stats (``tests/test_infidelity.py``).
 """
 
@@ -82,16 +85,17 @@ def target_logits(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
 
 
 def infidelity_scores(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
-                      maps: torch.Tensor, noise: torch.Tensor, max_batch: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      maps: torch.Tensor, noise: torch.Tensor, max_batch: int,
+                      clean: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(optimally scaled, raw) infidelity, each (B,) float64, of ``maps`` (B, H, W) for
-    perturbations ``noise`` (B, P, H, W), shared by the channels of ``inputs`` (B, C, H, W)."""
+    perturbations ``noise`` (B, P, H, W), shared by the channels of ``inputs`` (B, C, H, W).
+    ``clean``: f(x), the (B,) target logits, if known (else computed here)."""
     b, p = noise.shape[:2]
     perturbed = (inputs[:, None] - noise[:, :, None].to(inputs.dtype)).flatten(0, 1)
-    both = torch.cat([inputs, perturbed])
-    targets = torch.cat([target, target.repeat_interleave(p)])
-    logits = target_logits(model, both, targets, max_batch)
-    delta = logits[:b, None] - logits[b:].view(b, p)  # f(x) − f(x − I)
+    if clean is None:
+        clean = target_logits(model, inputs, target, max_batch)
+    logits = target_logits(model, perturbed, target.repeat_interleave(p), max_batch)
+    delta = clean[:, None] - logits.view(b, p)  # f(x) − f(x − I)
     dot = (noise.double() * maps.double()[:, None]).sum(dim=(-2, -1))  # Iᵀ Φ, (B, P)
     raw = ((dot - delta) ** 2).mean(dim=1)
     num, den = (delta * dot).mean(dim=1), (dot * dot).mean(dim=1)
@@ -160,9 +164,19 @@ class Infidelity(Metric):
             return make_rows(np.zeros(0, dtype=np.int64), "", np.zeros(0))
         inputs, target = inputs.to(ctx.device), target.to(ctx.device).long()
         maps = check_maps(self.name, ctx.explain(inputs, target), inputs).to(inputs.device)
-        noise = self.noise(samples, inputs.shape[2], inputs.shape[3], ctx.seed, inputs.device)
-        scaled, raw = infidelity_scores(ctx.model, inputs.detach(), target, maps.detach(),
-                                        noise, self.hparams["max_batch"])
+        # groups of images whose perturbations fill about one forward: memory stays
+        # O(max(max_batch, P)·C·H·W) whatever the chunk (ImageNet-sized images included)
+        group = max(1, self.hparams["max_batch"] // self.hparams["num_perturbations"])
+        clean = target_logits(ctx.model, inputs.detach(), target, self.hparams["max_batch"])
+        parts = []
+        for start in range(0, len(inputs), group):
+            part = slice(start, start + group)
+            noise = self.noise(np.asarray(samples)[part], inputs.shape[2], inputs.shape[3],
+                               ctx.seed, inputs.device)
+            parts.append(infidelity_scores(ctx.model, inputs[part].detach(), target[part],
+                                           maps[part].detach(), noise,
+                                           self.hparams["max_batch"], clean[part]))
+        scaled, raw = (torch.cat(column) for column in zip(*parts, strict=True))
         values = torch.stack([scaled, raw], dim=1).cpu().numpy()  # (B, 2)
         return make_rows(np.asarray(samples)[:, None], "", values,
                          stat=np.array(STATS)[None, :])

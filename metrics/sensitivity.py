@@ -11,8 +11,9 @@ division. Norms are Frobenius norms of the (H, W) maps. Lower is better for both
 **The method runs again** on every perturbed input, for the same target (the image's ground
 truth): the maps of x come from the run's (cached) explainer, those of the y from
 ``ctx.make_method(ctx.model)``, the same method with the same settings, uncached (each y is new).
-All (image, sample) inputs go through the method in chunks of ``max_batch``; the method batches
-them further by its own ``max_batch``.
+The points of groups of max(1, ``max_batch`` // S) images go to the method together (in calls
+of at most ``max_batch``; the method batches them further by its own ``max_batch``), so memory
+is bounded by about max(``max_batch``, S) images whatever the chunk.
 
 **Deviations, stated.** y is clipped to [0, 1] (a method refuses inputs outside the image range;
 a clipped point is still in the ball); captum and Quantus do not clip, so the tests compare on
@@ -133,15 +134,20 @@ class MaxSensitivity(Metric):
             return make_rows(np.zeros(0, dtype=np.int64), "", np.zeros(0))
         inputs, target = inputs.to(ctx.device), target.to(ctx.device).long()
         maps = check_maps(self.name, ctx.explain(inputs, target), inputs).detach()
-        ys = self.perturbed(inputs.detach(), samples, ctx.seed)
-        b, s = ys.shape[:2]
-        flat, targets = ys.flatten(0, 1), target.repeat_interleave(s)
         method = ctx.make_method(ctx.model)
-        step = self.hparams["max_batch"]
-        out = [method.attribute(flat[i:i + step], targets[i:i + step]).detach()
-               for i in range(0, len(flat), step)]
-        others = check_maps(self.name, torch.cat(out), flat).to(maps.device)
-        normalised, raw = sensitivities(maps.to(others.dtype), others.view(b, s, *maps.shape[1:]))
+        s, step = self.hparams["num_samples"], self.hparams["max_batch"]
+        group = max(1, step // s)  # images whose points fill about one call of the method
+        parts = []
+        for start in range(0, len(inputs), group):
+            part = slice(start, start + group)
+            ys = self.perturbed(inputs[part].detach(), np.asarray(samples)[part], ctx.seed)
+            flat, targets = ys.flatten(0, 1), target[part].repeat_interleave(s)
+            out = [method.attribute(flat[i:i + step], targets[i:i + step]).detach()
+                   for i in range(0, len(flat), step)]
+            others = check_maps(self.name, torch.cat(out), flat).to(maps.device)
+            parts.append(sensitivities(maps[part].to(others.dtype),
+                                       others.view(len(ys), s, *maps.shape[1:])))
+        normalised, raw = (torch.cat(column) for column in zip(*parts, strict=True))
         values = torch.stack([normalised, raw], dim=1).cpu().numpy()  # (B, 2)
         return make_rows(np.asarray(samples)[:, None], "", values,
                          stat=np.array(STATS)[None, :])

@@ -120,7 +120,15 @@ def test_reruns_the_method_in_chunks_and_does_not_depend_on_batching() -> None:
     made: list = []
     metric = MaxSensitivity(num_samples=5, max_batch=7)
     whole = metric.evaluate(context(model, made=made), x, t, np.arange(20, 24))
-    assert len(made) == 1 and made[0].calls == [7, 7, 6]  # 4 images × 5 points, by 7
+    assert len(made) == 1 and made[0].calls == [5, 5, 5, 5]  # 4 images × 5 points, 7 // 5
+    made.clear()
+    MaxSensitivity(num_samples=5, max_batch=10).evaluate(context(model, made=made), x, t,
+                                                         np.arange(20, 24))
+    assert made[0].calls == [10, 10]  # groups of 10 // 5 = 2 images
+    made.clear()
+    MaxSensitivity(num_samples=5, max_batch=3).evaluate(context(model, made=made), x, t,
+                                                        np.arange(20, 24))
+    assert made[0].calls == [3, 2] * 4  # one image's 5 points in calls of at most 3
     parts = [MaxSensitivity(num_samples=5, max_batch=64).evaluate(
         context(model), x[i:i + 1], t[i:i + 1], np.array([20 + i])) for i in range(4)]
     np.testing.assert_allclose(whole["value"].to_numpy(),

@@ -138,6 +138,22 @@ def first_images(owner: str, dataset: BaseImageSet, wanted: int, default: int) -
     return np.arange(min(wanted, available), dtype=np.int64)
 
 
+def first_image_samples(owner: str, dataset: BaseImageSet, wanted: int, default: int,
+                        **info: Any) -> SampleSet:
+    """The first ``wanted`` images of ``dataset`` (:func:`first_images`) with their
+    ground-truth classes as targets: a :class:`SampleSet` whose ``fetch(ids)`` gives float
+    images (b, C, H, W) in [0, 1] and labels (b,). ``info`` is added to the set's record
+    ("requested", "selected", "targets")."""
+    ids = first_images(owner, dataset, wanted, default)
+
+    def fetch(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(np.asarray(batch, dtype=np.int64))
+        return dataset.float_images(index), dataset.labels[index]
+
+    return SampleSet(ids, fetch, {"requested": wanted, "selected": len(ids),
+                                  "targets": "ground truth", **info})
+
+
 def make_rows(sample: Any, key: Any, value: Any, *, variant: Any = "", stat: Any = "score"
               ) -> pd.DataFrame:
     """Rows from broadcastable columns (scalars or arrays); ``key``/``variant``/``stat`` as str."""

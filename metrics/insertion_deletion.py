@@ -50,7 +50,7 @@ from attrib_bench.metrics.base import (
     ReportSection,
     SampleSet,
     SelectContext,
-    first_images,
+    first_image_samples,
     make_rows,
     typed_hparams,
 )
@@ -139,17 +139,10 @@ class InsertionDeletion(Metric):
                ctx: SelectContext) -> SampleSet:
         """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
-        ids = first_images(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
         k, n = step_pixels(*dataset.image_size, self.hparams["steps"])
-
-        def fetch(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            index = torch.as_tensor(np.asarray(batch, dtype=np.int64))
-            return dataset.float_images(index), dataset.labels[index]
-
-        return SampleSet(ids, fetch, {"requested": wanted, "selected": len(ids),
-                                      "targets": "ground truth", "pixels_per_step": k,
-                                      "points": n + 1,
-                                      "probability": self.effective_probability(model)})
+        return first_image_samples(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES,
+                                   pixels_per_step=k, points=n + 1,
+                                   probability=self.effective_probability(model))
 
     def curves(self, model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor,
                target: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -46,7 +46,7 @@ from attrib_bench.metrics.base import (
     ReportSection,
     SampleSet,
     SelectContext,
-    first_images,
+    first_image_samples,
     make_rows,
     typed_hparams,
 )
@@ -197,15 +197,8 @@ class IROF(Metric):
                ctx: SelectContext) -> SampleSet:
         """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
-        ids = first_images(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
-
-        def fetch(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            index = torch.as_tensor(np.asarray(batch, dtype=np.int64))
-            return dataset.float_images(index), dataset.labels[index]
-
-        return SampleSet(ids, fetch, {"requested": wanted, "selected": len(ids),
-                                      "targets": "ground truth",
-                                      "probability": self.effective_probability(model)})
+        return first_image_samples(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES,
+                                   probability=self.effective_probability(model))
 
     def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, target: torch.Tensor,
                  samples: np.ndarray) -> pd.DataFrame:

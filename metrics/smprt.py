@@ -48,7 +48,7 @@ from attrib_bench.metrics.base import (
     ReportSection,
     SampleSet,
     SelectContext,
-    first_images,
+    first_image_samples,
     make_rows,
     typed_hparams,
 )
@@ -128,14 +128,7 @@ class SmoothMPRT(Metric):
                ctx: SelectContext) -> SampleSet:
         """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
-        ids = first_images(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
-
-        def fetch(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            index = torch.as_tensor(np.asarray(batch, dtype=np.int64))
-            return dataset.float_images(index), dataset.labels[index]
-
-        return SampleSet(ids, fetch, {"requested": wanted, "selected": len(ids),
-                                      "targets": "ground truth"})
+        return first_image_samples(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
 
     def ordered_layers(self, model: nn.Module, example: torch.Tensor) -> list[tuple[int, str]]:
         """(index in the top-first list, name) of the layers, in randomisation order."""

@@ -27,9 +27,7 @@ The goal of issue 43 is ≥ 10× faster than Quantus per model input and ≤ 1.1
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -39,57 +37,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: split
-from metrics_speed import bare_forwards, load_images, load_resnet56, timed  # noqa: E402
+import speed_harness  # noqa: E402
+from metrics_speed import bare_forwards, load_images, load_resnet56  # noqa: E402
+from speed_harness import InputCounter, measure, timed  # noqa: E402
 
-from attrib_bench.core.provenance import describe_hardware, git_commit  # noqa: E402
 from attrib_bench.core.registry import create_method  # noqa: E402
 from attrib_bench.metrics.base import EvalContext  # noqa: E402
 from attrib_bench.metrics.insertion_deletion import InsertionDeletion, step_pixels  # noqa: E402
 from attrib_bench.metrics.irof import IROF, slic_segments  # noqa: E402
-
-OVERHEAD_GOAL = 1.15
-QUANTUS_GOAL = 10.0
-
-
-class Counter:
-    """Counts the images that go through ``model``'s forward (a pre-hook)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.inputs = 0
-        model.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: torch.nn.Module, args: tuple) -> None:
-        self.inputs += len(args[0])
-
-
-def measure(name: str, runs: dict[str, Callable[[], Any]], counter: Counter,
-            args: argparse.Namespace, device: torch.device, minimum: int) -> dict[str, Any]:
-    seconds: dict[str, list[float]] = {k: [] for k in runs}
-    inputs: dict[str, int] = {}
-    for _ in range(args.repeats):
-        for key, fn in runs.items():
-            counter.inputs = 0
-            seconds[key].append(timed(fn, device))
-            inputs[key] = counter.inputs
-    median = {k: statistics.median(v) for k, v in seconds.items()}
-    print(f"{'':30}{'seconds':>9}{'inputs':>9}{'s/input':>11}")
-    for key in median:
-        print(f"{name + ' ' + key:30}{median[key]:>9.2f}{inputs[key]:>9}"
-              f"{median[key] / max(inputs[key], 1):>11.2e}")
-    out: dict[str, Any] = {"metric": name, "seconds": median, "inputs": inputs,
-                           "minimum_inputs": minimum, "all_seconds": seconds,
-                           "metric_over_bare": median["metric"] / median["bare"],
-                           "metric_inputs_over_minimum": inputs["metric"] / minimum}
-    print(f"model inputs / the definition's minimum ({minimum}): "
-          f"{out['metric_inputs_over_minimum']:.3f}x")
-    met = "met" if out["metric_over_bare"] <= OVERHEAD_GOAL else "MISSED"
-    print(f"metric / bare: {out['metric_over_bare']:.3f}x (goal <= {OVERHEAD_GOAL}: {met})")
-    if "quantus" in median:
-        ratio = (median["quantus"] / inputs["quantus"]) / (median["metric"] / inputs["metric"])
-        out["quantus_over_metric_per_input"] = ratio
-        print(f"quantus / metric, per model input: {ratio:.2f}x "
-              f"(goal >= {QUANTUS_GOAL}: {'met' if ratio >= QUANTUS_GOAL else 'MISSED'})")
-    return out
 
 
 def setup(args: argparse.Namespace, device: torch.device):
@@ -131,9 +86,9 @@ def bench_irof(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
             "bare": lambda: bare_forwards(model, minimum, args.batch, x)}
     if not args.no_quantus:
         runs["quantus"] = quantus_run
-    counter = Counter(model)
+    counter = InputCounter(model)
     return {"weights": weights, "images": len(x), "slic_seconds": seg_seconds,
-            **measure("irof", runs, counter, args, device, minimum)}
+            **measure("irof", runs, counter, args.repeats, device, minimum)}
 
 
 def bench_insertion_deletion(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -158,9 +113,9 @@ def bench_insertion_deletion(args: argparse.Namespace, device: torch.device) -> 
             "bare": lambda: bare_forwards(model, minimum, args.batch, x)}
     if not args.no_quantus:
         runs["quantus"] = quantus_run
-    counter = Counter(model)
+    counter = InputCounter(model)
     return {"weights": weights, "images": len(x),
-            **measure("insertion-deletion", runs, counter, args, device, minimum)}
+            **measure("insertion-deletion", runs, counter, args.repeats, device, minimum)}
 
 
 BENCHES: dict[str, Callable[[argparse.Namespace, torch.device], dict[str, Any]]] = {
@@ -169,34 +124,13 @@ BENCHES: dict[str, Callable[[argparse.Namespace, torch.device], dict[str, Any]]]
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics", default=",".join(BENCHES), help="comma-separated")
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--batch", type=int, default=256, help="inputs per forward")
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-quantus", action="store_true")
-    parser.add_argument("--json", default=None, help="write the results here")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.no_quantus:
-        import quantus  # noqa: F401 (its import, seconds, outside the timings)
-    device = torch.device(args.device)
-    unknown = [m for m in args.metrics.split(",") if m not in BENCHES]
-    if unknown:
-        parser.error(f"unknown metric(s) {', '.join(unknown)}: use {', '.join(BENCHES)}")
-    print(f"hardware: {describe_hardware(device)}")
-    print(f"code: git {git_commit(short=True)} | 1-min load average before: "
-          f"{os.getloadavg()[0]:.2f} | median of {args.repeats} repeat(s)")
-    results = [BENCHES[name](args, device) for name in args.metrics.split(",")]
-    print(f"1-min load average after: {os.getloadavg()[0]:.2f}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return speed_harness.main(__doc__, BENCHES, argv, _arguments)
 
 
 if __name__ == "__main__":

@@ -30,22 +30,23 @@ back in one run:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: split
+import speed_harness  # noqa: E402
+from speed_harness import timed  # noqa: E402
+
 from attrib_bench.core.checkpoints import resolve_weights_root
 from attrib_bench.core.errors import AttribBenchError
-from attrib_bench.core.provenance import describe_hardware, git_commit
 from attrib_bench.core.registry import create_method, create_model
 from attrib_bench.data import load_cifar10
 from attrib_bench.metrics.base import EvalContext
@@ -53,20 +54,6 @@ from attrib_bench.metrics.pixel_removal import ORDERS, PixelRemoval
 
 OVERHEAD_GOAL = 1.15
 QUANTUS_GOAL = 3.0
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall seconds of ``fn()``, device work included."""
-    synchronise(device)
-    start = time.perf_counter()
-    fn()
-    synchronise(device)
-    return time.perf_counter() - start
 
 
 def load_resnet56(device: torch.device) -> tuple[torch.nn.Module, str]:
@@ -214,9 +201,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace, torch.device], dict[str, Any]]]
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics", default=",".join(BENCHES), help="comma-separated")
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=256, help="model inputs per forward")
     parser.add_argument("--grid-batch", type=int, default=32,
@@ -224,31 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=128)
     parser.add_argument("--order", default="most-first", choices=[*ORDERS, "both"])
     parser.add_argument("--baseline", default="black", choices=["black", "mean", "blur", "road"])
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-quantus", action="store_true")
     parser.add_argument("--quick", action="store_true", help="8 images, 1 repeat (~1 minute)")
-    parser.add_argument("--json", default=None, help="write the results here")
-    args = parser.parse_args(argv)
+
+
+def _quick(args: argparse.Namespace) -> None:
     if args.quick:
         args.images, args.repeats = min(args.images, 8), 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    unknown = [m for m in args.metrics.split(",") if m not in BENCHES]
-    if unknown:
-        parser.error(f"unknown metric(s) {', '.join(unknown)}: use {', '.join(BENCHES)}")
-    print(f"hardware: {describe_hardware(device)}")
-    load = os.getloadavg()[0]
-    print(f"code: git {git_commit(short=True)} | 1-min load average before: {load:.2f} | "
-          f"median of {args.repeats} repeat(s)")
-    results = [BENCHES[name](args, device) for name in args.metrics.split(",")]
-    print(f"1-min load average after: {os.getloadavg()[0]:.2f}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return speed_harness.main(__doc__, BENCHES, argv, _arguments, _quick)
 
 
 if __name__ == "__main__":

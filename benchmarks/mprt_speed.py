@@ -28,9 +28,8 @@ Quantus / metric is per model input; issue 43's goals: ≥ 10× faster than Quan
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
-import statistics
 import sys
 import warnings
 from collections.abc import Callable
@@ -41,29 +40,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: split
-from metrics_speed import load_images, load_resnet56, timed  # noqa: E402
+import speed_harness  # noqa: E402
+from metrics_speed import load_images, load_resnet56  # noqa: E402
+from speed_harness import InputCounter, measure  # noqa: E402
 
-from attrib_bench.core.provenance import describe_hardware, git_commit  # noqa: E402
 from attrib_bench.core.registry import create_method  # noqa: E402
 from attrib_bench.metrics.base import EvalContext  # noqa: E402
 from attrib_bench.metrics.emprt import EfficientMPRT, fully_randomised  # noqa: E402
 from attrib_bench.metrics.random_logit import RandomLogit, other_classes  # noqa: E402
 from attrib_bench.metrics.randomisation import randomisation_layers, randomised_models  # noqa: E402
 from attrib_bench.metrics.smprt import SmoothMPRT, smoothed_maps, smoothing_noise  # noqa: E402
-
-OVERHEAD_GOAL, QUANTUS_GOAL = 1.15, 10.0
-
-
-class Counter:
-    """Counts the images entering any module of ``kind`` (the model and its randomised copies)."""
-
-    def __init__(self, kind: type) -> None:
-        self.inputs, self.kind = 0, kind
-        torch.nn.modules.module.register_module_forward_pre_hook(self._hook)
-
-    def _hook(self, module: torch.nn.Module, args: tuple) -> None:
-        if type(module) is self.kind:
-            self.inputs += len(args[0])
 
 
 def _grad_explain(device: torch.device) -> Callable[..., np.ndarray]:
@@ -134,60 +120,24 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict[str
         minimum = (1 + len(layers)) * n * b
     if args.no_quantus:
         runs.pop("quantus")
-    counter = Counter(type(model))
+    counter = InputCounter(kind=type(model))
     method.attribute(x[:2], y[:2])  # warm-up
     print(f"{name}: resnet56 ({weights}), {source}, grad, {len(layers)} layers")
-    seconds: dict[str, list[float]] = {k: [] for k in runs}
-    inputs: dict[str, int] = {}
-    for _ in range(args.repeats):
-        for key, fn in runs.items():
-            counter.inputs = 0
-            seconds[key].append(timed(fn, device))
-            inputs[key] = counter.inputs
-    median = {k: statistics.median(v) for k, v in seconds.items()}
-    out: dict[str, Any] = {"metric": name, "weights": weights, "images": b, "seconds": median,
-                           "inputs": inputs, "minimum_inputs": minimum, "all_seconds": seconds,
-                           "metric_over_bare": median["metric"] / median["bare"],
-                           "metric_inputs_over_minimum": inputs["metric"] / minimum}
-    print(f"{'':24}{'seconds':>9}{'inputs':>9}{'s/input':>11}")
-    for key in median:
-        print(f"{name + ' ' + key:24}{median[key]:>9.2f}{inputs[key]:>9}"
-              f"{median[key] / max(inputs[key], 1):>11.2e}")
-    print(f"model inputs / minimum ({minimum}): {out['metric_inputs_over_minimum']:.3f}x; "
-          f"metric / bare: {out['metric_over_bare']:.3f}x (goal <= {OVERHEAD_GOAL})")
-    if "quantus" in median:
-        ratio = (median["quantus"] / inputs["quantus"]) / (median["metric"] / inputs["metric"])
-        out["quantus_over_metric_per_input"] = ratio
-        print(f"quantus / metric, per model input: {ratio:.2f}x (goal >= {QUANTUS_GOAL}); "
-              f"per image: {median['quantus'] / median['metric']:.2f}x")
-    return out
+    return {"weights": weights, "images": b,
+            **measure(name, runs, counter, args.repeats, device, minimum)}
+
+
+BENCHES: dict[str, speed_harness.Bench] = {
+    name: functools.partial(bench, name) for name in ("random-logit", "emprt", "smprt")}
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--smooth-samples", type=int, default=5)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics", default="random-logit,emprt,smprt", help="comma-separated")
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--smooth-samples", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-quantus", action="store_true")
-    parser.add_argument("--json", default=None, help="write the results here")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.no_quantus:
-        import quantus  # noqa: F401 (its import, seconds, outside the timings)
-    device = torch.device(args.device)
-    print(f"hardware: {describe_hardware(device)}")
-    print(f"code: git {git_commit(short=True)} | 1-min load average before: "
-          f"{os.getloadavg()[0]:.2f} | median of {args.repeats} repeat(s)")
-    results = [bench(name, args, device) for name in args.metrics.split(",")]
-    print(f"1-min load average after: {os.getloadavg()[0]:.2f}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
-    return 0
+    return speed_harness.main(__doc__, BENCHES, argv, _arguments)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,7 @@ and ≤ 1.15× the bare model work.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -41,54 +39,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # isort: split
-from metrics_speed import bare_forwards, load_images, load_resnet56, timed  # noqa: E402
+import speed_harness  # noqa: E402
+from metrics_speed import bare_forwards, load_images, load_resnet56  # noqa: E402
+from speed_harness import InputCounter, measure  # noqa: E402
 
-from attrib_bench.core.provenance import describe_hardware, git_commit  # noqa: E402
 from attrib_bench.core.registry import create_method  # noqa: E402
 from attrib_bench.metrics.base import EvalContext  # noqa: E402
 from attrib_bench.metrics.infidelity import Infidelity  # noqa: E402
 from attrib_bench.metrics.sensitivity import MaxSensitivity  # noqa: E402
-
-OVERHEAD_GOAL = 1.15
-QUANTUS_GOAL = 10.0
-
-
-class Counter:
-    """Counts the images that go through ``model``'s forward (a pre-hook)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.inputs = 0
-        model.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module: torch.nn.Module, args: tuple) -> None:
-        self.inputs += len(args[0])
-
-    def counted(self, fn: Callable[[], Any]) -> Callable[[], Any]:
-        def run() -> Any:
-            self.inputs = 0
-            return fn()
-        return run
-
-
-def report(name: str, median: dict[str, float], inputs: dict[str, int], minimum: int
-           ) -> dict[str, Any]:
-    print(f"{'':30}{'seconds':>9}{'inputs':>9}{'s/input':>11}")
-    for key in median:
-        print(f"{name + ' ' + key:30}{median[key]:>9.2f}{inputs[key]:>9}"
-              f"{median[key] / max(inputs[key], 1):>11.2e}")
-    out: dict[str, Any] = {"seconds": median, "inputs": inputs, "minimum_inputs": minimum,
-                           "metric_over_bare": median["metric"] / median["bare"],
-                           "metric_inputs_over_minimum": inputs["metric"] / minimum}
-    print(f"model inputs / the definition's minimum ({minimum}): "
-          f"{out['metric_inputs_over_minimum']:.3f}x")
-    met = "met" if out["metric_over_bare"] <= OVERHEAD_GOAL else "MISSED"
-    print(f"metric / bare: {out['metric_over_bare']:.3f}x (goal <= {OVERHEAD_GOAL}: {met})")
-    if "quantus" in median:
-        ratio = (median["quantus"] / inputs["quantus"]) / (median["metric"] / inputs["metric"])
-        out["quantus_over_metric_per_input"] = ratio
-        print(f"quantus / metric, per model input: {ratio:.2f}x "
-              f"(goal >= {QUANTUS_GOAL}: {'met' if ratio >= QUANTUS_GOAL else 'MISSED'})")
-    return out
 
 
 def bench_infidelity(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -101,7 +59,7 @@ def bench_infidelity(args: argparse.Namespace, device: torch.device) -> dict[str
                       device=device)
     ids = np.arange(len(x))
     minimum = len(x) * (p + 1)
-    counter = Counter(model)
+    counter = InputCounter(model)
     print(f"infidelity: resnet56 ({weights}), {source}, ixg maps (precomputed), {p} "
           f"perturbations, forwards of {args.batch}")
     noise = metric.noise(ids, x.shape[2], x.shape[3], 0, device).to(x.dtype)
@@ -124,8 +82,8 @@ def bench_infidelity(args: argparse.Namespace, device: torch.device) -> dict[str
     if not args.no_quantus:
         runs["quantus"] = quantus_run
     bare_forwards(model, args.batch, args.batch, x)  # warm-up
-    return {"metric": "infidelity", "weights": weights, "images": len(x),
-            **measure("infidelity", runs, counter, args, device, minimum)}
+    return {"weights": weights, "images": len(x),
+            **measure("infidelity", runs, counter, args.repeats, device, minimum)}
 
 
 def bench_max_sensitivity(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -139,7 +97,7 @@ def bench_max_sensitivity(args: argparse.Namespace, device: torch.device) -> dic
                       device=device)
     ids = np.arange(len(x))
     minimum = len(x) * s
-    counter = Counter(model)
+    counter = InputCounter(model)
     ys = metric.perturbed(x, ids, 0)
     flat, targets = ys.flatten(0, 1), y.repeat_interleave(s)
     print(f"max-sensitivity: resnet56 ({weights}), {source}, ixg run again on {s} points per "
@@ -171,20 +129,8 @@ def bench_max_sensitivity(args: argparse.Namespace, device: torch.device) -> dic
     if not args.no_quantus:
         runs["quantus"] = quantus_run
     method.attribute(x[:2], y[:2])  # warm-up
-    return {"metric": "max-sensitivity", "weights": weights, "images": len(x),
-            **measure("max-sensitivity", runs, counter, args, device, minimum)}
-
-
-def measure(name: str, runs: dict[str, Callable[[], Any]], counter: Counter,
-            args: argparse.Namespace, device: torch.device, minimum: int) -> dict[str, Any]:
-    results: dict[str, list[float]] = {k: [] for k in runs}
-    inputs: dict[str, int] = {}
-    for _ in range(args.repeats):
-        for key, fn in runs.items():
-            results[key].append(timed(counter.counted(fn), device))
-            inputs[key] = counter.inputs
-    median = {k: statistics.median(v) for k, v in results.items()}
-    return {**report(name, median, inputs, minimum), "all_seconds": results}
+    return {"weights": weights, "images": len(x),
+            **measure("max-sensitivity", runs, counter, args.repeats, device, minimum)}
 
 
 BENCHES: dict[str, Callable[[argparse.Namespace, torch.device], dict[str, Any]]] = {
@@ -193,36 +139,15 @@ BENCHES: dict[str, Callable[[argparse.Namespace, torch.device], dict[str, Any]]]
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics", default=",".join(BENCHES), help="comma-separated")
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--perturbations", type=int, default=100)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--batch", type=int, default=256, help="inputs per forward / call")
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-quantus", action="store_true")
-    parser.add_argument("--json", default=None, help="write the results here")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not args.no_quantus:
-        import quantus  # noqa: F401 (its import, seconds, outside the timings)
-    device = torch.device(args.device)
-    unknown = [m for m in args.metrics.split(",") if m not in BENCHES]
-    if unknown:
-        parser.error(f"unknown metric(s) {', '.join(unknown)}: use {', '.join(BENCHES)}")
-    print(f"hardware: {describe_hardware(device)}")
-    print(f"code: git {git_commit(short=True)} | 1-min load average before: "
-          f"{os.getloadavg()[0]:.2f} | median of {args.repeats} repeat(s)")
-    results = [BENCHES[name](args, device) for name in args.metrics.split(",")]
-    print(f"1-min load average after: {os.getloadavg()[0]:.2f}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return speed_harness.main(__doc__, BENCHES, argv, _arguments)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,17 @@ def first_images(owner: str, dataset: BaseImageSet, wanted: int, default: int) -
     return np.arange(min(wanted, available), dtype=np.int64)
 
 
+def check_maps(name: str, maps: object, inputs: torch.Tensor) -> torch.Tensor:
+    """``maps`` as (B, H, W) for ``inputs`` (B, 3, H, W), or one
+    :class:`~attrib_bench.core.errors.MetricError` line naming metric ``name``."""
+    b, _, h, w = inputs.shape
+    if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (b, h, w):
+        got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise MetricError(f"metric {name!r} needs maps ({b}, {h}, {w}) from the method, "
+                          f"got {got}")
+    return maps
+
+
 def first_image_samples(owner: str, dataset: BaseImageSet, wanted: int, default: int,
                         **info: Any) -> SampleSet:
     """The first ``wanted`` images of ``dataset`` (:func:`first_images`) with their

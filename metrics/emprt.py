@@ -33,7 +33,7 @@ randomised model, and one forward pass of each model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -49,7 +49,7 @@ from attrib_bench.metrics.base import (
     ReportSection,
     SampleSet,
     SelectContext,
-    first_images,
+    first_image_samples,
     make_rows,
     typed_hparams,
 )
@@ -144,15 +144,7 @@ class EfficientMPRT(Metric):
                ctx: SelectContext) -> SampleSet:
         """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
-        ids = first_images(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
-
-        def fetch(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            index = torch.as_tensor(np.asarray(batch, dtype=np.int64))
-            return dataset.float_images(index), dataset.labels[index]
-
-        info: dict[str, Any] = {"requested": wanted, "selected": len(ids),
-                                "targets": "ground truth"}
-        return SampleSet(ids, fetch, info)
+        return first_image_samples(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
 
     def evaluate(self, ctx: EvalContext, inputs: torch.Tensor, target: torch.Tensor,
                  samples: np.ndarray) -> pd.DataFrame:

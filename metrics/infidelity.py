@@ -40,7 +40,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attrib_bench.core.errors import MetricError
 from attrib_bench.core.evaluation import eval_mode
 from attrib_bench.core.hashing import hashed_normal
 from attrib_bench.core.hparams import Positive, PositiveInt
@@ -52,6 +51,7 @@ from attrib_bench.metrics.base import (
     ReportSection,
     SampleSet,
     SelectContext,
+    check_maps,
     first_image_samples,
     make_rows,
     typed_hparams,
@@ -61,16 +61,6 @@ from attrib_bench.metrics.base import (
 NUM_IMAGES = 1024
 STATS: tuple[str, ...] = ("infidelity", "infidelity-raw")
 NoiseStd = Annotated[float, Positive("noise std in [0, 1] image units")]
-
-
-def check_maps(name: str, maps: object, inputs: torch.Tensor) -> torch.Tensor:
-    """``maps`` as (B, H, W) for ``inputs`` (B, 3, H, W), or one MetricError line."""
-    b, _, h, w = inputs.shape
-    if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (b, h, w):
-        got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-        raise MetricError(f"metric {name!r} needs maps ({b}, {h}, {w}) from the method, "
-                          f"got {got}")
-    return maps
 
 
 def target_logits(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor,

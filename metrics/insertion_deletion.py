@@ -50,11 +50,12 @@ from attrib_bench.metrics.base import (
     ReportSection,
     SampleSet,
     SelectContext,
+    check_maps,
     first_image_samples,
     make_rows,
     typed_hparams,
 )
-from attrib_bench.metrics.pixel_removal import curve_auc, image_fill, removal_curves
+from attrib_bench.metrics.pixel_removal import curve_aucs, image_fill, removal_curves
 from attrib_bench.models import protocols
 from attrib_bench.models.protocols import Probability
 
@@ -139,10 +140,11 @@ class InsertionDeletion(Metric):
                ctx: SelectContext) -> SampleSet:
         """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
+        samples = first_image_samples(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
         k, n = step_pixels(*dataset.image_size, self.hparams["steps"])
-        return first_image_samples(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES,
-                                   pixels_per_step=k, points=n + 1,
-                                   probability=self.effective_probability(model))
+        samples.info.update(pixels_per_step=k, points=n + 1,
+                            probability=self.effective_probability(model))
+        return samples
 
     def curves(self, model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor,
                target: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -165,11 +167,8 @@ class InsertionDeletion(Metric):
         """Rows for one batch: variants × images × (n + 1) steps, stat "prob"."""
         inputs, target = inputs.to(ctx.device), target.to(ctx.device).long()
         b, _, height, width = inputs.shape
-        maps = ctx.explain(inputs, target) if b else torch.zeros(0, height, width)
-        if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (b, height, width):
-            got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-            raise MetricError(f"metric 'insertion-deletion' needs maps ({b}, {height}, {width}) "
-                              f"from the method, got {got}")
+        maps = check_maps(self.name, ctx.explain(inputs, target) if b
+                          else torch.zeros(0, height, width), inputs)
         scores, k = self.curves(ctx.model, inputs, maps.to(inputs.device), target)
         step = np.arange(scores.shape[-1])
         rows = make_rows(np.asarray(samples, dtype=np.int64)[None, :, None], step[None, None, :],
@@ -181,15 +180,7 @@ class InsertionDeletion(Metric):
 
     def summarise(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Per (sample, variant): the curve's AUC (the authors' ``auc``) as stat "prob-auc"."""
-        if rows.empty:
-            return pd.DataFrame({"sample": np.zeros(0, np.int64), "variant": [], "stat": [],
-                                 "value": np.zeros(0)})
-        table = (rows.assign(step=rows["key"].astype(int))
-                 .set_index(["sample", "variant", "stat", "step"])["value"].unstack("step"))
-        out = table.index.to_frame(index=False)
-        out["stat"] = out["stat"].astype(str) + "-auc"
-        out["value"] = curve_auc(table.to_numpy())
-        return out.sort_values(["sample", "variant", "stat"], ignore_index=True)
+        return curve_aucs(rows)
 
     def direction(self, variant: str, stat: str) -> str:
         """"lower" (deletion) or "higher" (insertion) for "prob-auc"; "" otherwise."""

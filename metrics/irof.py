@@ -35,7 +35,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from attrib_bench.core.errors import MetricError
 from attrib_bench.core.evaluation import eval_mode
 from attrib_bench.core.hparams import AtLeast, Positive, PositiveInt
 from attrib_bench.core.registry import register_metric
@@ -46,6 +45,7 @@ from attrib_bench.metrics.base import (
     ReportSection,
     SampleSet,
     SelectContext,
+    check_maps,
     first_image_samples,
     make_rows,
     typed_hparams,
@@ -206,12 +206,7 @@ class IROF(Metric):
         if len(inputs) == 0:
             return make_rows(np.zeros(0, dtype=np.int64), "", np.zeros(0), stat="aoc")
         inputs, target = inputs.to(ctx.device), target.to(ctx.device).long()
-        maps = ctx.explain(inputs, target)
-        _, _, height, width = inputs.shape
-        if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (len(inputs), height, width):
-            got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-            raise MetricError(f"metric 'irof' needs maps ({len(inputs)}, {height}, {width}) "
-                              f"from the method, got {got}")
+        maps = check_maps(self.name, ctx.explain(inputs, target), inputs)
         segments = slic_segments(inputs, self.hparams["n_segments"], self.hparams["compactness"],
                                  self.hparams["sigma"])
         with eval_mode(ctx.model):

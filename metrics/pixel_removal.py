@@ -84,7 +84,8 @@ from attrib_bench.metrics.base import (
     SampleSet,
     SelectContext,
     SeriesPanel,
-    first_images,
+    check_maps,
+    first_image_samples,
     make_rows,
     typed_hparams,
 )
@@ -455,6 +456,23 @@ def _removal_figure(tables: FigureTables) -> Any:
                                 metric=tables.metric)
 
 
+def curve_aucs(rows: pd.DataFrame, points: int | None = None) -> pd.DataFrame:
+    """Per (sample, variant, stat) of curve ``rows`` (``key``: the step): the AUC
+    (:func:`curve_auc`) as stat "<stat>-auc". With ``points``, the curve has steps 0 …
+    points − 1, and a missing one gives a NaN AUC; without, the steps the rows hold."""
+    if rows.empty:
+        return pd.DataFrame({"sample": np.zeros(0, np.int64), "variant": [], "stat": [],
+                             "value": np.zeros(0)})
+    table = (rows.assign(step=rows["key"].astype(int))
+             .set_index(["sample", "variant", "stat", "step"])["value"].unstack("step"))
+    if points is not None:
+        table = table.reindex(columns=range(points))
+    out = table.index.to_frame(index=False)
+    out["stat"] = out["stat"].astype(str) + "-auc"
+    out["value"] = curve_auc(table.to_numpy())
+    return out.sort_values(["sample", "variant", "stat"], ignore_index=True)
+
+
 @register_metric("pixel-removal", family="faithfulness",
                  reference="Böhle et al. 2021 (CoDA-Nets), Fig. 7: pixel removal")
 class PixelRemoval(Metric):
@@ -557,15 +575,14 @@ class PixelRemoval(Metric):
         """
         baseline = self.effective_baseline(model)
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
-        ids = first_images(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
+        samples = first_image_samples(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES,
+                                      effective_baseline=baseline,
+                                      probability=self.effective_probability(model))
         height, width = dataset.image_size
         k = pixels_per_step(height, width, self.hparams["fraction"], self.hparams["steps"])
-        info: dict[str, Any] = {"requested": wanted, "selected": len(ids),
-                                "targets": "ground truth", "effective_baseline": baseline,
-                                "probability": self.effective_probability(model),
-                                "pixels_per_step": k, "points": self.hparams["steps"] + 1,
-                                "max_removed": self.hparams["steps"] * k,
-                                "image_pixels": height * width}
+        info = samples.info
+        info.update(pixels_per_step=k, points=self.hparams["steps"] + 1,
+                    max_removed=self.hparams["steps"] * k, image_pixels=height * width)
         if baseline == "mean" and self.hparams["mean"] is None:
             self._dataset_mean = channel_means(dataset)
         if baseline == "mean":
@@ -575,12 +592,7 @@ class PixelRemoval(Metric):
                 raise MetricError(f"metric 'pixel-removal': mean has {len(info['mean'])} values "
                                   f"but {dataset.name} has {channels} channels: give one per "
                                   "channel")
-
-        def fetch(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            index = torch.as_tensor(np.asarray(batch, dtype=np.int64))
-            return dataset.float_images(index), dataset.labels[index]
-
-        return SampleSet(ids, fetch, info)
+        return samples
 
     def fill_settings(self, run_seed: int) -> FillSettings:
         """The hyper-parameters the fills use; ROAD's seed is ``seed``, else ``run_seed``."""
@@ -599,12 +611,8 @@ class PixelRemoval(Metric):
         if len(inputs) == 0:
             return _empty_rows()
         inputs, target = inputs.to(ctx.device), target.to(ctx.device).long()
-        maps = ctx.explain(inputs, target)
+        maps = check_maps(self.name, ctx.explain(inputs, target), inputs)
         _, _, height, width = inputs.shape
-        if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (len(inputs), height, width):
-            got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-            raise MetricError(f"metric 'pixel-removal' needs maps ({len(inputs)}, {height}, "
-                              f"{width}) from the method, got {got}")
         k = pixels_per_step(height, width, self.hparams["fraction"], steps)
         model = ctx.model
         spec = FILLS[self.effective_baseline(model)]
@@ -632,17 +640,7 @@ class PixelRemoval(Metric):
 
         A curve with a NaN point or a missing step has a NaN AUC.
         """
-        if rows.empty:
-            return pd.DataFrame({"sample": np.zeros(0, np.int64), "variant": [], "stat": [],
-                                 "value": np.zeros(0)})
-        table = (rows.assign(step=rows["key"].astype(int))
-                 .set_index(["sample", "variant", "stat", "step"])["value"]
-                 .unstack("step")
-                 .reindex(columns=range(self.hparams["steps"] + 1)))
-        out = table.index.to_frame(index=False)
-        out["stat"] = out["stat"].astype(str) + "-auc"
-        out["value"] = curve_auc(table.to_numpy())
-        return out.sort_values(["sample", "variant", "stat"], ignore_index=True)
+        return curve_aucs(rows, self.hparams["steps"] + 1)
 
     def direction(self, variant: str, stat: str) -> str:
         """"higher" (least-first) or "lower" (most-first) for an AUC stat; "" otherwise."""

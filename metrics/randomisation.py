@@ -69,7 +69,7 @@ from attrib_bench.metrics.base import (
     ReportSection,
     SampleSet,
     SelectContext,
-    first_images,
+    first_image_samples,
     make_rows,
     typed_hparams,
 )
@@ -362,14 +362,8 @@ class Randomisation(Metric):
                ctx: SelectContext) -> SampleSet:
         """The first ``n_samples`` (None: ``num_images``) images in order, ground-truth targets."""
         wanted = self.hparams["num_images"] if n_samples is None else int(n_samples)
-        ids = first_images(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
-
-        def fetch(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            index = torch.as_tensor(np.asarray(batch, dtype=np.int64))
-            return dataset.float_images(index), dataset.labels[index]
-
-        info: dict[str, Any] = {"requested": wanted, "selected": len(ids),
-                                "targets": "ground truth"}
+        samples = first_image_samples(f"metric {self.name!r}", dataset, wanted, NUM_IMAGES)
+        ids, fetch, info = samples.ids, samples.fetch, samples.info
         if len(ids) and isinstance(model, nn.Module):  # named layers checked up front;
             # layers that share a tensor are named in the manifest
             layers = self.layers_to_randomise(model, fetch(ids[:1])[0].to(ctx.device))
@@ -377,7 +371,7 @@ class Randomisation(Metric):
                     if GROUP_SEPARATOR in name}
             if tied:
                 info["layer_groups"] = tied
-        return SampleSet(ids, fetch, info)
+        return samples
 
     def layers_to_randomise(self, model: nn.Module, example: torch.Tensor
                             ) -> list[tuple[int, str]]:

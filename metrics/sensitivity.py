@@ -43,11 +43,11 @@ from attrib_bench.metrics.base import (
     ReportSection,
     SampleSet,
     SelectContext,
+    check_maps,
     first_image_samples,
     make_rows,
     typed_hparams,
 )
-from attrib_bench.metrics.infidelity import check_maps
 
 #: The default count of images (the first in dataset order); each costs ``num_samples`` maps.
 NUM_IMAGES = 100
